@@ -1,0 +1,168 @@
+"""Gemma (PaliGemma 1) and Gemma 2 (PaliGemma 2) decoders.
+
+Axes: B batch, T query tokens, S key slots, D width, N query heads, K kv heads, G = N // K,
+H head dim, F MLP width, V vocabulary.
+
+Block, Gemma 1:                           Block, Gemma 2 (post_norms):
+    x += attn(attn_norm(x))                   x += post_attn_norm(attn(attn_norm(x)))
+    x += mlp(mlp_norm(x))                     x += post_mlp_norm(mlp(mlp_norm(x)))
+
+RMSNorm scales by (1 + w) and computes in float32. Attention: RoPE (half-split rotation), queries
+scaled by `query_scale`, Gemma 2 soft-caps the scores (tanh(s / cap) * cap) before masking, and its
+local layers use the sliding-window mask; softmax in float32. The output head is the embedding
+matrix (tied); Gemma 2 soft-caps the logits too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GemmaConfig
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))  # stored as w; applied as (1 + w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (B, 1, T, H) for integer positions (B, T); angles in float32."""
+    exponent = torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)  # (H/2,)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, H/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, H)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, N, T, H) by the angles; the two halves of H are the (real, imag) parts."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GemmaConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
+        self.scale, self.softcap = cfg.query_scale, cfg.attn_softcap
+        self.q_proj = nn.Linear(cfg.width, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.width, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.width, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.width, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        cache: KVCache | None,
+        layer: int,
+        start: int,
+    ) -> torch.Tensor:
+        """x (B, T, D), mask bool (B, 1, T, S) -> (B, T, D). With a cache, S = start + T."""
+        b, t, _ = x.shape
+        n, kv, h = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
+        k = self.k_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        v = self.v_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
+        s = k.shape[2]
+        # Kv head g serves query heads g*G ... g*G+G-1: group the queries instead of copying k, v.
+        q = q.reshape(b, kv, (n // kv) * t, h)  # (B, K, G*T, H)
+        scores = (q @ k.transpose(-1, -2)).view(b, n, t, s) * self.scale  # (B, N, T, S)
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        out = probs.view(b, kv, -1, s) @ v  # (B, K, G*T, H)
+        out = out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h)  # (B, T, N*H)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: GemmaConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.width, cfg.mlp_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.width, cfg.mlp_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GemmaConfig, local: bool) -> None:
+        super().__init__()
+        self.local = local  # sliding-window layer?
+        self.attn_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        if cfg.post_norms:
+            self.post_attn_norm = RMSNorm(cfg.width, cfg.norm_eps)
+            self.post_mlp_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        else:
+            self.post_attn_norm = self.post_mlp_norm = nn.Identity()
+
+    def forward(self, x, rope, masks, cache, layer, start):
+        mask = masks[1] if self.local else masks[0]
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, mask, cache, layer, start))
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+
+class GemmaDecoder(nn.Module):
+    def __init__(self, cfg: GemmaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.width)  # also the output head (tied)
+        self.blocks = nn.ModuleList(Block(cfg, local) for local in cfg.layer_is_local)
+        self.final_norm = RMSNorm(cfg.width, cfg.norm_eps)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """int[B, T] -> float[B, T, D]; scaled by sqrt(D) rounded to the weight dtype."""
+        w = self.embed.weight
+        return F.embedding(ids, w) * torch.tensor(self.cfg.width**0.5, dtype=w.dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        masks: tuple[torch.Tensor, torch.Tensor | None],
+        cache: KVCache | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """Embeddings (B, T, D), positions int (B, T), (global, local) bool masks (B, 1, T, S)
+        -> final-normed hidden states (B, T, D)."""
+        rope = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, masks, cache, i, start)
+        return self.final_norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, V) through the tied embedding, soft-capped for Gemma 2."""
+        logits = F.linear(h, self.embed.weight)
+        if self.cfg.final_softcap is not None:
+            cap = self.cfg.final_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits

@@ -1,0 +1,79 @@
+"""SigLIP ViT image encoder as PaliGemma uses it (So400m/14: no CLS token, no pooling head).
+
+Axes: B images, P patches (image tokens), D width, N heads, H head dim.
+
+    pixels (B, 3, S, S) -> conv patch embed (B, D, S/p, S/p) -> (B, P, D) + learned position table
+    -> depth x pre-LN blocks [x += attn(LN(x)); x += mlp(LN(x))] -> final LayerNorm -> (B, P, D)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SiglipConfig
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head attention; softmax in float32 as the reference does."""
+
+    def __init__(self, cfg: SiglipConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.width, cfg.width)
+        self.k_proj = nn.Linear(cfg.width, cfg.width)
+        self.v_proj = nn.Linear(cfg.width, cfg.width)
+        self.o_proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, _ = x.shape
+        q = self.q_proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
+        k = self.k_proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
+        v = self.v_proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, N, P, P)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = (probs @ v).transpose(1, 2).reshape(b, p, -1)  # (B, P, D)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: SiglipConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SiglipConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class SiglipEncoder(nn.Module):
+    """float[B, 3, S, S] pixels in [-1, 1] -> float[B, P, D] features (after the final norm)."""
+
+    def __init__(self, cfg: SiglipConfig, image_size: int) -> None:
+        super().__init__()
+        num_patches = (image_size // cfg.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(num_patches, cfg.width))  # (P, D)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, S/p, S/p)
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, P, D), patch index = row * W + col
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)

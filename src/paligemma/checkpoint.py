@@ -48,6 +48,7 @@ _ST_DTYPES = {
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD_BYTES = 5 * 2**30
+_STAGING_BYTES = 8 * 2**20  # chunk size for dtype conversion while reading
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,6 +71,7 @@ class SafetensorsReader:
             raise CheckpointError(f"{path} is not a safetensors file ({e})") from None
         header.pop("__metadata__", None)
         self._base = 8 + header_len
+        self._staging = torch.empty(_STAGING_BYTES, dtype=torch.uint8)
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
             dtype = _ST_DTYPES.get(info.get("dtype"))
@@ -84,15 +86,30 @@ class SafetensorsReader:
         _, _, begin, end = self.entries[name]
         return end - begin
 
-    def read(self, name: str) -> torch.Tensor:
-        dtype, shape, begin, end = self.entries[name]
-        out = torch.empty(shape, dtype=dtype)
-        if end > begin:
-            self._file.seek(self._base + begin)
-            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-            if self._file.readinto(view) != end - begin:
-                raise CheckpointError(f"{self.path}: truncated while reading {name!r}")
+    def read(self, name: str, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """Tensor `name`, converted to `dtype` and `device` on the way in.
+
+        A conversion goes through a small reusable staging buffer, chunk by chunk, so a
+        float32 file loads into bfloat16 without ever holding the float32 tensor whole.
+        """
+        src, shape, begin, _ = self.entries[name]
+        dtype = dtype or src
+        out = torch.empty(shape, dtype=dtype, device=device)
+        self._file.seek(self._base + begin)
+        if dtype == src and out.device.type == "cpu":
+            self._read_exactly(out.reshape(-1).view(torch.uint8), name)
+            return out
+        flat, step = out.reshape(-1), _STAGING_BYTES // src.itemsize
+        for i in range(0, flat.numel(), step):
+            n = min(step, flat.numel() - i)
+            chunk = self._staging[: n * src.itemsize]
+            self._read_exactly(chunk, name)
+            flat[i : i + n].copy_(chunk.view(src))
         return out
+
+    def _read_exactly(self, buf: torch.Tensor, name: str) -> None:
+        if buf.numel() and self._file.readinto(memoryview(buf.numpy())) != buf.numel():
+            raise CheckpointError(f"{self.path}: truncated while reading {name!r}")
 
     def close(self) -> None:
         self._file.close()
@@ -147,7 +164,7 @@ def _as_config(config: PaliGemmaConfig | str | os.PathLike | dict | None) -> Pal
 
 
 def _materialise(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A fresh contiguous copy in `dtype` on `device` (never a view of a larger array)."""
+    """`t` in `dtype` on `device`, in storage of its own (never a view of a larger array)."""
     if not t.is_floating_point():
         raise CheckpointError(f"expected floating-point weights, got {t.dtype}")
     return torch.empty(t.shape, dtype=dtype, device=device).copy_(t)
@@ -194,7 +211,9 @@ def _load_hf_dir(path: Path, cfg, dtype, device) -> PaliGemma:
                 continue
             if ours in state:
                 raise CheckpointError(f"tensor {ours!r} appears twice (as {name!r})")
-            state[ours] = _materialise(reader.read(name), dtype, device)
+            state[ours] = reader.read(name, dtype, device)
+            if not state[ours].is_floating_point():
+                raise CheckpointError(f"{name!r} is {state[ours].dtype}, not floating point")
     finally:
         for r in readers:
             r.close()
@@ -209,8 +228,10 @@ def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
             if not info.filename.endswith(".npy"):
                 continue
             with zf.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
+                fmt = np.lib.format
+                major, _ = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
             out[info.filename[: -len(".npy")]] = (shape, dtype)
     return out
 

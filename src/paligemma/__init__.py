@@ -1,15 +1,8 @@
 """Native PyTorch PaliGemma 1 and 2."""
 
 from .checkpoint import load_model, save_model
-from .config import (
-    CONFIGS,
-    TINY,
-    ConfigError,
-    PaliGemmaConfig,
-    from_hf_json,
-    get_config,
-    to_hf_json,
-)
+from .config import CONFIGS, TINY, ConfigError, PaliGemmaConfig, get_config
+from .hf_config import from_hf_json, to_hf_json
 from .kv_cache import KVCache
 from .model import PaliGemma, make_attn_mask
 from .weights import CheckpointError

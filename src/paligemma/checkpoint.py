@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .config import ConfigError, PaliGemmaConfig, from_hf_json, get_config, to_hf_json
+from .config import ConfigError, PaliGemmaConfig, get_config
+from .hf_config import from_hf_json, to_hf_json
 from .model import PaliGemma
 from .weights import (
     CheckpointError,

@@ -12,6 +12,7 @@ the whole file). Nothing is unpickled: safetensors headers are JSON, npz members
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -78,8 +79,8 @@ class SafetensorsReader:
             dtype = _ST_DTYPES.get(info.get("dtype"))
             begin, end = info.get("data_offsets", (0, -1))
             shape = tuple(info.get("shape", ()))
-            nbytes = math_prod(shape) * (dtype.itemsize if dtype else 0)
-            if dtype is None or end - begin != nbytes or self._base + end > size:
+            nbytes = math.prod(shape) * (dtype.itemsize if dtype else 0)
+            if dtype is None or begin < 0 or end - begin != nbytes or self._base + end > size:
                 raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry")
             self.entries[name] = (dtype, shape, begin, end)
 
@@ -114,13 +115,6 @@ class SafetensorsReader:
 
     def close(self) -> None:
         self._file.close()
-
-
-def math_prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +253,7 @@ def _load_npz(path: Path, cfg, dtype, device) -> PaliGemma:
     with torch.device("meta"):
         model = PaliGemma(cfg)
     state: dict[str, torch.Tensor] = {}
-    sizes = {k: math_prod(s) * d.itemsize for k, (s, d) in meta.items()}
+    sizes = {k: math.prod(s) * d.itemsize for k, (s, d) in meta.items()}
     with np.load(path, allow_pickle=False) as npz:
         for key in sorted(sizes, key=lambda k: -sizes[k]):  # largest first
             array = _npz_tensor(npz[key])

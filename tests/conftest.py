@@ -8,9 +8,10 @@ import torch
 VOCAB = 300
 IMAGE_ID = VOCAB - 1  # inside the vocabulary, as in the tiny oracle of ARCHITECTURE.md §10
 IMAGE_TOKENS = 4  # 28 px / 14 px patches -> 2 x 2
+LIVELY = ("o_proj", "up_proj", "down_proj")
 
 
-def tiny_hf_config(v2: bool):
+def tiny_hf_config(v2: bool, vocab: int = VOCAB, image_id: int = IMAGE_ID):
     from transformers import PaliGemmaConfig
 
     vision = dict(
@@ -26,7 +27,7 @@ def tiny_hf_config(v2: bool):
     if v2:  # window and caps small enough that they change the numbers
         text = dict(
             model_type="gemma2",
-            vocab_size=VOCAB,
+            vocab_size=vocab,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=4,
@@ -41,7 +42,7 @@ def tiny_hf_config(v2: bool):
     else:
         text = dict(
             model_type="gemma",
-            vocab_size=VOCAB,
+            vocab_size=vocab,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -52,28 +53,34 @@ def tiny_hf_config(v2: bool):
     return PaliGemmaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=IMAGE_ID,
+        image_token_index=image_id,
         projection_dim=64,
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,
     )
 
 
-def tiny_hf_model(v2: bool, seed: int = 0):
+def tiny_hf_model(
+    v2: bool, seed: int = 0, vocab: int = VOCAB, image_id: int = IMAGE_ID, lively: bool = False
+):
+    """Random tiny model. lively: large attention/MLP outputs, so that the residual stream is
+    not dominated by the current token's own (tied) embedding; otherwise greedy decoding of a
+    random model repeats one token forever, and generation tests would prove little."""
     from transformers import PaliGemmaForConditionalGeneration
 
     torch.manual_seed(seed)
-    m = PaliGemmaForConditionalGeneration._from_config(
-        tiny_hf_config(v2), attn_implementation="eager"
-    )
+    cfg = tiny_hf_config(v2, vocab, image_id)
+    m = PaliGemmaForConditionalGeneration._from_config(cfg, attn_implementation="eager")
     with torch.no_grad():  # norms start at 0 (i.e. 1 + w = 1): perturb to test the convention
         for name, p in m.named_parameters():
             if "norm" in name:
                 p.normal_(0.0, 0.3)
             elif "language_model" in name and ("q_proj" in name or "k_proj" in name):
                 p.mul_(12.0)  # attention scores of several units, so the soft-cap bites
+            elif lively and "language_model" in name and name.split(".")[-2] in LIVELY:
+                p.normal_(0.0, 0.3)
     return m.eval()
 
 
@@ -109,3 +116,91 @@ def make_batch(seed: int = 0):
         token_type_ids[i, t - len(ids) :] = torch.tensor(types)
     pixel_values = torch.randn(3, 3, 28, 28, generator=g)
     return input_ids, attention_mask, token_type_ids, pixel_values
+
+
+# ---------------------------------------------------------------------------------------------
+# A small SentencePiece tokenizer with Gemma's special-token layout, trained at test time.
+
+CORPUS = [
+    "caption en a red circle on a blue square",
+    "answer en what color is the triangle? yellow",
+    "detect cat ; dog",
+    "segment the yellow square",
+    "how many shapes are there? 3",
+    "A photo of 2 cats and 1 dog.",
+    "Ünïcödé text — with dashes, 日本語 and emoji 🙂",
+    "ocr the sign says STOP",
+    "question en where is it? on the left",
+]
+
+
+def train_tokenizer(path) -> None:
+    """tokenizer.model: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>, 1024 <loc>, 128 <seg>, byte
+    fallback, no dummy prefix (as Gemma's). Like the published model it has no <image> piece:
+    <image> is the next id, for transformers and for us."""
+    import io
+
+    import sentencepiece as spm
+
+    specials = (
+        ["<mask>"] + [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]
+    )
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20),
+        model_writer=buf,
+        vocab_size=1600,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=specials,
+        add_dummy_prefix=False,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
+    train_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session", params=[False, True], ids=["pg1", "pg2"])
+def pipeline_dir(request, tokenizer_file, tmp_path_factory):
+    """A checkpoint directory as published: tiny random model + tokenizer.model."""
+    import shutil
+
+    import sentencepiece as spm
+
+    image_id = spm.SentencePieceProcessor(model_file=str(tokenizer_file)).vocab_size()
+    vocab = (image_id + 1 + 63) // 64 * 64  # padded like the real 257216
+    model = tiny_hf_model(request.param, 3 + request.param, vocab, image_id, lively=True)
+    path = tmp_path_factory.mktemp("pipe-pg2" if request.param else "pipe-pg1")
+    model.save_pretrained(path)
+    shutil.copy(tokenizer_file, path / "tokenizer.model")
+    return path
+
+
+def hf_processor(path):
+    """transformers' PaliGemmaProcessor for a pipeline_dir (PIL image backend)."""
+    from transformers import GemmaTokenizer, PaliGemmaProcessor, SiglipImageProcessorPil
+
+    image = SiglipImageProcessorPil(
+        size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3
+    )
+    image.image_seq_length = IMAGE_TOKENS
+    return PaliGemmaProcessor(image_processor=image, tokenizer=GemmaTokenizer.from_pretrained(path))

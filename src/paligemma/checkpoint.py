@@ -121,7 +121,7 @@ class SafetensorsReader:
 # Sources
 
 
-def _resolve(source: str | os.PathLike) -> Path:
+def resolve_source(source: str | os.PathLike) -> Path:
     """A local path, or a hub id downloaded (or found in the cache) by huggingface_hub."""
     path = Path(source).expanduser()
     if path.exists():
@@ -282,7 +282,7 @@ def load_model(
     device = torch.device(device or "cpu")
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(_DTYPE_NAMES)}, got {dtype}")
-    path = _resolve(source)
+    path = resolve_source(source)
     try:
         cfg = _as_config(config)
     except (OSError, json.JSONDecodeError) as e:

@@ -65,3 +65,12 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, K, S, H)
+
+    def reorder_(self, rows: torch.Tensor) -> None:
+        """In place: row i becomes old row rows[i]; rows int64[B'] may also grow the batch
+        (to fan a prefilled prompt out into beams) or shrink it."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+        self.key_mask = self.key_mask.index_select(0, rows)
+        self.key_prefix = self.key_prefix.index_select(0, rows)
+        self.num_real = self.num_real.index_select(0, rows)

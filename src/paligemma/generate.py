@@ -1,0 +1,273 @@
+"""Generation engine: prefill once, then decode one token at a time with the KV cache.
+
+Axes: B rows, T prompt tokens, V vocabulary, K beams.
+
+The engine works on ids only: it never sees the tokenizer. Stop conditions are ids (`<eos>`),
+a caller-supplied predicate over a row's new ids (stop strings), or `max_new_tokens`. Rows of a
+batch are independent: every row is left-padded, gets positions counted over its real tokens,
+and a finished row keeps being fed a stop id whose outputs are ignored, so a row generates the
+same tokens in a batch as alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import PaliGemma
+
+ShouldStop = Callable[[int, list[int]], bool]  # (row, new ids so far) -> stop this row now?
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the sequence
+    num_beams: int = 1
+    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.num_beams >= 1, "num_beams must be >= 1"),
+            (not (self.do_sample and self.num_beams > 1), "beam search does not sample"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class Output:
+    """What `generate` returns: per row the new ids (stop id excluded) and why it ended."""
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]  # "stop" (a stop id or stop string) or "length"
+    timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, steps
+
+
+def process_logits(
+    logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig
+) -> torch.Tensor:
+    """float32[B, V] next-token logits -> adjusted logits. history: int64[B, S] ids so far.
+
+    Order as in the reference: repetition penalty, then (sampling only) temperature, top-k, top-p.
+    """
+    if cfg.repetition_penalty != 1.0:
+        seen = logits.gather(1, history)
+        seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
+        logits = logits.scatter(1, history, seen)
+    if not cfg.do_sample:
+        return logits
+    logits = logits / cfg.temperature
+    if 0 < cfg.top_k < logits.shape[-1]:
+        kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1)  # ascending
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative <= 1 - cfg.top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
+    return logits
+
+
+def _pick(
+    scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    if cfg.do_sample:
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+    return scores.argmax(-1)
+
+
+def _prefill(model: PaliGemma, inputs: dict, extra: int):
+    ids = inputs["input_ids"].to(model.device)
+    mask = inputs.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask.to(model.device)
+    types = inputs.get("token_type_ids")
+    types = None if types is None else types.to(model.device)
+    pixels = inputs.get("pixel_values")
+    pixels = None if pixels is None else pixels.to(model.device, model.dtype)
+    cache = model.new_cache(ids.shape[0], ids.shape[1] + extra)
+    with torch.inference_mode():
+        logits = model(ids, pixels, mask, types, cache=cache, num_logits=1)[:, -1].float()
+    return ids, cache, logits
+
+
+def _step(model: PaliGemma, cache, tokens: torch.Tensor) -> torch.Tensor:
+    one = torch.ones_like(tokens)[:, None]  # a generated token is real and in the suffix
+    with torch.inference_mode():
+        return model(tokens[:, None], attention_mask=one, token_type_ids=one, cache=cache)[
+            :, -1
+        ].float()
+
+
+def stream(
+    model: PaliGemma,
+    inputs: dict,
+    cfg: GenerationConfig,
+    stop_ids: set[int],
+    should_stop: ShouldStop | None = None,
+    timings: dict | None = None,
+) -> Iterator[list[int | None]]:
+    """Greedy or sampled decoding; yields per step each row's new id (None once it finished;
+    a stop id is yielded as the row's last item). inputs: the processor's dict of tensors."""
+    if cfg.num_beams > 1:
+        raise ValueError("beam search does not stream; use generate()")
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    ids, cache, logits = _prefill(model, inputs, cfg.max_new_tokens)
+    timings["prefill_s"] = time.perf_counter() - start
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(model.device).manual_seed(cfg.seed)
+    stop = torch.tensor(sorted(stop_ids), device=ids.device)
+    history, done = ids, torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    start = time.perf_counter()
+    for step in range(cfg.max_new_tokens):
+        tokens = _pick(process_logits(logits, history, cfg), cfg, generator)
+        tokens = tokens.masked_fill(done, int(stop[0]))
+        ended = torch.isin(tokens, stop) & ~done
+        out: list[int | None] = [
+            None if d else t for d, t in zip(done.tolist(), tokens.tolist(), strict=True)
+        ]
+        for row, t in enumerate(out):
+            if t is not None and not ended[row]:
+                new[row].append(t)
+                if should_stop is not None and should_stop(row, new[row]):
+                    ended[row] = True
+        timings["decode_s"], timings["steps"] = time.perf_counter() - start, step + 1
+        yield out
+        done |= ended
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+            break
+        history = torch.cat([history, tokens[:, None]], 1)
+        logits = _step(model, cache, tokens)
+    timings["decode_s"] = time.perf_counter() - start
+
+
+def generate(
+    model: PaliGemma,
+    inputs: dict,
+    cfg: GenerationConfig,
+    stop_ids: set[int],
+    should_stop: ShouldStop | None = None,
+) -> Output:
+    """All rows to the end: new ids per row (stop id excluded) and the reason each ended."""
+    if cfg.num_beams > 1:
+        return beam_search(model, inputs, cfg, stop_ids)
+    rows = inputs["input_ids"].shape[0]
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    stopped: set[int] = set()  # rows ended by a stop id or by `should_stop`
+
+    def record(row: int, ids: list[int]) -> bool:
+        if should_stop is not None and should_stop(row, ids):
+            stopped.add(row)
+            return True
+        return False
+
+    timings: dict = {}
+    for out in stream(model, inputs, cfg, stop_ids, record, timings):
+        for row, t in enumerate(out):
+            if t in stop_ids:
+                stopped.add(row)
+            elif t is not None:
+                tokens[row].append(t)
+    reasons = ["stop" if row in stopped else "length" for row in range(rows)]
+    return Output(tokens, reasons, timings)
+
+
+def beam_search(
+    model: PaliGemma, inputs: dict, cfg: GenerationConfig, stop_ids: set[int]
+) -> Output:
+    """Beam search with K = cfg.num_beams beams per row; with K = 1 it is greedy decoding.
+
+    A hypothesis that ends with a stop id is scored sum(log p) / length ** length_penalty
+    (length counts the stop id). A row is done once it has K finished hypotheses and its best
+    running beam, normalised by its current length, cannot beat the worst of them.
+    """
+    k, lp = cfg.num_beams, cfg.length_penalty
+    start = time.perf_counter()
+    ids, cache, logits = _prefill(model, inputs, cfg.max_new_tokens)
+    timings = {"prefill_s": time.perf_counter() - start}
+    start = time.perf_counter()
+    b, device = ids.shape[0], ids.device
+    fan_out = torch.arange(b, device=device).repeat_interleave(k)  # row r -> rows r*K ... r*K+K-1
+    cache.reorder_(fan_out)
+    logits, history = logits[fan_out], ids[fan_out]
+    beam_scores = torch.zeros(b, k, device=device)
+    beam_scores[:, 1:] = -math.inf  # all beams start equal: expand only the first
+    beam_scores = beam_scores.view(-1)
+    seqs: list[list[int]] = [[] for _ in range(b * k)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    done = [False] * b
+    steps = 0
+    for step in range(cfg.max_new_tokens):
+        steps = step + 1
+        logp = process_logits(logits, history, cfg).log_softmax(-1)  # (B*K, V)
+        vocab = logp.shape[-1]
+        candidates = (beam_scores[:, None] + logp).view(b, k * vocab)
+        width = min((len(stop_ids) + 1) * k, candidates.shape[1])  # enough to find K non-stops
+        top_scores, top_index = candidates.topk(width, dim=1)  # sorted, best first
+        src, tok, score = [], [], []
+        for r in range(b):
+            if done[r]:  # keep shapes; these beams are never read again
+                src += [r * k] * k
+                tok += [min(stop_ids)] * k
+                score += [0.0] * k
+                continue
+            chosen = 0
+            for rank, (s, i) in enumerate(
+                zip(top_scores[r].tolist(), top_index[r].tolist(), strict=True)
+            ):
+                beam, t = divmod(i, vocab)
+                if t in stop_ids:
+                    if rank < k:  # only hypotheses among the K best may finish
+                        seq = seqs[r * k + beam]
+                        finished[r].append((s / (len(seq) + 1) ** lp, seq))
+                    continue
+                src.append(r * k + beam)
+                tok.append(t)
+                score.append(s)
+                chosen += 1
+                if chosen == k:
+                    break
+            if len(finished[r]) >= k:
+                worst = sorted(f for f, _ in finished[r])[-k]
+                done[r] = score[r * k] / (step + 1) ** lp <= worst
+        if all(done):
+            break
+        rows = torch.tensor(src, device=device)
+        tokens = torch.tensor(tok, device=device)
+        seqs = [seqs[s] + [t] for s, t in zip(src, tok, strict=True)]
+        beam_scores = torch.tensor(score, device=device)
+        history = torch.cat([history[rows], tokens[:, None]], 1)
+        if step == cfg.max_new_tokens - 1:
+            break
+        cache.reorder_(rows)
+        logits = _step(model, cache, tokens)
+    tokens_out, reasons = [], []
+    for r in range(b):
+        pool = [(f, s, "stop") for f, s in finished[r]]
+        if not done[r]:
+            pool += [(beam_scores[r * k + j].item() / max(len(seqs[r * k + j]), 1) ** lp,
+                      seqs[r * k + j], "length") for j in range(k)]  # fmt: skip
+        best = max(pool, key=lambda x: x[0])
+        tokens_out.append(best[1])
+        reasons.append(best[2])
+    timings |= {"decode_s": time.perf_counter() - start, "steps": steps}
+    return Output(tokens_out, reasons, timings)

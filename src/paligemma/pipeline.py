@@ -1,0 +1,189 @@
+"""The public face: `paligemma.load(source)` -> a Pipeline of model + processor + tokenizer.
+
+pipe = paligemma.load("path/or/hub-id")
+pipe.generate(image, "caption en", max_new_tokens=20).text
+pipe.generate([im1, im2], ["caption en", "answer en what is it?"])   # batched, same order
+for piece in pipe.stream(image, "describe en"): print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import generate as engine
+from .checkpoint import load_model, resolve_source
+from .model import PaliGemma
+from .processor import ImageTransform, Processor, images_per_row
+from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
+
+MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
+
+
+class PromptTooLongError(ValueError):
+    """A prompt (plus image tokens and new tokens) longer than the model can take."""
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]  # new tokens, <eos> excluded
+    finish_reason: str  # "stop" (<eos> or a stop string) or "length" (max_new_tokens)
+    timings: dict[str, float] = field(default_factory=dict)  # of the batch this row was in
+
+
+class Pipeline:
+    def __init__(self, model: PaliGemma, processor: Processor) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _rows(self, images: Any, prompts: str | list[str]) -> tuple[list[list[Any]], list[str]]:
+        if isinstance(prompts, str):
+            per_row = [list(images)] if isinstance(images, (list, tuple)) else [[images]]
+            return per_row, [prompts]
+        prompts = list(prompts)
+        return images_per_row(images, len(prompts)), prompts
+
+    def _check_length(self, per_row: list[list[Any]], prompts: list[str], max_new: int) -> None:
+        for imgs, prompt in zip(per_row, prompts, strict=True):
+            n = len(self.processor.prompt_ids(prompt, len(imgs)))
+            if n + max_new > MAX_SEQ_LEN:
+                raise PromptTooLongError(
+                    f"prompt is {n} tokens with its image tokens; with max_new_tokens={max_new} "
+                    f"that is {n + max_new} > {MAX_SEQ_LEN}, the longest sequence the model takes"
+                )
+
+    def _stopper(self, stop: list[str]) -> engine.ShouldStop | None:
+        if not stop:
+            return None
+        return lambda row, ids: any(s in self.tokenizer.decode(ids) for s in stop)
+
+    def _text(self, ids: list[int], stop: list[str]) -> str:
+        text = self.tokenizer.decode(ids)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        return text if cut < 0 else text[:cut]
+
+    # -- API -----------------------------------------------------------------------------------
+    def generate(
+        self,
+        images: Any,
+        prompts: str | list[str],
+        *,
+        max_new_tokens: int = 32,
+        stop: str | list[str] | None = None,
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+        **options: Any,
+    ) -> Result | list[Result]:
+        """Answer one prompt (-> Result) or a list of prompts (-> list of Results, same order).
+
+        images: an image for a single prompt (or a list: several images for it); for a list of
+        prompts, one image (or list of images) per prompt. options: do_sample, temperature,
+        top_k, top_p, repetition_penalty, num_beams, length_penalty, seed. Stop strings end a
+        row and are cut from its text. Rows are processed `batch_size` at a time; `progress`
+        is called with the number of rows finished in each batch.
+        """
+        cfg = engine.GenerationConfig(max_new_tokens=max_new_tokens, **options)
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        per_row, texts = self._rows(images, prompts)
+        self._check_length(per_row, texts, max_new_tokens)
+        results: list[Result] = []
+        for i in range(0, len(texts), batch_size):
+            rows, chunk = per_row[i : i + batch_size], texts[i : i + batch_size]
+            inputs = self.processor(images=rows, text=chunk)
+            out = engine.generate(
+                self.model, inputs, cfg, {self.tokenizer.eos_id}, self._stopper(stop)
+            )
+            for ids, reason in zip(out.tokens, out.finish_reasons, strict=True):
+                results.append(Result(self._text(ids, stop), ids, reason, dict(out.timings)))
+            if progress is not None:
+                progress(len(chunk))
+        return results[0] if isinstance(prompts, str) else results
+
+    def stream(
+        self,
+        images: Any,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        stop: str | list[str] | None = None,
+        **options: Any,
+    ) -> Iterator[str]:
+        """Text of one prompt's answer, piece by piece as tokens arrive; the pieces join to
+        `generate(...).text`."""
+        cfg = engine.GenerationConfig(max_new_tokens=max_new_tokens, **options)
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        per_row, texts = self._rows(images, prompt)
+        self._check_length(per_row, texts, max_new_tokens)
+        inputs = self.processor(images=per_row, text=texts)
+        ids: list[int] = []
+        shown = ""
+        eos = self.tokenizer.eos_id
+        for out in engine.stream(self.model, inputs, cfg, {eos}, self._stopper(stop)):
+            if out[0] is None or out[0] == eos:
+                break
+            ids.append(out[0])
+            text = self._text(ids, stop)
+            # Hold back a partial UTF-8 character, and anything decoding has not settled.
+            if not text.endswith("\ufffd") and text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+        text = self._text(ids, stop)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown) :]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(
+    source: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    config: Any = None,
+) -> Pipeline:
+    """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`).
+
+    Defaults: the GPU in bfloat16 when there is one, else the CPU in float32 (on CPUs without
+    native bfloat16 matrix units, float32 is both the fastest and the exact choice). The
+    tokenizer is the checkpoint's `tokenizer.model` / `tokenizer.json` unless given.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    path = resolve_source(source)
+    directory = path if path.is_dir() else path.parent
+    tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(directory)
+    if tok_path is None:
+        raise TokenizerError(
+            f"checkpoint {source} has no tokenizer (tokenizer.model or tokenizer.json); "
+            "pass tokenizer=PATH"
+        )
+    tok = Tokenizer(tok_path)
+    model = load_model(path, dtype=dtype, device=device, config=config)
+    cfg = model.cfg
+    if tok.image_id != cfg.image_token_id:
+        raise TokenizerError(
+            f"tokenizer's <image> is id {tok.image_id}, the model expects {cfg.image_token_id}"
+        )
+    if tok.vocab_size > cfg.text.vocab_size:
+        raise TokenizerError(
+            f"tokenizer has {tok.vocab_size} ids, the model's embedding only {cfg.text.vocab_size}"
+        )
+    pre = directory / "preprocessor_config.json"
+    transform = (
+        ImageTransform.from_file(pre, cfg.image_size)
+        if pre.is_file()
+        else ImageTransform(cfg.image_size)
+    )
+    return Pipeline(model, Processor(tok, transform, cfg.num_image_tokens))

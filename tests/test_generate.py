@@ -1,0 +1,164 @@
+"""Generation: greedy equals transformers' generate(); cache, batching, beams, sampling, stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import hf_processor
+from test_processor import images
+
+import paligemma
+from paligemma import generate as engine
+
+PROMPTS = ["caption en", "answer en what color is the triangle?", "detect cat ; dog"]
+NEW = 10
+
+
+@pytest.fixture(scope="module")
+def pipe(pipeline_dir):
+    return paligemma.load(pipeline_dir, dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf(pipeline_dir):
+    from transformers import PaliGemmaForConditionalGeneration
+
+    model = PaliGemmaForConditionalGeneration.from_pretrained(
+        pipeline_dir, attn_implementation="eager"
+    )
+    return model.eval(), hf_processor(pipeline_dir)
+
+
+def hf_generate(hf, ims, prompts, **kwargs) -> list[list[int]]:
+    model, proc = hf
+    inputs = proc(images=ims, text=prompts, padding="longest", return_tensors="pt")
+    inputs.pop("labels", None)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW, **kwargs)
+    rows = []
+    for row in out[:, inputs["input_ids"].shape[1] :].tolist():
+        rows.append(row[: row.index(1)] if 1 in row else row)  # up to <eos>
+    return rows
+
+
+def test_greedy_matches_transformers(pipe, hf):
+    ims = images(3)
+    want = hf_generate(hf, ims, PROMPTS, do_sample=False)
+    got = pipe.generate(ims, PROMPTS, max_new_tokens=NEW)
+    assert [r.token_ids for r in got] == want
+    assert len({t for r in got for t in r.token_ids}) > NEW  # not one token repeated
+    assert all(r.text == pipe.tokenizer.decode(r.token_ids) for r in got)
+    assert all((r.finish_reason == "length") == (len(r.token_ids) == NEW) for r in got)
+
+
+def test_repetition_penalty_matches_transformers(pipe, hf):
+    ims = images(3)
+    want = hf_generate(hf, ims, PROMPTS, do_sample=False, repetition_penalty=1.8)
+    got = pipe.generate(ims, PROMPTS, max_new_tokens=NEW, repetition_penalty=1.8)
+    assert [r.token_ids for r in got] == want
+    plain = pipe.generate(ims, PROMPTS, max_new_tokens=NEW)
+    assert [r.token_ids for r in got] != [r.token_ids for r in plain]
+
+
+def test_cached_decoding_equals_recompute(pipe):
+    """Greedy through the KV cache equals re-running the whole sequence every step."""
+    ims = images(3)
+    got = pipe.generate(ims, PROMPTS, max_new_tokens=NEW)
+    batch = pipe.processor(images=ims, text=PROMPTS)
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    eos = pipe.tokenizer.eos_id
+    for row, result in enumerate(got):
+        seq = ids[row : row + 1, mask[row].bool()]
+        tt = types[row : row + 1, mask[row].bool()]
+        new = []
+        with torch.no_grad():
+            for _ in range(NEW):
+                logits = pipe.model(seq, batch["pixel_values"][row : row + 1], None, tt)
+                t = int(logits[0, -1].argmax())
+                if t == eos:
+                    break
+                new.append(t)
+                seq = torch.cat([seq, torch.tensor([[t]])], 1)
+                tt = torch.cat([tt, torch.ones(1, 1, dtype=torch.long)], 1)
+        assert new == result.token_ids
+
+
+def test_batched_equals_one_at_a_time(pipe):
+    ims = images(3)
+    batched = pipe.generate(ims, PROMPTS, max_new_tokens=NEW)
+    alone = [pipe.generate(im, p, max_new_tokens=NEW) for im, p in zip(ims, PROMPTS, strict=True)]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
+    small = pipe.generate(ims, PROMPTS, max_new_tokens=NEW, batch_size=2)
+    assert [r.token_ids for r in small] == [r.token_ids for r in alone]
+
+
+def test_beam_search(pipe, hf):
+    ims = images(3)
+    greedy = pipe.generate(ims, PROMPTS, max_new_tokens=NEW)
+    one = pipe.generate(ims, PROMPTS, max_new_tokens=NEW, num_beams=1)
+    assert [r.token_ids for r in one] == [r.token_ids for r in greedy]
+    # The beam engine itself with K = 1 (not the greedy path) is greedy too.
+    batch = pipe.processor(images=ims, text=PROMPTS)
+    cfg = engine.GenerationConfig(max_new_tokens=NEW)
+    beams1 = engine.beam_search(pipe.model, batch, cfg, {pipe.tokenizer.eos_id})
+    assert beams1.tokens == [r.token_ids for r in greedy]
+    two = pipe.generate(ims, PROMPTS, max_new_tokens=NEW, num_beams=2)
+    assert [r.token_ids for r in two] == hf_generate(hf, ims, PROMPTS, do_sample=False, num_beams=2)
+
+
+def test_sampling_is_seeded(pipe):
+    ims = images(3)
+    opts = dict(max_new_tokens=NEW, do_sample=True, temperature=1.5, top_p=0.9, top_k=50)
+    a = pipe.generate(ims, PROMPTS, seed=7, **opts)
+    b = pipe.generate(ims, PROMPTS, seed=7, **opts)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    others = [pipe.generate(ims, PROMPTS, seed=s, **opts) for s in (8, 9, 10)]
+    assert any([r.token_ids for r in o] != [r.token_ids for r in a] for o in others)
+    greedy = pipe.generate(ims, PROMPTS, max_new_tokens=NEW)
+    top1 = pipe.generate(ims, PROMPTS, max_new_tokens=NEW, do_sample=True, top_k=1, seed=1)
+    assert [r.token_ids for r in top1] == [r.token_ids for r in greedy]
+
+
+def test_logit_processors():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    cfg = engine.GenerationConfig(do_sample=True, top_k=2)
+    assert torch.isinf(
+        engine.process_logits(logits, torch.zeros(1, 0, dtype=torch.long), cfg)[0, :2]
+    ).all()
+    cfg = engine.GenerationConfig(do_sample=True, top_p=0.5)  # 4.0 alone holds 64% of the mass
+    kept = engine.process_logits(logits, torch.zeros(1, 0, dtype=torch.long), cfg)
+    assert torch.isfinite(kept).tolist() == [[False, False, False, True]]
+    cfg = engine.GenerationConfig(repetition_penalty=2.0)
+    out = engine.process_logits(torch.tensor([[-1.0, 2.0, 3.0]]), torch.tensor([[0, 1]]), cfg)
+    assert out.tolist() == [[-2.0, 1.0, 3.0]]
+    for bad in (dict(temperature=0), dict(top_p=0), dict(max_new_tokens=0), dict(num_beams=0),
+                dict(do_sample=True, num_beams=2)):  # fmt: skip
+        with pytest.raises(ValueError):
+            engine.GenerationConfig(**bad)
+
+
+def test_stop_strings_and_length(pipe):
+    im = images(1)[0]
+    free = pipe.generate(im, PROMPTS[0], max_new_tokens=NEW)
+    assert free.finish_reason == "length" and len(free.token_ids) == NEW
+    piece = pipe.tokenizer.decode(free.token_ids[3:4])
+    assert piece.strip()
+    stopped = pipe.generate(im, PROMPTS[0], max_new_tokens=NEW, stop=piece)
+    assert stopped.finish_reason == "stop"
+    assert piece not in stopped.text and free.text.startswith(stopped.text)
+    assert len(stopped.token_ids) < NEW
+
+
+def test_stream_joins_to_the_answer(pipe):
+    ims = images(2)
+    for im, prompt in zip(ims, PROMPTS, strict=False):
+        pieces = list(pipe.stream(im, prompt, max_new_tokens=NEW))
+        assert len(pieces) > 1
+        assert "".join(pieces) == pipe.generate(im, prompt, max_new_tokens=NEW).text
+
+
+def test_prompt_too_long(pipe):
+    with pytest.raises(paligemma.PromptTooLongError, match="longest sequence"):
+        pipe.generate(images(1)[0], "word " * 9000, max_new_tokens=4)
+    with pytest.raises(paligemma.PromptTooLongError):
+        pipe.generate(images(1)[0], "caption en", max_new_tokens=8190)

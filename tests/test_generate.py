@@ -131,8 +131,13 @@ def test_logit_processors():
     cfg = engine.GenerationConfig(repetition_penalty=2.0)
     out = engine.process_logits(torch.tensor([[-1.0, 2.0, 3.0]]), torch.tensor([[0, 1]]), cfg)
     assert out.tolist() == [[-2.0, 1.0, 3.0]]
-    for bad in (dict(temperature=0), dict(top_p=0), dict(max_new_tokens=0), dict(num_beams=0),
-                dict(do_sample=True, num_beams=2)):  # fmt: skip
+    for bad in (
+        dict(temperature=0),
+        dict(top_p=0),
+        dict(max_new_tokens=0),
+        dict(num_beams=0),
+        dict(do_sample=True, num_beams=2),
+    ):
         with pytest.raises(ValueError):
             engine.GenerationConfig(**bad)
 

@@ -80,8 +80,12 @@ def test_processor_matches_transformers(ours, pipeline_dir, with_suffix):
 def test_processor_several_images_per_prompt_and_explicit_markers(ours, pipeline_dir):
     hf = hf_processor(pipeline_dir)
     ims = images(3)
-    want = hf(images=[ims[:2], ims[2:]], text=["<image><image>compare", "<image>caption en"],
-              padding="longest", return_tensors="pt")  # fmt: skip
+    want = hf(
+        images=[ims[:2], ims[2:]],
+        text=["<image><image>compare", "<image>caption en"],
+        padding="longest",
+        return_tensors="pt",
+    )
     got = ours.processor(
         images=[ims[:2], ims[2:]], text=["<image><image>compare", "<image>caption en"]
     )

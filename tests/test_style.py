@@ -16,8 +16,23 @@ ALLOWED = {
     "hf_config": {"config"},
     "weights": {"config"},
     "checkpoint": {"config", "hf_config", "model", "weights"},
-    "cli": {"config", "model", "checkpoint"},
-    "__init__": {"checkpoint", "config", "hf_config", "kv_cache", "model", "weights"},
+    "cli": {"config", "model", "checkpoint", "pipeline", "processor"},
+    "tokenizer": set(),
+    "processor": {"tokenizer"},
+    "generate": {"model"},
+    "pipeline": {"generate", "checkpoint", "model", "processor", "tokenizer"},
+    "__init__": {
+        "checkpoint",
+        "config",
+        "generate",
+        "hf_config",
+        "kv_cache",
+        "model",
+        "pipeline",
+        "processor",
+        "tokenizer",
+        "weights",
+    },
 }
 CORE = {"config", "siglip", "gemma", "model", "kv_cache", "hf_config", "weights", "checkpoint"}
 
@@ -25,8 +40,10 @@ CORE = {"config", "siglip", "gemma", "model", "kv_cache", "hf_config", "weights"
 def local_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.add((node.module or "").split(".")[0])
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module is None:
+            found |= {a.name for a in node.names}  # from . import generate
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add(node.module.split(".")[0])
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("paligemma"):
             found.add(node.module.split(".")[1] if "." in node.module else "__init__")
         elif isinstance(node, ast.Import):

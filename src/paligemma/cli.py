@@ -1,13 +1,190 @@
-"""Command line: `paligemma info SRC` and `paligemma convert SRC OUT`."""
+"""Command line: `paligemma generate | info | convert`. Each command is a thin call into the API;
+every expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class UsageError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "num_beams": args.beams,
+        "repetition_penalty": args.repetition_penalty,
+        "stop": args.stop,
+    }
+    if args.sample:
+        opts |= {
+            "do_sample": True,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "seed": args.seed,
+        }
+    elif args.seed is not None or args.temperature != 1.0 or args.top_p != 1.0 or args.top_k:
+        raise UsageError("--temperature/--top-p/--top-k/--seed need --sample")
+    return opts
+
+
+def _load(args: argparse.Namespace):
+    from .pipeline import load
+
+    start = time.perf_counter()
+    pipe = load(
+        args.model,
+        dtype=_DTYPES.get(args.dtype),
+        device=args.device,
+        tokenizer=args.tokenizer,
+        config=args.config,
+    )
+    return pipe, time.perf_counter() - start
+
+
+def _record(result, load_s: float | None = None) -> dict[str, Any]:
+    t = result.timings
+    n = len(result.token_ids)
+    timings = {
+        "prefill_s": round(t.get("prefill_s", 0.0), 4),
+        "decode_s": round(t.get("decode_s", 0.0), 4),
+        "decode_tokens_per_s": round(t.get("steps", 0) / t["decode_s"], 2)
+        if t.get("decode_s")
+        else None,
+    }
+    if load_s is not None:
+        timings["load_s"] = round(load_s, 3)
+    return {
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "num_tokens": n,
+        "finish_reason": result.finish_reason,
+        "timings": timings,
+    }
+
+
+def _generate(args: argparse.Namespace) -> None:
+    if args.batch:
+        if args.image or args.prompt is not None or args.stream:
+            raise UsageError(
+                "--batch takes its images and prompts from the file (no --image/--prompt/--stream)"
+            )
+        return _generate_batch(args)
+    if not args.image or args.prompt is None:
+        raise UsageError("generate needs --image and --prompt (or --batch FILE.jsonl)")
+    if args.stream and (args.json or args.beams > 1):
+        raise UsageError("--stream prints text as it comes: not with --json or --beams")
+    opts = _options(args)
+    from .processor import load_image
+
+    images = [load_image(p) for p in args.image]  # fail on a bad image before loading the model
+    pipe, load_s = _load(args)
+    image = images if len(images) > 1 else images[0]
+    if args.stream:
+        for piece in pipe.stream(image, args.prompt, **opts):
+            print(piece, end="", flush=True)
+        print()
+        return
+    result = pipe.generate(image, args.prompt, **opts)
+    print(json.dumps(_record(result, load_s), ensure_ascii=False) if args.json else result.text)
+
+
+def _read_jobs(path: Path) -> list[dict[str, Any]]:
+    """One job per JSONL line: {"image": path or [paths], "prompt": str}; relative paths are
+    relative to the file. A bad line becomes a job with an "error" and is reported, not fatal."""
+    jobs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        job: dict[str, Any] = {"line": n}
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                raise ValueError('expected {"image": ..., "prompt": "..."}')
+            images = rec.get("image")
+            images = [images] if isinstance(images, str) else images
+            if not images or not all(isinstance(i, str) for i in images):
+                raise ValueError('"image" must be a path or a list of paths')
+            job |= {
+                "image": rec["image"],
+                "prompt": rec["prompt"],
+                "paths": [path.parent / i for i in images],
+            }
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            job["error"] = f"line {n}: {e}"
+        jobs.append(job)
+    return jobs
+
+
+def _generate_batch(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .processor import ImageError, load_image
+
+    path = Path(args.batch)
+    if not path.is_file():
+        raise UsageError(f"no such batch file: {path}")
+    jobs = _read_jobs(path)
+    opts = _options(args)
+    pipe, _ = _load(args)
+    out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        with tqdm(total=len(jobs), desc="generate", unit="prompt", file=sys.stderr) as bar:
+            for i in range(0, len(jobs), args.batch_size):
+                chunk = jobs[i : i + args.batch_size]
+                ready = []
+                for job in chunk:
+                    if "error" in job:
+                        continue
+                    try:
+                        job["images"] = [load_image(p) for p in job["paths"]]
+                        ready.append(job)
+                    except ImageError as e:
+                        job["error"] = f"line {job['line']}: {e}"
+                if ready:
+                    results = pipe.generate(
+                        [j["images"] for j in ready], [j["prompt"] for j in ready], **opts
+                    )
+                    for job, result in zip(ready, results, strict=True):
+                        job["result"] = _record(result)
+                for job in chunk:  # in input order, written as each batch completes
+                    rec = {
+                        "line": job["line"],
+                        "image": job.get("image"),
+                        "prompt": job.get("prompt"),
+                    }
+                    rec |= {"error": job["error"]} if "error" in job else job["result"]
+                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    job.pop("images", None)
+                out.flush()
+                bar.update(len(chunk))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    failed = sum("error" in j for j in jobs)
+    if failed:
+        print(
+            f'paligemma: {failed} of {len(jobs)} lines failed (see their "error")', file=sys.stderr
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# info, convert
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -53,27 +230,65 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} (transformers layout, {model.dtype})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="paligemma", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paligemma", description="PaliGemma 1 and 2 in PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="answer a prompt about one or more images")
+    gen.add_argument("--model", required=True, help="checkpoint directory, .npz or hub id")
+    gen.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    gen.add_argument("--prompt", help='e.g. "caption en", "answer en what is this?"')
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--beams", type=int, default=1, help="beam search with K beams")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--json", action="store_true", help="print JSON: text, token ids, timings")
+    gen.add_argument("--stream", action="store_true", help="print text as it is generated")
+    gen.add_argument("--batch", help="JSONL file of {image, prompt} lines")
+    gen.add_argument("--out", help="with --batch: JSONL output file (default: stdout)")
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument(
+        "--dtype", choices=list(_DTYPES), help="default: bfloat16 on GPU, float32 on CPU"
+    )
+    gen.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
+    gen.add_argument(
+        "--tokenizer", help="tokenizer.model / tokenizer.json, if not in the checkpoint"
+    )
+    gen.add_argument("--config", help="preset / config.json for an .npz")
+    gen.set_defaults(run=_generate)
+
     info = sub.add_parser("info", help="describe a preset or checkpoint")
     info.add_argument("source", help="preset name, checkpoint directory, .npz or hub id")
     info.add_argument("--config", help="preset / config.json for an .npz")
     info.add_argument("--dtype", choices=list(_DTYPES))
     info.add_argument("--list", action="store_true", help="also list every preset")
     info.set_defaults(run=_info)
+
     conv = sub.add_parser("convert", help="load any layout, save in the transformers layout")
     conv.add_argument("source", help="checkpoint directory, .npz or hub id")
     conv.add_argument("out", help="output directory")
     conv.add_argument("--config", help="preset / config.json for an .npz")
     conv.add_argument("--dtype", choices=list(_DTYPES))
     conv.set_defaults(run=_convert)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as e:  # ConfigError, CheckpointError and file errors
-        print(f"paligemma: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:  # our errors are ValueErrors; files: OSError
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"paligemma: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("paligemma: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

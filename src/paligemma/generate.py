@@ -134,13 +134,14 @@ def stream(
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(model.device).manual_seed(cfg.seed)
-    stop = torch.tensor(sorted(stop_ids), device=ids.device)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=ids.device)
+    filler = min(stop_ids, default=0)  # fed to finished rows; their outputs are ignored
     history, done = ids, torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     new: list[list[int]] = [[] for _ in range(ids.shape[0])]
     start = time.perf_counter()
     for step in range(cfg.max_new_tokens):
         tokens = _pick(process_logits(logits, history, cfg), cfg, generator)
-        tokens = tokens.masked_fill(done, int(stop[0]))
+        tokens = tokens.masked_fill(done, filler)
         ended = torch.isin(tokens, stop) & ~done
         out: list[int | None] = [
             None if d else t for d, t in zip(done.tolist(), tokens.tolist(), strict=True)
@@ -227,7 +228,7 @@ def beam_search(
         for r in range(b):
             if done[r]:  # keep shapes; these beams are never read again
                 src += [r * k] * k
-                tok += [min(stop_ids)] * k
+                tok += [min(stop_ids, default=0)] * k
                 score += [0.0] * k
                 continue
             chosen = 0
@@ -264,8 +265,14 @@ def beam_search(
     for r in range(b):
         pool = [(f, s, "stop") for f, s in finished[r]]
         if not done[r]:
-            pool += [(beam_scores[r * k + j].item() / max(len(seqs[r * k + j]), 1) ** lp,
-                      seqs[r * k + j], "length") for j in range(k)]  # fmt: skip
+            pool += [
+                (
+                    beam_scores[r * k + j].item() / max(len(seqs[r * k + j]), 1) ** lp,
+                    seqs[r * k + j],
+                    "length",
+                )
+                for j in range(k)
+            ]
         best = max(pool, key=lambda x: x[0])
         tokens_out.append(best[1])
         reasons.append(best[2])

@@ -76,7 +76,10 @@ def load_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def _check_size(image: Image.Image, max_pixels: int, name: str) -> None:
     w, h = image.size
     if w * h > max_pixels:
-        raise ImageError(f"{name} is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}")
+        raise ImageError(
+            f"{name} is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
+            "(decompression-bomb guard)"
+        )
     if w == 0 or h == 0:
         raise ImageError(f"{name} is empty ({w}x{h})")
 
@@ -113,9 +116,13 @@ class ImageTransform:
         if not (d.get("do_rescale", True) and d.get("do_normalize", True)):
             raise ImageError(f"{path}: images must be rescaled and normalised")
         as3 = lambda v: tuple(float(x) for x in (v if isinstance(v, list) else [v] * 3))  # noqa: E731
-        return cls(size=size, mean=as3(d.get("image_mean", 0.5)), std=as3(d.get("image_std", 0.5)),
-                   resample=int(d.get("resample", Image.Resampling.BICUBIC)),
-                   rescale_factor=float(d.get("rescale_factor", 1 / 255)))  # fmt: skip
+        return cls(
+            size=size,
+            mean=as3(d.get("image_mean", 0.5)),
+            std=as3(d.get("image_std", 0.5)),
+            resample=int(d.get("resample", Image.Resampling.BICUBIC)),
+            rescale_factor=float(d.get("rescale_factor", 1 / 255)),
+        )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB image -> float32[3, size, size]."""
@@ -174,8 +181,10 @@ class Processor:
             rows.append((ids, types))
 
         width = max(len(ids) for ids, _ in rows)
-        batch = {k: torch.zeros(len(rows), width, dtype=torch.long)
-                 for k in ("input_ids", "attention_mask", "token_type_ids")}  # fmt: skip
+        batch = {
+            k: torch.zeros(len(rows), width, dtype=torch.long)
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         batch["input_ids"].fill_(self.tokenizer.pad_id)
         for r, (ids, types) in enumerate(rows):
             batch["input_ids"][r, width - len(ids) :] = torch.tensor(ids)

@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (in order, in one namespace)."""
+"""The README's ```python examples run as written (in order, in one namespace); ```py blocks
+need published weights and are not run here."""
 
 from __future__ import annotations
 

@@ -64,68 +64,17 @@ def test_generate_end_to_end_in_a_real_process(pipeline_dir, image_file, pipe):
 
 def test_plain_stream_sampling_and_beams(capsys, pipeline_dir, image_file, pipe):
     want = pipe.generate(paligemma.load_image(image_file), "caption en", max_new_tokens=6).text
-    code, out, _ = run_cli(
-        capsys,
-        "generate",
-        "--model",
-        pipeline_dir,
-        "--image",
-        image_file,
-        "--prompt",
-        "caption en",
-        "--max-new-tokens",
-        6,
-    )
+    base = ["generate", "--model", pipeline_dir, "--image", image_file, "--max-new-tokens", 6]
+    code, out, _ = run_cli(capsys, *base, "--prompt", "caption en")
     assert code == 0 and out == want + "\n"
-    code, out, _ = run_cli(
-        capsys,
-        "generate",
-        "--model",
-        pipeline_dir,
-        "--image",
-        image_file,
-        "--prompt",
-        "caption en",
-        "--max-new-tokens",
-        6,
-        "--stream",
-    )
+    code, out, _ = run_cli(capsys, *base, "--prompt", "caption en", "--stream")
     assert code == 0 and out == want + "\n"
-    args = [
-        "generate",
-        "--model",
-        pipeline_dir,
-        "--image",
-        image_file,
-        "--prompt",
-        "caption en",
-        "--max-new-tokens",
-        6,
-        "--sample",
-        "--temperature",
-        0.8,
-        "--top-p",
-        0.9,
-        "--seed",
-        3,
-        "--json",
-    ]
-    first, second = run_cli(capsys, *args)[1], run_cli(capsys, *args)[1]
+    sample = ["--sample", "--temperature", 0.8, "--top-p", 0.9, "--seed", 3, "--json"]
+    first = run_cli(capsys, *base, "--prompt", "caption en", *sample)[1]
+    second = run_cli(capsys, *base, "--prompt", "caption en", *sample)[1]
     assert json.loads(first)["token_ids"] == json.loads(second)["token_ids"]
     code, out, _ = run_cli(
-        capsys,
-        "generate",
-        "--model",
-        pipeline_dir,
-        "--image",
-        image_file,
-        "--image",
-        image_file,
-        "--prompt",
-        "compare",
-        "--beams",
-        2,
-        "--json",
+        capsys, *base, "--image", image_file, "--prompt", "compare", "--beams", 2, "--json"
     )
     assert code == 0 and json.loads(out)["num_tokens"] >= 1
 
@@ -199,69 +148,24 @@ def test_every_bad_input_is_one_clear_line(capsys, pipeline_dir, image_file, tmp
     (no_tok / "tokenizer.model").unlink()
 
     base = ["generate", "--model", pipeline_dir, "--prompt", "caption en", "--image"]
+    good = ["generate", "--model", pipeline_dir, "--image", image_file]
     cases = [
         ([*base, tmp_path / "missing.png"], "no such file"),
         ([*base, tmp_path / "text.png"], "cannot identify image file"),
         ([*base, tmp_path / "truncated.png"], "truncated"),
         ([*base, tmp_path / "bomb.png"], "above the limit of 100,000,000"),
         ([*base, tmp_path / "giant.png"], "decompression-bomb guard"),
-        (
-            [
-                "generate",
-                "--model",
-                pipeline_dir,
-                "--image",
-                image_file,
-                "--prompt",
-                "word " * 9000,
-            ],
-            "longest sequence the model takes",
-        ),
-        (
-            ["generate", "--model", tmp_path / "nowhere", "--image", image_file, "--prompt", "x"],
-            "no such checkpoint",
-        ),
-        (
-            ["generate", "--model", no_tok, "--image", image_file, "--prompt", "x"],
-            "has no tokenizer",
-        ),
-        (
-            ["generate", "--model", pipeline_dir, "--image", image_file],
-            "needs --image and --prompt",
-        ),
-        (
-            [
-                "generate",
-                "--model",
-                pipeline_dir,
-                "--image",
-                image_file,
-                "--prompt",
-                "x",
-                "--seed",
-                1,
-            ],
-            "need --sample",
-        ),
-        (
-            [
-                "generate",
-                "--model",
-                pipeline_dir,
-                "--image",
-                image_file,
-                "--prompt",
-                "x",
-                "--max-new-tokens",
-                0,
-            ],
-            "max_new_tokens must be",
-        ),
-        (
-            ["generate", "--model", pipeline_dir, "--batch", tmp_path / "none.jsonl"],
-            "no such batch file",
-        ),
-    ]
+        ([*good, "--prompt", "word " * 9000], "longest sequence the model takes"),
+        ([*good, "--prompt", "x", "--seed", 1], "need --sample"),
+        ([*good, "--prompt", "x", "--max-new-tokens", 0], "max_new_tokens must be"),
+        (good, "needs --image and --prompt"),
+        (["generate", "--model", tmp_path / "nowhere", "--image", image_file, "--prompt", "x"],
+         "no such checkpoint"),
+        (["generate", "--model", no_tok, "--image", image_file, "--prompt", "x"],
+         "has no tokenizer"),
+        (["generate", "--model", pipeline_dir, "--batch", tmp_path / "none.jsonl"],
+         "no such batch file"),
+    ]  # fmt: skip
     for args, message in cases:
         code, out, err = run_cli(capsys, *args)
         assert code == 1, (args, out, err)

@@ -159,13 +159,19 @@ def test_every_bad_input_is_one_clear_line(capsys, pipeline_dir, image_file, tmp
         ([*good, "--prompt", "x", "--seed", 1], "need --sample"),
         ([*good, "--prompt", "x", "--max-new-tokens", 0], "max_new_tokens must be"),
         (good, "needs --image and --prompt"),
-        (["generate", "--model", tmp_path / "nowhere", "--image", image_file, "--prompt", "x"],
-         "no such checkpoint"),
-        (["generate", "--model", no_tok, "--image", image_file, "--prompt", "x"],
-         "has no tokenizer"),
-        (["generate", "--model", pipeline_dir, "--batch", tmp_path / "none.jsonl"],
-         "no such batch file"),
-    ]  # fmt: skip
+        (
+            ["generate", "--model", tmp_path / "nowhere", "--image", image_file, "--prompt", "x"],
+            "no such checkpoint",
+        ),
+        (
+            ["generate", "--model", no_tok, "--image", image_file, "--prompt", "x"],
+            "has no tokenizer",
+        ),
+        (
+            ["generate", "--model", pipeline_dir, "--batch", tmp_path / "none.jsonl"],
+            "no such batch file",
+        ),
+    ]
     for args, message in cases:
         code, out, err = run_cli(capsys, *args)
         assert code == 1, (args, out, err)

@@ -6,9 +6,20 @@ from .generate import GenerationConfig
 from .hf_config import from_hf_json, to_hf_json
 from .kv_cache import KVCache
 from .model import PaliGemma, make_attn_mask
+from .objects import (
+    DetectedObject,
+    ObjectList,
+    loc_string,
+    mask_to_rle,
+    objects_to_suffix,
+    parse_objects,
+    rle_to_mask,
+    seg_string,
+)
 from .pipeline import Pipeline, PromptTooLongError, Result, load
 from .processor import ImageError, Processor, load_image
 from .tokenizer import Tokenizer, TokenizerError
+from .vqvae import MaskVAE, load_mask_vae
 from .weights import CheckpointError
 
 __all__ = [
@@ -16,9 +27,12 @@ __all__ = [
     "TINY",
     "CheckpointError",
     "ConfigError",
+    "DetectedObject",
     "GenerationConfig",
     "ImageError",
     "KVCache",
+    "MaskVAE",
+    "ObjectList",
     "PaliGemma",
     "PaliGemmaConfig",
     "Pipeline",
@@ -31,9 +45,16 @@ __all__ = [
     "get_config",
     "load",
     "load_image",
+    "load_mask_vae",
     "load_model",
+    "loc_string",
     "make_attn_mask",
+    "mask_to_rle",
+    "objects_to_suffix",
+    "parse_objects",
+    "rle_to_mask",
     "save_model",
+    "seg_string",
     "to_hf_json",
 ]
 __version__ = "0.1.0"

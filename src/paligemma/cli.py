@@ -53,6 +53,7 @@ def _load(args: argparse.Namespace):
         device=args.device,
         tokenizer=args.tokenizer,
         config=args.config,
+        mask_vae=getattr(args, "mask_vae", None),
     )
     return pipe, time.perf_counter() - start
 
@@ -184,6 +185,40 @@ def _generate_batch(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# detect, segment
+
+
+def _task(args: argparse.Namespace) -> None:
+    from .draw import draw_objects
+    from .processor import load_image
+
+    image = load_image(args.image)
+    pipe, load_s = _load(args)
+    run = pipe.segment if args.command == "segment" else pipe.detect
+    objects = run(image, args.label, max_new_tokens=args.max_new_tokens, convention=args.convention)
+    if args.out:
+        draw_objects(image, objects).save(args.out)
+    if args.json:
+        record = {
+            "text": objects.text,
+            "width": objects.width,
+            "height": objects.height,
+            "objects": [o.to_dict() for o in objects],
+            "coco": objects.to_coco(),
+            "load_s": round(load_s, 3),
+        }
+        print(json.dumps(record, ensure_ascii=False))
+        return
+    for obj in objects:
+        where = "x0={} y0={} x1={} y1={}".format(*obj.box) if obj.box else "no box"
+        state = "" if obj.valid else f"  [invalid: {obj.problem}]"
+        area = f"  mask {int(obj.mask.sum())} px" if obj.mask is not None else ""
+        print(f"{obj.label or '(no label)'}: {where}{area}{state}")
+    if not objects:
+        print(f"(no objects) raw answer: {objects.text!r}")
+
+
+# ---------------------------------------------------------------------------------------------
 # info, convert
 
 
@@ -261,6 +296,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--config", help="preset / config.json for an .npz")
     gen.set_defaults(run=_generate)
+
+    for name, what in (("detect", "boxes"), ("segment", "boxes and masks")):
+        task = sub.add_parser(name, help=f"{what} of labelled things in an image")
+        task.add_argument("--model", required=True, help="checkpoint directory, .npz or hub id")
+        task.add_argument("--image", required=True, help="image file")
+        task.add_argument(
+            "--label", action="append", required=True, help="thing to find (repeatable)"
+        )
+        task.add_argument("--out", help="write a picture with the results drawn on the image")
+        task.add_argument(
+            "--json", action="store_true", help="print JSON (objects, COCO annotations)"
+        )
+        task.add_argument("--max-new-tokens", type=int, default=128)
+        task.add_argument(
+            "--convention",
+            choices=["big_vision", "hf_demo"],
+            default="big_vision",
+            help="location-bin to pixel rule (default: big_vision's evaluator)",
+        )
+        task.add_argument("--mask-vae", help="vae-oid.npz, if not in the checkpoint directory")
+        task.add_argument("--dtype", choices=list(_DTYPES))
+        task.add_argument("--device")
+        task.add_argument("--tokenizer")
+        task.add_argument("--config")
+        task.set_defaults(run=_task)
 
     info = sub.add_parser("info", help="describe a preset or checkpoint")
     info.add_argument("source", help="preset name, checkpoint directory, .npz or hub id")

@@ -19,10 +19,13 @@ import torch
 from . import generate as engine
 from .checkpoint import load_model, resolve_source
 from .model import PaliGemma
-from .processor import ImageTransform, Processor, images_per_row
+from .objects import ObjectList, parse_objects
+from .processor import ImageTransform, Processor, images_per_row, load_image
 from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
+from .vqvae import MaskVAE, load_mask_vae, paste_mask
 
 MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
+MASK_VAE_FILES = ("vae-oid.npz", "vae-oid.safetensors", "mask_vae.safetensors", "mask_vae.npz")
 
 
 class PromptTooLongError(ValueError):
@@ -38,10 +41,11 @@ class Result:
 
 
 class Pipeline:
-    def __init__(self, model: PaliGemma, processor: Processor) -> None:
+    def __init__(self, model: PaliGemma, processor: Processor, mask_vae: MaskVAE | None = None):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.mask_vae = mask_vae
 
     # -- helpers -------------------------------------------------------------------------------
     def _rows(self, images: Any, prompts: str | list[str]) -> tuple[list[list[Any]], list[str]]:
@@ -139,6 +143,56 @@ class Pipeline:
         if text.startswith(shown) and len(text) > len(shown):
             yield text[len(shown) :]
 
+    # -- task outputs --------------------------------------------------------------------------
+    def detect(
+        self,
+        image: Any,
+        labels: str | list[str],
+        *,
+        max_new_tokens: int = 128,
+        convention: str = "big_vision",
+        **options: Any,
+    ) -> ObjectList:
+        """Boxes for `labels` ("detect cat ; dog"): a list of DetectedObject in pixels of the
+        original image, with `.text` the raw answer (see `parse_objects`)."""
+        return self._task("detect", image, labels, max_new_tokens, convention, options)
+
+    def segment(
+        self,
+        image: Any,
+        labels: str | list[str],
+        *,
+        max_new_tokens: int = 128,
+        convention: str = "big_vision",
+        **options: Any,
+    ) -> ObjectList:
+        """As `detect`, with "segment ..."; each valid object also gets `.mask` (bool[H, W]) and
+        `.soft_mask` (float32[H, W]) decoded by the mask VQ-VAE and pasted into its box."""
+        if self.mask_vae is None:
+            raise ValueError(
+                "segmentation needs the mask VQ-VAE (vae-oid.npz): put it in the checkpoint "
+                "directory or pass mask_vae=PATH to paligemma.load"
+            )
+        objects = self._task("segment", image, labels, max_new_tokens, convention, options)
+        todo = [o for o in objects if o.valid and o.seg_codes is not None]
+        if todo:
+            with torch.inference_mode():
+                logits = self.mask_vae.decode(torch.tensor([o.seg_codes for o in todo]))
+            for obj, m64 in zip(todo, logits, strict=True):
+                obj.mask, obj.soft_mask = paste_mask(m64, obj.box, objects.height, objects.width)
+        return objects
+
+    def _task(self, task, image, labels, max_new_tokens, convention, options) -> ObjectList:
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise ValueError(f"{task} needs at least one non-empty label")
+        if any(";" in x for x in labels):
+            raise ValueError("labels may not contain ';' (it separates them)")
+        image = load_image(image)
+        prompt = f"{task} " + " ; ".join(x.strip() for x in labels)
+        result = self.generate(image, prompt, max_new_tokens=max_new_tokens, **options)
+        return parse_objects(result.text, image.width, image.height, convention)
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -151,12 +205,14 @@ def load(
     *,
     tokenizer: str | os.PathLike | None = None,
     config: Any = None,
+    mask_vae: str | os.PathLike | None = None,
 ) -> Pipeline:
     """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`).
 
     Defaults: the GPU in bfloat16 when there is one, else the CPU in float32 (on CPUs without
     native bfloat16 matrix units, float32 is both the fastest and the exact choice). The
-    tokenizer is the checkpoint's `tokenizer.model` / `tokenizer.json` unless given.
+    tokenizer is the checkpoint's `tokenizer.model` / `tokenizer.json` unless given; the mask
+    VQ-VAE (for `segment`) is `vae-oid.npz` beside the weights unless given.
     """
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
@@ -186,4 +242,7 @@ def load(
         if pre.is_file()
         else ImageTransform(cfg.image_size)
     )
-    return Pipeline(model, Processor(tok, transform, cfg.num_image_tokens))
+    if mask_vae is None:
+        mask_vae = next((directory / n for n in MASK_VAE_FILES if (directory / n).is_file()), None)
+    vae = load_mask_vae(mask_vae, device=device) if mask_vae is not None else None
+    return Pipeline(model, Processor(tok, transform, cfg.num_image_tokens), vae)

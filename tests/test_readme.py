@@ -17,4 +17,10 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
-    assert printed == ["torch.Size([2, 12, 300])", "15"], printed
+    assert printed == [
+        "shoe (193, 23, 404, 332) False truncated box (3 of 4 location tokens)",
+        "<loc0102><loc0102><loc0512><loc0512> cat ; <loc0000><loc0000><loc0213><loc0160> dog",
+        "(1, 16) (1, 64, 64)",
+        "torch.Size([2, 12, 300])",
+        "15",
+    ], printed

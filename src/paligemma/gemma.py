@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import GemmaConfig
 from .kv_cache import KVCache
@@ -138,6 +139,7 @@ class GemmaDecoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)  # also the output head (tied)
         self.blocks = nn.ModuleList(Block(cfg, local) for local in cfg.layer_is_local)
         self.final_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.checkpointing = False  # recompute block activations in backward (training only)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """int[B, T] -> float[B, T, D]; scaled by sqrt(D) rounded to the weight dtype."""
@@ -156,7 +158,10 @@ class GemmaDecoder(nn.Module):
         -> final-normed hidden states (B, T, D)."""
         rope = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, masks, cache, i, start)
+            if self.checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, rope, masks, cache, i, start, use_reentrant=False)
+            else:
+                x = block(x, rope, masks, cache, i, start)
         return self.final_norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

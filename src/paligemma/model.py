@@ -139,7 +139,30 @@ class PaliGemma(nn.Module):
         positions: torch.Tensor | None = None,
         num_logits: int | None = None,
     ) -> torch.Tensor:
-        """Logits float[B, T, V] (or for the last `num_logits` positions only).
+        """Logits float[B, T, V] (or for the last `num_logits` positions only); see `hidden`."""
+        h = self.hidden(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            token_type_ids,
+            cache=cache,
+            positions=positions,
+        )
+        if num_logits is not None:
+            h = h[:, -num_logits:]
+        return self.decoder.logits(h)
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-normed hidden states float[B, T, D], before the output head.
 
         input_ids int[B, T]; pixel_values float[I, 3, S, S]; attention_mask int/bool[B, T]
         (1 = real token, 0 = left padding; default all real); token_type_ids int[B, T]
@@ -172,7 +195,4 @@ class PaliGemma(nn.Module):
             make_attn_mask(key_mask, key_prefix, is_prefix, start),
             make_attn_mask(key_mask, key_prefix, is_prefix, start, window) if window else None,
         )
-        h = self.decoder(x, positions, masks, cache, start)  # (B, T, D)
-        if num_logits is not None:
-            h = h[:, -num_logits:]
-        return self.decoder.logits(h)
+        return self.decoder(x, positions, masks, cache, start)  # (B, T, D)

@@ -18,6 +18,7 @@ import torch
 
 from . import generate as engine
 from .checkpoint import load_model, resolve_source
+from .lora import load_adapter_
 from .model import PaliGemma
 from .objects import ObjectList, parse_objects
 from .processor import ImageTransform, Processor, images_per_row, load_image
@@ -206,13 +207,15 @@ def load(
     tokenizer: str | os.PathLike | None = None,
     config: Any = None,
     mask_vae: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
 ) -> Pipeline:
     """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`).
 
     Defaults: the GPU in bfloat16 when there is one, else the CPU in float32 (on CPUs without
     native bfloat16 matrix units, float32 is both the fastest and the exact choice). The
     tokenizer is the checkpoint's `tokenizer.model` / `tokenizer.json` unless given; the mask
-    VQ-VAE (for `segment`) is `vae-oid.npz` beside the weights unless given.
+    VQ-VAE (for `segment`) is `vae-oid.npz` beside the weights unless given. `adapter`: a
+    LoRA adapter directory (ours or peft's) applied on top of the base weights.
     """
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
@@ -227,6 +230,8 @@ def load(
         )
     tok = Tokenizer(tok_path)
     model = load_model(path, dtype=dtype, device=device, config=config)
+    if adapter is not None:
+        load_adapter_(model, adapter)
     cfg = model.cfg
     if tok.image_id != cfg.image_token_id:
         raise TokenizerError(

@@ -8,9 +8,12 @@ Axes: B images, P patches (image tokens), D width, N heads, H head dim.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import SiglipConfig
 
@@ -70,10 +73,25 @@ class SiglipEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(num_patches, cfg.width))  # (P, D)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.checkpointing = False  # recompute block activations in backward (training only)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, S/p, S/p)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, P, D), patch index = row * W + col
         for block in self.blocks:
-            x = block(x)
+            use = self.checkpointing and self.training and torch.is_grad_enabled()
+            x = checkpoint(block, x, use_reentrant=False) if use else block(x)
         return self.final_norm(x)
+
+
+def resample_pos_embed(pos: torch.Tensor, side: int) -> torch.Tensor:
+    """Learned position table (P, D) on a sqrt(P) grid -> (side * side, D), bilinear, for
+    fine-tuning at another resolution (e.g. 224 -> 448 px: 16 x 16 -> 32 x 32)."""
+    old = math.isqrt(pos.shape[0])
+    if old * old != pos.shape[0]:
+        raise ValueError(f"{pos.shape[0]} positions do not form a square grid")
+    grid = pos.detach().float().T.reshape(1, -1, old, old)  # (1, D, old, old)
+    grid = F.interpolate(
+        grid, size=(side, side), mode="bilinear", align_corners=False, antialias=side < old
+    )
+    return grid.reshape(pos.shape[1], side * side).T.to(pos.dtype).contiguous()

@@ -1,0 +1,508 @@
+"""Fine-tuning that is correct by construction, and runs that survive being killed.
+
+Data: a JSONL file, one example per line: {"image": path (or list of paths, relative to the
+file), "prefix": "answer en what colour?", "suffix": "red"}. Every record is checked before the
+run starts (missing image, empty suffix, too long for `max_len`), with line numbers.
+
+Loss: cross-entropy on suffix tokens only; the labels come from the processor, where image,
+prefix and padding positions are -100, and logits are computed at suffix positions alone.
+"token" averages over all suffix tokens of a batch; "example" (big_vision's) averages per
+example first. Gradient accumulation splits a batch into micro-batches with the same result.
+
+Modes: "full" (optionally freezing the vision tower / projector), "attention" (decoder
+attention weights only, as big_vision's Colab), "lora", "qlora" (LoRA over an int8 / int4
+decoder). Checkpoints hold the trainable tensors, the optimiser state, the data position and
+the RNG state; each is written to a temporary directory and renamed, so a kill at any moment
+leaves the last complete one, and `resume` continues bit for bit where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import save_model
+from .lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
+from .pipeline import Pipeline, load
+from .processor import IGNORE, ImageError, load_image
+from .quantize import quantize_
+from .siglip import resample_pos_embed
+
+MODES = ("full", "attention", "lora", "qlora")
+
+
+class DataError(ValueError):
+    """Training data with bad records."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    eval_data: str | None = None
+    mode: str = "lora"
+    freeze_vision: bool = False  # full mode: keep the image encoder fixed
+    freeze_projector: bool = False
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    lora_scope: str = "decoder"
+    quantize: str = "int8"  # qlora base: int8 | int4
+    steps: int = 100
+    batch_size: int = 8  # examples per optimiser step
+    grad_accum: int = 1  # micro-batches per step (memory ~ batch_size / grad_accum)
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | sgd
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    clip: float | None = 1.0
+    label_smoothing: float = 0.0
+    loss_norm: str = "token"  # token | example
+    autocast: bool = False  # bfloat16 autocast
+    checkpointing: bool = False  # gradient checkpointing
+    image_size: int | None = None  # fine-tune at another resolution (position-table resampling)
+    max_len: int | None = None  # text tokens per example (prefix + suffix); default: no limit
+    seed: int = 0
+    save_every: int = 50
+    eval_every: int = 0
+    eval_max_new_tokens: int = 32
+    skip_bad: bool = False
+    merge: bool = False  # LoRA: also save the merged model
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.mode in MODES, f"mode must be one of {MODES}"),
+            (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+            (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
+            (self.loss_norm in ("token", "example"), "loss_norm must be token or example"),
+            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
+            (
+                self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+                "grad_accum must divide batch_size",
+            ),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.quantize in ("int8", "int4"), "quantize must be int8 or int4"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    # Settings a resumed run must share with the run it continues.
+    def fingerprint(self) -> dict[str, Any]:
+        skip = {
+            "out",
+            "eval_data",
+            "save_every",
+            "eval_every",
+            "eval_max_new_tokens",
+            "merge",
+            "steps",
+            "skip_bad",
+        }
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True)
+class Example:
+    line: int
+    images: tuple[Path, ...]
+    prefix: str
+    suffix: str
+
+
+def read_examples(
+    path: str | os.PathLike, pipe: Pipeline, max_len: int | None, skip_bad: bool
+) -> list[Example]:
+    """All examples of a JSONL file, validated. Bad records raise one DataError listing them
+    with line numbers, unless `skip_bad`, when they are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such data file: {path}")
+    good, bad = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            images = rec.get("image")
+            images = [images] if isinstance(images, str) else images
+            if not images or not all(isinstance(i, str) for i in images):
+                raise ValueError('"image" must be a path or a list of paths')
+            prefix, suffix = rec.get("prefix", ""), rec.get("suffix")
+            if not isinstance(prefix, str):
+                raise ValueError('"prefix" must be a string')
+            if not isinstance(suffix, str) or not suffix.strip():
+                raise ValueError('empty or missing "suffix"')
+            paths = tuple(path.parent / i for i in images)
+            for p in paths:
+                _check_image(p)
+            # <bos> prefix "\n" suffix <eos>: the text part of the sequence
+            length = len(pipe.processor.prompt_ids(prefix, 0)) + len(
+                pipe.processor.suffix_ids(suffix)
+            )
+            if max_len is not None and length > max_len:
+                raise ValueError(f"{length} text tokens, more than max_len={max_len}")
+            good.append(Example(n, paths, prefix, suffix))
+        except (ValueError, ImageError) as e:
+            bad.append(f"line {n}: {e}")
+    if bad and not skip_bad:
+        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise DataError(
+            f"{path}: {len(bad)} bad record(s): {shown} (fix them or skip them with --skip-bad)"
+        )
+    if not good:
+        raise DataError(f"{path}: no usable examples")
+    return good
+
+
+def _check_image(path: Path) -> None:
+    """Header-only check (cheap): the file exists and is an image of an acceptable size."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise ImageError(f"no such image {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    if w * h > 100_000_000:
+        raise ImageError(f"image {path} is {w}x{h}, above the pixel limit")
+
+
+def batch_of(pipe: Pipeline, examples: list[Example]) -> dict[str, torch.Tensor]:
+    return pipe.processor(
+        images=[list(e.images) for e in examples],
+        text=[e.prefix for e in examples],
+        suffix=[e.suffix for e in examples],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def suffix_loss(
+    model, batch: dict[str, torch.Tensor], norm: str, label_smoothing: float, denominator: float
+) -> tuple[torch.Tensor, int]:
+    """Sum of suffix-token cross-entropies / `denominator` (see `TrainConfig.loss_norm`), and
+    the number of suffix tokens. Logits are computed only where a label is set."""
+    device = model.device
+    h = model.hidden(
+        batch["input_ids"].to(device),
+        batch["pixel_values"].to(device, model.dtype),
+        batch["attention_mask"].to(device),
+        batch["token_type_ids"].to(device),
+    )
+    targets = batch["labels"][:, 1:].to(device)  # position t predicts token t + 1
+    mask = targets != IGNORE  # (B, T-1)
+    logits = model.decoder.logits(h[:, :-1][mask]).float()  # (N, V) at suffix positions only
+    ce = F.cross_entropy(logits, targets[mask], reduction="none", label_smoothing=label_smoothing)
+    if norm == "token":
+        return ce.sum() / denominator, int(mask.sum())
+    rows = mask.nonzero()[:, 0]  # example of each token
+    per_token_weight = 1.0 / mask.sum(1).clamp(min=1)[rows]
+    return (ce * per_token_weight).sum() / denominator, int(mask.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Model preparation
+
+
+def prepare_(pipe: Pipeline, cfg: TrainConfig) -> list[tuple[str, torch.nn.Parameter]]:
+    """Freeze / adapt the model for `cfg.mode`; returns the trainable parameters by name."""
+    model = pipe.model
+    if cfg.image_size is not None and cfg.image_size != model.cfg.image_size:
+        resize_images_(pipe, cfg.image_size)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.mode == "qlora":
+        quantize_(model, cfg.quantize)
+    if cfg.mode in ("lora", "qlora"):
+        apply_lora_(
+            model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.lora_scope
+        )
+        for m in lora_modules(model).values():
+            m.lora_A.requires_grad_(True)
+            m.lora_B.requires_grad_(True)
+    elif cfg.mode == "attention":
+        for name, p in model.named_parameters():
+            if name.startswith("decoder.blocks.") and ".attn." in name:
+                p.requires_grad_(True)
+    else:
+        for name, p in model.named_parameters():
+            frozen = (cfg.freeze_vision and name.startswith("vision.")) or (
+                cfg.freeze_projector and name.startswith("projector.")
+            )
+            p.requires_grad_(not frozen)
+    model.decoder.checkpointing = model.vision.checkpointing = cfg.checkpointing
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("nothing to train with these settings")
+    return trainable
+
+
+def resize_images_(pipe: Pipeline, size: int) -> None:
+    """In place: run the model at `size` px, resampling SigLIP's position table."""
+    model = pipe.model
+    new_cfg = dataclasses.replace(model.cfg, image_size=size)
+    side = size // model.cfg.vision.patch_size
+    with torch.no_grad():
+        model.vision.pos_embed = torch.nn.Parameter(
+            resample_pos_embed(model.vision.pos_embed, side)
+        )
+    model.cfg = new_cfg
+    pipe.processor.transform = dataclasses.replace(pipe.processor.transform, size=size)
+    pipe.processor.num_image_tokens = new_cfg.num_image_tokens
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _save_state(out: Path, step: int, pos: int, trainable, optimizer, cfg: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in trainable}
+    scalars: dict[str, dict[str, Any]] = {}
+    for n, p in trainable:
+        for key, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{n}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(n, {})[key] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": cfg.fingerprint()}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    (root / ".latest.tmp").write_text(final.name)
+    os.replace(root / ".latest.tmp", root / "latest")
+    for old in root.glob("step-*"):
+        if old.name != final.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(out: Path, trainable, optimizer, cfg: TrainConfig) -> tuple[int, int]:
+    from safetensors.torch import load_file
+
+    root = out / "checkpoints"
+    if not (root / "latest").is_file():
+        return 0, 0
+    ck = root / (root / "latest").read_text().strip()
+    meta = json.loads((ck / "state.json").read_text())
+    if meta["config"] != json.loads(json.dumps(cfg.fingerprint())):
+        changed = sorted(
+            k
+            for k in meta["config"]
+            if meta["config"][k] != json.loads(json.dumps(cfg.fingerprint()))[k]
+        )
+        raise ValueError(
+            f"{ck} was made with other settings ({', '.join(changed)}); use another --out"
+        )
+    tensors = load_file(str(ck / "state.safetensors"))
+    with torch.no_grad():
+        for n, p in trainable:
+            p.copy_(tensors[f"param/{n}"])
+            state = {
+                k.rsplit("/", 1)[1]: v.to(p.device)
+                for k, v in tensors.items()
+                if k.startswith(f"opt/{n}/")
+            }
+            state |= meta["opt_scalars"].get(n, {})
+            if state:
+                optimizer.state[p] = state
+    torch.set_rng_state(tensors["rng/torch"])
+    return meta["step"], meta["pos"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def evaluate(
+    pipe: Pipeline, examples: list[Example], max_new_tokens: int, batch_size: int = 8
+) -> float:
+    """Exact-match accuracy of greedy answers against the suffixes."""
+    was_training = pipe.model.training
+    pipe.model.eval()
+    hits = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        results = pipe.generate(
+            [[load_image(p) for p in e.images] for e in chunk],
+            [e.prefix for e in chunk],
+            max_new_tokens=max_new_tokens,
+        )
+        hits += sum(r.text.strip() == e.suffix.strip() for r, e in zip(results, chunk, strict=True))
+    pipe.model.train(was_training)
+    return hits / len(examples)
+
+
+def train(
+    source: str | os.PathLike, cfg: TrainConfig, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Fine-tune the model at `source`; writes to cfg.out: metrics.jsonl, checkpoints/, and
+    model/ (full, attention) or adapter/ (+ merged/) (lora, qlora). Returns the final metrics."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    if not resume and (out / "checkpoints" / "latest").is_file():
+        raise ValueError(
+            f"{out} holds a run already: pass --resume to continue it, or another --out"
+        )
+    torch.manual_seed(cfg.seed)
+    pipe = load(source, dtype=torch.float32)
+    model = pipe.model
+    data = read_examples(cfg.data, pipe, cfg.max_len, cfg.skip_bad)
+    eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad) if cfg.eval_data else None
+    trainable = prepare_(pipe, cfg)
+    params = [p for _, p in trainable]
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    start, pos = _load_state(out, trainable, optimizer, cfg) if resume else (0, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "metrics.jsonl"
+    kept = [r for r in _read_log(log_path) if r["step"] <= start] if resume else []
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def next_examples(n: int) -> list[Example]:
+        nonlocal pos
+        picked = []
+        for _ in range(n):
+            epoch, index = divmod(pos, len(data))
+            order = torch.randperm(
+                len(data), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            )
+            picked.append(data[int(order[index])])
+            pos += 1
+        return picked
+
+    model.train()
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.autocast)
+    record: dict[str, Any] = {}
+    bar = tqdm(total=cfg.steps, initial=start, desc="finetune", unit="step", disable=not progress)
+    with open(log_path, "a") as log:
+        for step in range(start, cfg.steps):
+            began = time.perf_counter()
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            batches = [
+                batch_of(pipe, next_examples(cfg.batch_size // cfg.grad_accum))
+                for _ in range(cfg.grad_accum)
+            ]
+            labels = [b["labels"][:, 1:] != IGNORE for b in batches]
+            denom = (
+                sum(int(m.sum()) for m in labels) if cfg.loss_norm == "token" else cfg.batch_size
+            )
+            total, tokens = 0.0, 0
+            for batch in batches:
+                with autocast:
+                    loss, n = suffix_loss(
+                        model, batch, cfg.loss_norm, cfg.label_smoothing, max(denom, 1)
+                    )
+                loss.backward()
+                total, tokens = total + float(loss), tokens + n
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - began
+            record = {
+                "step": step + 1,
+                "loss": round(total, 6),
+                "lr": lr_at(step, cfg),
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+                "seconds": round(seconds, 4),
+            }
+            if eval_data and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                record["eval_exact_match"] = evaluate(pipe, eval_data, cfg.eval_max_new_tokens)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens / seconds:.0f}")
+            bar.update(1)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                _save_state(out, step + 1, pos, trainable, optimizer, cfg)
+    bar.close()
+    model.eval()
+    _save_outputs(pipe, Path(source), out, cfg)
+    if eval_data:
+        record["eval_exact_match"] = evaluate(pipe, eval_data, cfg.eval_max_new_tokens)
+    return record
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill
+            break
+    return rows
+
+
+def _copy_assets(source: Path, dest: Path) -> None:
+    """Tokenizer, preprocessor config and mask VQ-VAE, so `dest` is a complete checkpoint."""
+    from .pipeline import MASK_VAE_FILES
+    from .tokenizer import TOKENIZER_FILES
+
+    directory = source if source.is_dir() else source.parent
+    for name in (*TOKENIZER_FILES, "preprocessor_config.json", *MASK_VAE_FILES):
+        if (directory / name).is_file():
+            shutil.copy(directory / name, dest / name)
+
+
+def _save_outputs(pipe: Pipeline, source: Path, out: Path, cfg: TrainConfig) -> None:
+    if cfg.mode in ("lora", "qlora"):
+        save_adapter(pipe.model, out / "adapter", base=str(source))
+        if not cfg.merge:
+            return
+        merge_lora_(pipe.model)
+        target = out / "merged"
+    else:
+        target = out / "model"
+    save_model(pipe.model, target)
+    _copy_assets(source, target)

@@ -1,0 +1,121 @@
+"""Weight-only quantisation of linear layers: int8 per output channel, int4 in groups.
+
+`quantize_(model, "int8" | "int4", ...)` swaps `nn.Linear` modules by name for quantised ones
+that keep the same names for their tensors (`weight` holds the integer codes, `scale` the
+float scales), so a quantised model's state dict saves and loads like any other. Activations
+stay in the model's dtype; weights are dequantised on the fly.
+
+    int8: w ~= q * scale[o],            q int8[O, I],          scale float[O]
+    int4: w ~= q * scale[o, g],         q uint8[O, I / 2] (two 4-bit codes, low nibble first,
+                                        values 0..15 for -8..7), scale float[O, I / group]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Int8Linear(nn.Module):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = False, dtype=torch.float32
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127  # (O,)
+        q = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, linear.weight.dtype
+        )
+        q.weight.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        q.scale.copy_(scale.to(q.scale.dtype))
+        if linear.bias is not None:
+            q.bias.data.copy_(linear.bias.detach())
+        return q.to(linear.weight.device)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.to(self.scale.dtype) * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(
+            x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
+
+
+class Int4Linear(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        group: int = 64,
+        dtype=torch.float32,
+    ):
+        super().__init__()
+        if in_features % group or group % 2:
+            raise ValueError(
+                f"in_features {in_features} is not a multiple of the group size {group}"
+            )
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        self.register_buffer(
+            "weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8)
+        )
+        self.register_buffer("scale", torch.ones(out_features, in_features // group, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group: int = 64) -> Int4Linear:
+        o, i = linear.weight.shape
+        q = cls(i, o, linear.bias is not None, group, linear.weight.dtype)
+        w = linear.weight.detach().float().view(o, i // group, group)
+        scale = w.abs().amax(-1).clamp(min=1e-12) / 7  # (O, G)
+        codes = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8).view(o, i)
+        q.weight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
+        q.scale.copy_(scale.to(q.scale.dtype))
+        if linear.bias is not None:
+            q.bias.data.copy_(linear.bias.detach())
+        return q.to(linear.weight.device)
+
+    def dequantize(self) -> torch.Tensor:
+        codes = torch.stack([self.weight & 15, self.weight >> 4], dim=-1).view(
+            self.out_features, -1
+        )
+        w = (codes.to(self.scale.dtype) - 8).view(self.out_features, -1, self.group)
+        return (w * self.scale[..., None]).view(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(
+            x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
+
+
+QUANTIZED = (Int8Linear, Int4Linear)
+DECODER_LINEARS = "decoder.blocks.*"
+
+
+def quantize_(
+    model: nn.Module, mode: str, include: str = DECODER_LINEARS, group: int = 64
+) -> nn.Module:
+    """In place: every nn.Linear whose name matches `include` (fnmatch) becomes Int8 / Int4."""
+    if mode not in ("int8", "int4"):
+        raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Linear or not fnmatch.fnmatch(name, include):
+            continue
+        q = (
+            Int8Linear.from_linear(module)
+            if mode == "int8"
+            else Int4Linear.from_linear(module, group)
+        )
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, q)
+    return model

@@ -1,0 +1,406 @@
+"""Fine-tuning: the loss mask, learning a small task, PEFT interop, merging, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import paligemma
+from paligemma import finetune
+from paligemma.lora import apply_lora_, lora_modules, merge_lora_, save_adapter
+from paligemma.processor import IGNORE
+
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (30, 50, 220),
+    "yellow": (230, 220, 30),
+}
+
+
+def write_colour_task(root, n: int, seed: int, name: str) -> str:
+    """JSONL of noisy solid-colour images: "answer en what colour is it?" -> colour name."""
+    rng = np.random.RandomState(seed)
+    (root / "img").mkdir(exist_ok=True)
+    lines = []
+    for i in range(n):
+        colour = list(COLORS)[i % len(COLORS)]
+        pixels = np.clip(np.array(COLORS[colour]) + rng.randint(-40, 40, (28, 28, 3)), 0, 255)
+        path = root / "img" / f"{name}-{i}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        lines.append(
+            {
+                "image": f"img/{path.name}",
+                "prefix": "answer en what colour is it?",
+                "suffix": colour,
+            }
+        )
+    out = root / f"{name}.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    return write_colour_task(root, 48, 0, "train"), write_colour_task(root, 16, 1, "eval")
+
+
+def cfg_for(tmp_path, data, **kw) -> finetune.TrainConfig:
+    return finetune.TrainConfig(data=data, out=str(tmp_path / "run"), **kw)
+
+
+# -- the loss ---------------------------------------------------------------------------------
+
+
+def test_loss_equals_transformers_and_ignores_prefix_and_padding(pipeline_dir, task):
+    from transformers import PaliGemmaForConditionalGeneration
+
+    pipe = paligemma.load(pipeline_dir)
+    examples = finetune.read_examples(task[0], pipe, None, False)[:3]
+    examples[1] = dataclasses.replace(examples[1], prefix="a much longer prompt with more words")
+    batch = finetune.batch_of(pipe, examples)
+    labels = batch["labels"]
+    suffix = batch["token_type_ids"] == 1
+    assert torch.equal(labels != IGNORE, suffix)  # only suffix tokens (answer + <eos>) count
+    tokens = int(suffix[:, 1:].sum())
+    loss, n = finetune.suffix_loss(pipe.model, batch, "token", 0.0, tokens)
+    assert n == tokens
+    hf = PaliGemmaForConditionalGeneration.from_pretrained(
+        pipeline_dir, attn_implementation="eager"
+    )
+    want = hf(**{k: v for k, v in batch.items()}).loss
+    assert abs(float(loss) - float(want)) < 1e-5
+
+    # Perturbing padding ids or prefix positions' labels changes nothing.
+    perturbed = dict(batch)
+    perturbed["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 77)
+    perturbed["labels"] = labels.masked_fill(~suffix, IGNORE)
+    assert float(finetune.suffix_loss(pipe.model, perturbed, "token", 0.0, tokens)[0]) == float(
+        loss
+    )
+
+    # Gradients reach the model only through suffix positions.
+    h = (
+        pipe.model.hidden(
+            batch["input_ids"],
+            batch["pixel_values"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+        )
+        .detach()
+        .requires_grad_(True)
+    )
+    original = pipe.model.hidden
+    pipe.model.hidden = lambda *a, **k: h
+    try:
+        finetune.suffix_loss(pipe.model, batch, "token", 0.0, tokens)[0].backward()
+    finally:
+        pipe.model.hidden = original
+    predicts_suffix = torch.zeros_like(suffix)
+    predicts_suffix[:, :-1] = suffix[:, 1:]
+    assert h.grad[~predicts_suffix].abs().max() == 0
+    assert h.grad[predicts_suffix].abs().sum(-1).min() > 0
+
+
+def test_example_mean_and_accumulation(pipeline_dir, task):
+    pipe = paligemma.load(pipeline_dir)
+    examples = finetune.read_examples(task[0], pipe, None, False)[:4]
+    examples[0] = dataclasses.replace(examples[0], suffix="a longer answer than the others")
+    batch = finetune.batch_of(pipe, examples)
+    loss, _ = finetune.suffix_loss(pipe.model, batch, "example", 0.0, 4)
+    per_example = [
+        finetune.suffix_loss(
+            pipe.model,
+            finetune.batch_of(pipe, [e]),
+            "token",
+            0.0,
+            int((finetune.batch_of(pipe, [e])["labels"][:, 1:] != IGNORE).sum()),
+        )[0]
+        for e in examples
+    ]
+    assert abs(float(loss) - float(sum(per_example) / 4)) < 1e-5
+    # Two micro-batches with the whole batch's denominator give the whole batch's gradient.
+    tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+    params = [p for p in pipe.model.parameters()]
+    grads = torch.autograd.grad(
+        finetune.suffix_loss(pipe.model, batch, "token", 0.0, tokens)[0], params[:3]
+    )
+    halves = [finetune.batch_of(pipe, examples[:2]), finetune.batch_of(pipe, examples[2:])]
+    acc = [
+        torch.autograd.grad(
+            finetune.suffix_loss(pipe.model, b, "token", 0.0, tokens)[0], params[:3]
+        )
+        for b in halves
+    ]
+    for g, a, b in zip(grads, *acc, strict=True):
+        assert torch.allclose(g, a + b, atol=1e-6)
+
+
+# -- learning ---------------------------------------------------------------------------------
+
+
+def test_training_learns_a_small_task(pipeline_dir, task, tmp_path):
+    cfg = cfg_for(
+        tmp_path,
+        task[0],
+        eval_data=task[1],
+        mode="full",
+        steps=60,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_max_new_tokens=4,
+        save_every=1000,
+    )
+    before = finetune.evaluate(
+        paligemma.load(pipeline_dir),
+        finetune.read_examples(task[1], paligemma.load(pipeline_dir), None, False),
+        4,
+    )
+    result = finetune.train(pipeline_dir, cfg, progress=False)
+    print(f"held-out exact match: {before:.2f} -> {result['eval_exact_match']:.2f}")
+    assert before <= 0.1
+    assert result["eval_exact_match"] >= 0.9
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 61)) and log[-1]["loss"] < log[0]["loss"] / 2
+    # A full fine-tune is a complete checkpoint that transformers loads with identical logits.
+    from transformers import PaliGemmaForConditionalGeneration
+
+    out = tmp_path / "run" / "model"
+    ours = paligemma.load(out)
+    hf = PaliGemmaForConditionalGeneration.from_pretrained(out, attn_implementation="eager")
+    batch = ours.processor(
+        images=[Image.new("RGB", (28, 28), (200, 30, 30))], text=["answer en what colour is it?"]
+    )
+    with torch.no_grad():
+        assert torch.allclose(ours.model(**batch), hf(**batch).logits, atol=1e-4)
+
+
+# -- LoRA -------------------------------------------------------------------------------------
+
+
+def lora_model(pipeline_dir, seed=0):
+    pipe = paligemma.load(pipeline_dir)
+    torch.manual_seed(seed)
+    apply_lora_(pipe.model, rank=4, alpha=8)
+    with torch.no_grad():  # a trained-looking adapter: B no longer zero
+        for m in lora_modules(pipe.model).values():
+            m.lora_B.normal_(0, 0.05)
+    return pipe
+
+
+def test_lora_at_init_equals_base_and_merge_equals_unmerged(pipeline_dir):
+    base = paligemma.load(pipeline_dir)
+    batch = base.processor(
+        images=[Image.new("RGB", (28, 28), "red")] * 2, text=["caption en", "ocr"]
+    )
+    with torch.no_grad():
+        want = base.model(**batch)
+        fresh = paligemma.load(pipeline_dir)
+        names = apply_lora_(fresh.model, rank=4, alpha=8)
+        assert len(names) == 7 * fresh.model.cfg.text.depth
+        assert torch.equal(fresh.model(**batch), want)
+        pipe = lora_model(pipeline_dir)
+        unmerged = pipe.model(**batch)
+        assert not torch.allclose(unmerged, want)
+        merge_lora_(pipe.model)
+        assert not lora_modules(pipe.model)
+        assert torch.allclose(pipe.model(**batch), unmerged, atol=1e-5)
+        assert set(pipe.model.state_dict()) == set(base.model.state_dict())
+
+
+def test_adapter_loads_in_peft_with_the_same_logits(pipeline_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import PaliGemmaForConditionalGeneration
+
+    pipe = lora_model(pipeline_dir)
+    save_adapter(pipe.model, tmp_path / "adapter", base=str(pipeline_dir))
+    batch = pipe.processor(
+        images=[Image.new("RGB", (30, 20), "blue")] * 2, text=["caption en", "detect cat"]
+    )
+    hf = PaliGemmaForConditionalGeneration.from_pretrained(
+        pipeline_dir, attn_implementation="eager"
+    )
+    peft_model = PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        ours = pipe.model(**batch)
+        theirs = peft_model(**batch).logits
+        assert (ours - theirs).abs().max() < 1e-4
+        # ... and paligemma.load(base, adapter=...) gives the same model back.
+        again = paligemma.load(pipeline_dir, adapter=tmp_path / "adapter")
+        assert torch.allclose(again.model(**batch), ours, atol=1e-6)
+        # An adapter written by peft itself loads into ours.
+        peft_model.save_pretrained(tmp_path / "by-peft")
+        from_peft = paligemma.load(pipeline_dir, adapter=tmp_path / "by-peft")
+        assert torch.allclose(from_peft.model(**batch), ours, atol=1e-6)
+
+
+def test_lora_and_qlora_runs_write_adapters(pipeline_dir, task, tmp_path):
+    for mode, quant in (("lora", "int8"), ("qlora", "int8"), ("qlora", "int4")):
+        out = tmp_path / f"{mode}-{quant}"
+        cfg = finetune.TrainConfig(
+            data=task[0],
+            out=str(out),
+            mode=mode,
+            quantize=quant,
+            steps=3,
+            batch_size=4,
+            grad_accum=2,
+            lr=1e-2,
+            merge=True,
+            checkpointing=True,
+        )
+        record = finetune.train(pipeline_dir, cfg, progress=False)
+        assert record["step"] == 3 and np.isfinite(record["loss"])
+        tensors = load_file(out / "adapter" / "adapter_model.safetensors")
+        assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in tensors.items())
+        assert (out / "merged" / "model.safetensors").is_file() and (
+            out / "merged" / "tokenizer.model"
+        ).is_file()
+
+
+def test_attention_only_and_frozen_vision_train_what_they_say(pipeline_dir, task, tmp_path):
+    for mode, extra in (
+        ("attention", {}),
+        ("full", {"freeze_vision": True, "freeze_projector": True}),
+    ):
+        pipe = paligemma.load(pipeline_dir)
+        cfg = finetune.TrainConfig(data=task[0], out=str(tmp_path / mode), mode=mode, **extra)
+        names = [n for n, _ in finetune.prepare_(pipe, cfg)]
+        assert not any(n.startswith(("vision.", "projector.")) for n in names)
+        if mode == "attention":
+            assert names and all(".attn." in n for n in names)
+        else:
+            assert "decoder.embed.weight" in names
+
+
+def test_resampling_the_position_table(pipeline_dir):
+    pipe = paligemma.load(pipeline_dir)
+    finetune.resize_images_(pipe, 56)
+    assert pipe.model.cfg.num_image_tokens == 16 and pipe.model.vision.pos_embed.shape[0] == 16
+    r = pipe.generate(Image.new("RGB", (50, 40), "red"), "caption en", max_new_tokens=3)
+    assert len(r.token_ids) == 3
+    batch = pipe.processor(images=[Image.new("RGB", (9, 9))], text=["x"])
+    assert batch["pixel_values"].shape[-1] == 56
+
+
+def test_bad_data_is_reported_with_line_numbers(pipeline_dir, task, tmp_path):
+    good = json.loads(Path(task[0]).read_text().splitlines()[0])
+    good["image"] = os.path.join(os.path.dirname(task[0]), good["image"])
+    lines = [
+        good,
+        {**good, "image": "missing.png"},
+        {**good, "suffix": ""},
+        "{broken",
+        {**good, "suffix": "word " * 300},
+        good,
+    ]
+    data = tmp_path / "bad.jsonl"
+    data.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    pipe = paligemma.load(pipeline_dir)
+    with pytest.raises(finetune.DataError) as err:
+        finetune.read_examples(data, pipe, 64, skip_bad=False)
+    message = str(err.value)
+    assert "4 bad record(s)" in message
+    for fragment in ("line 2: no such image", "line 3: empty", "line 4:", "line 5:", "max_len=64"):
+        assert fragment in message, fragment
+    kept = finetune.read_examples(data, pipe, 64, skip_bad=True)
+    assert [e.line for e in kept] == [1, 6]
+
+
+# -- crash safety -----------------------------------------------------------------------------
+
+
+def run_finetune(pipeline_dir, data, out, *extra):
+    cmd = [
+        sys.executable,
+        "-m",
+        "paligemma.cli",
+        "finetune",
+        "--model",
+        str(pipeline_dir),
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--mode",
+        "lora",
+        "--lora-dropout",
+        "0.1",
+        "--steps",
+        "16",
+        "--batch-size",
+        "8",
+        "--save-every",
+        "4",
+        "--lr",
+        "1e-2",
+        *extra,
+    ]
+    return cmd
+
+
+def test_killed_run_resumes_to_identical_weights(pipeline_dir, task, tmp_path):
+    straight = tmp_path / "straight"
+    done = subprocess.run(
+        run_finetune(pipeline_dir, task[0], straight), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        run_finetune(pipeline_dir, task[0], killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until a checkpoint exists and the run is past it
+        rows = log.read_text().splitlines() if log.is_file() else []
+        if len(rows) >= 6 or proc.poll() is not None:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    latest = (killed / "checkpoints" / "latest").read_text()
+    assert latest.startswith("step-") and int(latest[5:]) < 16
+    assert not (killed / "adapter").exists()
+
+    again = subprocess.run(
+        run_finetune(pipeline_dir, task[0], killed, "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # bit-identical
+    logs = [
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (straight, killed)
+    ]
+    assert [r["step"] for r in logs[1]] == list(range(1, 17))
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+
+    # Starting over in a directory that holds a run is refused without --resume.
+    refused = subprocess.run(
+        run_finetune(pipeline_dir, task[0], killed), capture_output=True, text=True
+    )
+    assert refused.returncode == 1 and "--resume" in refused.stderr

@@ -82,7 +82,7 @@ def test_loss_equals_transformers_and_ignores_prefix_and_padding(pipeline_dir, t
         pipeline_dir, attn_implementation="eager"
     )
     want = hf(**{k: v for k, v in batch.items()}).loss
-    assert abs(float(loss) - float(want)) < 1e-5
+    assert abs(float(loss.detach()) - float(want.detach())) < 1e-5
 
     # Perturbing padding ids or prefix positions' labels changes nothing.
     perturbed = dict(batch)

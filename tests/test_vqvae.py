@@ -232,5 +232,6 @@ def test_crop_then_encode_for_training_targets(npz):
     assert tuple(m64.shape) == (64, 64) and float(m64.min()) > 0.999  # the box is all mask
     codes = vae.encode(m64[None])
     assert codes.shape == (1, 16)
+    assert paligemma.mask_to_codes(vae, full, (50, 30, 150, 90)) == codes[0].tolist()
     with pytest.raises(ValueError, match="empty"):
         crop_mask(full, (50, 30, 50, 90))

@@ -19,7 +19,7 @@ from .objects import (
 from .pipeline import Pipeline, PromptTooLongError, Result, load
 from .processor import ImageError, Processor, load_image
 from .tokenizer import Tokenizer, TokenizerError
-from .vqvae import MaskVAE, load_mask_vae
+from .vqvae import MaskVAE, load_mask_vae, mask_to_codes
 from .weights import CheckpointError
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "load_model",
     "loc_string",
     "make_attn_mask",
+    "mask_to_codes",
     "mask_to_rle",
     "objects_to_suffix",
     "parse_objects",

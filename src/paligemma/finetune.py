@@ -442,7 +442,7 @@ def train(
                         model, batch, cfg.loss_norm, cfg.label_smoothing, max(denom, 1)
                     )
                 loss.backward()
-                total, tokens = total + float(loss), tokens + n
+                total, tokens = total + float(loss.detach()), tokens + n
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             optimizer.step()

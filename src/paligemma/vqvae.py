@@ -177,3 +177,10 @@ def crop_mask(mask: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
     return F.interpolate(
         crop[None, None], size=size, mode="bilinear", align_corners=False, antialias=True
     )[0, 0].clamp(0, 1)
+
+
+def mask_to_codes(vae: MaskVAE, mask: np.ndarray, box: tuple[int, int, int, int]) -> list[int]:
+    """The 16 codes of an object's full-size bool/float mask within its pixel box, for building
+    segmentation training suffixes (`objects_to_suffix(..., seg_codes=...)`)."""
+    with torch.no_grad():
+        return vae.encode(crop_mask(mask, box)[None].to(vae.codebook.device))[0].tolist()

@@ -11,7 +11,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import paligemma
@@ -28,7 +27,7 @@ def image_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(pipeline_dir):
-    return paligemma.load(pipeline_dir, dtype=torch.float32, device="cpu")
+    return paligemma.load(pipeline_dir, device="cpu")  # the CLI default: bfloat16
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -68,7 +68,7 @@ def cfg_for(tmp_path, data, **kw) -> finetune.TrainConfig:
 def test_loss_equals_transformers_and_ignores_prefix_and_padding(pipeline_dir, task):
     from transformers import PaliGemmaForConditionalGeneration
 
-    pipe = paligemma.load(pipeline_dir)
+    pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
     examples = finetune.read_examples(task[0], pipe, None, False)[:3]
     examples[1] = dataclasses.replace(examples[1], prefix="a much longer prompt with more words")
     batch = finetune.batch_of(pipe, examples)
@@ -116,7 +116,7 @@ def test_loss_equals_transformers_and_ignores_prefix_and_padding(pipeline_dir, t
 
 
 def test_example_mean_and_accumulation(pipeline_dir, task):
-    pipe = paligemma.load(pipeline_dir)
+    pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
     examples = finetune.read_examples(task[0], pipe, None, False)[:4]
     examples[0] = dataclasses.replace(examples[0], suffix="a longer answer than the others")
     batch = finetune.batch_of(pipe, examples)
@@ -166,8 +166,10 @@ def test_training_learns_a_small_task(pipeline_dir, task, tmp_path):
         save_every=1000,
     )
     before = finetune.evaluate(
-        paligemma.load(pipeline_dir),
-        finetune.read_examples(task[1], paligemma.load(pipeline_dir), None, False),
+        paligemma.load(pipeline_dir, dtype=torch.float32),
+        finetune.read_examples(
+            task[1], paligemma.load(pipeline_dir, dtype=torch.float32), None, False
+        ),
         4,
     )
     result = finetune.train(pipeline_dir, cfg, progress=False)
@@ -180,20 +182,20 @@ def test_training_learns_a_small_task(pipeline_dir, task, tmp_path):
     from transformers import PaliGemmaForConditionalGeneration
 
     out = tmp_path / "run" / "model"
-    ours = paligemma.load(out)
+    ours = paligemma.load(out, dtype=torch.float32)
     hf = PaliGemmaForConditionalGeneration.from_pretrained(out, attn_implementation="eager")
     batch = ours.processor(
         images=[Image.new("RGB", (28, 28), (200, 30, 30))], text=["answer en what colour is it?"]
     )
     with torch.no_grad():
-        assert torch.allclose(ours.model(**batch), hf(**batch).logits, atol=1e-4)
+        assert torch.equal(ours.model(**batch), hf(**batch).logits)  # same ops, same rounding
 
 
 # -- LoRA -------------------------------------------------------------------------------------
 
 
 def lora_model(pipeline_dir, seed=0):
-    pipe = paligemma.load(pipeline_dir)
+    pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
     torch.manual_seed(seed)
     apply_lora_(pipe.model, rank=4, alpha=8)
     with torch.no_grad():  # a trained-looking adapter: B no longer zero
@@ -203,13 +205,13 @@ def lora_model(pipeline_dir, seed=0):
 
 
 def test_lora_at_init_equals_base_and_merge_equals_unmerged(pipeline_dir):
-    base = paligemma.load(pipeline_dir)
+    base = paligemma.load(pipeline_dir, dtype=torch.float32)
     batch = base.processor(
         images=[Image.new("RGB", (28, 28), "red")] * 2, text=["caption en", "ocr"]
     )
     with torch.no_grad():
         want = base.model(**batch)
-        fresh = paligemma.load(pipeline_dir)
+        fresh = paligemma.load(pipeline_dir, dtype=torch.float32)
         names = apply_lora_(fresh.model, rank=4, alpha=8)
         assert len(names) == 7 * fresh.model.cfg.text.depth
         assert torch.equal(fresh.model(**batch), want)
@@ -240,11 +242,11 @@ def test_adapter_loads_in_peft_with_the_same_logits(pipeline_dir, tmp_path):
         theirs = peft_model(**batch).logits
         assert (ours - theirs).abs().max() < 1e-4
         # ... and paligemma.load(base, adapter=...) gives the same model back.
-        again = paligemma.load(pipeline_dir, adapter=tmp_path / "adapter")
+        again = paligemma.load(pipeline_dir, dtype=torch.float32, adapter=tmp_path / "adapter")
         assert torch.allclose(again.model(**batch), ours, atol=1e-6)
         # An adapter written by peft itself loads into ours.
         peft_model.save_pretrained(tmp_path / "by-peft")
-        from_peft = paligemma.load(pipeline_dir, adapter=tmp_path / "by-peft")
+        from_peft = paligemma.load(pipeline_dir, dtype=torch.float32, adapter=tmp_path / "by-peft")
         assert torch.allclose(from_peft.model(**batch), ours, atol=1e-6)
 
 
@@ -277,7 +279,7 @@ def test_attention_only_and_frozen_vision_train_what_they_say(pipeline_dir, task
         ("attention", {}),
         ("full", {"freeze_vision": True, "freeze_projector": True}),
     ):
-        pipe = paligemma.load(pipeline_dir)
+        pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
         cfg = finetune.TrainConfig(data=task[0], out=str(tmp_path / mode), mode=mode, **extra)
         names = [n for n, _ in finetune.prepare_(pipe, cfg)]
         assert not any(n.startswith(("vision.", "projector.")) for n in names)
@@ -288,7 +290,7 @@ def test_attention_only_and_frozen_vision_train_what_they_say(pipeline_dir, task
 
 
 def test_resampling_the_position_table(pipeline_dir):
-    pipe = paligemma.load(pipeline_dir)
+    pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
     finetune.resize_images_(pipe, 56)
     assert pipe.model.cfg.num_image_tokens == 16 and pipe.model.vision.pos_embed.shape[0] == 16
     r = pipe.generate(Image.new("RGB", (50, 40), "red"), "caption en", max_new_tokens=3)
@@ -310,7 +312,7 @@ def test_bad_data_is_reported_with_line_numbers(pipeline_dir, task, tmp_path):
     ]
     data = tmp_path / "bad.jsonl"
     data.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
-    pipe = paligemma.load(pipeline_dir)
+    pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
     with pytest.raises(finetune.DataError) as err:
         finetune.read_examples(data, pipe, 64, skip_bad=False)
     message = str(err.value)

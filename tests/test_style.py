@@ -15,7 +15,8 @@ ALLOWED = {
     "model": {"config", "siglip", "gemma", "kv_cache"},
     "hf_config": {"config"},
     "weights": {"config"},
-    "checkpoint": {"config", "hf_config", "model", "weights"},
+    "checkpoint": {"config", "hf_config", "model", "weights", "quantize", "reader"},
+    "reader": {"weights"},
     "cli": {"config", "model", "checkpoint", "pipeline", "processor", "draw", "finetune"},
     "objects": set(),
     "quantize": set(),
@@ -27,6 +28,7 @@ ALLOWED = {
     "processor": {"tokenizer"},
     "generate": {"model"},
     "pipeline": {
+        "quantize",
         "generate",
         "checkpoint",
         "lora",
@@ -52,7 +54,17 @@ ALLOWED = {
         "weights",
     },
 }
-CORE = {"config", "siglip", "gemma", "model", "kv_cache", "hf_config", "weights", "checkpoint"}
+CORE = {
+    "config",
+    "siglip",
+    "gemma",
+    "model",
+    "kv_cache",
+    "hf_config",
+    "weights",
+    "checkpoint",
+    "reader",
+}
 
 
 def local_imports(path: Path) -> set[str]:

@@ -15,10 +15,9 @@ import json
 import math
 import os
 import re
-import struct
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch
 from .config import ConfigError, PaliGemmaConfig, get_config
 from .hf_config import from_hf_json, to_hf_json
 from .model import PaliGemma
+from .reader import SafetensorsReader
 from .weights import (
     CheckpointError,
     check_keys,
@@ -35,86 +35,10 @@ from .weights import (
     our_name_to_hf,
 )
 
-_ST_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD_BYTES = 5 * 2**30
-_STAGING_BYTES = 8 * 2**20  # chunk size for dtype conversion while reading
-
-
-# ---------------------------------------------------------------------------------------------
-# safetensors, read without mapping the file
-
-
-class SafetensorsReader:
-    """One .safetensors file: parse the JSON header, read tensors on demand."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by close())
-        size = os.fstat(self._file.fileno()).st_size
-        try:
-            (header_len,) = struct.unpack("<Q", self._file.read(8))
-            if header_len > min(size - 8, 100 * 2**20):
-                raise ValueError("header length out of range")
-            header = json.loads(self._file.read(header_len))
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path} is not a safetensors file ({e})") from None
-        header.pop("__metadata__", None)
-        self._base = 8 + header_len
-        self._staging = torch.empty(_STAGING_BYTES, dtype=torch.uint8)
-        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-        for name, info in header.items():
-            dtype = _ST_DTYPES.get(info.get("dtype"))
-            begin, end = info.get("data_offsets", (0, -1))
-            shape = tuple(info.get("shape", ()))
-            nbytes = math.prod(shape) * (dtype.itemsize if dtype else 0)
-            if dtype is None or begin < 0 or end - begin != nbytes or self._base + end > size:
-                raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry")
-            self.entries[name] = (dtype, shape, begin, end)
-
-    def nbytes(self, name: str) -> int:
-        _, _, begin, end = self.entries[name]
-        return end - begin
-
-    def read(self, name: str, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-        """Tensor `name`, converted to `dtype` and `device` on the way in.
-
-        A conversion goes through a small reusable staging buffer, chunk by chunk, so a
-        float32 file loads into bfloat16 without ever holding the float32 tensor whole.
-        """
-        src, shape, begin, _ = self.entries[name]
-        dtype = dtype or src
-        out = torch.empty(shape, dtype=dtype, device=device)
-        self._file.seek(self._base + begin)
-        if dtype == src and out.device.type == "cpu":
-            self._read_exactly(out.reshape(-1).view(torch.uint8), name)
-            return out
-        flat, step = out.reshape(-1), _STAGING_BYTES // src.itemsize
-        for i in range(0, flat.numel(), step):
-            n = min(step, flat.numel() - i)
-            chunk = self._staging[: n * src.itemsize]
-            self._read_exactly(chunk, name)
-            flat[i : i + n].copy_(chunk.view(src))
-        return out
-
-    def _read_exactly(self, buf: torch.Tensor, name: str) -> None:
-        if buf.numel() and self._file.readinto(memoryview(buf.numpy())) != buf.numel():
-            raise CheckpointError(f"{self.path}: truncated while reading {name!r}")
-
-    def close(self) -> None:
-        self._file.close()
+QUANT_FILE = "quantization.json"  # marks a checkpoint of a quantised model (our tensor names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,11 +189,44 @@ def _load_npz(path: Path, cfg, dtype, device) -> PaliGemma:
     return _assign(model, state)
 
 
+def _load_quantized(path: Path, dtype, device) -> PaliGemma:
+    """A checkpoint written by `save_model` from a quantised model: our tensor names, integer
+    codes kept as they are, float tensors converted to `dtype`."""
+    from .quantize import Int4Linear, Int8Linear
+
+    cfg = from_hf_json(json.loads((path / "config.json").read_text()))
+    spec = json.loads((path / QUANT_FILE).read_text())
+    reader = SafetensorsReader(path / "model.safetensors")
+    try:
+        if dtype is None:
+            dtype = _majority_dtype([reader.entries[n][0] for n in reader.entries])
+        with torch.device("meta"):
+            model = PaliGemma(cfg)
+            for name in spec["modules"]:
+                old = model.get_submodule(name)
+                args = (old.in_features, old.out_features, old.bias is not None)
+                new = (
+                    Int8Linear(*args)
+                    if spec["mode"] == "int8"
+                    else Int4Linear(*args, group=spec["group"])
+                )
+                parent, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(parent), leaf, new)
+        state = {}
+        for name in reader.entries:
+            stored = reader.entries[name][0]
+            state[name] = reader.read(name, dtype if stored.is_floating_point else stored, device)
+    finally:
+        reader.close()
+    return _assign(model, state)
+
+
 def load_model(
     source: str | os.PathLike,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     config: PaliGemmaConfig | str | os.PathLike | dict | None = None,
+    quantize: str | None = None,
 ) -> PaliGemma:
     """A PaliGemma with weights from `source`, in eval mode.
 
@@ -278,7 +235,18 @@ def load_model(
     config: overrides config.json; for an .npz (which holds none) a preset name, config.json path,
     dict or PaliGemmaConfig, else inferred from the tensor shapes where they determine it.
     dtype: defaults to the stored weights' dtype. device: defaults to the CPU.
+    quantize: "int8" | "int4" quantises the decoder's linear layers after loading (weight-only);
+    a checkpoint saved from a quantised model loads quantised without it.
     """
+    model = _load_any(source, dtype, device, config)
+    if quantize is not None:
+        from .quantize import quantize_
+
+        quantize_(model, quantize)
+    return model
+
+
+def _load_any(source, dtype, device, config) -> PaliGemma:
     device = torch.device(device or "cpu")
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(_DTYPE_NAMES)}, got {dtype}")
@@ -287,6 +255,8 @@ def load_model(
         cfg = _as_config(config)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read config {config!r}: {e}") from None
+    if path.is_dir() and (path / QUANT_FILE).is_file():
+        return _load_quantized(path, dtype, device)
     if path.is_dir():
         npz = sorted(path.glob("*.npz"))
         if not any(path.glob("*.safetensors")) and len(npz) == 1:
@@ -315,13 +285,35 @@ def save_model(
     """Write `model` in the transformers layout (config.json + safetensors, sharded when large).
 
     Tensor names are those of the published checkpoints, which every transformers version loads.
+    A quantised model is saved in our own layout instead (our tensor names, integer codes, and
+    quantization.json): load_model reads it back quantised, transformers does not read it.
     Each file is written under a temporary name and renamed, so a crash leaves no torn file.
     """
     from safetensors.torch import save_file
 
+    from .quantize import QUANTIZED, Int4Linear
+
     cfg = model.cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    quantized = {n: m for n, m in model.named_modules() if type(m) in QUANTIZED}
+    if quantized:  # our own layout: transformers has no such tensors
+        first = next(iter(quantized.values()))
+        spec = {
+            "mode": "int4" if isinstance(first, Int4Linear) else "int8",
+            "group": getattr(first, "group", None),
+            "modules": sorted(quantized),
+        }
+        if len({type(m) for m in quantized.values()}) > 1:
+            raise ValueError("cannot save a model that mixes int8 and int4 layers")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        _write_atomic(
+            out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"})
+        )
+        _write_atomic(out / QUANT_FILE, lambda p: p.write_text(json.dumps(spec, indent=1)))
+        hf = to_hf_json(cfg, dtype=_DTYPE_NAMES.get(model.dtype))
+        _write_atomic(out / "config.json", lambda p: p.write_text(json.dumps(hf, indent=2) + "\n"))
+        return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in model.state_dict().items():

@@ -24,6 +24,23 @@ from .config import GemmaConfig
 from .kv_cache import KVCache
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias). A single row on the CPU goes through matrix-vector code: batch-1
+    decoding is ~1.6x faster in bfloat16 that way (as fast in float32)."""
+    if x.device.type == "cpu" and x.numel() == x.shape[-1]:
+        out = torch.mv(weight, x.reshape(-1))
+        return (out if bias is None else out + bias).view(*x.shape[:-1], -1)
+    return F.linear(x, weight, bias)
+
+
+def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A projection layer applied to x: plain nn.Linear through `linear`, anything else (LoRA,
+    quantised) through its own forward."""
+    if type(layer) is nn.Linear:
+        return linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -80,9 +97,9 @@ class Attention(nn.Module):
         """x (B, T, D), mask bool (B, 1, T, S) -> (B, T, D). With a cache, S = start + T."""
         b, t, _ = x.shape
         n, kv, h = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
-        k = self.k_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
-        v = self.v_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        q = project(self.q_proj, x).view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
+        k = project(self.k_proj, x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        v = project(self.v_proj, x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
@@ -96,7 +113,7 @@ class Attention(nn.Module):
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
         out = probs.view(b, kv, -1, s) @ v  # (B, K, G*T, H)
         out = out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h)  # (B, T, N*H)
-        return self.o_proj(out)
+        return project(self.o_proj, out)
 
 
 class MLP(nn.Module):
@@ -109,7 +126,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate = F.gelu(project(self.gate_proj, x), approximate="tanh")
+        return project(self.down_proj, gate * project(self.up_proj, x))
 
 
 class Block(nn.Module):
@@ -166,7 +184,7 @@ class GemmaDecoder(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, V) through the tied embedding, soft-capped for Gemma 2."""
-        logits = F.linear(h, self.embed.weight)
+        logits = linear(h, self.embed.weight)
         if self.cfg.final_softcap is not None:
             cap = self.cfg.final_softcap
             logits = torch.tanh(logits / cap) * cap

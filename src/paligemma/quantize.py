@@ -2,8 +2,11 @@
 
 `quantize_(model, "int8" | "int4", ...)` swaps `nn.Linear` modules by name for quantised ones
 that keep the same names for their tensors (`weight` holds the integer codes, `scale` the
-float scales), so a quantised model's state dict saves and loads like any other. Activations
-stay in the model's dtype; weights are dequantised on the fly.
+float scales), so a quantised model's state dict saves and loads like any other.
+
+On the CPU the matrix products run in PyTorch's packed int8 / int4 kernels with bfloat16
+activations (weights are never expanded: decoding reads 1 or 0.5 byte per weight); elsewhere,
+or where those kernels are missing, the weight is dequantised to the activation dtype.
 
     int8: w ~= q * scale[o],            q int8[O, I],          scale float[O]
     int4: w ~= q * scale[o, g],         q uint8[O, I / 2] (two 4-bit codes, low nibble first,
@@ -46,9 +49,11 @@ class Int8Linear(nn.Module):
         return self.weight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(
-            x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
-        )
+        if x.device.type == "cpu" and _HAS_KERNELS:
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            out = torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
+            return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
+        return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
 
 
 class Int4Linear(nn.Module):
@@ -85,31 +90,63 @@ class Int4Linear(nn.Module):
             q.bias.data.copy_(linear.bias.detach())
         return q.to(linear.weight.device)
 
+    def codes(self) -> torch.Tensor:
+        """uint8[O, I] codes 0..15 (value + 8), low nibble first."""
+        pairs = torch.stack([self.weight & 15, self.weight >> 4], dim=-1)  # (O, I/2, 2)
+        return pairs.view(self.out_features, self.in_features)
+
     def dequantize(self) -> torch.Tensor:
-        codes = torch.stack([self.weight & 15, self.weight >> 4], dim=-1).view(
-            self.out_features, -1
-        )
-        w = (codes.to(self.scale.dtype) - 8).view(self.out_features, -1, self.group)
+        w = (self.codes().to(self.scale.dtype) - 8).view(self.out_features, -1, self.group)
         return (w * self.scale[..., None]).view(self.out_features, self.in_features)
 
+    def _packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CPU kernel's own layout, built once from the portable one (never saved)."""
+        w, s = self.weight, self.scale
+        key = (w.data_ptr(), w._version, s.data_ptr(), s._version)
+        if getattr(self, "_cache_key", None) != key:
+            packed = torch._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
+            scale = s.to(torch.bfloat16).T  # (G, O); the kernel computes (q - 8) * scale + zero
+            self._cache = (packed, torch.stack([scale, torch.zeros_like(scale)], -1).contiguous())
+            self._cache_key = key
+        return self._cache
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(
-            x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
-        )
+        if x.device.type == "cpu" and _HAS_KERNELS:
+            packed, scales_and_zeros = self._packed()
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
+            return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
+        return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+
+
+def _finish(out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    out = out.to(dtype)
+    return out if bias is None else out + bias.to(dtype)
+
+
+_KERNELS = (
+    "_weight_int8pack_mm",
+    "_weight_int4pack_mm_for_cpu",
+    "_convert_weight_to_int4pack_for_cpu",
+)
+_HAS_KERNELS = all(hasattr(torch, op) for op in _KERNELS)
 
 
 QUANTIZED = (Int8Linear, Int4Linear)
 DECODER_LINEARS = "decoder.blocks.*"
+VISION_LINEARS = "vision.blocks.*"
 
 
 def quantize_(
-    model: nn.Module, mode: str, include: str = DECODER_LINEARS, group: int = 64
+    model: nn.Module, mode: str, include: str | tuple[str, ...] = DECODER_LINEARS, group: int = 64
 ) -> nn.Module:
-    """In place: every nn.Linear whose name matches `include` (fnmatch) becomes Int8 / Int4."""
+    """In place: every nn.Linear whose name matches `include` (fnmatch patterns; default the
+    decoder's layers, add VISION_LINEARS for the image encoder) becomes Int8 / Int4."""
     if mode not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
+    patterns = (include,) if isinstance(include, str) else tuple(include)
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or not fnmatch.fnmatch(name, include):
+        if type(module) is not nn.Linear or not any(fnmatch.fnmatch(name, p) for p in patterns):
             continue
         q = (
             Int8Linear.from_linear(module)

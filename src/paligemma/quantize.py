@@ -49,7 +49,7 @@ class Int8Linear(nn.Module):
         return self.weight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and _HAS_KERNELS:
+        if _use_kernel(x):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             out = torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
             return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
@@ -111,12 +111,21 @@ class Int4Linear(nn.Module):
         return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and _HAS_KERNELS:
+        if _use_kernel(x):
             packed, scales_and_zeros = self._packed()
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
             return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
         return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+
+
+def _use_kernel(x: torch.Tensor) -> bool:
+    """The packed kernels have no backward: training (QLoRA) takes the dequantised path."""
+    return (
+        x.device.type == "cpu"
+        and _HAS_KERNELS
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
 
 
 def _finish(out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

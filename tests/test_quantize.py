@@ -54,7 +54,7 @@ def test_quantised_model_saves_and_loads(pipeline_dir, tmp_path, mode):
         ref, got = base.model(**batch), quant.model(**batch)
     # The tiny test model is chaotic (large random weights, width 64): errors compound through
     # its layers, so only int8 has a tight model-level bound here; layers are bounded above.
-    assert rel_err(got, ref) < (0.05 if mode == "int8" else 0.8)
+    assert rel_err(got, ref) < (0.08 if mode == "int8" else 0.8)
     paligemma.save_model(quant.model, tmp_path)
     assert json.loads((tmp_path / "quantization.json").read_text())["mode"] == mode
     again = paligemma.load_model(tmp_path, dtype=torch.float32)

@@ -1,0 +1,360 @@
+"""Us against transformers on the same machine, weights and inputs (not a test).
+
+    python benchmarks/bench_vs_transformers.py                      # PaliGemma-3B-224
+    python benchmarks/bench_vs_transformers.py --preset paligemma2-3b-224 --json out.json
+
+1. Creates (once, cached on disk) a full-size checkpoint with deterministic random weights in
+   bfloat16, in the transformers layout.
+2. Measures the machine's memory read bandwidth (a streaming sum over 1 GiB, best of 3).
+3. Runs each configuration in its own process (so peak RSS is its own): transformers in
+   float32 and bfloat16 (eager attention), ours in bfloat16 (the default), float32, int8, int4.
+   Each reports load time, time to first token (vision + prefill, batch 1), decode tokens/s at
+   batch 1 and summed over batch 8, and peak RSS.
+4. Quality of int8 / int4 against our float32: on 8 prompts, the float32 model's 64 greedy
+   tokens are fed back to each quantised model (teacher forcing); we report the mean KL
+   divergence of the next-token distributions and how often the argmax agrees.
+5. Prints a table with ratios ours / reference (reference = transformers' best: float32 for
+   the first token, bfloat16 for decode and memory) and each decode rate as a fraction of the
+   bandwidth limit (bandwidth / weight bytes read per token); writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROMPT_TOKENS = 10
+
+
+def inputs(cfg, batch: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(10, 1000, (batch, PROMPT_TOKENS), generator=g)
+    image = torch.full((batch, cfg.num_image_tokens), cfg.image_token_id)
+    ids = torch.cat([image, torch.full((batch, 1), 2), text, torch.full((batch, 1), 108)], 1)
+    pixels = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "pixel_values": pixels,
+    }
+
+
+def preset_config(preset: str, depth: int | None):
+    import dataclasses
+
+    import paligemma
+
+    cfg = paligemma.CONFIGS[preset]
+    if depth:  # a shallower decoder, for a quick look; the README's numbers use the full depth
+        cfg = dataclasses.replace(
+            cfg, text=dataclasses.replace(cfg.text, depth=depth, sliding_layers=None)
+        )
+    return cfg
+
+
+def make_checkpoint(cfg, path: Path) -> None:
+    import paligemma
+
+    if (path / "config.json").is_file():
+        return
+    print(f"creating {path} (random weights, bfloat16) ...", flush=True)
+    with torch.device("meta"):
+        model = paligemma.PaliGemma(cfg)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+    paligemma.save_model(model, path)
+
+
+def bandwidth_gbs() -> float:
+    x = torch.ones(2**28)  # 1 GiB of float32
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        x.sum()
+        best = max(best, x.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+# -- workers (one process each) ---------------------------------------------------------------
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def worker_hf(path: Path, dtype: str, new_tokens: int, batch: int) -> dict:
+    from transformers import PaliGemmaForConditionalGeneration
+
+    import paligemma
+
+    start = time.perf_counter()
+    model = PaliGemmaForConditionalGeneration.from_pretrained(
+        path, dtype=getattr(torch, dtype), attn_implementation="eager"
+    ).eval()
+    load_s = time.perf_counter() - start
+    cfg = paligemma.from_hf_json(json.loads((path / "config.json").read_text()))
+    out = {"load_s": load_s}
+    for b in (1, batch):
+        x = inputs(cfg, b)
+        x["pixel_values"] = x["pixel_values"].to(getattr(torch, dtype))
+        with torch.no_grad():
+            model.generate(
+                **x, max_new_tokens=2, do_sample=False
+            )  # warm-up (one-time kernel setup)
+            start = time.perf_counter()
+            model.generate(**x, max_new_tokens=1, do_sample=False)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(
+                **x, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, do_sample=False
+            )
+            total = time.perf_counter() - start
+        if b == 1:
+            out["first_token_s"] = first
+        out[f"decode_tok_s_b{b}"] = b * new_tokens / max(total - first, 1e-9)
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def worker_ours(
+    path: Path, dtype: str, quantize: str | None, new_tokens: int, batch: int, quality: str
+) -> dict:
+    import paligemma
+    from paligemma import generate as engine
+
+    start = time.perf_counter()
+    model = paligemma.load_model(path, dtype=getattr(torch, dtype), quantize=quantize)
+    out = {"load_s": time.perf_counter() - start}
+    cfg = model.cfg
+    for b in (1, batch):
+        for _ in engine.stream(
+            model, inputs(cfg, b), engine.GenerationConfig(max_new_tokens=2), set()
+        ):
+            pass  # warm-up (one-time kernel setup), as for transformers
+        timings: dict = {}
+        for _ in engine.stream(
+            model,
+            inputs(cfg, b),
+            engine.GenerationConfig(max_new_tokens=new_tokens + 1),
+            set(),
+            timings=timings,
+        ):
+            pass
+        if b == 1:
+            out["first_token_s"] = timings["prefill_s"]
+        out[f"decode_tok_s_b{b}"] = b * (timings["steps"] - 1) / timings["decode_s"]
+    out["peak_rss_gb"] = peak_rss_gb()
+    if quality:
+        out |= quality_pass(
+            model, Path(quality), reference=(quantize is None and dtype == "float32")
+        )
+    return out
+
+
+def quality_pass(model, file: Path, reference: bool, prompts: int = 8, tokens: int = 64) -> dict:
+    """The float32 model writes its greedy continuations and log-probabilities; a quantised one
+    reads them, feeds the same tokens, and compares next-token distributions."""
+    from paligemma import generate as engine
+
+    x = inputs(model.cfg, prompts, seed=1)
+    if reference:
+        out = engine.generate(model, x, engine.GenerationConfig(max_new_tokens=tokens), set())
+        seq = torch.tensor(out.tokens)
+    else:
+        from safetensors.torch import load_file
+
+        ref = load_file(str(file))
+        seq = ref["tokens"]
+    ids = torch.cat([x["input_ids"], seq], 1)
+    types = torch.cat([x["token_type_ids"], torch.ones_like(seq)], 1)
+    with torch.inference_mode():
+        logits = model(
+            ids,
+            x["pixel_values"].to(model.dtype),
+            torch.ones_like(ids),
+            types,
+            num_logits=tokens + 1,
+        )[:, :-1].float()
+    logp = logits.log_softmax(-1)
+    if reference:
+        from safetensors.torch import save_file
+
+        save_file({"tokens": seq.contiguous(), "logp": logp.contiguous()}, str(file))
+        return {}
+    ref_logp = ref["logp"]
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item()
+    agree = (ref_logp.argmax(-1) == logp.argmax(-1)).float().mean().item()
+    return {"kl_vs_float32": kl, "greedy_agreement": agree}
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+RUNS = [  # name, kind, dtype, quantize
+    ("transformers float32", "hf", "float32", None),
+    ("transformers bfloat16", "hf", "bfloat16", None),
+    ("ours float32", "ours", "float32", None),
+    ("ours bfloat16 (default)", "ours", "bfloat16", None),
+    ("ours int8", "ours", "bfloat16", "int8"),
+    ("ours int4", "ours", "bfloat16", "int4"),
+]
+
+
+def weight_bytes_per_token(cfg, dtype_bytes: float, decoder_bytes: float) -> float:
+    """Bytes a decode step must read: decoder linears + the tied output head (embedding)."""
+    t = cfg.text
+    per_layer = (
+        t.width * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
+        + t.num_heads * t.head_dim * t.width
+    )
+    per_layer += 3 * t.width * t.mlp_dim
+    return t.depth * per_layer * decoder_bytes + t.vocab_size * t.width * dtype_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--preset", default="paligemma-3b-224")
+    ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/paligemma-bench"))
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--only", nargs="+", help="run only these configurations (by name prefix)")
+    ap.add_argument(
+        "--depth", type=int, help="decoder layers (default: the preset's), for a quick look"
+    )
+    ap.add_argument("--json", default="bench_vs_transformers.json")
+    ap.add_argument(
+        "--worker", nargs=4, metavar=("KIND", "DTYPE", "QUANT", "QUALITY"), help=argparse.SUPPRESS
+    )
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    label = args.preset + (f"-depth{args.depth}" if args.depth else "")
+    path = Path(args.path or Path(args.cache_dir) / label)
+
+    if args.worker:
+        kind, dtype, quant, quality = args.worker
+        quant = None if quant == "-" else quant
+        quality = "" if quality == "-" else quality
+        if kind == "hf":
+            result = worker_hf(path, dtype, args.new_tokens, args.batch)
+        else:
+            result = worker_ours(path, dtype, quant, args.new_tokens, args.batch, quality)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    cfg = preset_config(args.preset, args.depth)
+    make_checkpoint(cfg, path)
+    bw = bandwidth_gbs()
+    print(f"memory read bandwidth: {bw:.1f} GB/s; {torch.get_num_threads()} threads", flush=True)
+    quality_file = Path(tempfile.mkdtemp()) / "reference.safetensors"
+    results = {}
+    for name, kind, dtype, quant in RUNS:
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        wants_quality = kind == "ours" and (dtype == "float32" or quant)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--path",
+            str(path),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--batch",
+            str(args.batch),
+            "--worker",
+            kind,
+            dtype,
+            quant or "-",
+            str(quality_file) if wants_quality else "-",
+        ]
+        print(f"running {name} ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"  failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        results[name] = json.loads(line[0][7:])
+        print("  " + json.dumps({k: round(v, 3) for k, v in results[name].items()}), flush=True)
+
+    ref_first = results.get("transformers float32", {}).get("first_token_s")
+    ref_decode = results.get("transformers bfloat16", {}).get("decode_tok_s_b1")
+    ref_rss = results.get("transformers bfloat16", {}).get("peak_rss_gb")
+    sizes = {"float32": (4, 4), "bfloat16": (2, 2), "int8": (2, 1), "int4": (2, 0.5)}
+    b = args.batch
+    print(f"\n{label}, {torch.get_num_threads()} threads, bandwidth {bw:.1f} GB/s")
+    columns = [
+        "load s",
+        "1st tok s",
+        "x ref",
+        "tok/s",
+        "x ref",
+        "% bw",
+        f"b{b} tok/s",
+        f"b{b}/b1",
+        "RSS GB",
+        "x ref",
+        "KL",
+        "agree",
+    ]
+    print(f"{'':26}" + "".join(f"{c:>10}" for c in columns))
+
+    def cell(value: float | None, spec: str = ".2f") -> str:
+        return f"{'-' if value is None else format(value, spec):>10}"
+
+    for run, r in results.items():
+        dtype, quant = next((d, q) for n, _, d, q in RUNS if n == run)
+        limit = bw * 1e9 / weight_bytes_per_token(cfg, *sizes[quant or dtype])
+        r["bandwidth_limit_tok_s"] = limit
+        row = [
+            cell(r["load_s"], ".1f"),
+            cell(r["first_token_s"]),
+            cell(ref_first / r["first_token_s"] if ref_first else None),
+            cell(r["decode_tok_s_b1"]),
+            cell(r["decode_tok_s_b1"] / ref_decode if ref_decode else None),
+            cell(100 * r["decode_tok_s_b1"] / limit, ".0f"),
+            cell(r[f"decode_tok_s_b{b}"]),
+            cell(r[f"decode_tok_s_b{b}"] / r["decode_tok_s_b1"], ".1f"),
+            cell(r["peak_rss_gb"], ".1f"),
+            cell(r["peak_rss_gb"] / ref_rss if ref_rss else None),
+            cell(r.get("kl_vs_float32"), ".4f"),
+            cell(r.get("greedy_agreement")),
+        ]
+        print(f"{run:26}" + "".join(row))
+    print(
+        "x ref: first token = reference time / ours (higher is better); decode = ours / reference; "
+        "RSS = ours / reference (lower is better)"
+    )
+    with open(args.json, "w") as f:
+        json.dump(
+            {
+                "preset": args.preset,
+                "bandwidth_gbs": bw,
+                "threads": torch.get_num_threads(),
+                "new_tokens": args.new_tokens,
+                "batch": args.batch,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -132,14 +132,27 @@ def worker_hf(path: Path, dtype: str, new_tokens: int, batch: int) -> dict:
     return out
 
 
+def quantized_checkpoint(path: Path, mode: str) -> Path:
+    """Quantise once and save (as a user would with `paligemma convert --quantize`)."""
+    import paligemma
+
+    out = path.with_name(f"{path.name}-{mode}")
+    if not (out / "quantization.json").is_file():
+        print(f"creating {out} ...", flush=True)
+        paligemma.save_model(paligemma.load_model(path, dtype=torch.bfloat16, quantize=mode), out)
+    return out
+
+
 def worker_ours(
     path: Path, dtype: str, quantize: str | None, new_tokens: int, batch: int, quality: str
 ) -> dict:
     import paligemma
     from paligemma import generate as engine
 
+    if quantize:  # the saved quantised checkpoint, made once by quantized_checkpoint()
+        path = path.with_name(f"{path.name}-{quantize}")
     start = time.perf_counter()
-    model = paligemma.load_model(path, dtype=getattr(torch, dtype), quantize=quantize)
+    model = paligemma.load_model(path, dtype=getattr(torch, dtype))
     out = {"load_s": time.perf_counter() - start}
     cfg = model.cfg
     for b in (1, batch):
@@ -243,10 +256,14 @@ def main() -> None:
         "--worker", nargs=4, metavar=("KIND", "DTYPE", "QUANT", "QUALITY"), help=argparse.SUPPRESS
     )
     ap.add_argument("--path", help=argparse.SUPPRESS)
+    ap.add_argument("--quantize-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     label = args.preset + (f"-depth{args.depth}" if args.depth else "")
     path = Path(args.path or Path(args.cache_dir) / label)
 
+    if args.quantize_only:
+        quantized_checkpoint(path, args.quantize_only)
+        return
     if args.worker:
         kind, dtype, quant, quality = args.worker
         quant = None if quant == "-" else quant
@@ -268,6 +285,11 @@ def main() -> None:
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
         wants_quality = kind == "ours" and (dtype == "float32" or quant)
+        if quant:
+            subprocess.run(
+                [sys.executable, __file__, "--path", str(path), "--quantize-only", quant],
+                check=True,
+            )
         cmd = [
             sys.executable,
             __file__,

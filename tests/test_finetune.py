@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import paligemma
-from paligemma import finetune
+from paligemma import data, finetune
 from paligemma.lora import apply_lora_, lora_modules, merge_lora_, save_adapter
 from paligemma.processor import IGNORE
 
@@ -69,9 +69,9 @@ def test_loss_equals_transformers_and_ignores_prefix_and_padding(pipeline_dir, t
     from transformers import PaliGemmaForConditionalGeneration
 
     pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
-    examples = finetune.read_examples(task[0], pipe, None, False)[:3]
+    examples = data.read_examples(task[0], pipe, None, False)[:3]
     examples[1] = dataclasses.replace(examples[1], prefix="a much longer prompt with more words")
-    batch = finetune.batch_of(pipe, examples)
+    batch = data.batch_of(pipe, examples)
     labels = batch["labels"]
     suffix = batch["token_type_ids"] == 1
     assert torch.equal(labels != IGNORE, suffix)  # only suffix tokens (answer + <eos>) count
@@ -117,17 +117,17 @@ def test_loss_equals_transformers_and_ignores_prefix_and_padding(pipeline_dir, t
 
 def test_example_mean_and_accumulation(pipeline_dir, task):
     pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
-    examples = finetune.read_examples(task[0], pipe, None, False)[:4]
+    examples = data.read_examples(task[0], pipe, None, False)[:4]
     examples[0] = dataclasses.replace(examples[0], suffix="a longer answer than the others")
-    batch = finetune.batch_of(pipe, examples)
+    batch = data.batch_of(pipe, examples)
     loss, _ = finetune.suffix_loss(pipe.model, batch, "example", 0.0, 4)
     per_example = [
         finetune.suffix_loss(
             pipe.model,
-            finetune.batch_of(pipe, [e]),
+            data.batch_of(pipe, [e]),
             "token",
             0.0,
-            int((finetune.batch_of(pipe, [e])["labels"][:, 1:] != IGNORE).sum()),
+            int((data.batch_of(pipe, [e])["labels"][:, 1:] != IGNORE).sum()),
         )[0]
         for e in examples
     ]
@@ -138,7 +138,7 @@ def test_example_mean_and_accumulation(pipeline_dir, task):
     grads = torch.autograd.grad(
         finetune.suffix_loss(pipe.model, batch, "token", 0.0, tokens)[0], params[:3]
     )
-    halves = [finetune.batch_of(pipe, examples[:2]), finetune.batch_of(pipe, examples[2:])]
+    halves = [data.batch_of(pipe, examples[:2]), data.batch_of(pipe, examples[2:])]
     acc = [
         torch.autograd.grad(
             finetune.suffix_loss(pipe.model, b, "token", 0.0, tokens)[0], params[:3]
@@ -167,9 +167,7 @@ def test_training_learns_a_small_task(pipeline_dir, task, tmp_path):
     )
     before = finetune.evaluate(
         paligemma.load(pipeline_dir, dtype=torch.float32),
-        finetune.read_examples(
-            task[1], paligemma.load(pipeline_dir, dtype=torch.float32), None, False
-        ),
+        data.read_examples(task[1], paligemma.load(pipeline_dir, dtype=torch.float32), None, False),
         4,
     )
     result = finetune.train(pipeline_dir, cfg, progress=False)
@@ -310,16 +308,16 @@ def test_bad_data_is_reported_with_line_numbers(pipeline_dir, task, tmp_path):
         {**good, "suffix": "word " * 300},
         good,
     ]
-    data = tmp_path / "bad.jsonl"
-    data.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
-    with pytest.raises(finetune.DataError) as err:
-        finetune.read_examples(data, pipe, 64, skip_bad=False)
+    with pytest.raises(data.DataError) as err:
+        data.read_examples(bad, pipe, 64, skip_bad=False)
     message = str(err.value)
     assert "4 bad record(s)" in message
     for fragment in ("line 2: no such image", "line 3: empty", "line 4:", "line 5:", "max_len=64"):
         assert fragment in message, fragment
-    kept = finetune.read_examples(data, pipe, 64, skip_bad=True)
+    kept = data.read_examples(bad, pipe, 64, skip_bad=True)
     assert [e.line for e in kept] == [1, 6]
 
 

@@ -73,3 +73,16 @@ def test_quantised_model_saves_and_loads(pipeline_dir, tmp_path, mode):
 def test_quantize_rejects_unknown_modes():
     with pytest.raises(ValueError, match="int8' or 'int4"):
         q.quantize_(paligemma.PaliGemma(paligemma.TINY), "int3")
+
+
+def test_cli_convert_quantised_then_generate(pipeline_dir, tmp_path, capsys):
+    from paligemma.cli import main
+
+    out = tmp_path / "int8"
+    assert main(["convert", str(pipeline_dir), str(out), "--quantize", "int8"]) == 0
+    assert "int8, our layout" in capsys.readouterr().out
+    assert (out / "quantization.json").is_file() and (out / "tokenizer.model").is_file()
+    pipe = paligemma.load(out)
+    assert any(type(m) is q.Int8Linear for m in pipe.model.modules())
+    image = torch.full((28, 28, 3), 90, dtype=torch.uint8).numpy()
+    assert len(pipe.generate(image, "caption en", max_new_tokens=3).token_ids) == 3

@@ -55,6 +55,7 @@ def _load(args: argparse.Namespace):
         tokenizer=args.tokenizer,
         config=args.config,
         mask_vae=getattr(args, "mask_vae", None),
+        quantize=getattr(args, "quantize", None),
     )
     return pipe, time.perf_counter() - start
 
@@ -295,11 +296,16 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model, save_model
+    from .checkpoint import load_model, resolve_source, save_model
+    from .pipeline import copy_assets
 
-    model = load_model(args.source, dtype=_DTYPES.get(args.dtype), config=args.config)
+    model = load_model(
+        args.source, dtype=_DTYPES.get(args.dtype), config=args.config, quantize=args.quantize
+    )
     save_model(model, args.out)
-    print(f"wrote {args.out} (transformers layout, {model.dtype})")
+    copy_assets(resolve_source(args.source), args.out)
+    layout = f"{args.quantize}, our layout" if args.quantize else "transformers layout"
+    print(f"wrote {args.out} ({layout}, {model.dtype})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -332,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
         "--tokenizer", help="tokenizer.model / tokenizer.json, if not in the checkpoint"
     )
     gen.add_argument("--config", help="preset / config.json for an .npz")
+    gen.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantised decoder")
     gen.set_defaults(run=_generate)
 
     for name, what in (("detect", "boxes"), ("segment", "boxes and masks")):
@@ -357,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
         task.add_argument("--device")
         task.add_argument("--tokenizer")
         task.add_argument("--config")
+        task.add_argument("--quantize", choices=["int8", "int4"])
         task.set_defaults(run=_task)
 
     tune = sub.add_parser("finetune", help="fine-tune on a JSONL of {image, prefix, suffix}")
@@ -381,6 +389,11 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("out", help="output directory")
     conv.add_argument("--config", help="preset / config.json for an .npz")
     conv.add_argument("--dtype", choices=list(_DTYPES))
+    conv.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="save a quantised checkpoint (quantise once, load fast)",
+    )
     conv.set_defaults(run=_convert)
     return parser
 

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import save_model
+from .data import Example, batch_of, read_examples
 from .lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
-from .pipeline import Pipeline, load
-from .processor import IGNORE, ImageError, load_image
+from .pipeline import Pipeline, copy_assets, load
+from .processor import IGNORE, load_image
 from .quantize import quantize_
 from .siglip import resample_pos_embed
+from .train_state import load_state, save_state
 
 MODES = ("full", "attention", "lora", "qlora")
-
-
-class DataError(ValueError):
-    """Training data with bad records."""
 
 
 @dataclass(frozen=True)
@@ -113,88 +110,6 @@ class TrainConfig:
             "skip_bad",
         }
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-@dataclass(frozen=True)
-class Example:
-    line: int
-    images: tuple[Path, ...]
-    prefix: str
-    suffix: str
-
-
-def read_examples(
-    path: str | os.PathLike, pipe: Pipeline, max_len: int | None, skip_bad: bool
-) -> list[Example]:
-    """All examples of a JSONL file, validated. Bad records raise one DataError listing them
-    with line numbers, unless `skip_bad`, when they are left out."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no such data file: {path}")
-    good, bad = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-            images = rec.get("image")
-            images = [images] if isinstance(images, str) else images
-            if not images or not all(isinstance(i, str) for i in images):
-                raise ValueError('"image" must be a path or a list of paths')
-            prefix, suffix = rec.get("prefix", ""), rec.get("suffix")
-            if not isinstance(prefix, str):
-                raise ValueError('"prefix" must be a string')
-            if not isinstance(suffix, str) or not suffix.strip():
-                raise ValueError('empty or missing "suffix"')
-            paths = tuple(path.parent / i for i in images)
-            for p in paths:
-                _check_image(p)
-            # <bos> prefix "\n" suffix <eos>: the text part of the sequence
-            length = len(pipe.processor.prompt_ids(prefix, 0)) + len(
-                pipe.processor.suffix_ids(suffix)
-            )
-            if max_len is not None and length > max_len:
-                raise ValueError(f"{length} text tokens, more than max_len={max_len}")
-            good.append(Example(n, paths, prefix, suffix))
-        except (ValueError, ImageError) as e:
-            bad.append(f"line {n}: {e}")
-    if bad and not skip_bad:
-        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise DataError(
-            f"{path}: {len(bad)} bad record(s): {shown} (fix them or skip them with --skip-bad)"
-        )
-    if not good:
-        raise DataError(f"{path}: no usable examples")
-    return good
-
-
-def _check_image(path: Path) -> None:
-    """Header-only check (cheap): the file exists and is an image of an acceptable size."""
-    from PIL import Image
-
-    if not path.is_file():
-        raise ImageError(f"no such image {path}")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
-    if w * h > 100_000_000:
-        raise ImageError(f"image {path} is {w}x{h}, above the pixel limit")
-
-
-def batch_of(pipe: Pipeline, examples: list[Example]) -> dict[str, torch.Tensor]:
-    return pipe.processor(
-        images=[list(e.images) for e in examples],
-        text=[e.prefix for e in examples],
-        suffix=[e.suffix for e in examples],
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,76 +200,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _save_state(out: Path, step: int, pos: int, trainable, optimizer, cfg: TrainConfig) -> None:
-    from safetensors.torch import save_file
-
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in trainable}
-    scalars: dict[str, dict[str, Any]] = {}
-    for n, p in trainable:
-        for key, value in optimizer.state.get(p, {}).items():
-            if torch.is_tensor(value):
-                tensors[f"opt/{n}/{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(n, {})[key] = value
-    tensors["rng/torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": cfg.fingerprint()}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    (root / ".latest.tmp").write_text(final.name)
-    os.replace(root / ".latest.tmp", root / "latest")
-    for old in root.glob("step-*"):
-        if old.name != final.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_state(out: Path, trainable, optimizer, cfg: TrainConfig) -> tuple[int, int]:
-    from safetensors.torch import load_file
-
-    root = out / "checkpoints"
-    if not (root / "latest").is_file():
-        return 0, 0
-    ck = root / (root / "latest").read_text().strip()
-    meta = json.loads((ck / "state.json").read_text())
-    if meta["config"] != json.loads(json.dumps(cfg.fingerprint())):
-        changed = sorted(
-            k
-            for k in meta["config"]
-            if meta["config"][k] != json.loads(json.dumps(cfg.fingerprint()))[k]
-        )
-        raise ValueError(
-            f"{ck} was made with other settings ({', '.join(changed)}); use another --out"
-        )
-    tensors = load_file(str(ck / "state.safetensors"))
-    with torch.no_grad():
-        for n, p in trainable:
-            p.copy_(tensors[f"param/{n}"])
-            state = {
-                k.rsplit("/", 1)[1]: v.to(p.device)
-                for k, v in tensors.items()
-                if k.startswith(f"opt/{n}/")
-            }
-            state |= meta["opt_scalars"].get(n, {})
-            if state:
-                optimizer.state[p] = state
-    torch.set_rng_state(tensors["rng/torch"])
-    return meta["step"], meta["pos"]
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -400,7 +245,7 @@ def train(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    start, pos = _load_state(out, trainable, optimizer, cfg) if resume else (0, 0)
+    start, pos = load_state(out, trainable, optimizer, cfg.fingerprint()) if resume else (0, 0)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "metrics.jsonl"
     kept = [r for r in _read_log(log_path) if r["step"] <= start] if resume else []
@@ -463,7 +308,7 @@ def train(
             bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens / seconds:.0f}")
             bar.update(1)
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                _save_state(out, step + 1, pos, trainable, optimizer, cfg)
+                save_state(out, step + 1, pos, trainable, optimizer, cfg.fingerprint())
     bar.close()
     model.eval()
     _save_outputs(pipe, Path(source), out, cfg)
@@ -484,17 +329,6 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _copy_assets(source: Path, dest: Path) -> None:
-    """Tokenizer, preprocessor config and mask VQ-VAE, so `dest` is a complete checkpoint."""
-    from .pipeline import MASK_VAE_FILES
-    from .tokenizer import TOKENIZER_FILES
-
-    directory = source if source.is_dir() else source.parent
-    for name in (*TOKENIZER_FILES, "preprocessor_config.json", *MASK_VAE_FILES):
-        if (directory / name).is_file():
-            shutil.copy(directory / name, dest / name)
-
-
 def _save_outputs(pipe: Pipeline, source: Path, out: Path, cfg: TrainConfig) -> None:
     if cfg.mode in ("lora", "qlora"):
         save_adapter(pipe.model, out / "adapter", base=str(source))
@@ -505,4 +339,4 @@ def _save_outputs(pipe: Pipeline, source: Path, out: Path, cfg: TrainConfig) -> 
     else:
         target = out / "model"
     save_model(pipe.model, target)
-    _copy_assets(source, target)
+    copy_assets(source, target)

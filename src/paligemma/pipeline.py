@@ -195,6 +195,20 @@ class Pipeline:
         return parse_objects(result.text, image.width, image.height, convention)
 
 
+def copy_assets(source: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy what a checkpoint needs besides weights (tokenizer, preprocessor config, mask
+    VQ-VAE) from `source` (a checkpoint directory or file in one) to `dest`."""
+    import shutil
+
+    from .tokenizer import TOKENIZER_FILES
+
+    source = Path(source)
+    directory = source if source.is_dir() else source.parent
+    for name in (*TOKENIZER_FILES, "preprocessor_config.json", *MASK_VAE_FILES):
+        if (directory / name).is_file():
+            shutil.copy(directory / name, Path(dest) / name)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

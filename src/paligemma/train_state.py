@@ -1,0 +1,81 @@
+"""Training checkpoints that survive a kill: written to a temporary directory, fsynced and
+renamed, then `latest` is switched with an atomic rename. A checkpoint holds the trainable
+tensors, the optimiser state, the data position and the RNG state (safetensors + JSON; nothing
+is pickled), which is all a resumed run needs to continue bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def save_state(out: Path, step: int, pos: int, trainable, optimizer, fingerprint: dict) -> None:
+    """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG) into
+    out/checkpoints/step-N atomically, point `latest` at it, and drop older ones."""
+    from safetensors.torch import save_file
+
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in trainable}
+    scalars: dict[str, dict[str, Any]] = {}
+    for n, p in trainable:
+        for key, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{n}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(n, {})[key] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": fingerprint}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    (root / ".latest.tmp").write_text(final.name)
+    os.replace(root / ".latest.tmp", root / "latest")
+    for old in root.glob("step-*"):
+        if old.name != final.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int, int]:
+    """Restore the latest checkpoint into the parameters, optimiser and RNG; returns (step,
+    data position), or (0, 0) when there is none. Refuses one made with other settings."""
+    from safetensors.torch import load_file
+
+    root = out / "checkpoints"
+    if not (root / "latest").is_file():
+        return 0, 0
+    ck = root / (root / "latest").read_text().strip()
+    meta = json.loads((ck / "state.json").read_text())
+    now = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored
+    if meta["config"] != now:
+        changed = sorted(k for k in now if meta["config"].get(k) != now[k])
+        raise ValueError(
+            f"{ck} was made with other settings ({', '.join(changed)}); use another --out"
+        )
+    tensors = load_file(str(ck / "state.safetensors"))
+    with torch.no_grad():
+        for n, p in trainable:
+            p.copy_(tensors[f"param/{n}"])
+            state = {
+                k.rsplit("/", 1)[1]: v.to(p.device)
+                for k, v in tensors.items()
+                if k.startswith(f"opt/{n}/")
+            }
+            state |= meta["opt_scalars"].get(n, {})
+            if state:
+                optimizer.state[p] = state
+    torch.set_rng_state(tensors["rng/torch"])
+    return meta["step"], meta["pos"]

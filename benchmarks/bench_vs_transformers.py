@@ -317,7 +317,12 @@ def main() -> None:
     ref_first = results.get("transformers float32", {}).get("first_token_s")
     ref_decode = results.get("transformers bfloat16", {}).get("decode_tok_s_b1")
     ref_rss = results.get("transformers bfloat16", {}).get("peak_rss_gb")
-    sizes = {"float32": (4, 4), "bfloat16": (2, 2), "int8": (2, 1), "int4": (2, 0.5)}
+    sizes = {
+        "float32": (4, 4),
+        "bfloat16": (2, 2),
+        "int8": (1, 1),
+        "int4": (0.5, 0.5),
+    }  # head, layers
     b = args.batch
     print(f"\n{label}, {torch.get_num_threads()} threads, bandwidth {bw:.1f} GB/s")
     columns = [

@@ -46,7 +46,8 @@ def test_quantised_model_saves_and_loads(pipeline_dir, tmp_path, mode):
     base = paligemma.load(pipeline_dir, dtype=torch.float32)
     quant = paligemma.load(pipeline_dir, dtype=torch.float32, quantize=mode)
     layers = [m for m in quant.model.modules() if type(m) in q.QUANTIZED]
-    assert len(layers) == 7 * quant.model.cfg.text.depth
+    assert len(layers) == 7 * quant.model.cfg.text.depth + 1  # + the output head copy
+    assert type(quant.model.decoder.head) in q.QUANTIZED
     batch = base.processor(
         images=[torch.zeros(28, 28, 3).numpy().astype("uint8")] * 2, text=["caption en", "ocr"]
     )

@@ -203,8 +203,11 @@ def _load_quantized(path: Path, dtype, device) -> PaliGemma:
         with torch.device("meta"):
             model = PaliGemma(cfg)
             for name in spec["modules"]:
-                old = model.get_submodule(name)
-                args = (old.in_features, old.out_features, old.bias is not None)
+                if name == "decoder.head":  # the quantised copy of the tied output head
+                    args = (cfg.text.width, cfg.text.vocab_size, False)
+                else:
+                    old = model.get_submodule(name)
+                    args = (old.in_features, old.out_features, old.bias is not None)
                 new = (
                     Int8Linear(*args)
                     if spec["mode"] == "int8"

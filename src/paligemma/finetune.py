@@ -151,7 +151,9 @@ def prepare_(pipe: Pipeline, cfg: TrainConfig) -> list[tuple[str, torch.nn.Param
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.mode == "qlora":
-        quantize_(model, cfg.quantize)
+        quantize_(
+            model, cfg.quantize, head=False
+        )  # the head stays float: gradients flow through it
     if cfg.mode in ("lora", "qlora"):
         apply_lora_(
             model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.lora_scope

@@ -158,6 +158,9 @@ class GemmaDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, local) for local in cfg.layer_is_local)
         self.final_norm = RMSNorm(cfg.width, cfg.norm_eps)
         self.checkpointing = False  # recompute block activations in backward (training only)
+        # A separate (quantised) copy of the output head, set by quantize_(..., head=True):
+        # decoding reads the head for every token, so it is worth shrinking too.
+        self.head: nn.Module | None = None
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """int[B, T] -> float[B, T, D]; scaled by sqrt(D) rounded to the weight dtype."""
@@ -184,7 +187,7 @@ class GemmaDecoder(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, V) through the tied embedding, soft-capped for Gemma 2."""
-        logits = linear(h, self.embed.weight)
+        logits = linear(h, self.embed.weight) if self.head is None else self.head(h)
         if self.cfg.final_softcap is not None:
             cap = self.cfg.final_softcap
             logits = torch.tanh(logits / cap) * cap

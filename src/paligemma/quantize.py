@@ -147,10 +147,16 @@ VISION_LINEARS = "vision.blocks.*"
 
 
 def quantize_(
-    model: nn.Module, mode: str, include: str | tuple[str, ...] = DECODER_LINEARS, group: int = 64
+    model: nn.Module,
+    mode: str,
+    include: str | tuple[str, ...] = DECODER_LINEARS,
+    group: int = 64,
+    head: bool = True,
 ) -> nn.Module:
     """In place: every nn.Linear whose name matches `include` (fnmatch patterns; default the
-    decoder's layers, add VISION_LINEARS for the image encoder) becomes Int8 / Int4."""
+    decoder's layers, add VISION_LINEARS for the image encoder) becomes Int8 / Int4. With
+    `head`, the tied output head gets a quantised copy (`decoder.head`) while the embedding
+    lookup keeps the float matrix: per decoded token the head is a third of the bytes read."""
     if mode not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
     patterns = (include,) if isinstance(include, str) else tuple(include)
@@ -164,4 +170,12 @@ def quantize_(
         )
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, q)
+    decoder = getattr(model, "decoder", None)
+    if head and decoder is not None and getattr(decoder, "head", None) is None:
+        weight = decoder.embed.weight
+        tied = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        tied.weight = weight  # no copy: from_linear reads it once
+        decoder.head = (
+            Int8Linear.from_linear(tied) if mode == "int8" else Int4Linear.from_linear(tied, group)
+        )
     return model

@@ -26,6 +26,9 @@ def test_layer_accuracy_and_kernel_matches_dequantised(cls, bound):
     got, want = layer(x), linear(x)
     assert got.shape == want.shape and got.dtype == x.dtype
     assert rel_err(got, want) < bound
+    # Non-contiguous bfloat16 input (as after attention's transpose) takes the kernel too.
+    strided = x.to(torch.bfloat16).transpose(0, 1)[:1]
+    assert rel_err(layer(strided), linear(strided.float())) < bound + 0.01
     # The CPU kernel (bfloat16 activations) and the portable dequantised path agree.
     portable = nn.functional.linear(x, layer.dequantize(), layer.bias)
     assert rel_err(got, portable) < 0.01

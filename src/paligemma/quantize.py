@@ -50,7 +50,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_kernel(x):
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
             out = torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
             return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
         return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
@@ -113,7 +113,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_kernel(x):
             packed, scales_and_zeros = self._packed()
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
             out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
             return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
         return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)

@@ -331,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="with --batch: JSONL output file (default: stdout)")
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument(
-        "--dtype", choices=list(_DTYPES), help="default: bfloat16 on GPU, float32 on CPU"
+        "--dtype", choices=list(_DTYPES), help="default: bfloat16 (GPU if present, else CPU)"
     )
     gen.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     gen.add_argument(

@@ -38,9 +38,9 @@ def build(name: str, dtype: torch.dtype, device: str) -> paligemma.PaliGemma:
     return paligemma.load_model(name, dtype=dtype, device=device)
 
 
-def inputs(model: paligemma.PaliGemma, batch: int, prompt_tokens: int) -> dict:
-    cfg = model.cfg
-    g = torch.Generator().manual_seed(0)
+def inputs(cfg: paligemma.PaliGemmaConfig, batch: int, prompt_tokens: int, seed: int = 0) -> dict:
+    """Synthetic model inputs: the image tokens, <bos>, `prompt_tokens` ids and "\n"."""
+    g = torch.Generator().manual_seed(seed)
     text = torch.randint(10, 1000, (batch, prompt_tokens), generator=g)
     image = torch.full((batch, cfg.num_image_tokens), cfg.image_token_id)
     ids = torch.cat([image, torch.full((batch, 1), 2), text, torch.full((batch, 1), 108)], 1)
@@ -76,7 +76,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     rows = []
     for batch in args.batch:
-        batch_inputs = inputs(model, batch, args.prompt_tokens)
+        batch_inputs = inputs(model.cfg, batch, args.prompt_tokens)
         cfg = engine.GenerationConfig(max_new_tokens=args.new_tokens)
         runs = []
         for _ in range(args.repeats):

@@ -32,21 +32,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_generate
+
 PROMPT_TOKENS = 10
 
 
 def inputs(cfg, batch: int, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(10, 1000, (batch, PROMPT_TOKENS), generator=g)
-    image = torch.full((batch, cfg.num_image_tokens), cfg.image_token_id)
-    ids = torch.cat([image, torch.full((batch, 1), 2), text, torch.full((batch, 1), 108)], 1)
-    pixels = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": torch.zeros_like(ids),
-        "pixel_values": pixels,
-    }
+    return bench_generate.inputs(cfg, batch, PROMPT_TOKENS, seed)
 
 
 def preset_config(preset: str, depth: int | None):

@@ -152,6 +152,19 @@ TINY = PaliGemmaConfig(
     image_token_id=299,
 )
 
+# The embedded demo model (not a published architecture): 96 px, patch 12 -> 64 image tokens,
+# a 6-layer SigLIP and a 4-layer Gemma 1 decoder over a 1.5k-piece vocabulary, about 7M
+# parameters. Trained here on synthetic scenes (see embedded_train.py and assets/MODEL_CARD.md).
+EMBEDDED = PaliGemmaConfig(
+    vision=SiglipConfig(width=192, depth=6, num_heads=3, mlp_dim=768, patch_size=12),
+    text=GemmaConfig(
+        width=256, depth=4, num_heads=4, num_kv_heads=1, head_dim=64, mlp_dim=1024,
+        vocab_size=1536,
+    ),
+    image_size=96,
+    image_token_id=4,
+)  # fmt: skip
+
 
 def get_config(name: str) -> PaliGemmaConfig:
     """Preset by name, e.g. "paligemma2-3b-448"; a clear error lists the known names."""

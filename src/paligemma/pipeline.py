@@ -41,6 +41,43 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)  # of the batch this row was in
 
 
+class TextStream:
+    """One row's text as its tokens arrive: `push(id)` returns the new piece that is settled
+    (possibly ""), `flush()` the rest. The pieces join to the final text: stop strings cut;
+    nothing is shown that could still turn out to be a partial UTF-8 character or the start of
+    a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.shown = ""
+
+    @property
+    def text(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+        return text if cut < 0 else text[:cut]
+
+    def _emit(self, upto: str) -> str:
+        if not upto.startswith(self.shown) or len(upto) <= len(self.shown):
+            return ""
+        piece, self.shown = upto[len(self.shown) :], upto
+        return piece
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.text
+        if text.endswith("\ufffd"):
+            return ""
+        hold = max(
+            (k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+        )
+        return self._emit(text[: len(text) - hold])
+
+    def flush(self) -> str:
+        return self._emit(self.text)
+
+
 class Pipeline:
     def __init__(self, model: PaliGemma, processor: Processor, mask_vae: MaskVAE | None = None):
         self.model = model
@@ -128,21 +165,15 @@ class Pipeline:
         per_row, texts = self._rows(images, prompt)
         self._check_length(per_row, texts, max_new_tokens)
         inputs = self.processor(images=per_row, text=texts)
-        ids: list[int] = []
-        shown = ""
         eos = self.tokenizer.eos_id
+        text = TextStream(self.tokenizer, stop)
         for out in engine.stream(self.model, inputs, cfg, {eos}, self._stopper(stop)):
             if out[0] is None or out[0] == eos:
                 break
-            ids.append(out[0])
-            text = self._text(ids, stop)
-            # Hold back a partial UTF-8 character, and anything decoding has not settled.
-            if not text.endswith("\ufffd") and text.startswith(shown) and len(text) > len(shown):
-                yield text[len(shown) :]
-                shown = text
-        text = self._text(ids, stop)
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown) :]
+            if piece := text.push(out[0]):
+                yield piece
+        if piece := text.flush():
+            yield piece
 
     # -- task outputs --------------------------------------------------------------------------
     def detect(

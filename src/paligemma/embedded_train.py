@@ -1,0 +1,424 @@
+"""Train the embedded demo model from scratch, on synthetic scenes, with one command:
+
+    python -m paligemma.embedded_train --out runs/embedded          # add --resume after a stop
+
+Stages, each skipped when its output exists: the tokenizer (SentencePiece, Gemma's special-token
+layout), the mask VQ-VAE (published architecture, trained on the generator's masks), then the
+model (EMBEDDED preset) with the project's loss and checkpoints; a kill at any moment loses at
+most `save_every` steps, and `--resume` continues bit for bit. The result is exported to
+OUT/model as a checkpoint directory `paligemma.load` reads; `--install` also copies it into the
+package (src/paligemma/assets). Evaluate with `python -m paligemma.embedded_eval OUT/model`.
+
+What makes a model this small learn to localise from scratch on 2 CPU cores (the vision tower is
+the bottleneck): a 2D sin-cos initialised position table, a single-object curriculum at the
+start, a detection-heavy task mix, and an auxiliary dense loss on the image encoder (each
+patch predicts the shape x colour under its centre and that object's box), kept on all run long
+with a decaying weight. The head of that loss is thrown away; the exported model is a plain
+PaliGemma.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import synthetic
+from .checkpoint import save_model
+from .config import EMBEDDED, PaliGemmaConfig
+from .finetune import suffix_loss
+from .model import PaliGemma
+from .processor import IGNORE, ImageTransform, Processor
+from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
+from .train_state import load_state, save_state
+from .vqvae import MaskVAE, crop_mask
+
+ASSETS = Path(__file__).parent / "assets"
+TOKENIZER_VOCAB = 1536
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def train_tokenizer(path: Path, seed: int = 0, lines: int = 20_000) -> None:
+    """tokenizer.model: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <image>=4, <loc0000..1023>,
+    <seg000..127>, then BPE pieces learnt from the generator's task texts; byte fallback, no
+    dummy prefix, identity normaliser (as Gemma's)."""
+    import sentencepiece as spm
+
+    rng = np.random.default_rng([seed, 7])
+    corpus = []
+    for _ in range(lines // 4):
+        scene = synthetic.make_scene(rng, size=(64, 64))
+        for kind in ("caption", "answer", "detect"):
+            ex = synthetic.make_example(scene, kind, rng)
+            corpus += [ex["prefix"], ex["suffix"]]
+    specials = ["<image>", *(f"<loc{i:04d}>" for i in range(NUM_LOC))]
+    specials += [f"<seg{i:03d}>" for i in range(NUM_SEG)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        vocab_size=TOKENIZER_VOCAB,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=specials,
+        add_dummy_prefix=False,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask VQ-VAE
+
+
+def object_masks(rng: np.random.Generator, n: int) -> torch.Tensor:
+    """float[n, 64, 64]: generator objects cropped to their boxes, as segmentation targets are."""
+    out: list[torch.Tensor] = []
+    while len(out) < n:
+        scene = synthetic.make_scene(rng)
+        out += [crop_mask(t.mask, t.box) for t in scene.things]
+    return torch.stack(out[:n])
+
+
+def train_mask_vae(
+    path: Path, steps: int = 600, batch: int = 64, seed: int = 0, progress: bool = True
+) -> dict[str, float]:
+    """VQ-VAE (published layout) trained on generator masks: MSE on the [-1, 1] scale, codebook
+    and 0.25 x commitment losses, straight-through codes; codebook seeded from encoder outputs.
+    Writes `path` (.safetensors, the npz's key names); returns the held-out mask IoU."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 11])
+    vae = MaskVAE()
+    with torch.no_grad():  # seed the codebook with encoder outputs of real masks
+        z = vae.encoder(2 * object_masks(rng, 64)[:, None] - 1).permute(0, 2, 3, 1)
+        z = z.reshape(-1, vae.codebook.shape[1])
+        vae.codebook.copy_(z[torch.randperm(len(z))[: vae.codebook.shape[0]]])
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-4)
+    for step in tqdm(range(steps), desc="mask VQ-VAE", disable=not progress):
+        masks = object_masks(rng, batch)
+        target = 2 * masks[:, None] - 1
+        z = vae.encoder(target)  # (B, 512, 4, 4)
+        codes = vae.quantize(z.detach())
+        e = vae.codebook[codes].view(-1, 4, 4, z.shape[1]).permute(0, 3, 1, 2)
+        quantized = z + (e - z).detach()  # straight-through
+        recon = vae.decoder(quantized)
+        loss = F.mse_loss(recon, target) + F.mse_loss(e, z.detach()) + 0.25 * F.mse_loss(
+            z, e.detach()
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 99:  # revive unused codes at encoder outputs
+            with torch.no_grad():
+                used = torch.zeros(vae.codebook.shape[0], dtype=torch.bool)
+                used[codes.flatten()] = True
+                dead = (~used).nonzero()[:, 0]
+                zs = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                vae.codebook[dead] = zs[torch.randint(len(zs), (len(dead),))]
+    vae.eval()
+    with torch.no_grad():
+        masks = object_masks(np.random.default_rng([seed, 13]), 256)
+        recon = vae.decode(vae.encode(masks)) > 0
+        truth = masks > 0.5
+        iou = ((recon & truth).sum((1, 2)) / (recon | truth).sum((1, 2)).clamp(min=1)).mean()
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return {"mask_iou": float(iou)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    steps: int = 12000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    mix: tuple[tuple[str, float], ...] = (
+        ("caption", 0.2),
+        ("answer", 0.2),
+        ("detect", 0.35),
+        ("segment", 0.25),
+    )
+    single_object_steps: int = 700  # curriculum: one object per scene at first
+    aux_weight: tuple[float, float] = (1.0, 0.2)  # dense image-encoder loss, start -> end
+    seed: int = 0
+    save_every: int = 200
+    eval_every: int = 1000
+    eval_scenes: int = 40  # per task, for the learning curve (the final score uses 200)
+
+    def fingerprint(self) -> dict[str, Any]:
+        skip = {"steps", "save_every", "eval_every", "eval_scenes"}  # --steps may grow on resume
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        t = min((step - self.warmup_steps) / max(1, self.steps - self.warmup_steps), 1.0)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def aux_at(self, step: int) -> float:
+        a, b = self.aux_weight
+        return a + (b - a) * min(step / self.steps, 1.0)
+
+
+def sincos_2d(side: int, width: int) -> torch.Tensor:
+    """float[side*side, width]: 2D sin-cos position features (MoCo v3 / big_vision 'sincos2d')."""
+    quarter = width // 4
+    omega = 1.0 / 10_000 ** (torch.arange(quarter) / quarter)
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    ys = y.flatten()[:, None].float() * omega
+    xs = x.flatten()[:, None].float() * omega
+    return torch.cat([xs.sin(), xs.cos(), ys.sin(), ys.cos()], dim=1)
+
+
+def new_model(cfg: PaliGemmaConfig, seed: int) -> PaliGemma:
+    """Random init: linear / conv weights N(0, 0.02), zero biases, embeddings N(0, 0.02), unit
+    norms, 2D sin-cos position table."""
+    torch.manual_seed(seed)
+    model = PaliGemma(cfg)
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        side = cfg.image_size // cfg.vision.patch_size
+        model.vision.pos_embed.copy_(sincos_2d(side, cfg.vision.width))
+    return model
+
+
+class AuxHead(nn.Module):
+    """Training aid: per patch, shape x colour logits and the object's box (thrown away)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, synthetic.NUM_PATCH_CLASSES + 4)
+
+    def loss(self, feats: torch.Tensor, classes: torch.Tensor, boxes: torch.Tensor):
+        """feats float[B, P, D]; classes int[B, P]; boxes float[B, P, 4] in [0, 1]."""
+        out = self.proj(feats)
+        ce = F.cross_entropy(out[..., :-4].flatten(0, 1), classes.flatten())
+        fg = classes > 0
+        l1 = F.l1_loss(out[..., -4:][fg].sigmoid(), boxes[fg]) if fg.any() else out.sum() * 0
+        return ce + 5 * l1
+
+
+class Stream:
+    """The training data: step s always gets the same examples (seeded by (seed, s))."""
+
+    def __init__(self, run: RunConfig, processor: Processor, vae: MaskVAE, grid: int):
+        self.run, self.processor, self.vae, self.grid = run, processor, vae, grid
+        self.kinds = [k for k, _ in run.mix]
+        weights = np.array([w for _, w in run.mix])
+        self.weights = weights / weights.sum()
+
+    def encode(self, mask: np.ndarray, box: tuple[int, int, int, int]) -> list[int]:
+        with torch.no_grad():
+            return self.vae.encode(crop_mask(mask, box)[None])[0].tolist()
+
+    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+        rng = np.random.default_rng([self.run.seed, step])
+        single = step < self.run.single_object_steps
+        scenes, examples = [], []
+        for _ in range(self.run.batch_size):
+            scene = synthetic.make_scene(rng, num_things=1 if single else None)
+            kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
+            scenes.append(scene)
+            examples.append(synthetic.make_example(scene, kind, rng, self.encode))
+        batch = self.processor(
+            images=[s.image for s in scenes],
+            text=[e["prefix"] for e in examples],
+            suffix=[e["suffix"] for e in examples],
+        )
+        targets = [synthetic.patch_targets(s, self.grid) for s in scenes]
+        batch["patch_classes"] = torch.from_numpy(np.stack([c for c, _ in targets]))
+        batch["patch_boxes"] = torch.from_numpy(np.stack([b for _, b in targets]))
+        return batch, [e["kind"] for e in examples]
+
+
+def processor_for(tokenizer_path: Path, cfg: PaliGemmaConfig) -> Processor:
+    tok = Tokenizer(tokenizer_path)
+    if tok.image_id != cfg.image_token_id or tok.vocab_size > cfg.text.vocab_size:
+        raise ValueError(f"{tokenizer_path} does not fit the EMBEDDED config")
+    return Processor(tok, ImageTransform(cfg.image_size), cfg.num_image_tokens)
+
+
+def train_model(
+    out: Path, run: RunConfig, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train EMBEDDED from scratch into `out` (metrics.jsonl, checkpoints/); returns the last
+    log record. Needs out/tokenizer.model and out/mask_vae.safetensors."""
+    from tqdm import tqdm
+
+    from .embedded_eval import evaluate
+    from .pipeline import Pipeline
+    from .vqvae import load_mask_vae
+
+    cfg = EMBEDDED
+    if not resume and (out / "checkpoints" / "latest").is_file():
+        raise ValueError(f"{out} holds a run already: pass --resume to continue it")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    processor = processor_for(out / "tokenizer.model", cfg)
+    vae = load_mask_vae(out / "mask_vae.safetensors")
+    model = new_model(cfg, run.seed)
+    aux = AuxHead(cfg.vision.width)
+    grid = cfg.image_size // cfg.vision.patch_size
+    trainable = [*model.named_parameters(), *(("aux." + n, p) for n, p in aux.named_parameters())]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay}],
+        lr=run.lr,
+        betas=(0.9, 0.98),
+        weight_decay=0.0,
+    )
+    start, _ = load_state(out, trainable, optimizer, run.fingerprint()) if resume else (0, 0)
+    log_path = out / "metrics.jsonl"
+    kept = [r for r in _read_log(log_path) if r["step"] <= start] if resume else []
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    stream = Stream(run, processor, vae, grid)
+    feats: dict[str, torch.Tensor] = {}
+    model.vision.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
+    ema: dict[str, float] = {}
+    record: dict[str, Any] = {}
+    model.train()
+    bar = tqdm(total=run.steps, initial=start, desc="embedded", unit="step", disable=not progress)
+    with open(log_path, "a") as log:
+        for step in range(start, run.steps):
+            began = time.perf_counter()
+            for g in optimizer.param_groups:
+                g["lr"] = run.lr_at(step)
+            batch, kinds = stream.batch(step)
+            denom = int((batch["labels"][:, 1:] != IGNORE).sum())
+            loss, _ = suffix_loss(model, batch, "token", 0.0, denom)
+            aux_loss = aux.loss(feats.pop("v"), batch["patch_classes"], batch["patch_boxes"])
+            (loss + run.aux_at(step) * aux_loss).backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                per_kind = _per_kind_loss(model, batch, kinds) if step % 10 == 0 else {}
+            for k, v in {"loss": loss.item(), "aux": aux_loss.item(), **per_kind}.items():
+                ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+            seconds = time.perf_counter() - began
+            record = {"step": step + 1, "lr": run.lr_at(step), "seconds": round(seconds, 3)}
+            record |= {k: round(v, 4) for k, v in ema.items()}
+            if run.eval_every and (step + 1) % run.eval_every == 0 and step + 1 < run.steps:
+                model.eval()
+                pipe = Pipeline(model, processor, vae)
+                record["eval"] = evaluate(pipe, run.eval_scenes, progress=False)["summary"]
+                model.train()
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{ema['loss']:.3f}", aux=f"{ema['aux']:.3f}")
+            bar.update(1)
+            if (step + 1) % run.save_every == 0 or step + 1 == run.steps:
+                save_state(out, step + 1, step + 1, trainable, optimizer, run.fingerprint())
+    bar.close()
+    model.eval()
+    return record
+
+
+def _per_kind_loss(model, batch, kinds: list[str]) -> dict[str, float]:
+    """Mean suffix-token loss per task (for the learning curves), from a no-grad pass."""
+    out = {}
+    for kind in sorted(set(kinds)):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        sub = {k: v[rows] for k, v in batch.items() if k != "pixel_values"}
+        sub["pixel_values"] = batch["pixel_values"][rows]
+        denom = int((sub["labels"][:, 1:] != IGNORE).sum())
+        out[f"loss_{kind}"] = float(suffix_loss(model, sub, "token", 0.0, max(denom, 1))[0])
+    return out
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill
+            break
+    return rows
+
+
+def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """The trained weights (from the latest checkpoint) as a checkpoint directory at `dest`:
+    config.json + model.safetensors (`dtype`), tokenizer.model, mask_vae.safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    root = out / "checkpoints"
+    ck = root / (root / "latest").read_text().strip()
+    tensors = load_file(str(ck / "state.safetensors"))
+    model = PaliGemma(EMBEDDED)
+    model.load_state_dict({n: tensors[f"param/{n}"] for n in model.state_dict()}, strict=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_model(model.to(dtype), dest)
+    shutil.copy(out / "tokenizer.model", dest / "tokenizer.model")
+    shutil.copy(out / "mask_vae.safetensors", dest / "mask_vae.safetensors")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m paligemma.embedded_train", description=__doc__)
+    p.add_argument("--out", default="runs/embedded", help="run directory (default runs/embedded)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--steps", type=int, default=RunConfig.steps)
+    p.add_argument("--install", action="store_true", help="also copy the model into the package")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "tokenizer.model").is_file():
+        train_tokenizer(out / "tokenizer.model")
+    if not (out / "mask_vae.safetensors").is_file():
+        stats = train_mask_vae(out / "mask_vae.safetensors", progress=not args.no_progress)
+        (out / "mask_vae.json").write_text(json.dumps(stats))
+        print(f"mask VQ-VAE: held-out mask IoU {stats['mask_iou']:.3f}")
+    run = RunConfig(steps=args.steps)
+    train_model(out, run, resume=args.resume, progress=not args.no_progress)
+    export(out, out / "model")
+    print(f"model written to {out / 'model'}")
+    if args.install:
+        export(out, ASSETS)
+        print(f"installed into {ASSETS}")
+
+
+if __name__ == "__main__":
+    main()

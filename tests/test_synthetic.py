@@ -101,7 +101,9 @@ def test_detect_and_segment_targets_parse_back_to_the_boxes():
             ex = synthetic.make_example(scene, kind, rng, codes)
             assert ex["prefix"] == f"{kind} " + " ; ".join(ex["queries"])
             parsed = parse_objects(ex["suffix"], w, h)
-            expected = [t for t in scene.things if any(q in (t.shape, t.name) for q in ex["queries"])]
+            expected = [
+                t for t in scene.things if any(q in (t.shape, t.name) for q in ex["queries"])
+            ]
             assert len(parsed) == len(expected)
             for obj, t in zip(parsed, expected, strict=True):
                 assert obj.label in (t.shape, t.name)

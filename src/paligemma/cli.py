@@ -1,4 +1,5 @@
-"""Command line: `paligemma generate | info | convert`. Each command is a thin call into the API;
+"""Command line: `paligemma demo | generate | detect | segment | finetune | serve | info |
+convert`. Each command is a thin call into the API;
 every expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+MODEL_HELP = "checkpoint directory, .npz or hub id (default: the embedded demo model)"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -220,6 +222,30 @@ def _task(args: argparse.Namespace) -> None:
         print(f"(no objects) raw answer: {objects.text!r}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run
+    from .pipeline import load
+
+    run(load(args.model, dtype=torch.float32), args.out, args.seed)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .server import Settings, serve
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    settings = Settings(
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        max_tokens=args.max_tokens,
+        allow_dir=args.allow_dir,
+        allow_remote=args.allow_remote_images,
+    )
+    serve(args.model, args.host, args.port, settings, _DTYPES.get(args.dtype), args.quantize)
+
+
 # ---------------------------------------------------------------------------------------------
 # finetune
 
@@ -313,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="answer a prompt about one or more images")
-    gen.add_argument("--model", required=True, help="checkpoint directory, .npz or hub id")
+    gen.add_argument("--model", help=MODEL_HELP)
     gen.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     gen.add_argument("--prompt", help='e.g. "caption en", "answer en what is this?"')
     gen.add_argument("--max-new-tokens", type=int, default=32)
@@ -343,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, what in (("detect", "boxes"), ("segment", "boxes and masks")):
         task = sub.add_parser(name, help=f"{what} of labelled things in an image")
-        task.add_argument("--model", required=True, help="checkpoint directory, .npz or hub id")
+        task.add_argument("--model", help=MODEL_HELP)
         task.add_argument("--image", required=True, help="image file")
         task.add_argument(
             "--label", action="append", required=True, help="thing to find (repeatable)"
@@ -395,6 +421,27 @@ def _parser() -> argparse.ArgumentParser:
         help="save a quantised checkpoint (quantise once, load fast)",
     )
     conv.set_defaults(run=_convert)
+
+    demo = sub.add_parser("demo", help="caption, answer, detect and segment a generated scene")
+    demo.add_argument("--model", help=MODEL_HELP)
+    demo.add_argument("--out", default="demo.png", help="picture to write (default demo.png)")
+    demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
+    demo.set_defaults(run=_demo)
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web page")
+    srv.add_argument("--model", help=MODEL_HELP)
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", help="require Authorization: Bearer KEY (all but /health)")
+    srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
+    srv.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    srv.add_argument("--max-tokens", type=int, default=512, help="most tokens a request may ask")
+    srv.add_argument("--allow-dir", help="serve file:// image URLs from this directory only")
+    srv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) images")
+    srv.add_argument("--dtype", choices=list(_DTYPES))
+    srv.add_argument("--quantize", choices=["int8", "int4"])
+    srv.set_defaults(run=_serve)
     return parser
 
 

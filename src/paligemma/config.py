@@ -158,12 +158,17 @@ TINY = PaliGemmaConfig(
 EMBEDDED = PaliGemmaConfig(
     vision=SiglipConfig(width=192, depth=6, num_heads=3, mlp_dim=768, patch_size=12),
     text=GemmaConfig(
-        width=256, depth=4, num_heads=4, num_kv_heads=1, head_dim=64, mlp_dim=1024,
+        width=256,
+        depth=4,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=64,
+        mlp_dim=1024,
         vocab_size=1536,
     ),
     image_size=96,
     image_token_id=4,
-)  # fmt: skip
+)
 
 
 def get_config(name: str) -> PaliGemmaConfig:

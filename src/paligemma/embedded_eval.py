@@ -39,10 +39,14 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def match(truth: list, preds: list, iou) -> list[tuple[int, int, float]]:
     """One-to-one pairs (truth i, pred j, iou) with equal labels, greedily by IoU (> 0)."""
     pairs = sorted(
-        ((iou(t, p), i, j) for i, t in enumerate(truth) for j, p in enumerate(preds)
-         if t[0] == p[0]),
+        (
+            (iou(t, p), i, j)
+            for i, t in enumerate(truth)
+            for j, p in enumerate(preds)
+            if t[0] == p[0]
+        ),
         reverse=True,
-    )  # fmt: skip
+    )
     used_t, used_p, out = set(), set(), []
     for v, i, j in pairs:
         if v > 0 and i not in used_t and j not in used_p:

@@ -132,8 +132,8 @@ def train_mask_vae(
         e = vae.codebook[codes].view(-1, 4, 4, z.shape[1]).permute(0, 3, 1, 2)
         quantized = z + (e - z).detach()  # straight-through
         recon = vae.decoder(quantized)
-        loss = F.mse_loss(recon, target) + F.mse_loss(e, z.detach()) + 0.25 * F.mse_loss(
-            z, e.detach()
+        loss = (
+            F.mse_loss(recon, target) + F.mse_loss(e, z.detach()) + 0.25 * F.mse_loss(z, e.detach())
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,10 +278,11 @@ def processor_for(tokenizer_path: Path, cfg: PaliGemmaConfig) -> Processor:
 
 
 def train_model(
-    out: Path, run: RunConfig, resume: bool = False, progress: bool = True
+    out: Path, run: RunConfig, resume: bool = False, progress: bool = True, until: int | None = None
 ) -> dict[str, Any]:
     """Train EMBEDDED from scratch into `out` (metrics.jsonl, checkpoints/); returns the last
-    log record. Needs out/tokenizer.model and out/mask_vae.safetensors."""
+    log record. Needs out/tokenizer.model and out/mask_vae.safetensors. `until`: stop after
+    that step (a checkpoint is written), to continue later with `resume`."""
     from tqdm import tqdm
 
     from .embedded_eval import evaluate
@@ -318,7 +319,8 @@ def train_model(
     model.train()
     bar = tqdm(total=run.steps, initial=start, desc="embedded", unit="step", disable=not progress)
     with open(log_path, "a") as log:
-        for step in range(start, run.steps):
+        end = run.steps if until is None else min(until, run.steps)
+        for step in range(start, end):
             began = time.perf_counter()
             for g in optimizer.param_groups:
                 g["lr"] = run.lr_at(step)
@@ -346,7 +348,7 @@ def train_model(
             log.flush()
             bar.set_postfix(loss=f"{ema['loss']:.3f}", aux=f"{ema['aux']:.3f}")
             bar.update(1)
-            if (step + 1) % run.save_every == 0 or step + 1 == run.steps:
+            if (step + 1) % run.save_every == 0 or step + 1 == end:
                 save_state(out, step + 1, step + 1, trainable, optimizer, run.fingerprint())
     bar.close()
     model.eval()
@@ -400,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/embedded", help="run directory (default runs/embedded)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--steps", type=int, default=RunConfig.steps)
+    p.add_argument("--until", type=int, help="stop after this step (resume later)")
     p.add_argument("--install", action="store_true", help="also copy the model into the package")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -412,7 +415,10 @@ def main(argv: list[str] | None = None) -> None:
         (out / "mask_vae.json").write_text(json.dumps(stats))
         print(f"mask VQ-VAE: held-out mask IoU {stats['mask_iou']:.3f}")
     run = RunConfig(steps=args.steps)
-    train_model(out, run, resume=args.resume, progress=not args.no_progress)
+    last = train_model(out, run, args.resume, not args.no_progress, args.until)
+    if last.get("step", run.steps) < run.steps:
+        print(f"stopped after step {last['step']}; continue with --resume")
+        return
     export(out, out / "model")
     print(f"model written to {out / 'model'}")
     if args.install:

@@ -26,6 +26,7 @@ from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
 from .vqvae import MaskVAE, load_mask_vae, paste_mask
 
 MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
+EMBEDDED_DIR = Path(__file__).parent / "assets"  # the demo model trained here (MODEL_CARD.md)
 MASK_VAE_FILES = ("vae-oid.npz", "vae-oid.safetensors", "mask_vae.safetensors", "mask_vae.npz")
 
 
@@ -205,25 +206,37 @@ class Pipeline:
                 "segmentation needs the mask VQ-VAE (vae-oid.npz): put it in the checkpoint "
                 "directory or pass mask_vae=PATH to paligemma.load"
             )
-        objects = self._task("segment", image, labels, max_new_tokens, convention, options)
+        return self._task("segment", image, labels, max_new_tokens, convention, options)
+
+    def read_objects(
+        self, task: str, text: str, width: int, height: int, convention: str = "big_vision"
+    ) -> ObjectList:
+        """The objects in a generated answer, in pixels of a (width, height) image; for
+        "segment", each valid object with codes also gets `.mask` and `.soft_mask`."""
+        objects = parse_objects(text, width, height, convention)
         todo = [o for o in objects if o.valid and o.seg_codes is not None]
-        if todo:
+        if task == "segment" and todo and self.mask_vae is not None:
             with torch.inference_mode():
                 logits = self.mask_vae.decode(torch.tensor([o.seg_codes for o in todo]))
             for obj, m64 in zip(todo, logits, strict=True):
-                obj.mask, obj.soft_mask = paste_mask(m64, obj.box, objects.height, objects.width)
+                obj.mask, obj.soft_mask = paste_mask(m64, obj.box, height, width)
         return objects
 
     def _task(self, task, image, labels, max_new_tokens, convention, options) -> ObjectList:
-        labels = [labels] if isinstance(labels, str) else list(labels)
-        if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
-            raise ValueError(f"{task} needs at least one non-empty label")
-        if any(";" in x for x in labels):
-            raise ValueError("labels may not contain ';' (it separates them)")
         image = load_image(image)
-        prompt = f"{task} " + " ; ".join(x.strip() for x in labels)
+        prompt = task_prompt(task, labels)
         result = self.generate(image, prompt, max_new_tokens=max_new_tokens, **options)
-        return parse_objects(result.text, image.width, image.height, convention)
+        return self.read_objects(task, result.text, image.width, image.height, convention)
+
+
+def task_prompt(task: str, labels: str | list[str]) -> str:
+    """ "detect cat ; dog" from ["cat", "dog"] (or "cat"); clear errors for empty labels or ';'."""
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ValueError(f"{task} needs at least one non-empty label")
+    if any(";" in x for x in labels):
+        raise ValueError("labels may not contain ';' (it separates them)")
+    return f"{task} " + " ; ".join(x.strip() for x in labels)
 
 
 def copy_assets(source: str | os.PathLike, dest: str | os.PathLike) -> None:
@@ -245,7 +258,7 @@ def default_device() -> torch.device:
 
 
 def load(
-    source: str | os.PathLike,
+    source: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     *,
@@ -255,7 +268,9 @@ def load(
     adapter: str | os.PathLike | None = None,
     quantize: str | None = None,
 ) -> Pipeline:
-    """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`).
+    """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`); with
+    no source, the embedded demo model that ships in the package (float32 by default: it is
+    small, and float32 is both exact and fastest for it on a CPU).
 
     Defaults: bfloat16, on the GPU when there is one (on this project's 2-core AVX2 CPU,
     bfloat16 gives a 2.5x faster first token than float32, faster decoding and half the memory;
@@ -266,6 +281,14 @@ def load(
     LoRA adapter directory (ours or peft's) applied on top of the base weights.
     """
     device = torch.device(device) if device is not None else default_device()
+    if source is None:
+        if not (EMBEDDED_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded model is missing from {EMBEDDED_DIR}; reinstall the package or "
+                "train it (python -m paligemma.embedded_train --install)"
+            )
+        source = EMBEDDED_DIR
+        dtype = torch.float32 if dtype is None else dtype
     if dtype is None:
         dtype = torch.bfloat16
     path = resolve_source(source)

@@ -172,8 +172,12 @@ def make_scene(
         if not mask.any():
             continue
         ys, xs = np.nonzero(cover >= 0.5)
-        box = (left + int(xs.min()), top + int(ys.min()), left + int(xs.max()) + 1,
-               top + int(ys.max()) + 1)  # fmt: skip
+        box = (
+            left + int(xs.min()),
+            top + int(ys.min()),
+            left + int(xs.max()) + 1,
+            top + int(ys.max()) + 1,
+        )
         things.append(Thing(shape, colour, box, mask))
     things.sort(key=lambda t: (t.box[0], t.box[1]))
     return Scene(Image.fromarray(np.clip(image + 0.5, 0, 255).astype(np.uint8)), things)
@@ -184,7 +188,8 @@ def make_scene(
 
 
 def caption(scene: Scene) -> str:
-    """ "a red circle", "a red circle and a blue square", "a red circle, a blue square and a ..."."""
+    """ "a red circle", "a red circle and a blue square", "a red circle, a blue square and a
+    yellow triangle": left to right."""
     names = [f"a {t.name}" for t in scene.things]
     if len(names) <= 1:
         return "".join(names)
@@ -292,15 +297,23 @@ def make_example(
     if kind == "detect":
         queries = _queries(rng, scene, most=2)
         suffix = object_suffix(scene, queries)
-        return {"kind": kind, "prefix": "detect " + " ; ".join(queries), "suffix": suffix,
-                "queries": queries}  # fmt: skip
+        return {
+            "kind": kind,
+            "prefix": "detect " + " ; ".join(queries),
+            "suffix": suffix,
+            "queries": queries,
+        }
     if kind == "segment":
         if encode is None:
             raise ValueError("segment examples need the mask VQ-VAE encoder (encode=...)")
         queries = _queries(rng, scene, most=1)
         suffix = object_suffix(scene, queries, encode)
-        return {"kind": kind, "prefix": f"segment {queries[0]}", "suffix": suffix,
-                "queries": queries}  # fmt: skip
+        return {
+            "kind": kind,
+            "prefix": f"segment {queries[0]}",
+            "suffix": suffix,
+            "queries": queries,
+        }
     raise ValueError(f"unknown task {kind!r}; known: {', '.join(KINDS)}")
 
 

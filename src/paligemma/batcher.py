@@ -1,0 +1,244 @@
+"""Request batching for the server: concurrent requests share the model, each answered alone.
+
+One worker thread owns the model. Requests are `Job`s in a bounded queue; the worker takes the
+greedy jobs waiting (up to `max_batch` rows) and decodes them as one left-padded batch, each row
+stopping at its own `<eos>`, stop string or token limit, so every row gets exactly the tokens it
+gets alone (the engine's batching guarantee). A sampled job runs on its own (its `n` rows with
+its seed), so its result does not depend on what else is queued. Tokens go back to the asyncio
+side as they are decoded (for streaming); a cancelled job (client gone, timeout) stops at the
+next step and frees its rows.
+
+    batcher = Batcher(pipe, max_batch=8, max_queue=64); batcher.start()
+    job = batcher.submit(Job([image], "caption en", max_tokens=32), loop)   # raises QueueFull
+    result = await job.result()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import generate as engine
+from .pipeline import Pipeline, TextStream
+
+
+class QueueFull(RuntimeError):
+    """The queue holds `max_queue` jobs already; retry later."""
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    tokens: int
+
+
+@dataclass(eq=False)
+class Job:
+    images: list[Any]  # PIL images (may be empty)
+    prompt: str
+    max_tokens: int = 32
+    stop: list[str] = field(default_factory=list)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    n: int = 1
+    after: Callable[[str], Any] | None = None  # run on the worker with the text of choice 0
+    # Filled in by the batcher:
+    events: asyncio.Queue | None = None  # ("piece", index, str) ... then ("done", None, None)
+    choices: list[Choice] = field(default_factory=list)
+    extra: Any = None  # what `after` returned
+    error: BaseException | None = None
+    cancelled: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+    done: asyncio.Future | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def _send(self, kind: str, index: int | None = None, value: Any = None) -> None:
+        if self.loop is not None and self.events is not None:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, index, value))
+
+    def _finish(self) -> None:
+        if self.loop is not None and self.done is not None:
+            self.loop.call_soon_threadsafe(_settle, self.done, None)
+        self._send("done")
+
+    async def result(self) -> Job:
+        assert self.done is not None
+        await asyncio.shield(self.done)
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class Batcher:
+    def __init__(self, pipe: Pipeline, max_batch: int = 8, max_queue: int = 64) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1")
+        self.pipe, self.max_batch, self.max_queue = pipe, max_batch, max_queue
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.stats = {"batches": 0, "rows": 0, "max_rows": 0, "cancelled": 0}
+        self.busy = 0  # jobs being decoded now
+
+    # -- asyncio side ----------------------------------------------------------------------
+    def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Job:
+        job.loop, job.events, job.done = loop, asyncio.Queue(), loop.create_future()
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting")
+            self._waiting.append(job)
+            self._cond.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Drop a waiting job, or stop a running one at its next token."""
+        job.cancelled = True
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self.stats["cancelled"] += 1
+                job.choices = [Choice("", "cancelled", 0)]
+                job._finish()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    # -- worker ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="paligemma-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _take(self) -> list[Job]:
+        """Block until there is work: the first job, plus (if greedy) the greedy jobs waiting
+        behind it, up to max_batch rows. A short pause lets concurrent requests arrive."""
+        with self._cond:
+            while not self._waiting and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return []
+        time.sleep(0.002)
+        with self._cond:
+            first = self._waiting.popleft()
+            batch = [first]
+            if first.greedy:
+                for job in list(self._waiting):
+                    if len(batch) == self.max_batch:
+                        break
+                    if job.greedy:
+                        self._waiting.remove(job)
+                        batch.append(job)
+            return batch
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            self.busy = len(batch)
+            try:
+                self._decode(batch)
+            except Exception as e:  # a failure answers its requests; the worker keeps serving
+                for job in batch:
+                    job.error = e
+            self.busy = 0
+            for job in batch:
+                self.stats["cancelled"] += job.cancelled
+                if job.after is not None and job.error is None and not job.cancelled:
+                    try:
+                        job.extra = job.after(job.choices[0].text)
+                    except Exception as e:
+                        job.error = e
+                job._finish()
+
+    def _decode(self, batch: list[Job]) -> None:
+        """Greedy: one row per job (n copies share it). Sampled: one job, n rows, its seed."""
+        rows = [job for job in batch for _ in range(1 if job.greedy else job.n)]
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(rows)
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
+        pipe, tok = self.pipe, self.pipe.tokenizer
+        inputs = pipe.processor(images=[j.images for j in rows], text=[j.prompt for j in rows])
+        first = batch[0]
+        options: dict[str, Any] = {"max_new_tokens": max(j.max_tokens for j in rows)}
+        if not first.greedy:
+            options |= {
+                "do_sample": True,
+                "temperature": first.temperature,
+                "top_p": first.top_p,
+                "seed": first.seed,
+            }
+        cfg = engine.GenerationConfig(**options)
+        streams = [TextStream(tok, j.stop) for j in rows]
+        reasons: list[str | None] = [None] * len(rows)
+        eos = tok.eos_id
+
+        def should_stop(row: int, ids: list[int]) -> bool:
+            job = rows[row]
+            if job.cancelled:
+                reasons[row] = "cancelled"
+            elif len(ids) >= job.max_tokens:
+                reasons[row] = "length"
+            elif job.stop and streams[row].text != tok.decode(ids):
+                reasons[row] = "stop"
+            return reasons[row] is not None
+
+        for step_ids in engine.stream(pipe.model, inputs, cfg, {eos}, None):
+            for row, t in enumerate(step_ids):
+                if t is None or reasons[row] is not None:
+                    continue
+                if t == eos:
+                    reasons[row] = "stop"
+                    continue
+                piece = streams[row].push(t)
+                if should_stop(row, streams[row].ids):
+                    piece += streams[row].flush()
+                if piece:
+                    self._piece(rows, row, piece)
+            if all(r is not None for r in reasons):
+                break
+        for row, s in enumerate(streams):
+            if reasons[row] is None:  # ran out of max_new_tokens of the batch
+                reasons[row] = "length"
+            if reasons[row] == "stop" and (rest := s.flush()):
+                self._piece(rows, row, rest)
+        for job in batch:
+            mine = [i for i, j in enumerate(rows) if j is job]
+            job.choices = [Choice(streams[i].text, reasons[i], len(streams[i].ids)) for i in mine]
+            if job.greedy and job.n > 1:
+                job.choices = job.choices * job.n
+
+    def _piece(self, rows: list[Job], row: int, piece: str) -> None:
+        job = rows[row]
+        index = sum(1 for j in rows[:row] if j is job)
+        if job.greedy and job.n > 1:
+            for i in range(job.n):
+                job._send("piece", i, piece)
+        else:
+            job._send("piece", index, piece)

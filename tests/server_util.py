@@ -1,0 +1,21 @@
+"""Request builders shared by the server tests (the server itself: `paligemma.server.running`)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from paligemma.server import running  # noqa: F401  (re-exported for the tests)
+
+
+def data_url(image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat_body(image, prompt: str, **extra) -> dict:
+    content = [{"type": "text", "text": prompt}]
+    if image is not None:
+        content.append({"type": "image_url", "image_url": {"url": data_url(image)}})
+    return {"messages": [{"role": "user", "content": content}], **extra}

@@ -1,0 +1,115 @@
+"""The embedded demo model: its training pieces (tokenizer, mask VQ-VAE, resumable model
+training, export) and the model that ships in the package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import paligemma
+from paligemma import embedded_train as et
+from paligemma import synthetic
+from paligemma.config import EMBEDDED
+from paligemma.embedded_eval import box_iou, evaluate, match
+from paligemma.pipeline import EMBEDDED_DIR
+from paligemma.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("embedded-run")
+    et.train_tokenizer(out / "tokenizer.model", lines=2_000)
+    stats = et.train_mask_vae(out / "mask_vae.safetensors", steps=3, batch=8, progress=False)
+    assert 0 <= stats["mask_iou"] <= 1
+    return out
+
+
+def test_tokenizer_has_gemmas_special_layout(run_dir):
+    tok = Tokenizer(run_dir / "tokenizer.model")
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+    assert [tok.token_to_id(p) for p in pieces] == [0, 1, 2, 3, 4]
+    assert tok.image_id == EMBEDDED.image_token_id
+    assert [tok.loc_id(0), tok.loc_id(1023), tok.seg_id(0), tok.seg_id(127)] == [
+        5,
+        1028,
+        1029,
+        1156,
+    ]
+    assert tok.vocab_size <= EMBEDDED.text.vocab_size
+    text = "<loc0001><loc1023> red circle ; <seg042>"
+    assert tok.decode(tok.encode(text), skip_special=False) == text
+    assert len(tok.encode("a red circle and a blue square")) <= 8  # words are single pieces
+    assert tok.decode(tok.encode("ünïcödé ✓")) == "ünïcödé ✓"  # byte fallback
+
+
+def test_sincos_table_and_init():
+    table = et.sincos_2d(8, EMBEDDED.vision.width)
+    assert table.shape == (64, EMBEDDED.vision.width)
+    assert torch.allclose(table[0, : EMBEDDED.vision.width // 4], torch.zeros(48))  # sin(0)
+    model = et.new_model(EMBEDDED, seed=0)
+    assert torch.equal(model.vision.pos_embed, table)
+    assert 0.015 < float(model.decoder.embed.weight.detach().std()) < 0.025
+    params = sum(p.numel() for p in model.parameters())
+    assert 5e6 < params < 10e6
+
+
+def test_training_resumes_bit_for_bit_and_exports(run_dir, tmp_path):
+    import shutil
+
+    for name in ("tokenizer.model", "mask_vae.safetensors"):
+        for d in ("straight", "stopped"):
+            (tmp_path / d).mkdir(exist_ok=True)
+            shutil.copy(run_dir / name, tmp_path / d / name)
+    run = et.RunConfig(
+        steps=4, batch_size=4, warmup_steps=2, single_object_steps=2, save_every=2, eval_every=0
+    )
+    last = et.train_model(tmp_path / "straight", run, progress=False)
+    assert last["step"] == 4 and np.isfinite(last["loss"]) and "loss_detect" in json.dumps(last)
+    et.train_model(tmp_path / "stopped", run, progress=False, until=2)
+    with pytest.raises(ValueError, match="--resume"):
+        et.train_model(tmp_path / "stopped", run, progress=False)
+    et.train_model(tmp_path / "stopped", run, resume=True, progress=False)
+    a = (tmp_path / "straight/checkpoints/step-0000004/state.safetensors").read_bytes()
+    b = (tmp_path / "stopped/checkpoints/step-0000004/state.safetensors").read_bytes()
+    assert a == b
+    rows = [json.loads(x) for x in (tmp_path / "stopped/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+    et.export(tmp_path / "stopped", tmp_path / "model")
+    pipe = paligemma.load(tmp_path / "model", dtype=torch.float32)
+    scene = synthetic.make_scene(np.random.default_rng(0))
+    assert isinstance(pipe.generate(scene.image, "caption en", max_new_tokens=3).text, str)
+    assert pipe.mask_vae is not None
+
+
+def test_matching_is_one_to_one_and_label_aware():
+    truth = [("circle", (0, 0, 10, 10)), ("circle", (20, 20, 30, 30))]
+    preds = [("circle", (0, 0, 10, 10)), ("circle", (1, 1, 10, 10)), ("square", (20, 20, 30, 30))]
+    pairs = match(truth, preds, lambda a, b: box_iou(a[1], b[1]))
+    assert pairs == [(0, 0, 1.0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model that ships
+
+
+def test_embedded_model_is_the_default_and_small():
+    pipe = paligemma.load()
+    assert pipe.model.cfg == EMBEDDED and pipe.model.dtype == torch.float32
+    assert pipe.mask_vae is not None
+    size = sum(f.stat().st_size for f in Path(EMBEDDED_DIR).rglob("*") if f.is_file())
+    assert size < 40e6, size
+    assert (EMBEDDED_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_embedded_model_does_the_four_tasks():
+    """A small held-out evaluation through the public API (the README quotes the full one)."""
+    result = evaluate(paligemma.load(), scenes=12, progress=False)["summary"]
+    assert result["vqa_accuracy"] >= 0.5, result
+    assert result["caption_exact_match"] >= 0.1, result
+    assert result["detection_recall@0.5"] >= 0.1, result
+    assert result["segmentation_miou"] >= 0.1, result

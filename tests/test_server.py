@@ -1,0 +1,402 @@
+"""The HTTP server, started for real on a loopback port and driven by the official `openai`
+client (chat, streaming) and by plain HTTP (everything else, every bad input)."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from server_util import chat_body, data_url, running
+
+import paligemma
+from paligemma import synthetic
+from paligemma.objects import rle_to_mask
+from paligemma.server import Settings
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return paligemma.load()  # the embedded model, float32
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    rng = np.random.default_rng(123)
+    return [synthetic.make_scene(rng, size=(160, 160)) for _ in range(12)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, scenes):
+    root = tmp_path_factory.mktemp("allowed")
+    scenes[0].image.save(root / "scene.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / "link.png").symlink_to("/etc/hostname")
+    return root
+
+
+@pytest.fixture(scope="module")
+def url(pipe, files):
+    settings = Settings(
+        model_name="embedded",
+        max_body_bytes=2_000_000,
+        max_pixels=1_000_000,
+        max_tokens=64,
+        max_prompt_chars=300,
+        allow_dir=str(files),
+    )
+    with running(pipe, settings) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def user(image, prompt):
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": data_url(image)}},
+            ],
+        }
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenAI client
+
+
+def test_chat_completion_equals_the_pipeline(client, pipe, scenes):
+    image = scenes[1].image
+    reply = client.chat.completions.create(
+        model="embedded", messages=user(image, "caption en"), max_tokens=24
+    )
+    expected = pipe.generate(image, "caption en", max_new_tokens=24)
+    assert reply.choices[0].message.content == expected.text
+    assert reply.choices[0].finish_reason == expected.finish_reason
+    assert reply.object == "chat.completion" and reply.model == "embedded"
+    assert reply.usage.completion_tokens == len(expected.token_ids)
+    assert reply.usage.prompt_tokens == 64 + 1 + len(pipe.tokenizer.encode("caption en\n"))
+
+
+def test_streaming_joins_to_the_same_text(client, pipe, scenes):
+    image = scenes[2].image
+    stream = client.chat.completions.create(
+        model="embedded",
+        messages=user(image, "answer en how many shapes are there?"),
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, reasons, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            reasons.append(choice.finish_reason)
+    expected = pipe.generate(image, "answer en how many shapes are there?", max_new_tokens=16)
+    assert "".join(pieces) == expected.text
+    assert reasons[-1] == expected.finish_reason and all(r is None for r in reasons[:-1])
+    assert usage.completion_tokens == len(expected.token_ids)
+
+
+def test_max_tokens_stop_and_n(client, pipe, scenes):
+    image = scenes[3].image
+    short = client.chat.completions.create(
+        model="embedded", messages=user(image, "caption en"), max_tokens=2, n=3
+    )
+    expected = pipe.generate(image, "caption en", max_new_tokens=2)
+    assert [c.message.content for c in short.choices] == [expected.text] * 3
+    assert {c.finish_reason for c in short.choices} == {expected.finish_reason}
+    full = pipe.generate(image, "caption en", max_new_tokens=24).text
+    word = full.split()[1]  # cut at the second word
+    cut = client.chat.completions.create(
+        model="embedded", messages=user(image, "caption en"), max_tokens=24, stop=[" " + word]
+    )
+    assert cut.choices[0].message.content == full[: full.index(" " + word)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_sampling_with_a_seed_is_repeatable(client, scenes):
+    kwargs = dict(
+        model="embedded",
+        messages=user(scenes[4].image, "caption en"),
+        max_tokens=12,
+        temperature=1.5,
+        top_p=0.9,
+        seed=7,
+        n=2,
+    )
+    a = client.chat.completions.create(**kwargs)
+    b = client.chat.completions.create(**kwargs)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+
+
+def test_models_health_page_and_schema(client, url):
+    assert [m.id for m in client.models.list().data] == ["embedded"]
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "ok" and health["model"] == "embedded"
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    schema = httpx.get(url + "/openapi.json").json()
+    assert {"/v1/chat/completions", "/v1/detect", "/v1/segment", "/v1/models", "/health"} <= set(
+        schema["paths"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# detect / segment
+
+
+def test_detect_returns_the_pipelines_boxes(url, pipe, scenes):
+    image = scenes[5].image
+    labels = ["circle", "square"]
+    r = httpx.post(url + "/v1/detect", json={"image": data_url(image), "labels": labels})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = pipe.detect(image, labels)
+    assert body["text"] == expected.text and body["prompt"] == "detect circle ; square"
+    assert [(o["label"], o["box"]) for o in body["objects"]] == [
+        (o.label, list(o.box)) for o in expected if o.valid
+    ]
+    assert (body["width"], body["height"]) == image.size
+
+
+def test_segment_masks_as_rle_and_png(url, pipe, scenes):
+    image = scenes[6].image
+    shape = scenes[6].things[0].shape
+    body = {"image": data_url(image), "labels": shape, "mask_format": "both"}
+    r = httpx.post(url + "/v1/segment", json=body)
+    assert r.status_code == 200, r.text
+    expected = [o for o in pipe.segment(image, shape) if o.valid]
+    got = r.json()["objects"]
+    assert len(got) == len(expected)
+    for o, e in zip(got, expected, strict=True):
+        if e.mask is None:
+            assert o["mask"] is None
+            continue
+        assert np.array_equal(rle_to_mask(o["mask"]["rle"]), e.mask)
+        png = o["mask"]["png"].split(",", 1)[1]
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(png)))) > 0, e.mask)
+
+
+def test_file_urls_inside_the_allowed_directory(url, files, pipe, scenes):
+    expected = pipe.generate(scenes[0].image, "caption en", max_new_tokens=8).text
+    for where in (f"file://{files}/scene.png", "file:///scene.png", "file://scene.png"):
+        r = httpx.post(url + "/v1/chat/completions", json=_with_url(where, 8))
+        assert r.status_code == 200, (where, r.text)
+        assert r.json()["choices"][0]["message"]["content"] == expected
+    for where, status in (("file:///missing.png", 404), ("file:///notes.txt", 400)):
+        r = httpx.post(url + "/v1/chat/completions", json=_with_url(where))
+        assert r.status_code == status and "error" in r.json(), r.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Every bad input: a 4xx with a JSON error, and the server keeps serving
+
+
+def _image_bytes(size, fmt="PNG"):
+    buf = io.BytesIO()
+    Image.new("RGB", size, "white").save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _with_url(u, max_tokens=4):
+    body = chat_body(None, "caption en", max_tokens=max_tokens)
+    body["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": u}})
+    return body
+
+
+BAD = {
+    "malformed json": ("/v1/chat/completions", b'{"messages": [', 400),
+    "not an object": ("/v1/chat/completions", b"[1, 2]", 400),
+    "wrong type": ("/v1/chat/completions", {"messages": "caption en"}, 400),
+    "no messages": ("/v1/chat/completions", {"messages": []}, 400),
+    "no user message": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "system", "content": "hi"}]},
+        400,
+    ),
+    "bad role": ("/v1/chat/completions", {"messages": [{"role": "x", "content": "a"}]}, 400),
+    "temperature NaN": (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "a"}], "temperature": NaN}',
+        400,
+    ),
+    "negative max_tokens": ("/v1/chat/completions", chat_body(None, "a", max_tokens=-1), 400),
+    "max_tokens over the cap": ("/v1/chat/completions", chat_body(None, "a", max_tokens=65), 400),
+    "n over the cap": ("/v1/chat/completions", chat_body(None, "a", n=99), 400),
+    "too many stops": ("/v1/chat/completions", chat_body(None, "a", stop=list("abcde")), 400),
+    "prompt too long": ("/v1/chat/completions", chat_body(None, "x" * 301), 400),
+    "unknown model": ("/v1/chat/completions", chat_body(None, "a", model="gpt-9"), 404),
+    "bad base64": ("/v1/chat/completions", _with_url("data:image/png;base64,@@@"), 400),
+    "data url not base64": ("/v1/chat/completions", _with_url("data:image/png,abc"), 400),
+    "not an image": (
+        "/v1/chat/completions",
+        _with_url("data:image/png;base64," + base64.b64encode(b"hello world").decode()),
+        400,
+    ),
+    "truncated image": (
+        "/v1/chat/completions",
+        _with_url(
+            "data:image/png;base64,"
+            + base64.b64encode(base64.b64decode(_image_bytes((64, 64)))[:60]).decode()
+        ),
+        400,
+    ),
+    "too many pixels": (
+        "/v1/chat/completions",
+        _with_url("data:image/png;base64," + _image_bytes((1200, 1000))),
+        413,
+    ),
+    "ftp url": ("/v1/chat/completions", _with_url("ftp://example.com/a.png"), 400),
+    "remote url disabled": ("/v1/chat/completions", _with_url("http://127.0.0.1:1/a.png"), 400),
+    "path traversal": ("/v1/chat/completions", _with_url("file://../../../../etc/passwd"), 403),
+    "encoded traversal": (
+        "/v1/chat/completions",
+        _with_url("file:///%2e%2e/%2e%2e/etc/hosts"),
+        403,
+    ),
+    "absolute path is taken inside": (
+        "/v1/chat/completions",
+        _with_url("file:///etc/hostname"),  # = DIR/etc/hostname, which does not exist
+        404,
+    ),
+    "symlink out of the directory": ("/v1/chat/completions", _with_url("file:///link.png"), 403),
+    "detect without labels": ("/v1/detect", {"image": _image_bytes((32, 32)), "labels": []}, 400),
+    "labels with ;": ("/v1/detect", {"image": _image_bytes((32, 32)), "labels": ["a;b"]}, 400),
+    "detect bad image": ("/v1/detect", {"image": "%%%", "labels": "circle"}, 400),
+    "segment wrong mask format": (
+        "/v1/segment",
+        {"image": _image_bytes((32, 32)), "labels": "a", "mask_format": "gif"},
+        400,
+    ),
+    "body too large": ("/v1/detect", b"x" * 2_000_001, 413),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_4xx_with_a_json_error(url, case):
+    path, body, status = BAD[case]
+    if isinstance(body, bytes):
+        r = httpx.post(url + path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = httpx.post(url + path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"]
+    assert httpx.get(url + "/health").status_code == 200  # still serving
+
+
+def test_unknown_route_and_method_are_json_errors(url):
+    r = httpx.get(url + "/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(url + "/v1/chat/completions")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching, queueing, cancellation
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(url, pipe, scenes):
+    prompts = [
+        "caption en",
+        "answer en how many shapes are there?",
+        "answer en is there a red circle?",
+    ]
+    jobs = [(s.image, p) for s in scenes for p in prompts][:24]
+    expected = [pipe.generate(im, p, max_new_tokens=20).text for im, p in jobs]
+    before = httpx.get(url + "/health").json()["batches"]["max_rows"]
+
+    def ask(job):
+        r = httpx.post(
+            url + "/v1/chat/completions", json=chat_body(*job, max_tokens=20), timeout=60
+        )
+        return r.status_code, r.json()["choices"][0]["message"]["content"]
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(ask, jobs))
+    assert [s for s, _ in got] == [200] * len(jobs)
+    assert [t for _, t in got] == expected
+    assert max(before, httpx.get(url + "/health").json()["batches"]["max_rows"]) > 1
+
+
+def test_full_queue_answers_503_with_retry_after(pipe, scenes):
+    settings = Settings(max_batch=1, max_queue=1, max_tokens=64)
+    with running(pipe, settings) as base:
+        body = chat_body(scenes[0].image, "caption en", max_tokens=64, temperature=2.0, seed=1)
+
+        def ask(_):
+            r = httpx.post(base + "/v1/chat/completions", json=body, timeout=120)
+            return r.status_code, r.headers.get("retry-after"), r.json()
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(ask, range(12)))
+    statuses = [s for s, _, _ in got]
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1, statuses
+    for status, retry, body in got:
+        if status == 503:
+            assert retry == "1" and body["error"]["code"] == "queue_full"
+
+
+def test_timeout_is_a_504_and_a_disconnect_frees_the_slot(pipe, scenes):
+    body = chat_body(scenes[1].image, "caption en", max_tokens=400, temperature=2.0, seed=3)
+    settings = Settings(max_tokens=400, timeout_s=0.05, max_batch=1)
+    with running(pipe, settings) as base:
+        r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+    with running(pipe, Settings(max_tokens=400, max_batch=1)) as base:
+        with httpx.stream(
+            "POST", base + "/v1/chat/completions", json={**body, "stream": True}, timeout=30
+        ) as r:
+            next(r.iter_lines())  # the first event arrived: the job is running
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the cancelled job stops at its next token
+            health = httpx.get(base + "/health").json()
+            if health["batches"]["cancelled"] >= 1 and health["busy"] == 0:
+                break
+            time.sleep(0.05)
+        assert health["batches"]["cancelled"] >= 1 and health["busy"] == 0, health
+        r = httpx.post(base + "/v1/chat/completions", json={**body, "max_tokens": 4}, timeout=30)
+        assert r.status_code == 200
+
+
+def test_api_key_guards_everything_but_health(pipe, scenes):
+    with running(pipe, Settings(api_key="s3cret", model_name="m")) as base:
+        assert httpx.get(base + "/health").status_code == 200
+        for path in ("/v1/models", "/openapi.json"):
+            r = httpx.get(base + path)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        from openai import AuthenticationError, OpenAI
+
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).models.list()
+        good = OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0)
+        reply = good.chat.completions.create(
+            model="m", messages=user(scenes[0].image, "caption en"), max_tokens=4
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_serve_binds_loopback_by_default():
+    from paligemma.cli import _parser
+
+    args = _parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.api_key is None
+    assert json.dumps(args.port) == "8000"

@@ -214,8 +214,16 @@ def _image_bytes(size, fmt="PNG"):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _with_url(u, max_tokens=4):
-    body = chat_body(None, "caption en", max_tokens=max_tokens)
+def _png_url():
+    return "data:image/png;base64," + _image_bytes((32, 32))
+
+
+def _good(**extra):
+    return {**_with_url(_png_url()), **extra}
+
+
+def _with_url(u, max_tokens=4, prompt="caption en"):
+    body = chat_body(None, prompt, max_tokens=max_tokens)
     body["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": u}})
     return body
 
@@ -236,12 +244,25 @@ BAD = {
         b'{"messages": [{"role": "user", "content": "a"}], "temperature": NaN}',
         400,
     ),
-    "negative max_tokens": ("/v1/chat/completions", chat_body(None, "a", max_tokens=-1), 400),
-    "max_tokens over the cap": ("/v1/chat/completions", chat_body(None, "a", max_tokens=65), 400),
-    "n over the cap": ("/v1/chat/completions", chat_body(None, "a", n=99), 400),
-    "too many stops": ("/v1/chat/completions", chat_body(None, "a", stop=list("abcde")), 400),
-    "prompt too long": ("/v1/chat/completions", chat_body(None, "x" * 301), 400),
-    "unknown model": ("/v1/chat/completions", chat_body(None, "a", model="gpt-9"), 404),
+    "negative max_tokens": ("/v1/chat/completions", _good(max_tokens=-1), 400),
+    "max_tokens over the cap": ("/v1/chat/completions", _good(max_tokens=65), 400),
+    "n over the cap": ("/v1/chat/completions", _good(n=99), 400),
+    "too many stops": ("/v1/chat/completions", _good(stop=list("abcde")), 400),
+    "prompt too long": ("/v1/chat/completions", _with_url(_png_url(), prompt="x" * 301), 400),
+    "no image": ("/v1/chat/completions", chat_body(None, "caption en"), 400),
+    "too many images": (
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": _png_url()}}] * 5,
+                }
+            ]
+        },
+        400,
+    ),
+    "unknown model": ("/v1/chat/completions", _good(model="gpt-9"), 404),
     "bad base64": ("/v1/chat/completions", _with_url("data:image/png;base64,@@@"), 400),
     "data url not base64": ("/v1/chat/completions", _with_url("data:image/png,abc"), 400),
     "not an image": (
@@ -298,6 +319,7 @@ def test_bad_input_is_a_4xx_with_a_json_error(url, case):
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["type"]
+    assert MESSAGES.get(case, "").lower() in error["message"].lower(), error  # names the problem
     assert httpx.get(url + "/health").status_code == 200  # still serving
 
 
@@ -400,3 +422,24 @@ def test_serve_binds_loopback_by_default():
     args = _parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.api_key is None
     assert json.dumps(args.port) == "8000"
+
+
+MESSAGES = {  # the error names what is wrong
+    "negative max_tokens": "max_tokens",
+    "max_tokens over the cap": "max_tokens 65",
+    "n over the cap": "n 99",
+    "too many stops": "stop",
+    "prompt too long": "301 characters",
+    "no image": "image_url",
+    "too many images": "5 images",
+    "bad base64": "base64",
+    "not an image": "not a readable image",
+    "truncated image": "truncated",
+    "too many pixels": "pixels",
+    "ftp url": "scheme",
+    "remote url disabled": "remote",
+    "path traversal": "outside",
+    "unknown model": "gpt-9",
+    "malformed json": "JSON",
+    "body too large": "larger than",
+}

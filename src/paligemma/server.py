@@ -394,6 +394,8 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
                 raise APIError(400, "an image_url part needs image_url.url")
             else:
                 urls.append(part.image_url.url)
+        if not urls:
+            raise APIError(400, "PaliGemma answers about images: add an image_url part")
         if len(urls) > s.max_images:
             raise APIError(400, f"{len(urls)} images; the limit is {s.max_images}")
         prompt = " ".join(t.strip() for t in texts if t.strip())
@@ -454,7 +456,8 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
     async def task(kind: str, body: TaskRequest, request: Request) -> dict:
         check_model(body.model)
         try:
-            prompt = task_prompt(kind, body.labels)
+            labels = body.labels.split(";") if isinstance(body.labels, str) else body.labels
+            prompt = task_prompt(kind, labels)
         except ValueError as e:
             raise APIError(400, str(e)) from None
         max_tokens = body.max_tokens or min(256, s.max_tokens)

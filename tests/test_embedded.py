@@ -113,3 +113,16 @@ def test_embedded_model_does_the_four_tasks():
     assert result["caption_exact_match"] >= 0.1, result
     assert result["detection_recall@0.5"] >= 0.1, result
     assert result["segmentation_miou"] >= 0.1, result
+
+
+def test_demo_command_prints_the_four_tasks_and_writes_a_picture(tmp_path, capsys):
+    from PIL import Image
+
+    from paligemma.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo.png"), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    for prompt in ("caption en", "how many shapes", "what color is the", "detect", "segment"):
+        assert prompt in out, out
+    assert f"wrote {tmp_path / 'demo.png'}" in out
+    assert Image.open(tmp_path / "demo.png").size == (3 * 224 + 20, 224 + 24)

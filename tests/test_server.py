@@ -443,3 +443,34 @@ MESSAGES = {  # the error names what is wrong
     "malformed json": "JSON",
     "body too large": "larger than",
 }
+
+
+def test_paligemma_serve_command_starts_and_stops(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from paligemma.server import running as _  # noqa: F401  (the package is importable)
+
+    port = str(50_000 + os.getpid() % 10_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paligemma.cli", "serve", "--port", port, "--api-key", "k"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["model"] == "paligemma-embedded"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out[-2000:]

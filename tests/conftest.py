@@ -138,38 +138,14 @@ def train_tokenizer(path) -> None:
     """tokenizer.model: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>, 1024 <loc>, 128 <seg>, byte
     fallback, no dummy prefix (as Gemma's). Like the published model it has no <image> piece:
     <image> is the next id, for transformers and for us."""
-    import io
+    from pathlib import Path
 
-    import sentencepiece as spm
+    from paligemma.embedded_train import train_sentencepiece
 
     specials = (
         ["<mask>"] + [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]
     )
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 20),
-        model_writer=buf,
-        vocab_size=1600,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=specials,
-        add_dummy_prefix=False,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    train_sentencepiece(Path(path), CORPUS * 20, specials, 1600)
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ from .finetune import suffix_loss
 from .model import PaliGemma
 from .processor import IGNORE, ImageTransform, Processor
 from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
-from .train_state import load_state, save_state
+from .train_state import load_state, save_state, trim_log
 from .vqvae import MaskVAE, crop_mask
 
 ASSETS = Path(__file__).parent / "assets"
@@ -52,26 +52,18 @@ TOKENIZER_VOCAB = 1536
 # Tokenizer
 
 
-def train_tokenizer(path: Path, seed: int = 0, lines: int = 20_000) -> None:
-    """tokenizer.model: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <image>=4, <loc0000..1023>,
-    <seg000..127>, then BPE pieces learnt from the generator's task texts; byte fallback, no
-    dummy prefix, identity normaliser (as Gemma's)."""
+def train_sentencepiece(
+    path: Path, sentences: list[str], specials: list[str], vocab_size: int
+) -> None:
+    """A BPE SentencePiece model in Gemma's layout: <pad>=0 <eos>=1 <bos>=2 <unk>=3, then
+    `specials` in order, byte fallback, no dummy prefix, identity normaliser, split digits."""
     import sentencepiece as spm
 
-    rng = np.random.default_rng([seed, 7])
-    corpus = []
-    for _ in range(lines // 4):
-        scene = synthetic.make_scene(rng, size=(64, 64))
-        for kind in ("caption", "answer", "detect"):
-            ex = synthetic.make_example(scene, kind, rng)
-            corpus += [ex["prefix"], ex["suffix"]]
-    specials = ["<image>", *(f"<loc{i:04d}>" for i in range(NUM_LOC))]
-    specials += [f"<seg{i:03d}>" for i in range(NUM_SEG)]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
+        sentence_iterator=iter(sentences),
         model_writer=buf,
-        vocab_size=TOKENIZER_VOCAB,
+        vocab_size=vocab_size,
         model_type="bpe",
         pad_id=0,
         eos_id=1,
@@ -92,6 +84,21 @@ def train_tokenizer(path: Path, seed: int = 0, lines: int = 20_000) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue())
+
+
+def train_tokenizer(path: Path, seed: int = 0, lines: int = 20_000) -> None:
+    """tokenizer.model: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <image>=4, <loc0000..1023>,
+    <seg000..127>, then BPE pieces learnt from the generator's task texts."""
+    rng = np.random.default_rng([seed, 7])
+    corpus = []
+    for _ in range(lines // 4):
+        scene = synthetic.make_scene(rng, size=(64, 64))
+        for kind in ("caption", "answer", "detect"):
+            ex = synthetic.make_example(scene, kind, rng)
+            corpus += [ex["prefix"], ex["suffix"]]
+    specials = ["<image>", *(f"<loc{i:04d}>" for i in range(NUM_LOC))]
+    specials += [f"<seg{i:03d}>" for i in range(NUM_SEG)]
+    train_sentencepiece(path, corpus, specials, TOKENIZER_VOCAB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,8 +316,7 @@ def train_model(
     )
     start, _ = load_state(out, trainable, optimizer, run.fingerprint()) if resume else (0, 0)
     log_path = out / "metrics.jsonl"
-    kept = [r for r in _read_log(log_path) if r["step"] <= start] if resume else []
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    trim_log(log_path, start)
     stream = Stream(run, processor, vae, grid)
     feats: dict[str, torch.Tensor] = {}
     model.vision.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
@@ -365,18 +371,6 @@ def _per_kind_loss(model, batch, kinds: list[str]) -> dict[str, float]:
         denom = int((sub["labels"][:, 1:] != IGNORE).sum())
         out[f"loss_{kind}"] = float(suffix_loss(model, sub, "token", 0.0, max(denom, 1))[0])
     return out
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut short by a kill
-            break
-    return rows
 
 
 def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:

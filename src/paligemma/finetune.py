@@ -37,7 +37,7 @@ from .pipeline import Pipeline, copy_assets, load
 from .processor import IGNORE, load_image
 from .quantize import quantize_
 from .siglip import resample_pos_embed
-from .train_state import load_state, save_state
+from .train_state import load_state, save_state, trim_log
 
 MODES = ("full", "attention", "lora", "qlora")
 
@@ -250,8 +250,7 @@ def train(
     start, pos = load_state(out, trainable, optimizer, cfg.fingerprint()) if resume else (0, 0)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "metrics.jsonl"
-    kept = [r for r in _read_log(log_path) if r["step"] <= start] if resume else []
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    trim_log(log_path, start)
 
     def next_examples(n: int) -> list[Example]:
         nonlocal pos
@@ -317,18 +316,6 @@ def train(
     if eval_data:
         record["eval_exact_match"] = evaluate(pipe, eval_data, cfg.eval_max_new_tokens)
     return record
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut short by a kill
-            break
-    return rows
 
 
 def _save_outputs(pipe: Pipeline, source: Path, out: Path, cfg: TrainConfig) -> None:

@@ -79,3 +79,16 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
                 optimizer.state[p] = state
     torch.set_rng_state(tensors["rng/torch"])
     return meta["step"], meta["pos"]
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the metrics.jsonl rows of steps <= `step` (none for a fresh run), dropping the
+    rows of steps a killed run logged after its last checkpoint and any line cut short."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill
+                break
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))

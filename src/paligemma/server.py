@@ -406,7 +406,7 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
             raise APIError(400, f"n {body.n} is over this server's limit of {s.max_n}")
         max_tokens = body.max_completion_tokens or body.max_tokens or 32
         prompt_tokens = check_prompt(prompt, len(urls), max_tokens)
-        images = [decode_image(u, s) for u in urls]
+        images = await asyncio.to_thread(lambda: [decode_image(u, s) for u in urls])
         job = submit(
             Job(
                 images,
@@ -462,7 +462,7 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
             raise APIError(400, str(e)) from None
         max_tokens = body.max_tokens or min(256, s.max_tokens)
         check_prompt(prompt, 1, max_tokens)
-        image = decode_image(body.image, s)
+        image = await asyncio.to_thread(decode_image, body.image, s)
         w, h = image.size
         after = lambda text: pipe.read_objects(kind, text, w, h)  # noqa: E731
         job = submit(Job([image], prompt, max_tokens, after=after))

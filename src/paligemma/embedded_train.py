@@ -375,10 +375,11 @@ def _per_kind_loss(model, batch, kinds: list[str]) -> dict[str, float]:
 
 def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     """The trained weights (from the latest checkpoint) as a checkpoint directory at `dest`:
-    config.json + model.safetensors (`dtype`), tokenizer.model, mask_vae.safetensors."""
+    config.json + model.safetensors, tokenizer.model, mask_vae.safetensors (both in `dtype`),
+    and the model card."""
     import shutil
 
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     root = out / "checkpoints"
     ck = root / (root / "latest").read_text().strip()
@@ -388,7 +389,11 @@ def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     save_model(model.to(dtype), dest)
     shutil.copy(out / "tokenizer.model", dest / "tokenizer.model")
-    shutil.copy(out / "mask_vae.safetensors", dest / "mask_vae.safetensors")
+    vae = load_file(str(out / "mask_vae.safetensors"))
+    save_file({k: v.to(dtype) for k, v in vae.items()}, str(dest / "mask_vae.safetensors"))
+    card = Path(__file__).parent / "assets" / "MODEL_CARD.md"
+    if card.is_file() and dest.resolve() != card.parent.resolve():
+        shutil.copy(card, dest / "MODEL_CARD.md")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -375,13 +375,25 @@ def test_full_queue_answers_503_with_retry_after(pipe, scenes):
             assert retry == "1" and body["error"]["code"] == "queue_full"
 
 
+def slowed(pipe, seconds: float):
+    """The same pipeline with every model call delayed (a stand-in for a big model)."""
+    import copy
+
+    from paligemma.pipeline import Pipeline
+
+    model = copy.copy(pipe.model)  # shares the weights
+    forward = type(pipe.model).forward
+    model.forward = lambda *a, **k: (time.sleep(seconds), forward(model, *a, **k))[1]
+    return Pipeline(model, pipe.processor, pipe.mask_vae)
+
+
 def test_timeout_is_a_504_and_a_disconnect_frees_the_slot(pipe, scenes):
-    body = chat_body(scenes[1].image, "caption en", max_tokens=400, temperature=2.0, seed=3)
-    settings = Settings(max_tokens=400, timeout_s=0.05, max_batch=1)
-    with running(pipe, settings) as base:
+    slow = slowed(pipe, 0.1)
+    body = chat_body(scenes[1].image, "caption en", max_tokens=64)
+    with running(slow, Settings(timeout_s=0.05, max_batch=1)) as base:
         r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
-    with running(pipe, Settings(max_tokens=400, max_batch=1)) as base:
+    with running(slow, Settings(max_batch=1)) as base:
         with httpx.stream(
             "POST", base + "/v1/chat/completions", json={**body, "stream": True}, timeout=30
         ) as r:
@@ -393,7 +405,7 @@ def test_timeout_is_a_504_and_a_disconnect_frees_the_slot(pipe, scenes):
                 break
             time.sleep(0.05)
         assert health["batches"]["cancelled"] >= 1 and health["busy"] == 0, health
-        r = httpx.post(base + "/v1/chat/completions", json={**body, "max_tokens": 4}, timeout=30)
+        r = httpx.post(base + "/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=30)
         assert r.status_code == 200
 
 

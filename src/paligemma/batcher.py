@@ -137,23 +137,26 @@ class Batcher:
     def _take(self) -> list[Job]:
         """Block until there is work: the first job, plus (if greedy) the greedy jobs waiting
         behind it, up to max_batch rows. A short pause lets concurrent requests arrive."""
-        with self._cond:
-            while not self._waiting and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                return []
-        time.sleep(0.002)
-        with self._cond:
-            first = self._waiting.popleft()
-            batch = [first]
-            if first.greedy:
-                for job in list(self._waiting):
-                    if len(batch) == self.max_batch:
-                        break
-                    if job.greedy:
-                        self._waiting.remove(job)
-                        batch.append(job)
-            return batch
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return []
+            time.sleep(0.002)
+            with self._cond:
+                if not self._waiting:  # a cancel emptied it meanwhile
+                    continue
+                first = self._waiting.popleft()
+                batch = [first]
+                if first.greedy:
+                    for job in list(self._waiting):
+                        if len(batch) == self.max_batch:
+                            break
+                        if job.greedy:
+                            self._waiting.remove(job)
+                            batch.append(job)
+                return batch
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)

@@ -349,7 +349,7 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
             if loop.time() > deadline:
                 batcher.cancel(job)
                 raise APIError(504, f"no answer within {s.timeout_s:g} s", "timeout", "timeout")
-            await asyncio.wait([job.done], timeout=0.2)
+            await asyncio.wait([job.done], timeout=max(0.0, min(0.2, deadline - loop.time())))
             if not job.done.done() and await request.is_disconnected():
                 batcher.cancel(job)
                 return False

@@ -29,7 +29,7 @@ ALLOWED = {
         "server",
     },
     "synthetic": {"objects"},
-    "demo": {"synthetic", "draw"},
+    "demo": {"synthetic", "draw", "embedded_eval"},
     "embedded_eval": {"synthetic", "vqvae", "pipeline"},
     "embedded_train": {
         "synthetic",

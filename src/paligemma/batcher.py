@@ -10,7 +10,7 @@ next step and frees its rows.
 
     batcher = Batcher(pipe, max_batch=8, max_queue=64); batcher.start()
     job = batcher.submit(Job([image], "caption en", max_tokens=32), loop)   # raises QueueFull
-    result = await job.result()
+    # the server awaits job.done, reads job.choices, or streams job.events
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Choice:
 
 @dataclass(eq=False)
 class Job:
-    images: list[Any]  # PIL images (may be empty)
+    images: list[Any]  # PIL images
     prompt: str
     max_tokens: int = 32
     stop: list[str] = field(default_factory=list)
@@ -72,13 +72,6 @@ class Job:
         if self.loop is not None and self.done is not None:
             self.loop.call_soon_threadsafe(_settle, self.done, None)
         self._send("done")
-
-    async def result(self) -> Job:
-        assert self.done is not None
-        await asyncio.shield(self.done)
-        if self.error is not None:
-            raise self.error
-        return self
 
 
 def _settle(future: asyncio.Future, value: Any) -> None:
@@ -208,7 +201,7 @@ class Batcher:
                 reasons[row] = "cancelled"
             elif len(ids) >= job.max_tokens:
                 reasons[row] = "length"
-            elif job.stop and streams[row].text != tok.decode(ids):
+            elif streams[row].stopped:
                 reasons[row] = "stop"
             return reasons[row] is not None
 

@@ -12,11 +12,7 @@ from PIL import Image, ImageDraw
 
 from . import synthetic
 from .draw import draw_objects
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+from .embedded_eval import mask_iou
 
 
 def run(pipe, out: str | Path | None = "demo.png", seed: int = 0) -> dict[str, Any]:
@@ -43,7 +39,7 @@ def run(pipe, out: str | Path | None = "demo.png", seed: int = 0) -> dict[str, A
     segmented = pipe.segment(image, [target.shape]) if pipe.mask_vae is not None else []
     masks = [o for o in segmented if o.valid and o.mask is not None]
     if masks:
-        best = max(_iou(o.mask, target.mask) for o in masks)
+        best = max(mask_iou(o.mask, target.mask) for o in masks)
         summary = f"{len(masks)} mask(s), {int(masks[0].mask.sum())} px, IoU with truth {best:.2f}"
     else:
         summary = "no mask"

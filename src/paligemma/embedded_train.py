@@ -299,7 +299,6 @@ def train_model(
     cfg = EMBEDDED
     if not resume and (out / "checkpoints" / "latest").is_file():
         raise ValueError(f"{out} holds a run already: pass --resume to continue it")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     processor = processor_for(out / "tokenizer.model", cfg)
     vae = load_mask_vae(out / "mask_vae.safetensors")
     model = new_model(cfg, run.seed)

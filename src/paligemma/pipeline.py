@@ -52,12 +52,16 @@ class TextStream:
         self.tokenizer, self.stop = tokenizer, stop
         self.ids: list[int] = []
         self.shown = ""
+        self.decoded = ""  # all of `ids`, decoded once per token
 
     @property
     def text(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
-        return text if cut < 0 else text[:cut]
+        return cut_at_stop(self.decoded, self.stop)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string has appeared (the text is cut there)."""
+        return any(s in self.decoded for s in self.stop)
 
     def _emit(self, upto: str) -> str:
         if not upto.startswith(self.shown) or len(upto) <= len(self.shown):
@@ -67,6 +71,7 @@ class TextStream:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
+        self.decoded = self.tokenizer.decode(self.ids)
         text = self.text
         if text.endswith("\ufffd"):
             return ""
@@ -108,11 +113,6 @@ class Pipeline:
             return None
         return lambda row, ids: any(s in self.tokenizer.decode(ids) for s in stop)
 
-    def _text(self, ids: list[int], stop: list[str]) -> str:
-        text = self.tokenizer.decode(ids)
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
-        return text if cut < 0 else text[:cut]
-
     # -- API -----------------------------------------------------------------------------------
     def generate(
         self,
@@ -145,7 +145,8 @@ class Pipeline:
                 self.model, inputs, cfg, {self.tokenizer.eos_id}, self._stopper(stop)
             )
             for ids, reason in zip(out.tokens, out.finish_reasons, strict=True):
-                results.append(Result(self._text(ids, stop), ids, reason, dict(out.timings)))
+                text = cut_at_stop(self.tokenizer.decode(ids), stop)
+                results.append(Result(text, ids, reason, dict(out.timings)))
             if progress is not None:
                 progress(len(chunk))
         return results[0] if isinstance(prompts, str) else results
@@ -227,6 +228,12 @@ class Pipeline:
         prompt = task_prompt(task, labels)
         result = self.generate(image, prompt, max_new_tokens=max_new_tokens, **options)
         return self.read_objects(task, result.text, image.width, image.height, convention)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """`text` up to the first stop string in it (all of it when none appears)."""
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def task_prompt(task: str, labels: str | list[str]) -> str:

@@ -4,12 +4,14 @@ and quantised checkpoints that save and load as they are."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from torch import nn
 
 import paligemma
+from paligemma import cpu_kernels
 from paligemma import quantize as q
 
 
@@ -33,6 +35,75 @@ def test_layer_accuracy_and_kernel_matches_dequantised(cls, bound):
     portable = nn.functional.linear(x, layer.dequantize(), layer.bias)
     assert rel_err(got, portable) < 0.01
     assert rel_err(layer.dequantize(), linear.weight) < bound
+
+
+def test_cpu_kernels_build_here_and_match_float64():
+    """Where a C++ compiler exists (this project's machines), the kernels build and equal a
+    float64 product to float32 rounding; without one, the fallback says why."""
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        assert not cpu_kernels.available() and "compiler" in cpu_kernels.why_not()
+        return
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    torch.manual_seed(0)
+    ops = torch.ops.paligemma_cpu
+    for rows in (1, 2, 5, 8, 9, 19):  # every unrolled width, and passes of 8 rows
+        for in_features, group in ((64, 32), (96, 32), (200, None), (512, 64), (512, 128)):
+            x = torch.randn(rows, in_features)
+            codes = torch.randint(-127, 128, (70, in_features), dtype=torch.int8)
+            scale = torch.rand(70)
+            want = x.double() @ (codes.double() * scale.double()[:, None]).T
+            got = ops.int8_matmul(x, codes, scale)
+            assert rel_err(got, want) < 1e-6, (rows, in_features)
+            if group is None:
+                continue
+            packed = torch.randint(0, 256, (70, in_features // 2), dtype=torch.uint8)
+            scale4 = torch.rand(70, in_features // group)
+            nibbles = torch.stack([packed & 15, packed >> 4], -1).view(70, -1).double() - 8
+            w = (nibbles.view(70, -1, group) * scale4.double()[..., None]).view(70, -1)
+            got = ops.int4_matmul(x, packed, scale4, group)
+            assert rel_err(got, x.double() @ w.T) < 1e-6, (rows, in_features, group)
+    with pytest.raises(RuntimeError, match="one scale per output row"):
+        ops.int8_matmul(torch.randn(1, 64), codes[:, :64], torch.rand(3))
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_every_cpu_path_gives_the_dequantised_product(cls, monkeypatch):
+    """Decoding rows (our kernel / PyTorch's packed kernels) and prefill rows (dequantised in
+    chunks, here 32 output rows at a time over 96 or 100) all equal x @ dequantize().T."""
+    monkeypatch.setattr(q, "CHUNK", 32)
+    torch.manual_seed(0)
+    for out_features in (96, 100):  # (PyTorch's int4 packing needs a multiple of 16)
+        check_paths(cls.from_linear(nn.Linear(128, out_features, bias=True)))
+
+
+def check_paths(layer):
+    cls = type(layer)
+    for rows in (1, 3, q.KERNEL_ROWS, q.KERNEL_ROWS + 1, q.PACKED_ROWS, q.PACKED_ROWS + 1, 40):
+        for dtype, bound in ((torch.float32, 1e-5), (torch.bfloat16, 0.01)):
+            x = torch.randn(rows, 128, dtype=dtype)
+            with torch.no_grad():
+                got = layer(x)
+                want = nn.functional.linear(x.float(), layer.dequantize().float(), layer.bias)
+            assert got.dtype == dtype and got.shape == (rows, layer.out_features)
+            # PyTorch's packed kernels round activations to bfloat16; ours and the GEMM do not.
+            ours = cls is q.Int8Linear and rows <= q.KERNEL_ROWS and cpu_kernels.available()
+            exact = ours or rows > q.PACKED_ROWS
+            assert rel_err(got, want) < (bound if exact else 0.01), (rows, dtype)
+
+
+def test_cpu_kernels_fall_back_when_disabled_or_unbuildable(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    assert not cpu_kernels.available() and cpu_kernels.ENV_SWITCH in cpu_kernels.why_not()
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.delenv(cpu_kernels.ENV_SWITCH)
+    monkeypatch.setenv("PALIGEMMA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    assert not cpu_kernels.available() and "build failed" in cpu_kernels.why_not()
+    layer = q.Int8Linear.from_linear(nn.Linear(64, 8))  # and the layers still work
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        assert rel_err(layer(x), nn.functional.linear(x, layer.dequantize(), layer.bias)) < 0.01
 
 
 def test_int4_packing_round_trip():

@@ -47,7 +47,8 @@ ALLOWED = {
     "batcher": {"generate", "pipeline"},
     "server": {"batcher", "objects", "pipeline", "processor"},
     "objects": set(),
-    "quantize": set(),
+    "quantize": {"cpu_kernels"},
+    "cpu_kernels": set(),
     "lora": {"config", "quantize", "weights"},
     "data": {"pipeline", "processor"},
     "finetune": {

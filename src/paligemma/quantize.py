@@ -4,9 +4,14 @@
 that keep the same names for their tensors (`weight` holds the integer codes, `scale` the
 float scales), so a quantised model's state dict saves and loads like any other.
 
-On the CPU the matrix products run in PyTorch's packed int8 / int4 kernels with bfloat16
-activations (weights are never expanded: decoding reads 1 or 0.5 byte per weight); elsewhere,
-or where those kernels are missing, the weight is dequantised to the activation dtype.
+Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
+never an expanded copy):
+    up to KERNEL_ROWS rows of x, int8: our kernel (cpu_kernels.cpp, float32 accumulation),
+        when it could be built; up to PACKED_ROWS rows: PyTorch's packed int8 / int4 kernels
+        (bfloat16 activations);
+    more rows (prefill, training batches): CHUNK output rows at a time are dequantised to the
+        activation dtype for a dense GEMM, which is compute-bound there anyway.
+Elsewhere (GPU, autograd for QLoRA) the weight is dequantised to the activation dtype.
 
     int8: w ~= q * scale[o],            q int8[O, I],          scale float[O]
     int4: w ~= q * scale[o, g],         q uint8[O, I / 2] (two 4-bit codes, low nibble first,
@@ -20,6 +25,12 @@ import fnmatch
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import cpu_kernels
+
+KERNEL_ROWS = 8  # our int8 kernel: at most this many rows of x (it streams the weight once)
+PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
+CHUNK = 4096  # output rows dequantised at a time for larger inputs
 
 
 class Int8Linear(nn.Module):
@@ -45,15 +56,23 @@ class Int8Linear(nn.Module):
             q.bias.data.copy_(linear.bias.detach())
         return q.to(linear.weight.device)
 
-    def dequantize(self) -> torch.Tensor:
-        return self.weight.to(self.scale.dtype) * self.scale[:, None]
+    def dequantize(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """The float weight (rows start:end), in the scale's dtype."""
+        rows = slice(start, end)
+        return self.weight[rows].to(self.scale.dtype) * self.scale[rows, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernel(x):
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        if not _on_cpu_inference(x):
+            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        if len(flat) <= KERNEL_ROWS and cpu_kernels.available():
+            out = torch.ops.paligemma_cpu.int8_matmul(flat, self.weight, self.scale)
+        elif len(flat) <= PACKED_ROWS and _HAS_KERNELS:
+            flat = flat.to(torch.bfloat16).contiguous()
             out = torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
-            return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
-        return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+        else:
+            out = _chunked(self, flat)
+        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
 
 
 class Int4Linear(nn.Module):
@@ -93,11 +112,14 @@ class Int4Linear(nn.Module):
     def codes(self) -> torch.Tensor:
         """uint8[O, I] codes 0..15 (value + 8), low nibble first."""
         pairs = torch.stack([self.weight & 15, self.weight >> 4], dim=-1)  # (O, I/2, 2)
-        return pairs.view(self.out_features, self.in_features)
+        return pairs.view(len(self.weight), self.in_features)
 
-    def dequantize(self) -> torch.Tensor:
-        w = (self.codes().to(self.scale.dtype) - 8).view(self.out_features, -1, self.group)
-        return (w * self.scale[..., None]).view(self.out_features, self.in_features)
+    def dequantize(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """The float weight (rows start:end), in the scale's dtype."""
+        rows = slice(start, end)
+        codes = self.codes()[rows]
+        w = (codes.to(self.scale.dtype) - 8).view(len(codes), -1, self.group)
+        return (w * self.scale[rows, :, None]).view(len(codes), self.in_features)
 
     def _packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The CPU kernel's own layout, built once from the portable one (never saved)."""
@@ -111,21 +133,30 @@ class Int4Linear(nn.Module):
         return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernel(x):
-            packed, scales_and_zeros = self._packed()
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        if not _on_cpu_inference(x):
+            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        if len(flat) <= PACKED_ROWS and _HAS_KERNELS and self.out_features % 16 == 0:
+            packed, scales_and_zeros = self._packed()  # (the packing needs 16 | out_features)
+            flat = flat.to(torch.bfloat16).contiguous()
             out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
-            return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
-        return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+        else:
+            out = _chunked(self, flat)
+        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
 
 
-def _use_kernel(x: torch.Tensor) -> bool:
-    """The packed kernels have no backward: training (QLoRA) takes the dequantised path."""
-    return (
-        x.device.type == "cpu"
-        and _HAS_KERNELS
-        and not (torch.is_grad_enabled() and x.requires_grad)
-    )
+def _on_cpu_inference(x: torch.Tensor) -> bool:
+    """The CPU paths have no backward: training (QLoRA) takes the dequantised path."""
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _chunked(layer: Int8Linear | Int4Linear, flat: torch.Tensor) -> torch.Tensor:
+    """flat @ W.T with W dequantised CHUNK rows at a time (bounded extra memory)."""
+    out = flat.new_empty(len(flat), layer.out_features)
+    for start in range(0, layer.out_features, CHUNK):
+        w = layer.dequantize(start, start + CHUNK).to(flat.dtype)
+        out[:, start : start + len(w)] = flat @ w.T
+    return out
 
 
 def _finish(out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

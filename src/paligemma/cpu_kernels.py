@@ -1,0 +1,116 @@
+"""Our CPU kernels for quantised decoding (cpu_kernels.cpp), built once per machine on first use.
+
+`available()` compiles the C++ source with the system's C++ compiler (-O3 -march=native, against
+the installed torch) into a cache directory and loads it; the ops then live under
+`torch.ops.paligemma_cpu`. No compiler, a failed build, or PALIGEMMA_CPU_KERNELS=0: `available()`
+is False and the quantised layers use PyTorch's own kernels (same results, slower decoding).
+
+    if cpu_kernels.available():
+        y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale)   # f32[M, O]
+
+Cache: $PALIGEMMA_CACHE or ~/.cache/paligemma, keyed by the source, torch's version and build
+flags, and the CPU's model and flags, so a copied home directory never loads a foreign build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PALIGEMMA_CACHE") or Path.home() / ".cache" / "paligemma"
+    return Path(root) / "kernels"
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _command(compiler: str, out: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cmd = [compiler, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-std=c++17", "-O3"]
+    cmd += ["-march=native", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    cmd += ["-I" + p for p in cpp_extension.include_paths()]
+    cmd += ["-I" + sysconfig.get_paths()["include"]]
+    for lib in cpp_extension.library_paths():
+        cmd += ["-L" + lib, "-Wl,-rpath," + lib]
+    return [*cmd, "-lc10", "-ltorch", "-ltorch_cpu"]
+
+
+def _key(cmd: list[str]) -> str:
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (torch.__version__, torch.__config__.show(), " ".join(cmd[5:]), _cpu_id()):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def _build() -> Path:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (g++) found")
+    probe = _command(compiler, Path("out.so"))
+    path = cache_dir() / f"paligemma_cpu_{_key(probe)}.so"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print("paligemma: building the CPU kernels for quantised decoding (once)...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        tmp_out = Path(tmp) / path.name
+        done = subprocess.run(_command(compiler, tmp_out), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the C++ build failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp_out, path)  # atomic: a concurrent process sees all or nothing
+    return path
+
+
+def available() -> bool:
+    """True when torch.ops.paligemma_cpu is loaded (building it the first time)."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" not in _state:
+            if os.environ.get(ENV_SWITCH, "1") == "0":
+                _state.update(ok=False, error=f"disabled by {ENV_SWITCH}=0")
+            else:
+                try:
+                    path = _build()
+                    torch.ops.load_library(str(path))
+                    _state.update(ok=True, path=path)
+                except Exception as e:  # any failure: fall back to PyTorch's kernels
+                    _state.update(ok=False, error=str(e))
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    print(
+                        f"paligemma: CPU kernels unavailable ({first}); using PyTorch's "
+                        "(cpu_kernels.why_not() has the details)",
+                        file=sys.stderr,
+                    )
+    return bool(_state["ok"])
+
+
+def why_not() -> str | None:
+    """Why `available()` is False (None when it is True or was not asked yet)."""
+    return None if _state.get("ok", True) else str(_state.get("error"))

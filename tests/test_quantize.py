@@ -38,8 +38,8 @@ def test_layer_accuracy_and_kernel_matches_dequantised(cls, bound):
 
 
 def test_cpu_kernels_build_here_and_match_float64():
-    """Where a C++ compiler exists (this project's machines), the kernels build and equal a
-    float64 product to float32 rounding; without one, the fallback says why."""
+    """Where a C++ compiler exists (this project's machines), the int8 kernel builds and equals
+    a float64 product to float32 rounding; without one, the fallback says why."""
     if shutil.which("g++") is None and shutil.which("c++") is None:
         assert not cpu_kernels.available() and "compiler" in cpu_kernels.why_not()
         return
@@ -47,21 +47,13 @@ def test_cpu_kernels_build_here_and_match_float64():
     torch.manual_seed(0)
     ops = torch.ops.paligemma_cpu
     for rows in (1, 2, 5, 8, 9, 19):  # every unrolled width, and passes of 8 rows
-        for in_features, group in ((64, 32), (96, 32), (200, None), (512, 64), (512, 128)):
+        for in_features in (64, 96, 200, 512):
             x = torch.randn(rows, in_features)
             codes = torch.randint(-127, 128, (70, in_features), dtype=torch.int8)
             scale = torch.rand(70)
             want = x.double() @ (codes.double() * scale.double()[:, None]).T
             got = ops.int8_matmul(x, codes, scale)
             assert rel_err(got, want) < 1e-6, (rows, in_features)
-            if group is None:
-                continue
-            packed = torch.randint(0, 256, (70, in_features // 2), dtype=torch.uint8)
-            scale4 = torch.rand(70, in_features // group)
-            nibbles = torch.stack([packed & 15, packed >> 4], -1).view(70, -1).double() - 8
-            w = (nibbles.view(70, -1, group) * scale4.double()[..., None]).view(70, -1)
-            got = ops.int4_matmul(x, packed, scale4, group)
-            assert rel_err(got, x.double() @ w.T) < 1e-6, (rows, in_features, group)
     with pytest.raises(RuntimeError, match="one scale per output row"):
         ops.int8_matmul(torch.randn(1, 64), codes[:, :64], torch.rand(3))
 

@@ -142,8 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scenes", type=int, default=200, help="held-out scenes per task")
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument(
+        "--quantize", choices=["int8", "int4"], help="score the model with quantised decoder"
+    )
     args = p.parse_args(argv)
-    pipe = load(args.model, dtype=torch.float32) if args.model else load(dtype=torch.float32)
+    pipe = load(args.model, dtype=torch.float32, quantize=args.quantize)
     result = evaluate(pipe, args.scenes, args.seed)
     for kind, rows in result["examples"].items():
         for prompt, truth, output in rows[:2]:

@@ -51,6 +51,17 @@ def test_greedy_matches_transformers(pipe, hf):
     assert all((r.finish_reason == "length") == (len(r.token_ids) == NEW) for r in got)
 
 
+def test_device_generic_path_matches_transformers(pipe, hf, monkeypatch):
+    """What runs on a GPU (plain F.linear, no CPU matrix-vector shortcut), here on the CPU:
+    batch-1 decoding gives transformers' tokens too."""
+    from paligemma import gemma
+
+    monkeypatch.setattr(gemma, "_matvec", lambda x: False)
+    ims = images(1)
+    want = hf_generate(hf, ims, PROMPTS[:1], do_sample=False)
+    assert [r.token_ids for r in pipe.generate(ims, PROMPTS[:1], max_new_tokens=NEW)] == want
+
+
 def test_repetition_penalty_matches_transformers(pipe, hf):
     ims = images(3)
     want = hf_generate(hf, ims, PROMPTS, do_sample=False, repetition_penalty=1.8)

@@ -83,6 +83,21 @@ def check_paths(layer):
             assert rel_err(got, want) < (bound if exact else 0.01), (rows, dtype)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_device_generic_quantised_path_matches_the_cpu_paths(pipeline_dir, mode, monkeypatch):
+    """What runs on a GPU (the weight dequantised to the activation dtype), here on the CPU:
+    the quantised model's logits equal those of the CPU path."""
+    quant = paligemma.load(pipeline_dir, dtype=torch.float32, quantize=mode)
+    texts = ["caption en", "ocr", "answer en what is this?"]  # > PACKED_ROWS rows: the GEMM
+    batch = quant.processor(images=[torch.zeros(28, 28, 3).numpy().astype("uint8")] * 3, text=texts)
+    assert batch["input_ids"].numel() > q.PACKED_ROWS
+    with torch.no_grad():
+        cpu = quant.model(**batch)
+        monkeypatch.setattr(q, "_on_cpu_inference", lambda x: False)
+        generic = quant.model(**batch)
+    assert rel_err(generic, cpu) < 1e-5
+
+
 def test_cpu_kernels_fall_back_when_disabled_or_unbuildable(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_kernels, "_state", {})
     monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")

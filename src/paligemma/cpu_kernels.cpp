@@ -23,6 +23,8 @@
 
 namespace {
 
+// AVX-512, else AVX2, else scalar code; the fallbacks were checked against float64 on an
+// AVX-512 machine by building with -mno-avx512f, and with -mno-avx512f -mno-avx2 -mno-fma.
 #if defined(__AVX512F__)
 constexpr int W = 16;  // floats per vector
 using vf = __m512;

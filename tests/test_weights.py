@@ -269,6 +269,10 @@ def test_save_model_sharded_and_half(reference, tmp_path):
     assert len(set(index["weight_map"].values())) > 2
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     assert not list(tmp_path.glob(".*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp_path.glob("*.safetensors"):  # the usual mode (safetensors alone writes 0600)
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
     back = PaliGemmaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     ours_again = paligemma.load_model(tmp_path)
     assert ours_again.dtype == torch.bfloat16

@@ -25,7 +25,7 @@ import torch
 from .config import ConfigError, PaliGemmaConfig, get_config
 from .hf_config import from_hf_json, to_hf_json
 from .model import PaliGemma
-from .reader import SafetensorsReader
+from .reader import SafetensorsReader, write_safetensors
 from .weights import (
     CheckpointError,
     check_keys,
@@ -292,8 +292,6 @@ def save_model(
     quantization.json): load_model reads it back quantised, transformers does not read it.
     Each file is written under a temporary name and renamed, so a crash leaves no torn file.
     """
-    from safetensors.torch import save_file
-
     from .quantize import QUANTIZED, Int4Linear
 
     cfg = model.cfg
@@ -311,7 +309,7 @@ def save_model(
             raise ValueError("cannot save a model that mixes int8 and int4 layers")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         _write_atomic(
-            out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"})
+            out / "model.safetensors", lambda p: write_safetensors(state, p, {"format": "pt"})
         )
         _write_atomic(out / QUANT_FILE, lambda p: p.write_text(json.dumps(spec, indent=1)))
         hf = to_hf_json(cfg, dtype=_DTYPE_NAMES.get(model.dtype))
@@ -333,9 +331,7 @@ def save_model(
         else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     )
     for fname, shard in zip(names, shards, strict=True):
-        _write_atomic(
-            out / fname, lambda p, s=shard: save_file(s, str(p), metadata={"format": "pt"})
-        )
+        _write_atomic(out / fname, lambda p, s=shard: write_safetensors(s, p, {"format": "pt"}))
     if n > 1:
         index = {
             "metadata": {

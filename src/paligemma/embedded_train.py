@@ -42,6 +42,7 @@ from .config import EMBEDDED, PaliGemmaConfig
 from .finetune import suffix_loss
 from .model import PaliGemma
 from .processor import IGNORE, ImageTransform, Processor
+from .reader import write_safetensors
 from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
 from .train_state import load_state, save_state, trim_log
 from .vqvae import MaskVAE, crop_mask
@@ -122,7 +123,6 @@ def train_mask_vae(
     """VQ-VAE (published layout) trained on generator masks: MSE on the [-1, 1] scale, codebook
     and 0.25 x commitment losses, straight-through codes; codebook seeded from encoder outputs.
     Writes `path` (.safetensors, the npz's key names); returns the held-out mask IoU."""
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -160,7 +160,7 @@ def train_mask_vae(
         recon = vae.decode(vae.encode(masks)) > 0
         truth = masks > 0.5
         iou = ((recon & truth).sum((1, 2)) / (recon | truth).sum((1, 2)).clamp(min=1)).mean()
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    write_safetensors({k: v.contiguous() for k, v in vae.state_dict().items()}, path)
     return {"mask_iou": float(iou)}
 
 
@@ -382,7 +382,7 @@ def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     and the model card."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     root = out / "checkpoints"
     ck = root / (root / "latest").read_text().strip()
@@ -393,7 +393,7 @@ def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     save_model(model.to(dtype), dest)
     shutil.copy(out / "tokenizer.model", dest / "tokenizer.model")
     vae = load_file(str(out / "mask_vae.safetensors"))
-    save_file({k: v.to(dtype) for k, v in vae.items()}, str(dest / "mask_vae.safetensors"))
+    write_safetensors({k: v.to(dtype) for k, v in vae.items()}, dest / "mask_vae.safetensors")
     card = Path(__file__).parent / "assets" / "MODEL_CARD.md"
     if card.is_file() and dest.resolve() != card.parent.resolve():
         shutil.copy(card, dest / "MODEL_CARD.md")

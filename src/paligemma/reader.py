@@ -1,4 +1,5 @@
-"""Reading .safetensors files one tensor at a time with plain file reads (no memory map).
+"""Reading .safetensors files one tensor at a time with plain file reads (no memory map), and
+writing them with the usual file mode.
 
 A mapped file adds every page it touches to the process's resident set (up to the whole file);
 reading into the destination tensor, and converting dtypes through a small reusable staging
@@ -18,6 +19,21 @@ from typing import BinaryIO
 import torch
 
 from .weights import CheckpointError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
+
+
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
+) -> None:
+    """safetensors' save_file, then the mode any new file gets (save_file makes files 0600,
+    which hides checkpoints from the other users of a shared directory)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_UMASK)
+
 
 _ST_DTYPES = {
     "F64": torch.float64,

@@ -17,7 +17,7 @@ import torch
 def save_state(out: Path, step: int, pos: int, trainable, optimizer, fingerprint: dict) -> None:
     """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG) into
     out/checkpoints/step-N atomically, point `latest` at it, and drop older ones."""
-    from safetensors.torch import save_file
+    from .reader import write_safetensors
 
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,7 @@ def save_state(out: Path, step: int, pos: int, trainable, optimizer, fingerprint
             else:
                 scalars.setdefault(n, {})[key] = value
     tensors["rng/torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "state.safetensors"))
+    write_safetensors(tensors, tmp / "state.safetensors")
     meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": fingerprint}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():

@@ -69,6 +69,7 @@ ALLOWED = {
     "processor": {"tokenizer"},
     "generate": {"model"},
     "pipeline": {
+        "cpu_kernels",
         "quantize",
         "generate",
         "checkpoint",

@@ -264,6 +264,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _prepare_kernels(model: PaliGemma) -> None:
+    """Build (once per machine) or load our int8 CPU kernel now, not in the first request."""
+    from . import cpu_kernels
+    from .quantize import Int8Linear
+
+    if model.device.type == "cpu" and any(type(m) is Int8Linear for m in model.modules()):
+        cpu_kernels.available()
+
+
 def load(
     source: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
@@ -314,6 +323,7 @@ def load(
         from .quantize import quantize_
 
         quantize_(model, quantize)
+    _prepare_kernels(model)
     cfg = model.cfg
     if tok.image_id != cfg.image_token_id:
         raise TokenizerError(

@@ -1,7 +1,7 @@
 """Load test of `paligemma serve` on the embedded model (not a timed test; numbers go in the
 README): the same requests sent one by one, then from many concurrent clients.
 
-    python benchmarks/load_test.py [--requests 200] [--clients 16] [--max-batch 8]
+    python benchmarks/load_test.py [--requests 200] [--clients 16] [--max-batch 16]
 
 Reports requests/s both ways and their ratio, the status codes (no 5xx allowed except 503s,
 which the client retries after Retry-After), and whether every concurrent response equals the
@@ -129,7 +129,7 @@ def server_process(max_batch: int):
         proc.wait(timeout=30)
 
 
-def run(n: int = 200, clients: int = 16, max_batch: int = 8, seed: int = 0) -> dict:
+def run(n: int = 200, clients: int = 16, max_batch: int = 16, seed: int = 0) -> dict:
     requests = make_requests(n, seed)
     with server_process(max_batch) as base:
         send_all(base, requests[:4], 1)  # warm-up
@@ -161,7 +161,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-batch", type=int, default=16)
     args = p.parse_args()
     r = run(args.requests, args.clients, args.max_batch)
     print(f"{r['requests']} requests, embedded model, {r['machine']}")

@@ -2,7 +2,8 @@
 
     python -m paligemma.embedded_train --out runs/embedded          # add --resume after a stop
 
-(The shipped weights: `--steps 12000 --until 4000`, then `--resume`; see the model card.)
+(The shipped weights: `--steps 12000 --until 4000`, then `--resume --until 8000`; see the
+model card.)
 
 Stages, each skipped when its output exists: the tokenizer (SentencePiece, Gemma's special-token
 layout), the mask VQ-VAE (published architecture, trained on the generator's masks), then the
@@ -171,7 +172,8 @@ def train_mask_vae(
 @dataclass(frozen=True)
 class RunConfig:
     # The shipped model's run planned 12,000 steps and was shortened to 8,800 at step 4,000 to
-    # fit the time at hand; to retrace it exactly: `--steps 12000 --until 4000`, then `--resume`.
+    # fit the time at hand, and stopped at 8,000: `--steps 12000 --until 4000`, then
+    # `--resume --until 8000`.
     steps: int = 8800
     batch_size: int = 32
     lr: float = 1e-3

@@ -52,8 +52,9 @@ def test_main_command_runs_in_a_fresh_venv(tmp_path):
     assert re.fullmatch(r"a \w+ \w+( and a \w+ \w+)?", caption), caption
     count = re.search(r"how many shapes are there\?\s+-> (.*)$", out, re.M).group(1)
     assert count in {"1", "2", "3"}
-    assert re.search(
-        r"^segment \w+\s+-> (\d+ mask\(s\), \d+ px, IoU with truth \d\.\d\d|no mask)$", out, re.M
-    ), out[-3000:]
+    iou = re.search(
+        r"^segment \w+\s+-> \d+ mask\(s\), \d+ px, IoU with truth (\d\.\d\d)$", out, re.M
+    )
+    assert iou and float(iou.group(1)) >= 0.5, out[-3000:]  # the shipped model segments it
     picture = Image.open(repo / "demo.png")
     assert picture.width > 3 * 224 and picture.height >= 224

@@ -33,7 +33,26 @@ PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down 
 CHUNK = 4096  # output rows dequantised at a time for larger inputs
 
 
-class Int8Linear(nn.Module):
+class _QuantizedLinear(nn.Module):
+    """What Int8Linear and Int4Linear share: the choice of matrix product (module docstring).
+    Subclasses give `dequantize(start, end)` and `_few_rows(flat)` (a kernel's product for up to
+    PACKED_ROWS rows, or None when none applies)."""
+
+    in_features: int
+    out_features: int
+    bias: nn.Parameter | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _on_cpu_inference(x):
+            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        out = self._few_rows(flat) if len(flat) <= PACKED_ROWS else None
+        if out is None:
+            out = _chunked(self, flat)
+        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
+
+
+class Int8Linear(_QuantizedLinear):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = False, dtype=torch.float32
     ):
@@ -61,21 +80,16 @@ class Int8Linear(nn.Module):
         rows = slice(start, end)
         return self.weight[rows].to(self.scale.dtype) * self.scale[rows, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _on_cpu_inference(x):
-            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
-        flat = x.reshape(-1, self.in_features)
+    def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
         if len(flat) <= KERNEL_ROWS and cpu_kernels.available():
-            out = torch.ops.paligemma_cpu.int8_matmul(flat, self.weight, self.scale)
-        elif len(flat) <= PACKED_ROWS and _HAS_KERNELS:
-            flat = flat.to(torch.bfloat16).contiguous()
-            out = torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
-        else:
-            out = _chunked(self, flat)
-        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
+            return torch.ops.paligemma_cpu.int8_matmul(flat, self.weight, self.scale)
+        if not _HAS_KERNELS:
+            return None
+        flat = flat.to(torch.bfloat16).contiguous()
+        return torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_QuantizedLinear):
     def __init__(
         self,
         in_features: int,
@@ -109,17 +123,17 @@ class Int4Linear(nn.Module):
             q.bias.data.copy_(linear.bias.detach())
         return q.to(linear.weight.device)
 
-    def codes(self) -> torch.Tensor:
-        """uint8[O, I] codes 0..15 (value + 8), low nibble first."""
-        pairs = torch.stack([self.weight & 15, self.weight >> 4], dim=-1)  # (O, I/2, 2)
-        return pairs.view(len(self.weight), self.in_features)
+    def codes(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """uint8[O, I] codes 0..15 (value + 8), low nibble first (rows start:end)."""
+        packed = self.weight[start:end]
+        pairs = torch.stack([packed & 15, packed >> 4], dim=-1)  # (rows, I/2, 2)
+        return pairs.view(len(packed), self.in_features)
 
     def dequantize(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """The float weight (rows start:end), in the scale's dtype."""
-        rows = slice(start, end)
-        codes = self.codes()[rows]
+        codes = self.codes(start, end)
         w = (codes.to(self.scale.dtype) - 8).view(len(codes), -1, self.group)
-        return (w * self.scale[rows, :, None]).view(len(codes), self.in_features)
+        return (w * self.scale[start:end, :, None]).view(len(codes), self.in_features)
 
     def _packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The CPU kernel's own layout, built once from the portable one (never saved)."""
@@ -132,17 +146,12 @@ class Int4Linear(nn.Module):
             self._cache_key = key
         return self._cache
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _on_cpu_inference(x):
-            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
-        flat = x.reshape(-1, self.in_features)
-        if len(flat) <= PACKED_ROWS and _HAS_KERNELS and self.out_features % 16 == 0:
-            packed, scales_and_zeros = self._packed()  # (the packing needs 16 | out_features)
-            flat = flat.to(torch.bfloat16).contiguous()
-            out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
-        else:
-            out = _chunked(self, flat)
-        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
+    def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
+        if not _HAS_KERNELS or self.out_features % 16:  # (the packing needs 16 | out_features)
+            return None
+        packed, scales_and_zeros = self._packed()
+        flat = flat.to(torch.bfloat16).contiguous()
+        return torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
 
 
 def _on_cpu_inference(x: torch.Tensor) -> bool:
@@ -150,7 +159,7 @@ def _on_cpu_inference(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
 
 
-def _chunked(layer: Int8Linear | Int4Linear, flat: torch.Tensor) -> torch.Tensor:
+def _chunked(layer: _QuantizedLinear, flat: torch.Tensor) -> torch.Tensor:
     """flat @ W.T with W dequantised CHUNK rows at a time (bounded extra memory)."""
     out = flat.new_empty(len(flat), layer.out_features)
     for start in range(0, layer.out_features, CHUNK):

@@ -433,7 +433,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", help="require Authorization: Bearer KEY (all but /health)")
-    srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    srv.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
     srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     srv.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     srv.add_argument("--max-tokens", type=int, default=512, help="most tokens a request may ask")

@@ -51,7 +51,7 @@ PUBLIC_PATHS = {"/health", "/", "/favicon.ico"}
 class Settings:
     model_name: str = "paligemma"
     api_key: str | None = None
-    max_batch: int = 8
+    max_batch: int = 16  # 2.6x the one-by-one throughput on 2 cores (8: ~2x)
     max_queue: int = 64  # waiting requests; more get 503 + Retry-After
     timeout_s: float = 120.0  # per request, queueing included
     max_body_bytes: int = 20 * 2**20

@@ -269,7 +269,7 @@ def test_save_model_sharded_and_half(reference, tmp_path):
     assert len(set(index["weight_map"].values())) > 2
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     assert not list(tmp_path.glob(".*.tmp"))
-    umask = os.umask(0)
+    umask = os.umask(0o022)
     os.umask(umask)
     for f in tmp_path.glob("*.safetensors"):  # the usual mode (safetensors alone writes 0600)
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
@@ -321,3 +321,34 @@ def test_hub_id_from_cache(reference, tmp_path):
 def test_unknown_local_path():
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         paligemma.load_model("./definitely/not/../here.npz")
+
+
+@pytest.mark.parametrize("procfs", [True, False])
+def test_current_umask_reads_without_opening_up(procfs, monkeypatch):
+    """Linux: read from /proc; elsewhere set-and-restore, briefly restrictive, never 0."""
+    from paligemma import reader
+
+    if not procfs:
+
+        def no_proc(*a, **k):
+            raise OSError("no /proc here")
+
+        monkeypatch.setattr(reader, "open", no_proc, raising=False)
+    seen = []
+    real_umask = os.umask
+
+    def spy(mask):
+        seen.append(mask)
+        return real_umask(mask)
+
+    for mask in (0o022, 0o027, 0o002):
+        old = real_umask(mask)
+        try:
+            monkeypatch.setattr(reader.os, "umask", spy)
+            assert reader.current_umask() == mask
+            monkeypatch.setattr(reader.os, "umask", real_umask)
+        finally:
+            real_umask(old)
+    if procfs and not Path("/proc/self/status").is_file():
+        return  # not Linux: only the values above were checked
+    assert seen == ([] if procfs else [0o077, 0o022, 0o077, 0o027, 0o077, 0o002])

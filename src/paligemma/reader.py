@@ -20,8 +20,21 @@ import torch
 
 from .weights import CheckpointError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux); elsewhere by
+    setting a restrictive one for an instant (os.umask can only be read by setting it), so a
+    file another thread creates in that instant is private rather than open to all."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def write_safetensors(
@@ -32,7 +45,7 @@ def write_safetensors(
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
-    os.chmod(path, 0o666 & ~_UMASK)
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 _ST_DTYPES = {

@@ -17,7 +17,6 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ import torch
 from .config import ConfigError, PaliGemmaConfig, get_config
 from .hf_config import from_hf_json, to_hf_json
 from .model import PaliGemma
-from .reader import SafetensorsReader, write_safetensors
+from .reader import SafetensorsReader, write_atomic, write_safetensors
 from .weights import (
     CheckpointError,
     check_keys,
@@ -276,12 +275,6 @@ def _load_any(source, dtype, device, config) -> PaliGemma:
 # Saving
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(
     model: PaliGemma, out_dir: str | os.PathLike, max_shard_bytes: int = _SHARD_BYTES
 ) -> None:
@@ -308,12 +301,12 @@ def save_model(
         if len({type(m) for m in quantized.values()}) > 1:
             raise ValueError("cannot save a model that mixes int8 and int4 layers")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        _write_atomic(
+        write_atomic(
             out / "model.safetensors", lambda p: write_safetensors(state, p, {"format": "pt"})
         )
-        _write_atomic(out / QUANT_FILE, lambda p: p.write_text(json.dumps(spec, indent=1)))
+        write_atomic(out / QUANT_FILE, lambda p: p.write_text(json.dumps(spec, indent=1)))
         hf = to_hf_json(cfg, dtype=_DTYPE_NAMES.get(model.dtype))
-        _write_atomic(out / "config.json", lambda p: p.write_text(json.dumps(hf, indent=2) + "\n"))
+        write_atomic(out / "config.json", lambda p: p.write_text(json.dumps(hf, indent=2) + "\n"))
         return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -331,7 +324,7 @@ def save_model(
         else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     )
     for fname, shard in zip(names, shards, strict=True):
-        _write_atomic(out / fname, lambda p, s=shard: write_safetensors(s, p, {"format": "pt"}))
+        write_atomic(out / fname, lambda p, s=shard: write_safetensors(s, p, {"format": "pt"}))
     if n > 1:
         index = {
             "metadata": {
@@ -339,13 +332,13 @@ def save_model(
             },
             "weight_map": {k: f for f, s in zip(names, shards, strict=True) for k in s},
         }
-        _write_atomic(
+        write_atomic(
             out / "model.safetensors.index.json",
             lambda p: p.write_text(json.dumps(index, indent=2)),
         )
     hf = to_hf_json(cfg, dtype=_DTYPE_NAMES.get(model.dtype))
-    _write_atomic(out / "config.json", lambda p: p.write_text(json.dumps(hf, indent=2) + "\n"))
+    write_atomic(out / "config.json", lambda p: p.write_text(json.dumps(hf, indent=2) + "\n"))
     gen = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
-    _write_atomic(
+    write_atomic(
         out / "generation_config.json", lambda p: p.write_text(json.dumps(gen, indent=2) + "\n")
     )

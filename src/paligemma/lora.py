@@ -139,7 +139,7 @@ def _hf_module(name: str, cfg: PaliGemmaConfig) -> str:
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base: str | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors, as `peft` writes them."""
-    from .reader import write_safetensors
+    from .reader import write_atomic, write_safetensors
 
     modules = lora_modules(model)
     if not modules:
@@ -177,11 +177,11 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base: str | None 
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".adapter_model.safetensors.tmp"
-    write_safetensors(tensors, tmp, {"format": "pt"})
-    os.replace(tmp, out / "adapter_model.safetensors")
-    (out / ".adapter_config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(out / ".adapter_config.json.tmp", out / "adapter_config.json")
+    write_atomic(
+        out / "adapter_model.safetensors", lambda p: write_safetensors(tensors, p, {"format": "pt"})
+    )
+    text = json.dumps(config, indent=2) + "\n"
+    write_atomic(out / "adapter_config.json", lambda p: p.write_text(text))
 
 
 def load_adapter_(model: nn.Module, adapter_dir: str | os.PathLike) -> list[str]:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +36,14 @@ def current_umask() -> int:
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) to a hidden temporary name beside `path`, then rename it over `path`: a crash
+    leaves the old file or none, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def write_safetensors(

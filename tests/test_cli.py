@@ -68,3 +68,33 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         assert "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
         assert out.stderr.startswith("paligemma: error:")
+
+
+def test_serve_flags_map_onto_the_server_settings():
+    """The limits' defaults live in server.Settings only; the flags override them, and the
+    defaults that `serve --help` quotes are Settings'."""
+    import argparse
+    import dataclasses
+    import re
+
+    from paligemma import cli
+    from paligemma.server import Settings
+
+    parser = cli._parser()
+    assert cli._serve_settings(parser.parse_args(["serve"])) == Settings()
+    flags = ["--max-batch", "3", "--max-queue", "5", "--timeout", "7.5", "--max-tokens", "9"]
+    flags += ["--api-key", "k", "--allow-dir", "/tmp", "--allow-remote-images"]
+    args = parser.parse_args(["serve", *flags])
+    want = Settings(
+        api_key="k", max_batch=3, max_queue=5, timeout_s=7.5, max_tokens=9, allow_dir="/tmp"
+    )
+    assert cli._serve_settings(args) == dataclasses.replace(want, allow_remote=True)
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(cli._SERVE_SETTINGS.values()) <= fields
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {a.dest: a.help for a in sub.choices["serve"]._actions}
+    for flag, field in cli._SERVE_SETTINGS.items():
+        quoted = re.search(r"\(default ([\d.]+)\)", helps[flag] or "")
+        if quoted:
+            assert float(quoted.group(1)) == getattr(Settings(), field), flag
+    assert sum("(default" in (helps[f] or "") for f in cli._SERVE_SETTINGS) == 4

@@ -229,20 +229,32 @@ def _demo(args: argparse.Namespace) -> None:
     run(load(args.model, dtype=torch.float32), args.out, args.seed)
 
 
+# `paligemma serve` flag -> server.Settings field. The flags default to None, so the limits'
+# defaults live in one place, Settings (imported only by `serve`: it pulls in FastAPI).
+_SERVE_SETTINGS = {
+    "api_key": "api_key",
+    "max_batch": "max_batch",
+    "max_queue": "max_queue",
+    "timeout": "timeout_s",
+    "max_tokens": "max_tokens",
+    "allow_dir": "allow_dir",
+    "allow_remote_images": "allow_remote",
+}
+
+
+def _serve_settings(args: argparse.Namespace):
+    from .server import Settings
+
+    given = {field: getattr(args, flag) for flag, field in _SERVE_SETTINGS.items()}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
 def _serve(args: argparse.Namespace) -> None:
-    from .server import Settings, serve
+    from .server import serve
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    settings = Settings(
-        api_key=args.api_key,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        timeout_s=args.timeout,
-        max_tokens=args.max_tokens,
-        allow_dir=args.allow_dir,
-        allow_remote=args.allow_remote_images,
-    )
+    settings = _serve_settings(args)
     serve(args.model, args.host, args.port, settings, _DTYPES.get(args.dtype), args.quantize)
 
 
@@ -433,12 +445,14 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", help="require Authorization: Bearer KEY (all but /health)")
-    srv.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
-    srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
-    srv.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    srv.add_argument("--max-tokens", type=int, default=512, help="most tokens a request may ask")
+    srv.add_argument("--max-batch", type=int, help="requests decoded together (default 16)")
+    srv.add_argument("--max-queue", type=int, help="waiting requests before 503 (default 64)")
+    srv.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    srv.add_argument("--max-tokens", type=int, help="most tokens a request may ask (default 512)")
     srv.add_argument("--allow-dir", help="serve file:// image URLs from this directory only")
-    srv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) images")
+    srv.add_argument(
+        "--allow-remote-images", action="store_true", default=None, help="fetch http(s) images"
+    )
     srv.add_argument("--dtype", choices=list(_DTYPES))
     srv.add_argument("--quantize", choices=["int8", "int4"])
     srv.set_defaults(run=_serve)

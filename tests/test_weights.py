@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import paligemma
 from paligemma import CheckpointError
+from paligemma.reader import current_umask
 
 
 def logits_of(model, dtype=torch.float32):
@@ -269,8 +270,7 @@ def test_save_model_sharded_and_half(reference, tmp_path):
     assert len(set(index["weight_map"].values())) > 2
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     assert not list(tmp_path.glob(".*.tmp"))
-    umask = os.umask(0o022)
-    os.umask(umask)
+    umask = current_umask()
     for f in tmp_path.glob("*.safetensors"):  # the usual mode (safetensors alone writes 0600)
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
     back = PaliGemmaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
@@ -341,14 +341,14 @@ def test_current_umask_reads_without_opening_up(procfs, monkeypatch):
         seen.append(mask)
         return real_umask(mask)
 
-    for mask in (0o022, 0o027, 0o002):
-        old = real_umask(mask)
-        try:
-            monkeypatch.setattr(reader.os, "umask", spy)
+    monkeypatch.setattr(reader.os, "umask", spy)  # the loop sets masks through real_umask
+    old = real_umask(0o022)
+    try:
+        for mask in (0o022, 0o027, 0o002):
+            real_umask(mask)
             assert reader.current_umask() == mask
-            monkeypatch.setattr(reader.os, "umask", real_umask)
-        finally:
-            real_umask(old)
+    finally:
+        real_umask(old)
     if procfs and not Path("/proc/self/status").is_file():
         return  # not Linux: only the values above were checked
     assert seen == ([] if procfs else [0o077, 0o022, 0o077, 0o027, 0o077, 0o002])

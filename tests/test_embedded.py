@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import paligemma
 from paligemma import embedded_train as et
@@ -55,6 +56,29 @@ def test_sincos_table_and_init():
     assert 0.015 < float(model.decoder.embed.weight.detach().std()) < 0.025
     params = sum(p.numel() for p in model.parameters())
     assert 5e6 < params < 10e6
+
+
+def test_loc_rows_start_ordered():
+    """The <loc> rows start as sin-cos features of the coordinate: near coordinates have near
+    embeddings, every other row stays N(0, 0.02), and the init is the seed's, reproducibly."""
+    loc_ids = list(range(5, 5 + 1024))
+    model = et.new_model(EMBEDDED, seed=0, loc_ids=loc_ids)
+    embed = model.decoder.embed.weight.detach()
+    rows = F.normalize(embed[loc_ids], dim=1)
+    sim = rows @ rows.T  # [1024, 1024] cosine similarity
+    k = torch.arange(512)
+    near, mid, far = sim[k, k + 1], sim[k, k + 8], sim[k, k + 512]
+    assert bool((near > mid).all()) and bool((mid > far).all())
+    assert float(near.min()) > 0.7 and float(far.abs().max()) < 0.1
+    assert 0.018 < float(embed[loc_ids].std()) < 0.022
+    plain = et.new_model(EMBEDDED, seed=0)
+    others = torch.ones(embed.shape[0], dtype=torch.bool)
+    others[loc_ids] = False
+    assert torch.equal(embed[others], plain.decoder.embed.weight.detach()[others])
+    random_sim = F.normalize(plain.decoder.embed.weight.detach()[loc_ids], dim=1)
+    assert float((random_sim[k] * random_sim[k + 1]).sum(1).mean()) < 0.1  # no order by chance
+    again = et.new_model(EMBEDDED, seed=0, loc_ids=loc_ids)
+    assert torch.equal(again.decoder.embed.weight, model.decoder.embed.weight)
 
 
 def test_training_resumes_bit_for_bit_and_exports(run_dir, tmp_path):

@@ -387,17 +387,21 @@ def test_killed_run_resumes_to_identical_weights(pipeline_dir, task, tmp_path):
         timeout=600,
     )
     assert again.returncode == 0, again.stderr[-2000:]
-    a = load_file(straight / "adapter" / "adapter_model.safetensors")
-    b = load_file(killed / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key  # bit-identical
     logs = [
         [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         for d in (straight, killed)
     ]
     assert [r["step"] for r in logs[1]] == list(range(1, 17))
-    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    # Where the two runs part, if they do: at the resumed step means the checkpoint missed some
+    # state; later means the numerics themselves varied between the processes.
+    losses = [[r["loss"] for r in log] for log in logs]
+    parted = next((i + 1 for i, (x, y) in enumerate(zip(*losses, strict=True)) if x != y), None)
+    assert parted is None, f"resumed from {latest}; losses part at step {parted}: {losses}"
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} (resumed from {latest})"  # bit-identical
 
     # Starting over in a directory that holds a run is refused without --resume.
     refused = subprocess.run(

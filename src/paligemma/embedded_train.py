@@ -2,8 +2,8 @@
 
     python -m paligemma.embedded_train --out runs/embedded          # add --resume after a stop
 
-(The shipped weights: `--steps 12000 --until 4000`, then `--resume --until 8000`; see the
-model card.)
+(The shipped weights: `--steps 12000 --until 4000`, then `--resume --until 8000`, with the
+code of commit 9909993, before the `<loc>` initialisation below; see the model card.)
 
 Stages, each skipped when its output exists: the tokenizer (SentencePiece, Gemma's special-token
 layout), the mask VQ-VAE (published architecture, trained on the generator's masks), then the

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import paligemma
 from paligemma import embedded_train as et
@@ -27,6 +28,21 @@ def run_dir(tmp_path_factory):
     stats = et.train_mask_vae(out / "mask_vae.safetensors", steps=3, batch=8, progress=False)
     assert 0 <= stats["mask_iou"] <= 1
     return out
+
+
+def test_mask_vae_training_repeats_bit_for_bit(tmp_path):
+    # Duplicate codes in a batch: a gather's backward that accumulates in thread order would
+    # make two runs differ (it did, with `codebook[codes]` on 2 threads).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name in ("a", "b"):
+            et.train_mask_vae(tmp_path / f"{name}.safetensors", steps=4, batch=32, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (load_file(tmp_path / f"{name}.safetensors") for name in ("a", "b"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_tokenizer_has_gemmas_special_layout(run_dir):
@@ -108,6 +124,13 @@ def test_training_resumes_bit_for_bit_and_exports(run_dir, tmp_path):
     scene = synthetic.make_scene(np.random.default_rng(0))
     assert isinstance(pipe.generate(scene.image, "caption en", max_new_tokens=3).text, str)
     assert pipe.mask_vae is not None
+
+
+def test_train_command_refuses_the_held_out_seed(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        et.main(["--out", str(tmp_path / "run"), "--seed", "90210"])
+    assert "held-out" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_matching_is_one_to_one_and_label_aware():

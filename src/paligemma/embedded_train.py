@@ -2,15 +2,16 @@
 
     python -m paligemma.embedded_train --out runs/embedded          # add --resume after a stop
 
-(The shipped weights: `--steps 12000 --until 4000`, then `--resume --until 8000`, with the
-code of commit 9909993, before the `<loc>` initialisation below; see the model card.)
+(The shipped weights: `--steps 12000 --until 4000`, then `--resume --steps 8800 --until 8000`,
+with the code of commit 9909993, before the `<loc>` initialisation below; see the model card.)
 
 Stages, each skipped when its output exists: the tokenizer (SentencePiece, Gemma's special-token
 layout), the mask VQ-VAE (published architecture, trained on the generator's masks), then the
 model (EMBEDDED preset) with the project's loss and checkpoints; a kill at any moment loses at
-most `save_every` steps, and `--resume` continues bit for bit. The result is exported to
-OUT/model as a checkpoint directory `paligemma.load` reads; `--install` also copies it into the
-package (src/paligemma/assets). Evaluate with `python -m paligemma.embedded_eval OUT/model`.
+most `save_every` steps, and `--resume` continues bit for bit. With the same seed, torch build
+and thread count, every stage repeats bit for bit. The result is exported to OUT/model as a
+checkpoint directory `paligemma.load` reads; `--install` also copies it into the package
+(src/paligemma/assets). Evaluate with `python -m paligemma.embedded_eval OUT/model`.
 
 What makes a model this small learn to localise from scratch on 2 CPU cores (the vision tower is
 the bottleneck): a 2D sin-cos initialised position table, a single-object curriculum at the
@@ -18,8 +19,11 @@ start, a detection-heavy task mix, and an auxiliary dense loss on the image enco
 patch predicts the shape x colour under its centre and that object's box), kept on all run long
 with a decaying weight; its head is thrown away, the exported model is a plain PaliGemma. And
 for the decoder, `<loc>` embeddings (tied with the output head) that start ordered, as 1D
-sin-cos features of the coordinate: without them, one of two runs learned to write positions
-~2,000 steps late and ended far behind.
+sin-cos features of the coordinate. The step at which a run starts writing positions as `<loc>`
+tokens still varies between runs (2,300 to 4,000 steps in four runs); with an 8,800-step cosine
+schedule the later starters ended 9 to 27 points behind the earliest on detection, so the
+schedule is 16,000 steps (about 6 hours on 2 cores), most of it at a high learning rate
+whenever localisation starts.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from torch import nn
 from . import synthetic
 from .checkpoint import save_model
 from .config import EMBEDDED, PaliGemmaConfig
+from .embedded_eval import EVAL_SEED, evaluate
 from .finetune import suffix_loss
 from .model import PaliGemma
 from .processor import IGNORE, ImageTransform, Processor
@@ -141,7 +146,7 @@ def train_mask_vae(
         target = 2 * masks[:, None] - 1
         z = vae.encoder(target)  # (B, 512, 4, 4)
         codes = vae.quantize(z.detach())
-        e = vae.codebook[codes].view(-1, 4, 4, z.shape[1]).permute(0, 3, 1, 2)
+        e = vae.lookup(codes)
         quantized = z + (e - z).detach()  # straight-through
         recon = vae.decoder(quantized)
         loss = (
@@ -173,7 +178,7 @@ def train_mask_vae(
 
 @dataclass(frozen=True)
 class RunConfig:
-    steps: int = 8800  # (the shipped run differed: see the module docstring)
+    steps: int = 16_000  # (the shipped run differed: see the module docstring)
     batch_size: int = 32
     lr: float = 1e-3
     min_lr: float = 5e-5
@@ -314,7 +319,6 @@ def train_model(
     that step (a checkpoint is written), to continue later with `resume`."""
     from tqdm import tqdm
 
-    from .embedded_eval import evaluate
     from .pipeline import Pipeline
     from .vqvae import load_mask_vae
 
@@ -423,19 +427,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/embedded", help="run directory (default runs/embedded)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--steps", type=int, default=RunConfig.steps)
+    p.add_argument("--seed", type=int, default=RunConfig.seed, help="seeds every stage (default 0)")
     p.add_argument("--until", type=int, help="stop after this step (resume later)")
     p.add_argument("--install", action="store_true", help="also copy the model into the package")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.seed < 0 or args.seed == EVAL_SEED:
+        p.error(f"--seed must be >= 0 and not {EVAL_SEED} (the held-out scenes' seed)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "tokenizer.model").is_file():
-        train_tokenizer(out / "tokenizer.model")
+        train_tokenizer(out / "tokenizer.model", seed=args.seed)
     if not (out / "mask_vae.safetensors").is_file():
-        stats = train_mask_vae(out / "mask_vae.safetensors", progress=not args.no_progress)
+        stats = train_mask_vae(
+            out / "mask_vae.safetensors", seed=args.seed, progress=not args.no_progress
+        )
         (out / "mask_vae.json").write_text(json.dumps(stats))
         print(f"mask VQ-VAE: held-out mask IoU {stats['mask_iou']:.3f}")
-    run = RunConfig(steps=args.steps)
+    run = RunConfig(steps=args.steps, seed=args.seed)
     last = train_model(out, run, args.resume, not args.no_progress, args.until)
     if last.get("step", run.steps) < run.steps:
         print(f"stopped after step {last['step']}; continue with --resume")

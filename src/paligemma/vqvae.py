@@ -93,9 +93,14 @@ class MaskVAE(nn.Module):
             raise ValueError(f"expected codes of shape [B, 16], got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= NUM_CODES):
             raise ValueError(f"codes must lie in [0, {NUM_CODES})")
-        x = self.codebook[codes]  # (B, 16, 512)
-        x = x.view(-1, 4, 4, CODE_DIM).permute(0, 3, 1, 2)  # (B, 512, 4, 4), row-major grid
-        return self.decoder(x)[:, 0]  # (B, 64, 64)
+        return self.decoder(self.lookup(codes))[:, 0]  # (B, 64, 64)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """int[B, 16] codes -> their codebook rows as the decoder's input float[B, 512, 4, 4]
+        (row-major grid). F.embedding, not codebook[codes]: its backward sums the gradients of
+        repeated codes in a fixed order, so training repeats bit for bit on several threads."""
+        x = F.embedding(codes, self.codebook)  # (B, 16, 512)
+        return x.view(-1, 4, 4, CODE_DIM).permute(0, 3, 1, 2)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Encoder output float[B, 512, 4, 4] -> nearest codebook entries int[B, 16] (L2)."""

@@ -353,50 +353,81 @@ def run_finetune(pipeline_dir, data, out, *extra):
     return cmd
 
 
+# Every process of the resume test does the same arithmetic whatever the machine's core count:
+# one intra-op thread and MKL's reproducible code path.
+PINNED_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
+
+
+def finetune_losses(run_dir) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_killed_run_resumes_to_identical_weights(pipeline_dir, task, tmp_path):
-    straight = tmp_path / "straight"
-    done = subprocess.run(
-        run_finetune(pipeline_dir, task[0], straight), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    env = os.environ | PINNED_ENV
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        run_finetune(pipeline_dir, task[0], killed),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    log = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until a checkpoint exists and the run is past it
-        rows = log.read_text().splitlines() if log.is_file() else []
-        if len(rows) >= 6 or proc.poll() is not None:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    latest = (killed / "checkpoints" / "latest").read_text()
-    assert latest.startswith("step-") and int(latest[5:]) < 16
-    assert not (killed / "adapter").exists()
+    def straight_run(out):
+        done = subprocess.run(
+            run_finetune(pipeline_dir, task[0], out),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
 
-    again = subprocess.run(
-        run_finetune(pipeline_dir, task[0], killed, "--resume"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    def killed_and_resumed(out):
+        proc = subprocess.Popen(
+            run_finetune(pipeline_dir, task[0], out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        log = out / "metrics.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline:  # wait until a checkpoint exists and the run is past it
+            rows = log.read_text().splitlines() if log.is_file() else []
+            if len(rows) >= 6 or proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        latest = (out / "checkpoints" / "latest").read_text()
+        assert latest.startswith("step-") and int(latest[5:]) < 16
+        assert not (out / "adapter").exists()
+        again = subprocess.run(
+            run_finetune(pipeline_dir, task[0], out, "--resume"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert again.returncode == 0, again.stderr[-2000:]
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, 17))
+        return latest
+
+    def parted(a: Path, b: Path) -> int | None:
+        pairs = zip(finetune_losses(a), finetune_losses(b), strict=True)
+        return next((i + 1 for i, (x, y) in enumerate(pairs) if x != y), None)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight_run(straight)
+    latest = killed_and_resumed(killed)
+    # Runs that part at or before the step the kill resumed from did different arithmetic before
+    # any resume (seen twice on CI, at step 1, 19 ulps apart; the cause is not found), which
+    # says nothing about resuming, so both are made once more. A resume that misses some state
+    # parts the runs after that step, every time.
+    first = parted(straight, killed)
+    if first is not None and first <= int(latest[5:]):
+        straight, killed = tmp_path / "straight-2", tmp_path / "killed-2"
+        straight_run(straight)
+        latest = killed_and_resumed(killed)
+        first = parted(straight, killed)
+    assert first is None, (
+        f"resumed from {latest}; losses part at step {first}: "
+        f"{finetune_losses(straight)} vs {finetune_losses(killed)}"
     )
-    assert again.returncode == 0, again.stderr[-2000:]
-    logs = [
-        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-        for d in (straight, killed)
-    ]
-    assert [r["step"] for r in logs[1]] == list(range(1, 17))
-    # Where the two runs part, if they do: at the resumed step means the checkpoint missed some
-    # state; later means the numerics themselves varied between the processes.
-    losses = [[r["loss"] for r in log] for log in logs]
-    parted = next((i + 1 for i, (x, y) in enumerate(zip(*losses, strict=True)) if x != y), None)
-    assert parted is None, f"resumed from {latest}; losses part at step {parted}: {losses}"
     a = load_file(straight / "adapter" / "adapter_model.safetensors")
     b = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()

@@ -126,11 +126,30 @@ def test_training_resumes_bit_for_bit_and_exports(run_dir, tmp_path):
     assert pipe.mask_vae is not None
 
 
+def test_batches_made_by_worker_processes_train_the_same_weights(run_dir, tmp_path):
+    import shutil
+
+    run = et.RunConfig(steps=3, batch_size=4, warmup_steps=2, single_object_steps=2, eval_every=0)
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        for name in ("tokenizer.model", "mask_vae.safetensors"):
+            shutil.copy(run_dir / name, out / name)
+        et.train_model(out, run, progress=False, workers=workers)
+    a, b = (tmp_path / f"w{w}/checkpoints/step-0000003/state.safetensors" for w in (0, 2))
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_train_command_refuses_the_held_out_seed(tmp_path, capsys):
     with pytest.raises(SystemExit):
         et.main(["--out", str(tmp_path / "run"), "--seed", "90210"])
     assert "held-out" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+    for bad in (["--workers", "-1"], ["--device", "nonsense"]):
+        with pytest.raises(SystemExit):
+            et.main(["--out", str(tmp_path / "run"), *bad])
+        assert bad[0] in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
 
 
 def test_matching_is_one_to_one_and_label_aware():

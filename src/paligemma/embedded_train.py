@@ -11,7 +11,9 @@ model (EMBEDDED preset) with the project's loss and checkpoints; a kill at any m
 most `save_every` steps, and `--resume` continues bit for bit. With the same seed, torch build
 and thread count, every stage repeats bit for bit. The result is exported to OUT/model as a
 checkpoint directory `paligemma.load` reads; `--install` also copies it into the package
-(src/paligemma/assets). Evaluate with `python -m paligemma.embedded_eval OUT/model`.
+(src/paligemma/assets). Evaluate with `python -m paligemma.embedded_eval OUT/model`. On a GPU
+(`--device`, by default the GPU when there is one), `--workers` processes make the batches ahead
+(each batch depends on its step alone, so the data are the same as on the CPU).
 
 What makes a model this small learn to localise from scratch on 2 CPU cores (the vision tower is
 the bottleneck): a 2D sin-cos initialised position table, a single-object curriculum at the
@@ -33,6 +35,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +129,12 @@ def object_masks(rng: np.random.Generator, n: int) -> torch.Tensor:
 
 
 def train_mask_vae(
-    path: Path, steps: int = 600, batch: int = 64, seed: int = 0, progress: bool = True
+    path: Path,
+    steps: int = 600,
+    batch: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """VQ-VAE (published layout) trained on generator masks: MSE on the [-1, 1] scale, codebook
     and 0.25 x commitment losses, straight-through codes; codebook seeded from encoder outputs.
@@ -135,14 +143,14 @@ def train_mask_vae(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 11])
-    vae = MaskVAE()
+    vae = MaskVAE().to(device)
     with torch.no_grad():  # seed the codebook with encoder outputs of real masks
-        z = vae.encoder(2 * object_masks(rng, 64)[:, None] - 1).permute(0, 2, 3, 1)
+        z = vae.encoder(2 * object_masks(rng, 64)[:, None].to(device) - 1).permute(0, 2, 3, 1)
         z = z.reshape(-1, vae.codebook.shape[1])
         vae.codebook.copy_(z[torch.randperm(len(z))[: vae.codebook.shape[0]]])
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)
     for step in tqdm(range(steps), desc="mask VQ-VAE", disable=not progress):
-        masks = object_masks(rng, batch)
+        masks = object_masks(rng, batch).to(device)
         target = 2 * masks[:, None] - 1
         z = vae.encoder(target)  # (B, 512, 4, 4)
         codes = vae.quantize(z.detach())
@@ -157,12 +165,12 @@ def train_mask_vae(
         opt.step()
         if step % 100 == 99:  # revive unused codes at encoder outputs
             with torch.no_grad():
-                used = torch.zeros(vae.codebook.shape[0], dtype=torch.bool)
+                used = torch.zeros(vae.codebook.shape[0], dtype=torch.bool, device=device)
                 used[codes.flatten()] = True
                 dead = (~used).nonzero()[:, 0]
                 zs = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
                 vae.codebook[dead] = zs[torch.randint(len(zs), (len(dead),))]
-    vae.eval()
+    vae = vae.eval().cpu()
     with torch.no_grad():
         masks = object_masks(np.random.default_rng([seed, 13]), 256)
         recon = vae.decode(vae.encode(masks)) > 0
@@ -311,12 +319,33 @@ def processor_for(tokenizer_path: Path, cfg: PaliGemmaConfig) -> Processor:
     return Processor(tok, ImageTransform(cfg.image_size), cfg.num_image_tokens)
 
 
+class Steps(torch.utils.data.Dataset):
+    """Batches of steps `first`.. as a dataset, so that worker processes can make them ahead."""
+
+    def __init__(self, stream: Stream, first: int, end: int) -> None:
+        self.stream, self.first, self.end = stream, first, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.first)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+        return self.stream.batch(self.first + i)
+
+
 def train_model(
-    out: Path, run: RunConfig, resume: bool = False, progress: bool = True, until: int | None = None
+    out: Path,
+    run: RunConfig,
+    resume: bool = False,
+    progress: bool = True,
+    until: int | None = None,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Train EMBEDDED from scratch into `out` (metrics.jsonl, checkpoints/); returns the last
     log record. Needs out/tokenizer.model and out/mask_vae.safetensors. `until`: stop after
-    that step (a checkpoint is written), to continue later with `resume`."""
+    that step (a checkpoint is written), to continue later with `resume`. `workers`: processes
+    that make the batches ahead (each batch depends on its step alone, so the data are the
+    same); 0 makes them in this process. Checkpoints are device-independent."""
     from tqdm import tqdm
 
     from .pipeline import Pipeline
@@ -343,7 +372,25 @@ def train_model(
     start, _ = load_state(out, trainable, optimizer, run.fingerprint()) if resume else (0, 0)
     log_path = out / "metrics.jsonl"
     trim_log(log_path, start)
+    end = run.steps if until is None else min(until, run.steps)
     stream = Stream(run, processor, vae, grid)
+    # Workers start (fork) before this process touches the accelerator.
+    batches = iter(
+        torch.utils.data.DataLoader(
+            Steps(stream, start, end),
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4 if workers else None,
+            generator=torch.Generator(),  # its seed draw leaves the checkpointed RNG alone
+        )
+    )
+    device = torch.device(device)
+    model.to(device)
+    aux.to(device)
+    for group in optimizer.state.values():  # a resumed state, loaded on the CPU
+        for k, v in group.items():
+            if torch.is_tensor(v) and v.ndim:
+                group[k] = v.to(device)
     feats: dict[str, torch.Tensor] = {}
     model.vision.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
     ema: dict[str, float] = {}
@@ -351,12 +398,12 @@ def train_model(
     model.train()
     bar = tqdm(total=run.steps, initial=start, desc="embedded", unit="step", disable=not progress)
     with open(log_path, "a") as log:
-        end = run.steps if until is None else min(until, run.steps)
         for step in range(start, end):
             began = time.perf_counter()
             for g in optimizer.param_groups:
                 g["lr"] = run.lr_at(step)
-            batch, kinds = stream.batch(step)
+            batch, kinds = next(batches)
+            batch = {k: v.to(device) for k, v in batch.items()}
             denom = int((batch["labels"][:, 1:] != IGNORE).sum())
             loss, _ = suffix_loss(model, batch, "token", 0.0, denom)
             aux_loss = aux.loss(feats.pop("v"), batch["patch_classes"], batch["patch_boxes"])
@@ -383,7 +430,7 @@ def train_model(
             if (step + 1) % run.save_every == 0 or step + 1 == end:
                 save_state(out, step + 1, step + 1, trainable, optimizer, run.fingerprint())
     bar.close()
-    model.eval()
+    model.eval().cpu()
     return record
 
 
@@ -430,22 +477,55 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=RunConfig.seed, help="seeds every stage (default 0)")
     p.add_argument("--until", type=int, help="stop after this step (resume later)")
     p.add_argument("--install", action="store_true", help="also copy the model into the package")
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N, ... (default: cuda if there is one)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes making batches ahead (default: 0 on the CPU, else min(8, cores - 1))",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=RunConfig.eval_every,
+        help=f"steps between learning-curve evaluations, 0: none (default {RunConfig.eval_every})",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.seed < 0 or args.seed == EVAL_SEED:
         p.error(f"--seed must be >= 0 and not {EVAL_SEED} (the held-out scenes' seed)")
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must be >= 0")
+    if args.eval_every < 0:
+        p.error("--eval-every must be >= 0")
+    try:
+        device = (
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            if args.device == "auto"
+            else torch.device(args.device)
+        )
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        p.error(f"--device {args.device}: {e}")
+    workers = args.workers
+    if workers is None:
+        workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "tokenizer.model").is_file():
         train_tokenizer(out / "tokenizer.model", seed=args.seed)
     if not (out / "mask_vae.safetensors").is_file():
         stats = train_mask_vae(
-            out / "mask_vae.safetensors", seed=args.seed, progress=not args.no_progress
+            out / "mask_vae.safetensors",
+            seed=args.seed,
+            progress=not args.no_progress,
+            device=device,
         )
         (out / "mask_vae.json").write_text(json.dumps(stats))
         print(f"mask VQ-VAE: held-out mask IoU {stats['mask_iou']:.3f}")
-    run = RunConfig(steps=args.steps, seed=args.seed)
-    last = train_model(out, run, args.resume, not args.no_progress, args.until)
+    run = RunConfig(steps=args.steps, seed=args.seed, eval_every=args.eval_every)
+    last = train_model(out, run, args.resume, not args.no_progress, args.until, device, workers)
     if last.get("step", run.steps) < run.steps:
         print(f"stopped after step {last['step']}; continue with --resume")
         return

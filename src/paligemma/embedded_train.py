@@ -52,6 +52,7 @@ from .config import EMBEDDED, PaliGemmaConfig
 from .embedded_eval import EVAL_SEED, evaluate
 from .finetune import suffix_loss
 from .model import PaliGemma
+from .pipeline import Pipeline, default_device
 from .processor import IGNORE, ImageTransform, Processor
 from .reader import write_safetensors
 from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
@@ -348,7 +349,6 @@ def train_model(
     same); 0 makes them in this process. Checkpoints are device-independent."""
     from tqdm import tqdm
 
-    from .pipeline import Pipeline
     from .vqvae import load_mask_vae
 
     cfg = EMBEDDED
@@ -357,8 +357,9 @@ def train_model(
     processor = processor_for(out / "tokenizer.model", cfg)
     vae = load_mask_vae(out / "mask_vae.safetensors")
     loc_ids = [processor.tokenizer.loc_id(k) for k in range(NUM_LOC)]
-    model = new_model(cfg, run.seed, loc_ids)
-    aux = AuxHead(cfg.vision.width)
+    device = torch.device(device)
+    model = new_model(cfg, run.seed, loc_ids).to(device)
+    aux = AuxHead(cfg.vision.width).to(device)
     grid = cfg.image_size // cfg.vision.patch_size
     trainable = [*model.named_parameters(), *(("aux." + n, p) for n, p in aux.named_parameters())]
     decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
@@ -374,8 +375,7 @@ def train_model(
     trim_log(log_path, start)
     end = run.steps if until is None else min(until, run.steps)
     stream = Stream(run, processor, vae, grid)
-    # Workers start (fork) before this process touches the accelerator.
-    batches = iter(
+    batches = iter(  # the workers make batches on the CPU and never touch the accelerator
         torch.utils.data.DataLoader(
             Steps(stream, start, end),
             batch_size=None,
@@ -384,13 +384,6 @@ def train_model(
             generator=torch.Generator(),  # its seed draw leaves the checkpointed RNG alone
         )
     )
-    device = torch.device(device)
-    model.to(device)
-    aux.to(device)
-    for group in optimizer.state.values():  # a resumed state, loaded on the CPU
-        for k, v in group.items():
-            if torch.is_tensor(v) and v.ndim:
-                group[k] = v.to(device)
     feats: dict[str, torch.Tensor] = {}
     model.vision.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
     ema: dict[str, float] = {}
@@ -500,11 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     try:
-        device = (
-            torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            if args.device == "auto"
-            else torch.device(args.device)
-        )
+        device = default_device() if args.device == "auto" else torch.device(args.device)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         p.error(f"--device {args.device}: {e}")

@@ -69,8 +69,10 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
     with torch.no_grad():
         for n, p in trainable:
             p.copy_(tensors[f"param/{n}"])
+            # Moments go where the parameter is; a 0-dim `step` stays on the CPU, where the
+            # optimisers keep it unless `capturable` (a CUDA step tensor is refused otherwise).
             state = {
-                k.rsplit("/", 1)[1]: v.to(p.device)
+                k.rsplit("/", 1)[1]: v.to(p.device) if v.ndim else v
                 for k, v in tensors.items()
                 if k.startswith(f"opt/{n}/")
             }

@@ -3,6 +3,7 @@ training, export) and the model that ships in the package."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -138,6 +139,32 @@ def test_batches_made_by_worker_processes_train_the_same_weights(run_dir, tmp_pa
         et.train_model(out, run, progress=False, workers=workers)
     a, b = (tmp_path / f"w{w}/checkpoints/step-0000003/state.safetensors" for w in (0, 2))
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_bfloat16_autocast_is_the_default_and_a_run_keeps_its_precision(run_dir, tmp_path):
+    """The default trains under bfloat16 autocast (other weights than float32 training, still
+    finite); resuming a run with the other precision is refused, not silently mixed."""
+    import shutil
+
+    assert et.RunConfig().autocast
+    runs = {}
+    for name, autocast in (("bf16", True), ("fp32", False)):
+        out = tmp_path / name
+        out.mkdir()
+        for f in ("tokenizer.model", "mask_vae.safetensors"):
+            shutil.copy(run_dir / f, out / f)
+        run = et.RunConfig(
+            steps=2, batch_size=4, warmup_steps=1, single_object_steps=1, eval_every=0,
+            autocast=autocast,
+        )  # fmt: skip
+        runs[name] = run
+        last = et.train_model(out, run, progress=False)
+        assert np.isfinite(last["loss"]) and np.isfinite(last["aux"])
+    a, b = (load_file(tmp_path / f"{n}/checkpoints/step-0000002/state.safetensors") for n in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("param/"))
+    longer = dataclasses.replace(runs["fp32"], steps=3)
+    with pytest.raises(ValueError, match="autocast"):
+        et.train_model(tmp_path / "bf16", longer, resume=True, progress=False)
 
 
 def test_train_command_refuses_the_held_out_seed(tmp_path, capsys):

@@ -24,8 +24,10 @@ for the decoder, `<loc>` embeddings (tied with the output head) that start order
 sin-cos features of the coordinate. The step at which a run starts writing positions as `<loc>`
 tokens still varies between runs (2,300 to 4,000 steps in four runs); with an 8,800-step cosine
 schedule the later starters ended 9 to 27 points behind the earliest on detection, so the
-schedule is 16,000 steps (about 6 hours on 2 cores), most of it at a high learning rate
-whenever localisation starts.
+schedule is 12,000 steps, with the learning rate still at 0.78e-3 of its 1e-3 peak at step
+4,000. The forward passes run under bfloat16 autocast (weights, optimiser and loss in float32):
+about 0.62 s per step on 2 CPU cores with bfloat16 instructions (AVX512-BF16), against 1.15 s
+in float32 (`--float32`), so the whole run takes about 2 hours 10 minutes.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def train_mask_vae(
 
 @dataclass(frozen=True)
 class RunConfig:
-    steps: int = 16_000  # (the shipped run differed: see the module docstring)
+    steps: int = 12_000  # (the shipped run differed: see the module docstring)
     batch_size: int = 32
     lr: float = 1e-3
     min_lr: float = 5e-5
@@ -202,6 +204,7 @@ class RunConfig:
     single_object_steps: int = 700  # curriculum: one object per scene at first
     aux_weight: tuple[float, float] = (1.0, 0.2)  # dense image-encoder loss, start -> end
     seed: int = 0
+    autocast: bool = True  # forward passes in bfloat16 (weights, optimiser, loss in float32)
     save_every: int = 200
     eval_every: int = 1000
     eval_scenes: int = 40  # per task, for the learning curve (the final score uses 200)
@@ -273,7 +276,7 @@ class AuxHead(nn.Module):
 
     def loss(self, feats: torch.Tensor, classes: torch.Tensor, boxes: torch.Tensor):
         """feats float[B, P, D]; classes int[B, P]; boxes float[B, P, 4] in [0, 1]."""
-        out = self.proj(feats)
+        out = self.proj(feats).float()
         ce = F.cross_entropy(out[..., :-4].flatten(0, 1), classes.flatten())
         fg = classes > 0
         l1 = F.l1_loss(out[..., -4:][fg].sigmoid(), boxes[fg]) if fg.any() else out.sum() * 0
@@ -398,8 +401,9 @@ def train_model(
             batch, kinds = next(batches)
             batch = {k: v.to(device) for k, v in batch.items()}
             denom = int((batch["labels"][:, 1:] != IGNORE).sum())
-            loss, _ = suffix_loss(model, batch, "token", 0.0, denom)
-            aux_loss = aux.loss(feats.pop("v"), batch["patch_classes"], batch["patch_boxes"])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.autocast):
+                loss, _ = suffix_loss(model, batch, "token", 0.0, denom)
+                aux_loss = aux.loss(feats.pop("v"), batch["patch_classes"], batch["patch_boxes"])
             (loss + run.aux_at(step) * aux_loss).backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
             optimizer.step()
@@ -484,6 +488,11 @@ def main(argv: list[str] | None = None) -> None:
         default=RunConfig.eval_every,
         help=f"steps between learning-curve evaluations, 0: none (default {RunConfig.eval_every})",
     )
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="no bfloat16 autocast (about 1.8x slower on a CPU with bfloat16 instructions)",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.seed < 0 or args.seed == EVAL_SEED:
@@ -513,7 +522,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         (out / "mask_vae.json").write_text(json.dumps(stats))
         print(f"mask VQ-VAE: held-out mask IoU {stats['mask_iou']:.3f}")
-    run = RunConfig(steps=args.steps, seed=args.seed, eval_every=args.eval_every)
+    run = RunConfig(
+        steps=args.steps, seed=args.seed, eval_every=args.eval_every, autocast=not args.float32
+    )
     last = train_model(out, run, args.resume, not args.no_progress, args.until, device, workers)
     if last.get("step", run.steps) < run.steps:
         print(f"stopped after step {last['step']}; continue with --resume")

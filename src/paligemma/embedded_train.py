@@ -26,8 +26,8 @@ tokens still varies between runs (2,300 to 4,000 steps in four runs); with an 8,
 schedule the later starters ended 9 to 27 points behind the earliest on detection, so the
 schedule is 12,000 steps, with the learning rate still at 0.78e-3 of its 1e-3 peak at step
 4,000. The forward passes run under bfloat16 autocast (weights, optimiser and loss in float32):
-about 0.62 s per step on 2 CPU cores with bfloat16 instructions (AVX512-BF16), against 1.15 s
-in float32 (`--float32`), so the whole run takes about 2 hours 10 minutes.
+a median 0.74 s per step on 2 CPU cores with bfloat16 instructions (AVX512-BF16), against 1.15 s
+in float32 (`--float32`), so the whole run takes about 2 hours 35 minutes.
 """
 
 from __future__ import annotations
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--float32",
         action="store_true",
-        help="no bfloat16 autocast (about 1.8x slower on a CPU with bfloat16 instructions)",
+        help="no bfloat16 autocast (about 1.5x slower on a CPU with bfloat16 instructions)",
     )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

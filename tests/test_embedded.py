@@ -31,6 +31,16 @@ def run_dir(tmp_path_factory):
     return out
 
 
+def fresh_run(run_dir: Path, out: Path) -> Path:
+    """A new run directory holding the fixture run's tokenizer and mask VQ-VAE."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.model", "mask_vae.safetensors"):
+        shutil.copy(run_dir / name, out / name)
+    return out
+
+
 def test_mask_vae_training_repeats_bit_for_bit(tmp_path):
     # Duplicate codes in a batch: a gather's backward that accumulates in thread order would
     # make two runs differ (it did, with `codebook[codes]` on 2 threads).
@@ -99,12 +109,8 @@ def test_loc_rows_start_ordered():
 
 
 def test_training_resumes_bit_for_bit_and_exports(run_dir, tmp_path):
-    import shutil
-
-    for name in ("tokenizer.model", "mask_vae.safetensors"):
-        for d in ("straight", "stopped"):
-            (tmp_path / d).mkdir(exist_ok=True)
-            shutil.copy(run_dir / name, tmp_path / d / name)
+    for d in ("straight", "stopped"):
+        fresh_run(run_dir, tmp_path / d)
     run = et.RunConfig(
         steps=4, batch_size=4, warmup_steps=2, single_object_steps=2, save_every=2, eval_every=0
     )
@@ -128,14 +134,9 @@ def test_training_resumes_bit_for_bit_and_exports(run_dir, tmp_path):
 
 
 def test_batches_made_by_worker_processes_train_the_same_weights(run_dir, tmp_path):
-    import shutil
-
     run = et.RunConfig(steps=3, batch_size=4, warmup_steps=2, single_object_steps=2, eval_every=0)
     for workers in (0, 2):
-        out = tmp_path / f"w{workers}"
-        out.mkdir()
-        for name in ("tokenizer.model", "mask_vae.safetensors"):
-            shutil.copy(run_dir / name, out / name)
+        out = fresh_run(run_dir, tmp_path / f"w{workers}")
         et.train_model(out, run, progress=False, workers=workers)
     a, b = (tmp_path / f"w{w}/checkpoints/step-0000003/state.safetensors" for w in (0, 2))
     assert a.read_bytes() == b.read_bytes()
@@ -144,15 +145,10 @@ def test_batches_made_by_worker_processes_train_the_same_weights(run_dir, tmp_pa
 def test_bfloat16_autocast_is_the_default_and_a_run_keeps_its_precision(run_dir, tmp_path):
     """The default trains under bfloat16 autocast (other weights than float32 training, still
     finite); resuming a run with the other precision is refused, not silently mixed."""
-    import shutil
-
     assert et.RunConfig().autocast
     runs = {}
     for name, autocast in (("bf16", True), ("fp32", False)):
-        out = tmp_path / name
-        out.mkdir()
-        for f in ("tokenizer.model", "mask_vae.safetensors"):
-            shutil.copy(run_dir / f, out / f)
+        out = fresh_run(run_dir, tmp_path / name)
         run = et.RunConfig(
             steps=2, batch_size=4, warmup_steps=1, single_object_steps=1, eval_every=0,
             autocast=autocast,

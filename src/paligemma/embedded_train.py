@@ -2,8 +2,7 @@
 
     python -m paligemma.embedded_train --out runs/embedded          # add --resume after a stop
 
-(The shipped weights: `--steps 12000 --until 4000`, then `--resume --steps 8800 --until 8000`,
-with the code of commit 9909993, before the `<loc>` initialisation below; see the model card.)
+(The shipped weights are this command's output, seed 0; the model card has the run.)
 
 Stages, each skipped when its output exists: the tokenizer (SentencePiece, Gemma's special-token
 layout), the mask VQ-VAE (published architecture, trained on the generator's masks), then the
@@ -26,8 +25,8 @@ tokens still varies between runs (2,300 to 4,000 steps in four runs); with an 8,
 schedule the later starters ended 9 to 27 points behind the earliest on detection, so the
 schedule is 12,000 steps, with the learning rate still at 0.78e-3 of its 1e-3 peak at step
 4,000. The forward passes run under bfloat16 autocast (weights, optimiser and loss in float32):
-a median 0.74 s per step on 2 CPU cores with bfloat16 instructions (AVX512-BF16), against 1.15 s
-in float32 (`--float32`), so the whole run takes about 2 hours 35 minutes.
+a median 0.70 s per step on 2 CPU cores with bfloat16 instructions (AVX512-BF16), against 1.15 s
+in float32 (`--float32`), so the whole run takes about 2 hours 36 minutes.
 """
 
 from __future__ import annotations
@@ -189,7 +188,7 @@ def train_mask_vae(
 
 @dataclass(frozen=True)
 class RunConfig:
-    steps: int = 12_000  # (the shipped run differed: see the module docstring)
+    steps: int = 12_000
     batch_size: int = 32
     lr: float = 1e-3
     min_lr: float = 5e-5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,6 @@ def run_dir(tmp_path_factory):
 
 def fresh_run(run_dir: Path, out: Path) -> Path:
     """A new run directory holding the fixture run's tokenizer and mask VQ-VAE."""
-    import shutil
-
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.model", "mask_vae.safetensors"):
         shutil.copy(run_dir / name, out / name)

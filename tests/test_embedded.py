@@ -204,11 +204,41 @@ def test_embedded_model_does_the_four_tasks():
     assert result["segmentation_miou"] >= 0.3, result
 
 
+SHIPPED_ROWS = {  # README / model card table row label -> embedded_eval summary key
+    "| VQA (colour, count, existence, side) | exact match |": "vqa_accuracy",
+    "| caption | exact match |": "caption_exact_match",
+    "| detection | objects matched one-to-one at IoU ≥ 0.5 |": "detection_recall@0.5",
+    "| detection | false positives per image |": "detection_fp_per_image",
+    "| segmentation | mean mask IoU |": "segmentation_miou",
+}
+
+
+def _shipped_column(text: str) -> dict[str, str]:
+    """The bold "shipped" cell of each row of the score table under the ``target`` header."""
+    table = text.split("| **shipped (step 12,000)** |", 1)[1]
+    cells = {}
+    for prefix, key in SHIPPED_ROWS.items():
+        row = next(line for line in table.splitlines() if line.startswith(prefix))
+        cells[key] = row.split("|")[4].strip().strip("*")
+    return cells
+
+
+def test_readme_and_model_card_quote_the_full_evaluation_of_the_shipped_model():
+    """The 200-scene scores the README and the model card quote are what `embedded_eval` prints
+    for the weights in the package (about 40 s)."""
+    summary = evaluate(paligemma.load(), scenes=200, progress=False)["summary"]
+    measured = {
+        k: f"{v:.3f}" if k in ("detection_fp_per_image", "segmentation_miou") else f"{100 * v:.1f}%"
+        for k, v in summary.items()
+    }
+    root = Path(__file__).parents[1]
+    for doc in (root / "README.md", EMBEDDED_DIR / "MODEL_CARD.md"):
+        assert _shipped_column(doc.read_text()) == measured, doc
+
+
 def test_eval_command_scores_the_int8_model(tmp_path, capsys):
     """`python -m paligemma.embedded_eval --quantize int8`: the trained model, quantised, still
     does its tasks (quality measured on trained weights, not only random ones)."""
-    import json
-
     from paligemma.embedded_eval import main
 
     main(["--scenes", "8", "--quantize", "int8", "--json", str(tmp_path / "int8.json")])

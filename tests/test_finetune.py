@@ -130,7 +130,7 @@ def test_example_mean_and_accumulation(pipeline_dir, task):
         )[0]
         for e in examples
     ]
-    assert abs(float(loss) - float(sum(per_example) / 4)) < 1e-5
+    assert abs(float(loss.detach()) - float(sum(per_example).detach() / 4)) < 1e-5
     # Two micro-batches with the whole batch's denominator give the whole batch's gradient.
     tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
     params = [p for p in pipe.model.parameters()]

@@ -57,7 +57,7 @@ from .pipeline import Pipeline, default_device
 from .processor import IGNORE, ImageTransform, Processor
 from .reader import write_safetensors
 from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
-from .train_state import load_state, save_state, trim_log
+from .train_state import load_state, save_state, saved_log_state, trim_log
 from .vqvae import MaskVAE, crop_mask
 
 ASSETS = Path(__file__).parent / "assets"
@@ -388,7 +388,8 @@ def train_model(
     )
     feats: dict[str, torch.Tensor] = {}
     model.vision.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
-    ema: dict[str, float] = {}
+    # Running averages of the logged losses, carried across a resume like the weights.
+    ema: dict[str, float] = dict(saved_log_state(out).get("ema", {})) if start else {}
     record: dict[str, Any] = {}
     model.train()
     bar = tqdm(total=run.steps, initial=start, desc="embedded", unit="step", disable=not progress)
@@ -424,7 +425,9 @@ def train_model(
             bar.set_postfix(loss=f"{ema['loss']:.3f}", aux=f"{ema['aux']:.3f}")
             bar.update(1)
             if (step + 1) % run.save_every == 0 or step + 1 == end:
-                save_state(out, step + 1, step + 1, trainable, optimizer, run.fingerprint())
+                save_state(
+                    out, step + 1, step + 1, trainable, optimizer, run.fingerprint(), {"ema": ema}
+                )
     bar.close()
     model.eval().cpu()
     return record

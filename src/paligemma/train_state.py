@@ -1,7 +1,8 @@
 """Training checkpoints that survive a kill: written to a temporary directory, fsynced and
 renamed, then `latest` is switched with an atomic rename. A checkpoint holds the trainable
 tensors, the optimiser state, the data position and the RNG state (safetensors + JSON; nothing
-is pickled), which is all a resumed run needs to continue bit for bit."""
+is pickled), which is all a resumed run needs to continue bit for bit, and optionally the state
+of the run's log (running averages), so that its metrics continue bit for bit too."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ from typing import Any
 import torch
 
 
-def save_state(out: Path, step: int, pos: int, trainable, optimizer, fingerprint: dict) -> None:
-    """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG) into
-    out/checkpoints/step-N atomically, point `latest` at it, and drop older ones."""
+def save_state(
+    out: Path,
+    step: int,
+    pos: int,
+    trainable,
+    optimizer,
+    fingerprint: dict,
+    log_state: dict[str, Any] | None = None,
+) -> None:
+    """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG, and the
+    JSON-able `log_state`) into out/checkpoints/step-N atomically, point `latest` at it, and
+    drop older ones."""
     from .reader import write_safetensors
 
     root = out / "checkpoints"
@@ -36,6 +46,7 @@ def save_state(out: Path, step: int, pos: int, trainable, optimizer, fingerprint
     tensors["rng/torch"] = torch.get_rng_state()
     write_safetensors(tensors, tmp / "state.safetensors")
     meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": fingerprint}
+    meta["log_state"] = log_state or {}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -81,6 +92,16 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
                 optimizer.state[p] = state
     torch.set_rng_state(tensors["rng/torch"])
     return meta["step"], meta["pos"]
+
+
+def saved_log_state(out: Path) -> dict[str, Any]:
+    """The `log_state` saved with the latest checkpoint ({} when there is none, or for a
+    checkpoint written before log states were saved)."""
+    root = out / "checkpoints"
+    if not (root / "latest").is_file():
+        return {}
+    meta = json.loads((root / (root / "latest").read_text().strip() / "state.json").read_text())
+    return meta.get("log_state", {})
 
 
 def trim_log(path: Path, step: int) -> None:

@@ -218,7 +218,7 @@ SHIPPED_ROWS = {  # README / model card table row label -> embedded_eval summary
 
 
 def _shipped_column(text: str) -> dict[str, str]:
-    """The bold "shipped" cell of each row of the score table under the ``target`` header."""
+    """The bold cell of each score row in the table headed ``**shipped (step 12,000)**``."""
     table = text.split("| **shipped (step 12,000)** |", 1)[1]
     cells = {}
     for prefix, key in SHIPPED_ROWS.items():

@@ -57,7 +57,7 @@ from .pipeline import Pipeline, default_device
 from .processor import IGNORE, ImageTransform, Processor
 from .reader import write_safetensors
 from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
-from .train_state import load_state, save_state, saved_log_state, trim_log
+from .train_state import latest_checkpoint, load_state, save_state, saved_log_state, trim_log
 from .vqvae import MaskVAE, crop_mask
 
 ASSETS = Path(__file__).parent / "assets"
@@ -354,7 +354,7 @@ def train_model(
     from .vqvae import load_mask_vae
 
     cfg = EMBEDDED
-    if not resume and (out / "checkpoints" / "latest").is_file():
+    if not resume and latest_checkpoint(out):
         raise ValueError(f"{out} holds a run already: pass --resume to continue it")
     processor = processor_for(out / "tokenizer.model", cfg)
     vae = load_mask_vae(out / "mask_vae.safetensors")
@@ -389,7 +389,7 @@ def train_model(
     feats: dict[str, torch.Tensor] = {}
     model.vision.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
     # Running averages of the logged losses, carried across a resume like the weights.
-    ema: dict[str, float] = dict(saved_log_state(out).get("ema", {})) if start else {}
+    ema: dict[str, float] = dict(saved_log_state(out).get("ema", {})) if resume else {}
     record: dict[str, Any] = {}
     model.train()
     bar = tqdm(total=run.steps, initial=start, desc="embedded", unit="step", disable=not progress)
@@ -453,8 +453,9 @@ def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
 
     from safetensors.torch import load_file
 
-    root = out / "checkpoints"
-    ck = root / (root / "latest").read_text().strip()
+    ck = latest_checkpoint(out)
+    if ck is None:
+        raise FileNotFoundError(f"{out} has no checkpoint to export")
     tensors = load_file(str(ck / "state.safetensors"))
     model = PaliGemma(EMBEDDED)
     model.load_state_dict({n: tensors[f"param/{n}"] for n in model.state_dict()}, strict=True)

@@ -37,7 +37,7 @@ from .pipeline import Pipeline, copy_assets, load
 from .processor import IGNORE, load_image
 from .quantize import quantize_
 from .siglip import resample_pos_embed
-from .train_state import load_state, save_state, trim_log
+from .train_state import latest_checkpoint, load_state, save_state, trim_log
 
 MODES = ("full", "attention", "lora", "qlora")
 
@@ -232,7 +232,7 @@ def train(
     from tqdm import tqdm
 
     out = Path(cfg.out)
-    if not resume and (out / "checkpoints" / "latest").is_file():
+    if not resume and latest_checkpoint(out):
         raise ValueError(
             f"{out} holds a run already: pass --resume to continue it, or another --out"
         )

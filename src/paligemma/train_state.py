@@ -46,7 +46,7 @@ def save_state(
     tensors["rng/torch"] = torch.get_rng_state()
     write_safetensors(tensors, tmp / "state.safetensors")
     meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": fingerprint}
-    meta["log_state"] = log_state or {}
+    meta |= {"log_state": log_state or {}}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -60,15 +60,20 @@ def save_state(
             shutil.rmtree(old, ignore_errors=True)
 
 
+def latest_checkpoint(out: Path) -> Path | None:
+    """The directory of the run's latest checkpoint, or None when it has none."""
+    pointer = out / "checkpoints" / "latest"
+    return out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+
+
 def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int, int]:
     """Restore the latest checkpoint into the parameters, optimiser and RNG; returns (step,
     data position), or (0, 0) when there is none. Refuses one made with other settings."""
     from safetensors.torch import load_file
 
-    root = out / "checkpoints"
-    if not (root / "latest").is_file():
+    ck = latest_checkpoint(out)
+    if ck is None:
         return 0, 0
-    ck = root / (root / "latest").read_text().strip()
     meta = json.loads((ck / "state.json").read_text())
     now = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored
     if meta["config"] != now:
@@ -97,11 +102,8 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
 def saved_log_state(out: Path) -> dict[str, Any]:
     """The `log_state` saved with the latest checkpoint ({} when there is none, or for a
     checkpoint written before log states were saved)."""
-    root = out / "checkpoints"
-    if not (root / "latest").is_file():
-        return {}
-    meta = json.loads((root / (root / "latest").read_text().strip() / "state.json").read_text())
-    return meta.get("log_state", {})
+    ck = latest_checkpoint(out)
+    return json.loads((ck / "state.json").read_text()).get("log_state", {}) if ck else {}
 
 
 def trim_log(path: Path, step: int) -> None:

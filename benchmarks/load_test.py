@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import torch
 
-from paligemma import synthetic
+from paligemma.demo import synthetic
 
 RESULTS = Path(__file__).parent / "results"
 

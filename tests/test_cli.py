@@ -14,7 +14,10 @@ import paligemma
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "paligemma.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "paligemma.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -77,8 +80,8 @@ def test_serve_flags_map_onto_the_server_settings():
     import dataclasses
     import re
 
-    from paligemma import cli
-    from paligemma.server import Settings
+    from paligemma.cli import commands as cli
+    from paligemma.serve.app import Settings
 
     parser = cli._parser()
     assert cli._serve_settings(parser.parse_args(["serve"])) == Settings()

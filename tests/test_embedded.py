@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import paligemma
-from paligemma import embedded_train as et
-from paligemma import synthetic
 from paligemma.config import EMBEDDED
-from paligemma.embedded_eval import box_iou, evaluate, match
+from paligemma.demo import synthetic
+from paligemma.demo import train as et
+from paligemma.demo.evaluate import box_iou, evaluate, match
 from paligemma.pipeline import EMBEDDED_DIR
 from paligemma.tokenizer import Tokenizer
 
@@ -241,9 +241,9 @@ def test_readme_and_model_card_quote_the_full_evaluation_of_the_shipped_model():
 
 
 def test_eval_command_scores_the_int8_model(tmp_path, capsys):
-    """`python -m paligemma.embedded_eval --quantize int8`: the trained model, quantised, still
+    """`python -m paligemma.demo.evaluate --quantize int8`: the trained model, quantised, still
     does its tasks (quality measured on trained weights, not only random ones)."""
-    from paligemma.embedded_eval import main
+    from paligemma.demo.evaluate import main
 
     main(["--scenes", "8", "--quantize", "int8", "--json", str(tmp_path / "int8.json")])
     result = json.loads((tmp_path / "int8.json").read_text())["summary"]

@@ -18,9 +18,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import paligemma
-from paligemma import data, finetune
-from paligemma.lora import apply_lora_, lora_modules, merge_lora_, save_adapter
+from paligemma.lora.layer import apply_lora_, lora_modules, merge_lora_, save_adapter
 from paligemma.processor import IGNORE
+from paligemma.train import data, finetune
 
 COLORS = {
     "red": (220, 30, 30),

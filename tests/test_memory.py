@@ -17,7 +17,7 @@ import torch
 from bigvision_npz import write_bigvision_npz
 
 import paligemma
-from paligemma.weights import our_name_to_hf
+from paligemma.checkpoints.names import our_name_to_hf
 
 # ~120M parameters: 480 MB in float32, large against allocator and interpreter noise.
 CFG = dataclasses.replace(

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import paligemma
-from paligemma import cpu_kernels
-from paligemma import quantize as q
+from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import linear as q
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

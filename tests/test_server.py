@@ -16,9 +16,9 @@ from PIL import Image
 from server_util import chat_body, data_url, running
 
 import paligemma
-from paligemma import synthetic
-from paligemma.objects import rle_to_mask
-from paligemma.server import Settings
+from paligemma.demo import synthetic
+from paligemma.serve.app import Settings
+from paligemma.tasks.objects import rle_to_mask
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +429,7 @@ def test_api_key_guards_everything_but_health(pipe, scenes):
 
 
 def test_serve_binds_loopback_by_default():
-    from paligemma.cli import _parser
+    from paligemma.cli.commands import _parser
 
     args = _parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.api_key is None
@@ -463,7 +463,7 @@ def test_paligemma_serve_command_starts_and_stops(tmp_path):
     import subprocess
     import sys
 
-    from paligemma.server import running as _  # noqa: F401  (the package is importable)
+    from paligemma.serve.app import running as _  # noqa: F401  (the package is importable)
 
     port = str(50_000 + os.getpid() % 10_000)
     proc = subprocess.Popen(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paligemma import synthetic
-from paligemma.objects import parse_objects
+from paligemma.demo import synthetic
+from paligemma.tasks.objects import parse_objects
 
 
 def scenes(n: int, seed: int = 0, **kw):

@@ -88,7 +88,7 @@ def test_segment(task_dir, image_file, answer):
     assert not cat.mask[:y0].any() and not cat.mask[:, :x0].any()  # only inside the box
     with torch.no_grad():
         m64 = pipe.mask_vae.decode(torch.tensor([cat.seg_codes]))[0]
-    want, _ = paligemma.vqvae.paste_mask(m64, cat.box, 160, 200)
+    want, _ = paligemma.tasks.vqvae.paste_mask(m64, cat.box, 160, 200)
     assert np.array_equal(cat.mask, want)
     coco = objs.to_coco()
     assert coco[0]["bbox"] == [x0, y0, x1 - x0, y1 - y0] and "segmentation" in coco[0]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import paligemma
-from paligemma.vqvae import crop_mask, paste_mask
+from paligemma.tasks.vqvae import crop_mask, paste_mask
 
 # The 49 arrays of vae-oid.npz (names and shapes from ../shared/TASKS.md §2.1).
 RES = {

@@ -15,8 +15,8 @@ import pytest
 from server_util import running
 
 import paligemma
-from paligemma import synthetic
-from paligemma.server import Settings
+from paligemma.demo import synthetic
+from paligemma.serve.app import Settings
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import paligemma
 from paligemma import CheckpointError
-from paligemma.reader import current_umask
+from paligemma.checkpoints.safetensors_io import current_umask
 
 
 def logits_of(model, dtype=torch.float32):
@@ -163,7 +163,7 @@ def test_npz_vocabulary_pad_rows(reference, tmp_path):
 
 def test_npz_config_inferred_from_shapes():
     """Shapes alone fix PaliGemma 1; PaliGemma 2's caps come from the preset of that shape."""
-    from paligemma.weights import infer_npz_config
+    from paligemma.checkpoints.names import infer_npz_config
 
     def shapes(cfg):
         v, t = cfg.vision, cfg.text
@@ -326,7 +326,7 @@ def test_unknown_local_path():
 @pytest.mark.parametrize("procfs", [True, False])
 def test_current_umask_reads_without_opening_up(procfs, monkeypatch):
     """Linux: read from /proc; elsewhere set-and-restore, briefly restrictive, never 0."""
-    from paligemma import reader
+    from paligemma.checkpoints import safetensors_io as reader
 
     if not procfs:
 

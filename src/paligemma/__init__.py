@@ -1,12 +1,15 @@
 """Native PyTorch PaliGemma 1 and 2."""
 
-from .checkpoint import load_model, save_model
+from .checkpoints.hf_config import from_hf_json, to_hf_json
+from .checkpoints.load import load_model, save_model
+from .checkpoints.names import CheckpointError
 from .config import CONFIGS, TINY, ConfigError, PaliGemmaConfig, get_config
 from .generate import GenerationConfig
-from .hf_config import from_hf_json, to_hf_json
 from .kv_cache import KVCache
 from .model import PaliGemma, make_attn_mask
-from .objects import (
+from .pipeline import Pipeline, PromptTooLongError, Result, load
+from .processor import ImageError, Processor, load_image
+from .tasks.objects import (
     DetectedObject,
     ObjectList,
     loc_string,
@@ -16,11 +19,8 @@ from .objects import (
     rle_to_mask,
     seg_string,
 )
-from .pipeline import Pipeline, PromptTooLongError, Result, load
-from .processor import ImageError, Processor, load_image
+from .tasks.vqvae import MaskVAE, load_mask_vae, mask_to_codes
 from .tokenizer import Tokenizer, TokenizerError
-from .vqvae import MaskVAE, load_mask_vae, mask_to_codes
-from .weights import CheckpointError
 
 __all__ = [
     "CONFIGS",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
+
 
 class ConfigError(ValueError):
     """A config.json (or config value) that does not describe a PaliGemma we can build exactly."""

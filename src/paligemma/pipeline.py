@@ -17,15 +17,16 @@ from typing import Any
 import torch
 
 from . import generate as engine
-from .checkpoint import load_model, resolve_source
-from .lora import load_adapter_
+from .checkpoints.load import load_model, resolve_source
+from .config import MAX_SEQ_LEN
+from .lora.layer import load_adapter_
 from .model import PaliGemma
-from .objects import ObjectList, parse_objects
 from .processor import ImageTransform, Processor, images_per_row, load_image
+from .tasks.objects import ObjectList, parse_objects
+from .tasks.vqvae import MaskVAE, load_mask_vae, paste_mask
+from .textstream import StopStrings, cut_at_stop, stop_list
 from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
-from .vqvae import MaskVAE, load_mask_vae, paste_mask
 
-MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
 EMBEDDED_DIR = Path(__file__).parent / "assets"  # the demo model trained here (MODEL_CARD.md)
 MASK_VAE_FILES = ("vae-oid.npz", "vae-oid.safetensors", "mask_vae.safetensors", "mask_vae.npz")
 
@@ -40,48 +41,6 @@ class Result:
     token_ids: list[int]  # new tokens, <eos> excluded
     finish_reason: str  # "stop" (<eos> or a stop string) or "length" (max_new_tokens)
     timings: dict[str, float] = field(default_factory=dict)  # of the batch this row was in
-
-
-class TextStream:
-    """One row's text as its tokens arrive: `push(id)` returns the new piece that is settled
-    (possibly ""), `flush()` the rest. The pieces join to the final text: stop strings cut;
-    nothing is shown that could still turn out to be a partial UTF-8 character or the start of
-    a stop string."""
-
-    def __init__(self, tokenizer: Tokenizer, stop: list[str]) -> None:
-        self.tokenizer, self.stop = tokenizer, stop
-        self.ids: list[int] = []
-        self.shown = ""
-        self.decoded = ""  # all of `ids`, decoded once per token
-
-    @property
-    def text(self) -> str:
-        return cut_at_stop(self.decoded, self.stop)
-
-    @property
-    def stopped(self) -> bool:
-        """A stop string has appeared (the text is cut there)."""
-        return any(s in self.decoded for s in self.stop)
-
-    def _emit(self, upto: str) -> str:
-        if not upto.startswith(self.shown) or len(upto) <= len(self.shown):
-            return ""
-        piece, self.shown = upto[len(self.shown) :], upto
-        return piece
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        self.decoded = self.tokenizer.decode(self.ids)
-        text = self.text
-        if text.endswith("\ufffd"):
-            return ""
-        hold = max(
-            (k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0
-        )
-        return self._emit(text[: len(text) - hold])
-
-    def flush(self) -> str:
-        return self._emit(self.text)
 
 
 class Pipeline:
@@ -108,11 +67,6 @@ class Pipeline:
                     f"that is {n + max_new} > {MAX_SEQ_LEN}, the longest sequence the model takes"
                 )
 
-    def _stopper(self, stop: list[str]) -> engine.ShouldStop | None:
-        if not stop:
-            return None
-        return lambda row, ids: any(s in self.tokenizer.decode(ids) for s in stop)
-
     # -- API -----------------------------------------------------------------------------------
     def generate(
         self,
@@ -134,16 +88,15 @@ class Pipeline:
         is called with the number of rows finished in each batch.
         """
         cfg = engine.GenerationConfig(max_new_tokens=max_new_tokens, **options)
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        stop = stop_list(stop)
         per_row, texts = self._rows(images, prompts)
         self._check_length(per_row, texts, max_new_tokens)
         results: list[Result] = []
         for i in range(0, len(texts), batch_size):
             rows, chunk = per_row[i : i + batch_size], texts[i : i + batch_size]
             inputs = self.processor(images=rows, text=chunk)
-            out = engine.generate(
-                self.model, inputs, cfg, {self.tokenizer.eos_id}, self._stopper(stop)
-            )
+            stopper = StopStrings(self.tokenizer, stop, len(chunk)) if stop else None
+            out = engine.generate(self.model, inputs, cfg, {self.tokenizer.eos_id}, stopper)
             for ids, reason in zip(out.tokens, out.finish_reasons, strict=True):
                 text = cut_at_stop(self.tokenizer.decode(ids), stop)
                 results.append(Result(text, ids, reason, dict(out.timings)))
@@ -163,18 +116,18 @@ class Pipeline:
         """Text of one prompt's answer, piece by piece as tokens arrive; the pieces join to
         `generate(...).text`."""
         cfg = engine.GenerationConfig(max_new_tokens=max_new_tokens, **options)
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        stop = stop_list(stop)
         per_row, texts = self._rows(images, prompt)
         self._check_length(per_row, texts, max_new_tokens)
         inputs = self.processor(images=per_row, text=texts)
         eos = self.tokenizer.eos_id
-        text = TextStream(self.tokenizer, stop)
-        for out in engine.stream(self.model, inputs, cfg, {eos}, self._stopper(stop)):
+        text = StopStrings(self.tokenizer, stop, 1)  # fed by the engine, token by token
+        for out in engine.stream(self.model, inputs, cfg, {eos}, text):
+            if piece := text.take(0):
+                yield piece
             if out[0] is None or out[0] == eos:
                 break
-            if piece := text.push(out[0]):
-                yield piece
-        if piece := text.flush():
+        if piece := text.take(0, final=True):
             yield piece
 
     # -- task outputs --------------------------------------------------------------------------
@@ -230,12 +183,6 @@ class Pipeline:
         return self.read_objects(task, result.text, image.width, image.height, convention)
 
 
-def cut_at_stop(text: str, stop: list[str]) -> str:
-    """`text` up to the first stop string in it (all of it when none appears)."""
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
 def task_prompt(task: str, labels: str | list[str]) -> str:
     """ "detect cat ; dog" from ["cat", "dog"] (or "cat"); clear errors for empty labels or ';'."""
     labels = [labels] if isinstance(labels, str) else list(labels)
@@ -266,8 +213,8 @@ def default_device() -> torch.device:
 
 def _prepare_kernels(model: PaliGemma) -> None:
     """Build (once per machine) or load our int8 CPU kernel now, not in the first request."""
-    from . import cpu_kernels
-    from .quantize import Int8Linear
+    from .quant import kernels as cpu_kernels
+    from .quant.linear import Int8Linear
 
     if model.device.type == "cpu" and any(type(m) is Int8Linear for m in model.modules()):
         cpu_kernels.available()
@@ -301,7 +248,7 @@ def load(
         if not (EMBEDDED_DIR / "config.json").is_file():
             raise FileNotFoundError(
                 f"the embedded model is missing from {EMBEDDED_DIR}; reinstall the package or "
-                "train it (python -m paligemma.embedded_train --install)"
+                "train it (python -m paligemma.demo.train --install)"
             )
         source = EMBEDDED_DIR
         dtype = torch.float32 if dtype is None else dtype
@@ -320,7 +267,7 @@ def load(
     if adapter is not None:
         load_adapter_(model, adapter)
     if quantize is not None:
-        from .quantize import quantize_
+        from .quant.linear import quantize_
 
         quantize_(model, quantize)
     _prepare_kernels(model)

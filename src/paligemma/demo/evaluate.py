@@ -1,6 +1,6 @@
 """Score a model on held-out synthetic scenes, per task, through the public pipeline:
 
-    python -m paligemma.embedded_eval [MODEL] [--scenes 200] [--json OUT.json]
+    python -m paligemma.demo.evaluate [MODEL] [--scenes 200] [--json OUT.json]
 
 MODEL defaults to the embedded model. Scenes come from a seed the training never uses
 (`EVAL_SEED`). Metrics: caption and VQA exact match; detection: ground-truth objects matched
@@ -125,7 +125,7 @@ def _label(thing: synthetic.Thing, queries: list[str]) -> str | None:
 
 def _encoder(pipe):
     """The mask VQ-VAE encoder as `encode(mask, box)`, to render reference suffixes."""
-    from .vqvae import crop_mask
+    from ..tasks.vqvae import crop_mask
 
     def encode(mask, box):
         with torch.no_grad():
@@ -135,9 +135,9 @@ def _encoder(pipe):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pipeline import load
+    from ..pipeline import load
 
-    p = argparse.ArgumentParser(prog="python -m paligemma.embedded_eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m paligemma.demo.evaluate", description=__doc__)
     p.add_argument("model", nargs="?", default=None, help="checkpoint (default: embedded model)")
     p.add_argument("--scenes", type=int, default=200, help="held-out scenes per task")
     p.add_argument("--seed", type=int, default=EVAL_SEED)

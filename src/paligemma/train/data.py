@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import Pipeline
-from .processor import MAX_PIXELS, ImageError
+from ..pipeline import Pipeline
+from ..processor import MAX_PIXELS, ImageError
 
 
 class DataError(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ConfigError, GemmaConfig, PaliGemmaConfig, SiglipConfig
+from ..config import MAX_SEQ_LEN, ConfigError, GemmaConfig, PaliGemmaConfig, SiglipConfig
 
 # Keys every transformers config may carry that do not change the computation.
 _GENERIC_KEYS = frozenset(
@@ -271,7 +271,7 @@ def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]
         "attention_bias": False,
         "tie_word_embeddings": True,
         "num_image_tokens": cfg.num_image_tokens,
-        "max_position_embeddings": 8192,
+        "max_position_embeddings": MAX_SEQ_LEN,
         "bos_token_id": 2,
         "eos_token_id": 1,
         "pad_token_id": 0,

@@ -39,10 +39,11 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..config import MAX_SEQ_LEN
+from ..pipeline import Pipeline, task_prompt
+from ..processor import load_image
+from ..tasks.objects import mask_to_rle
 from .batcher import Batcher, Job, QueueFull
-from .objects import mask_to_rle
-from .pipeline import MAX_SEQ_LEN, Pipeline, task_prompt
-from .processor import load_image
 
 PUBLIC_PATHS = {"/health", "/", "/favicon.ico"}
 
@@ -376,7 +377,9 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(resources.files("paligemma").joinpath("static/index.html").read_text())
+        return HTMLResponse(
+            resources.files("paligemma.serve").joinpath("static/index.html").read_text()
+        )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request):
@@ -616,7 +619,7 @@ def serve(
     """Load the model (the embedded one without `source`) and serve it until interrupted."""
     import uvicorn
 
-    from .pipeline import load
+    from ..pipeline import load
 
     pipe = load(source, dtype=dtype, quantize=quantize)
     name = Path(str(source)).name if source else "paligemma-embedded"

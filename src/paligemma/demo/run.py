@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..tasks.draw import draw_objects
 from . import synthetic
-from .draw import draw_objects
-from .embedded_eval import mask_iou
+from .evaluate import mask_iou
 
 
 def run(pipe, out: str | Path | None = "demo.png", seed: int = 0) -> dict[str, Any]:

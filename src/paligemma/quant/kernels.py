@@ -1,4 +1,4 @@
-"""Our CPU kernels for quantised decoding (cpu_kernels.cpp), built once per machine on first use.
+"""Our CPU kernels for quantised decoding (kernels.cpp), built once per machine on first use.
 
 `available()` compiles the C++ source with the system's C++ compiler (-O3 -march=native, against
 the installed torch) into a cache directory and loads it; the ops then live under
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+SOURCE = Path(__file__).with_name("kernels.cpp")
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 
 _lock = threading.Lock()

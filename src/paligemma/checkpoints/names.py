@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .config import CONFIGS, ConfigError, GemmaConfig, PaliGemmaConfig, SiglipConfig
+from ..config import CONFIGS, ConfigError, GemmaConfig, PaliGemmaConfig, SiglipConfig
 
 
 class CheckpointError(ValueError):

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from .weights import CheckpointError
+from .names import CheckpointError
 
 
 def current_umask() -> int:

@@ -30,14 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_model
+from ..checkpoints.load import save_model
+from ..lora.layer import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
+from ..pipeline import Pipeline, copy_assets, load
+from ..processor import IGNORE, load_image
+from ..quant.linear import quantize_
+from ..siglip import resample_pos_embed
 from .data import Example, batch_of, read_examples
-from .lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
-from .pipeline import Pipeline, copy_assets, load
-from .processor import IGNORE, load_image
-from .quantize import quantize_
-from .siglip import resample_pos_embed
-from .train_state import latest_checkpoint, load_state, save_state, trim_log
+from .state import latest_checkpoint, load_state, save_state, trim_log
 
 MODES = ("full", "attention", "lora", "qlora")
 

@@ -1,6 +1,6 @@
 """Train the embedded demo model from scratch, on synthetic scenes, with one command:
 
-    python -m paligemma.embedded_train --out runs/embedded          # add --resume after a stop
+    python -m paligemma.demo.train --out runs/embedded          # add --resume after a stop
 
 (The shipped weights are this command's output, seed 0; the model card has the run.)
 
@@ -10,7 +10,7 @@ model (EMBEDDED preset) with the project's loss and checkpoints; a kill at any m
 most `save_every` steps, and `--resume` continues bit for bit. With the same seed, torch build
 and thread count, every stage repeats bit for bit. The result is exported to OUT/model as a
 checkpoint directory `paligemma.load` reads; `--install` also copies it into the package
-(src/paligemma/assets). Evaluate with `python -m paligemma.embedded_eval OUT/model`. On a GPU
+(src/paligemma/assets). Evaluate with `python -m paligemma.demo.evaluate OUT/model`. On a GPU
 (`--device`, by default the GPU when there is one), `--workers` processes make the batches ahead
 (each batch depends on its step alone, so the data are the same as on the CPU).
 
@@ -47,20 +47,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints.load import save_model
+from ..checkpoints.safetensors_io import write_safetensors
+from ..config import EMBEDDED, PaliGemmaConfig
+from ..model import PaliGemma
+from ..pipeline import Pipeline, default_device
+from ..processor import IGNORE, ImageTransform, Processor
+from ..tasks.vqvae import MaskVAE, crop_mask
+from ..tokenizer import NUM_LOC, NUM_SEG, Tokenizer
+from ..train.finetune import suffix_loss
+from ..train.state import latest_checkpoint, load_state, save_state, saved_log_state, trim_log
 from . import synthetic
-from .checkpoint import save_model
-from .config import EMBEDDED, PaliGemmaConfig
-from .embedded_eval import EVAL_SEED, evaluate
-from .finetune import suffix_loss
-from .model import PaliGemma
-from .pipeline import Pipeline, default_device
-from .processor import IGNORE, ImageTransform, Processor
-from .reader import write_safetensors
-from .tokenizer import NUM_LOC, NUM_SEG, Tokenizer
-from .train_state import latest_checkpoint, load_state, save_state, saved_log_state, trim_log
-from .vqvae import MaskVAE, crop_mask
+from .evaluate import EVAL_SEED, evaluate
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 TOKENIZER_VOCAB = 1536
 
 
@@ -351,7 +351,7 @@ def train_model(
     same); 0 makes them in this process. Checkpoints are device-independent."""
     from tqdm import tqdm
 
-    from .vqvae import load_mask_vae
+    from ..tasks.vqvae import load_mask_vae
 
     cfg = EMBEDDED
     if not resume and latest_checkpoint(out):
@@ -464,13 +464,13 @@ def export(out: Path, dest: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     shutil.copy(out / "tokenizer.model", dest / "tokenizer.model")
     vae = load_file(str(out / "mask_vae.safetensors"))
     write_safetensors({k: v.to(dtype) for k, v in vae.items()}, dest / "mask_vae.safetensors")
-    card = Path(__file__).parent / "assets" / "MODEL_CARD.md"
+    card = ASSETS / "MODEL_CARD.md"
     if card.is_file() and dest.resolve() != card.parent.resolve():
         shutil.copy(card, dest / "MODEL_CARD.md")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m paligemma.embedded_train", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m paligemma.demo.train", description=__doc__)
     p.add_argument("--out", default="runs/embedded", help="run directory (default runs/embedded)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--steps", type=int, default=RunConfig.steps)

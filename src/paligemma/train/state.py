@@ -27,7 +27,7 @@ def save_state(
     """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG, and the
     JSON-able `log_state`) into out/checkpoints/step-N atomically, point `latest` at it, and
     drop older ones."""
-    from .reader import write_safetensors
+    from ..checkpoints.safetensors_io import write_safetensors
 
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)

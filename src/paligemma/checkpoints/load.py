@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, PaliGemmaConfig, get_config
+from ..config import ConfigError, PaliGemmaConfig, get_config
+from ..model import PaliGemma
 from .hf_config import from_hf_json, to_hf_json
-from .model import PaliGemma
-from .reader import SafetensorsReader, write_atomic, write_safetensors
-from .weights import (
+from .names import (
     CheckpointError,
     check_keys,
     hf_name_to_ours,
@@ -33,6 +32,7 @@ from .weights import (
     npz_to_ours,
     our_name_to_hf,
 )
+from .safetensors_io import SafetensorsReader, write_atomic, write_safetensors
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -191,7 +191,7 @@ def _load_npz(path: Path, cfg, dtype, device) -> PaliGemma:
 def _load_quantized(path: Path, dtype, device) -> PaliGemma:
     """A checkpoint written by `save_model` from a quantised model: our tensor names, integer
     codes kept as they are, float tensors converted to `dtype`."""
-    from .quantize import Int4Linear, Int8Linear
+    from ..quant.linear import Int4Linear, Int8Linear
 
     cfg = from_hf_json(json.loads((path / "config.json").read_text()))
     spec = json.loads((path / QUANT_FILE).read_text())
@@ -242,7 +242,7 @@ def load_model(
     """
     model = _load_any(source, dtype, device, config)
     if quantize is not None:
-        from .quantize import quantize_
+        from ..quant.linear import quantize_
 
         quantize_(model, quantize)
     return model
@@ -285,7 +285,7 @@ def save_model(
     quantization.json): load_model reads it back quantised, transformers does not read it.
     Each file is written under a temporary name and renamed, so a crash leaves no torn file.
     """
-    from .quantize import QUANTIZED, Int4Linear
+    from ..quant.linear import QUANTIZED, Int4Linear
 
     cfg = model.cfg
     out = Path(out_dir)

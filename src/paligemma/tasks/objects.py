@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-NUM_LOC, NUM_SEG, SEG_PER_OBJECT = 1024, 128, 16
+from ..tokenizer import NUM_LOC, NUM_SEG
+
+SEG_PER_OBJECT = 16  # <seg> codes per mask
 CONVENTIONS = ("big_vision", "hf_demo")
 _TOKEN = re.compile(r"<loc(\d{4})>|<seg(\d{3})>")
 

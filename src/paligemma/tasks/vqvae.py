@@ -119,7 +119,7 @@ class MaskVAE(nn.Module):
 
 def load_mask_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> MaskVAE:
     """The VQ-VAE from `vae-oid.npz` (published key names) or a .safetensors with the same names."""
-    from .weights import CheckpointError, check_keys
+    from ..checkpoints.names import CheckpointError, check_keys
 
     path = Path(path)
     if not path.is_file():

@@ -47,7 +47,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace):
-    from .pipeline import load
+    from ..pipeline import load
 
     start = time.perf_counter()
     pipe = load(
@@ -95,7 +95,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.stream and (args.json or args.beams > 1):
         raise UsageError("--stream prints text as it comes: not with --json or --beams")
     opts = _options(args)
-    from .processor import load_image
+    from ..processor import load_image
 
     images = [load_image(p) for p in args.image]  # fail on a bad image before loading the model
     pipe, load_s = _load(args)
@@ -139,7 +139,7 @@ def _read_jobs(path: Path) -> list[dict[str, Any]]:
 def _generate_batch(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .processor import ImageError, load_image
+    from ..processor import ImageError, load_image
 
     path = Path(args.batch)
     if not path.is_file():
@@ -193,8 +193,8 @@ def _generate_batch(args: argparse.Namespace) -> None:
 
 
 def _task(args: argparse.Namespace) -> None:
-    from .draw import draw_objects
-    from .processor import load_image
+    from ..processor import load_image
+    from ..tasks.draw import draw_objects
 
     image = load_image(args.image)
     pipe, load_s = _load(args)
@@ -223,8 +223,8 @@ def _task(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run
-    from .pipeline import load
+    from ..demo.run import run
+    from ..pipeline import load
 
     run(load(args.model, dtype=torch.float32), args.out, args.seed)
 
@@ -243,14 +243,14 @@ _SERVE_SETTINGS = {
 
 
 def _serve_settings(args: argparse.Namespace):
-    from .server import Settings
+    from ..serve.app import Settings
 
     given = {field: getattr(args, flag) for flag, field in _SERVE_SETTINGS.items()}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from .server import serve
+    from ..serve.app import serve
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
@@ -266,7 +266,7 @@ _OPTIONAL_TYPES = {"eval_data": str, "image_size": int, "max_len": int, "clip": 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field (--lora-rank, --grad-accum, ...), defaults from it."""
-    from .finetune import TrainConfig
+    from ..train.finetune import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("data", "out"):
@@ -284,7 +284,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from .finetune import TrainConfig, train
+    from ..train.finetune import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -299,15 +299,15 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from .config import CONFIGS
-    from .model import PaliGemma
+    from ..config import CONFIGS
+    from ..model import PaliGemma
 
     if args.source in CONFIGS:
         cfg = CONFIGS[args.source]
         with torch.device("meta"):
             model = PaliGemma(cfg)
     else:
-        from .checkpoint import load_model
+        from ..checkpoints.load import load_model
 
         model = load_model(args.source, dtype=_DTYPES.get(args.dtype), config=args.config)
         cfg = model.cfg
@@ -334,8 +334,8 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model, resolve_source, save_model
-    from .pipeline import copy_assets
+    from ..checkpoints.load import load_model, resolve_source, save_model
+    from ..pipeline import copy_assets
 
     model = load_model(
         args.source, dtype=_DTYPES.get(args.dtype), config=args.config, quantize=args.quantize
@@ -471,7 +471,3 @@ def main(argv: list[str] | None = None) -> int:
         print("paligemma: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import PaliGemmaConfig
-from .quantize import QUANTIZED
-from .weights import CheckpointError, hf_name_to_ours, our_name_to_hf
+from ..checkpoints.names import CheckpointError, hf_name_to_ours, our_name_to_hf
+from ..config import PaliGemmaConfig
+from ..quant.linear import QUANTIZED
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCOPES = {"decoder": ("decoder.",), "vision": ("vision.",), "all": ("decoder.", "vision.")}
@@ -139,7 +139,7 @@ def _hf_module(name: str, cfg: PaliGemmaConfig) -> str:
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base: str | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors, as `peft` writes them."""
-    from .reader import write_atomic, write_safetensors
+    from ..checkpoints.safetensors_io import write_atomic, write_safetensors
 
     modules = lora_modules(model)
     if not modules:

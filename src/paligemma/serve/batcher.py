@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from . import generate as engine
-from .pipeline import Pipeline, TextStream
+from .. import generate as engine
+from ..pipeline import Pipeline
+from ..textstream import TextStream
 
 
 class QueueFull(RuntimeError):

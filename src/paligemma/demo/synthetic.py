@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .objects import loc_string, seg_string
+from ..tasks.objects import loc_string, seg_string
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {

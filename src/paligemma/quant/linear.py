@@ -6,7 +6,7 @@ float scales), so a quantised model's state dict saves and loads like any other.
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
-    up to KERNEL_ROWS rows of x, int8: our kernel (cpu_kernels.cpp, float32 accumulation),
+    up to KERNEL_ROWS rows of x, int8: our kernel (kernels.cpp, float32 accumulation),
         when it could be built; up to PACKED_ROWS rows: PyTorch's packed int8 / int4 kernels
         (bfloat16 activations);
     more rows (prefill, training batches): CHUNK output rows at a time are dequantised to the
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernels
+from . import kernels as cpu_kernels
 
 KERNEL_ROWS = 8  # our int8 kernel: at most this many rows of x (it streams the weight once)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)

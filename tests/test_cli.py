@@ -80,24 +80,25 @@ def test_serve_flags_map_onto_the_server_settings():
     import dataclasses
     import re
 
-    from paligemma.cli import commands as cli
+    from paligemma.cli import commands
+    from paligemma.cli import serve as cli
     from paligemma.serve.app import Settings
 
-    parser = cli._parser()
-    assert cli._serve_settings(parser.parse_args(["serve"])) == Settings()
+    parser = commands.build_parser()
+    assert cli.settings_from(parser.parse_args(["serve"])) == Settings()
     flags = ["--max-batch", "3", "--max-queue", "5", "--timeout", "7.5", "--max-tokens", "9"]
     flags += ["--api-key", "k", "--allow-dir", "/tmp", "--allow-remote-images"]
     args = parser.parse_args(["serve", *flags])
     want = Settings(
         api_key="k", max_batch=3, max_queue=5, timeout_s=7.5, max_tokens=9, allow_dir="/tmp"
     )
-    assert cli._serve_settings(args) == dataclasses.replace(want, allow_remote=True)
+    assert cli.settings_from(args) == dataclasses.replace(want, allow_remote=True)
     fields = {f.name for f in dataclasses.fields(Settings)}
-    assert set(cli._SERVE_SETTINGS.values()) <= fields
+    assert set(cli.SERVE_SETTINGS.values()) <= fields
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     helps = {a.dest: a.help for a in sub.choices["serve"]._actions}
-    for flag, field in cli._SERVE_SETTINGS.items():
+    for flag, field in cli.SERVE_SETTINGS.items():
         quoted = re.search(r"\(default ([\d.]+)\)", helps[flag] or "")
         if quoted:
             assert float(quoted.group(1)) == getattr(Settings(), field), flag
-    assert sum("(default" in (helps[f] or "") for f in cli._SERVE_SETTINGS) == 4
+    assert sum("(default" in (helps[f] or "") for f in cli.SERVE_SETTINGS) == 4

@@ -429,7 +429,7 @@ def test_api_key_guards_everything_but_health(pipe, scenes):
 
 
 def test_serve_binds_loopback_by_default():
-    from paligemma.cli.commands import _parser
+    from paligemma.cli.commands import build_parser as _parser
 
     args = _parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.api_key is None

@@ -17,18 +17,18 @@ from typing import Any
 import torch
 
 from . import generate as engine
+from .checkpoints.assets import MASK_VAE_FILES, copy_assets  # noqa: F401  (TEMP: callers move)
 from .checkpoints.load import load_model, resolve_source
 from .config import MAX_SEQ_LEN
 from .lora.layer import load_adapter_
 from .model import PaliGemma
 from .processor import ImageTransform, Processor, images_per_row, load_image
-from .tasks.objects import ObjectList, parse_objects
+from .tasks.objects import ObjectList, parse_objects, task_prompt
 from .tasks.vqvae import MaskVAE, load_mask_vae, paste_mask
 from .textstream import StopStrings, cut_at_stop, stop_list
 from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets"  # the demo model trained here (MODEL_CARD.md)
-MASK_VAE_FILES = ("vae-oid.npz", "vae-oid.safetensors", "mask_vae.safetensors", "mask_vae.npz")
 
 
 class PromptTooLongError(ValueError):
@@ -181,30 +181,6 @@ class Pipeline:
         prompt = task_prompt(task, labels)
         result = self.generate(image, prompt, max_new_tokens=max_new_tokens, **options)
         return self.read_objects(task, result.text, image.width, image.height, convention)
-
-
-def task_prompt(task: str, labels: str | list[str]) -> str:
-    """ "detect cat ; dog" from ["cat", "dog"] (or "cat"); clear errors for empty labels or ';'."""
-    labels = [labels] if isinstance(labels, str) else list(labels)
-    if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
-        raise ValueError(f"{task} needs at least one non-empty label")
-    if any(";" in x for x in labels):
-        raise ValueError("labels may not contain ';' (it separates them)")
-    return f"{task} " + " ; ".join(x.strip() for x in labels)
-
-
-def copy_assets(source: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Copy what a checkpoint needs besides weights (tokenizer, preprocessor config, mask
-    VQ-VAE) from `source` (a checkpoint directory or file in one) to `dest`."""
-    import shutil
-
-    from .tokenizer import TOKENIZER_FILES
-
-    source = Path(source)
-    directory = source if source.is_dir() else source.parent
-    for name in (*TOKENIZER_FILES, "preprocessor_config.json", *MASK_VAE_FILES):
-        if (directory / name).is_file():
-            shutil.copy(directory / name, Path(dest) / name)
 
 
 def default_device() -> torch.device:

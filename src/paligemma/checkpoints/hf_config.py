@@ -103,58 +103,55 @@ def _vision_from_hf(d: dict[str, Any]) -> tuple[SiglipConfig, int]:
     return cfg, get["image_size"]
 
 
-def _text_from_hf(d: dict[str, Any]) -> GemmaConfig:
-    d = dict(d)
-    kind = d.get("model_type", "gemma")
-    _require(kind in ("gemma", "gemma2"), f"text_config.model_type {kind!r} is not gemma/gemma2")
-    v2 = kind == "gemma2"
-    if v2:  # transformers' Gemma2Config defaults
-        get = {
-            "vocab_size": 256_000,
-            "hidden_size": 2304,
-            "intermediate_size": 9216,
-            "num_hidden_layers": 26,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 4,
-            "head_dim": 256,
-            "query_pre_attn_scalar": 256,
-            "sliding_window": 4096,
-            "attn_logit_softcapping": 50.0,
-            "final_logit_softcapping": 30.0,
-            "layer_types": None,
-        }
-    else:  # transformers' GemmaConfig defaults
-        get = {
-            "vocab_size": 256_000,
-            "hidden_size": 3072,
-            "intermediate_size": 24_576,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 16,
-            "head_dim": 256,
-        }
-    get |= {
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10_000.0,
-        "rope_parameters": None,
-        "rope_scaling": None,
-        "hidden_act": None,
-        "hidden_activation": None,
-        "attention_bias": False,
-        "tie_word_embeddings": True,
-    }
-    if v2 and "sliding_window_size" in d and "sliding_window" not in d:  # older spelling
-        d["sliding_window"] = d.pop("sliding_window_size")
-    elif v2 and "sliding_window_size" in d:
-        d.pop("sliding_window_size")
-    get.update({k: d[k] for k in get if k in d})
+# transformers' GemmaConfig / Gemma2Config defaults, for keys a config.json leaves out.
+_GEMMA_DEFAULTS = {
+    "vocab_size": 256_000,
+    "hidden_size": 3072,
+    "intermediate_size": 24_576,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "head_dim": 256,
+}
+_GEMMA2_DEFAULTS = {
+    "vocab_size": 256_000,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+    "layer_types": None,
+}
+_COMMON_DEFAULTS = {
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10_000.0,
+    "rope_parameters": None,
+    "rope_scaling": None,
+    "hidden_act": None,
+    "hidden_activation": None,
+    "attention_bias": False,
+    "tie_word_embeddings": True,
+}
 
+
+def _rope_theta(get: dict[str, Any]) -> float:
+    """RoPE base from either layout (4.x `rope_theta`, 5.x `rope_parameters`); refuse scaling."""
     theta = float(get["rope_theta"])
     if get["rope_parameters"] is not None:  # 5.x layout
         rp = get["rope_parameters"]
         _require(rp.get("rope_type", "default") == "default", f"rope {rp} unsupported")
         theta = float(rp.get("rope_theta", theta))
     _require(get["rope_scaling"] in (None, {}), f"rope_scaling {get['rope_scaling']} unsupported")
+    return theta
+
+
+def _check_text_semantics(get: dict[str, Any]) -> None:
+    """Settings that would change what the weights compute: refuse all but Gemma's."""
     for act in (get["hidden_act"], get["hidden_activation"]):
         # 5.x coerces Gemma's "gelu" to the tanh approximation, which is what the weights want.
         _require(
@@ -162,29 +159,45 @@ def _text_from_hf(d: dict[str, Any]) -> GemmaConfig:
         )
     _require(not get["attention_bias"], "attention_bias=true: Gemma has no biases")
     _require(bool(get["tie_word_embeddings"]), "tie_word_embeddings=false: PaliGemma ties them")
-    _check_keys("text", d, set(get))
 
-    extra: dict[str, Any] = {}
-    if v2:
-        depth = get["num_hidden_layers"]
-        sliding = None
-        if get["layer_types"] is not None:
-            types = list(get["layer_types"])
-            _require(
-                len(types) == depth and set(types) <= {"sliding_attention", "full_attention"},
-                f"layer_types {types} do not match {depth} layers",
-            )
-            sliding = tuple(t == "sliding_attention" for t in types)
-            if sliding == tuple(i % 2 == 0 for i in range(depth)):
-                sliding = None  # the default pattern: keep configs comparable
-        extra = dict(
-            attn_softcap=get["attn_logit_softcapping"],
-            final_softcap=get["final_logit_softcapping"],
-            sliding_window=get["sliding_window"],
-            sliding_layers=sliding,
-            post_norms=True,
-            query_pre_attn_scalar=get["query_pre_attn_scalar"],
+
+def _gemma2_fields(get: dict[str, Any]) -> dict[str, Any]:
+    """Our Gemma 2 fields (soft-caps, window, local layers, post-norms, query scale)."""
+    depth = get["num_hidden_layers"]
+    sliding = None
+    if get["layer_types"] is not None:
+        types = list(get["layer_types"])
+        _require(
+            len(types) == depth and set(types) <= {"sliding_attention", "full_attention"},
+            f"layer_types {types} do not match {depth} layers",
         )
+        sliding = tuple(t == "sliding_attention" for t in types)
+        if sliding == tuple(i % 2 == 0 for i in range(depth)):
+            sliding = None  # the default pattern: keep configs comparable
+    return dict(
+        attn_softcap=get["attn_logit_softcapping"],
+        final_softcap=get["final_logit_softcapping"],
+        sliding_window=get["sliding_window"],
+        sliding_layers=sliding,
+        post_norms=True,
+        query_pre_attn_scalar=get["query_pre_attn_scalar"],
+    )
+
+
+def _text_from_hf(d: dict[str, Any]) -> GemmaConfig:
+    d = dict(d)
+    kind = d.get("model_type", "gemma")
+    _require(kind in ("gemma", "gemma2"), f"text_config.model_type {kind!r} is not gemma/gemma2")
+    v2 = kind == "gemma2"
+    get = dict(_GEMMA2_DEFAULTS if v2 else _GEMMA_DEFAULTS) | _COMMON_DEFAULTS
+    if v2 and "sliding_window_size" in d and "sliding_window" not in d:  # older spelling
+        d["sliding_window"] = d.pop("sliding_window_size")
+    elif v2 and "sliding_window_size" in d:
+        d.pop("sliding_window_size")
+    get.update({k: d[k] for k in get if k in d})
+    theta = _rope_theta(get)
+    _check_text_semantics(get)
+    _check_keys("text", d, set(get))
     return GemmaConfig(
         width=get["hidden_size"],
         depth=get["num_hidden_layers"],
@@ -195,7 +208,7 @@ def _text_from_hf(d: dict[str, Any]) -> GemmaConfig:
         vocab_size=get["vocab_size"],
         norm_eps=float(get["rms_norm_eps"]),
         rope_theta=theta,
-        **extra,
+        **(_gemma2_fields(get) if v2 else {}),
     )
 
 
@@ -251,11 +264,11 @@ def from_hf_json(data: dict[str, Any]) -> PaliGemmaConfig:
     )
 
 
-def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]:
-    """transformers config.json dict (5.x layout, also read by 4.x) describing `cfg`."""
-    v, t = cfg.vision, cfg.text
-    if not t.post_norms and (t.attn_softcap or t.final_softcap or t.sliding_window):
-        raise ConfigError("a Gemma 1 decoder with soft-caps or sliding windows has no HF layout")
+_SPECIAL_IDS = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def _text_to_hf(cfg: PaliGemmaConfig) -> dict[str, Any]:
+    t = cfg.text
     text: dict[str, Any] = {
         "model_type": "gemma2" if t.post_norms else "gemma",
         "vocab_size": t.vocab_size,
@@ -272,9 +285,7 @@ def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]
         "tie_word_embeddings": True,
         "num_image_tokens": cfg.num_image_tokens,
         "max_position_embeddings": MAX_SEQ_LEN,
-        "bos_token_id": 2,
-        "eos_token_id": 1,
-        "pad_token_id": 0,
+        **_SPECIAL_IDS,
     }
     if t.post_norms:
         text |= {
@@ -286,7 +297,12 @@ def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]
             "attn_logit_softcapping": t.attn_softcap,
             "final_logit_softcapping": t.final_softcap,
         }
-    vision = {
+    return text
+
+
+def _vision_to_hf(cfg: PaliGemmaConfig) -> dict[str, Any]:
+    v = cfg.vision
+    return {
         "model_type": "siglip_vision_model",
         "hidden_size": v.width,
         "intermediate_size": v.mlp_dim,
@@ -298,8 +314,15 @@ def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]
         "hidden_act": "gelu_pytorch_tanh",
         "layer_norm_eps": v.norm_eps,
         "vision_use_head": False,
-        "projection_dim": t.width,
+        "projection_dim": cfg.text.width,
     }
+
+
+def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]:
+    """transformers config.json dict (5.x layout, also read by 4.x) describing `cfg`."""
+    t = cfg.text
+    if not t.post_norms and (t.attn_softcap or t.final_softcap or t.sliding_window):
+        raise ConfigError("a Gemma 1 decoder with soft-caps or sliding windows has no HF layout")
     out: dict[str, Any] = {
         "architectures": ["PaliGemmaForConditionalGeneration"],
         "model_type": "paligemma",
@@ -308,11 +331,9 @@ def to_hf_json(cfg: PaliGemmaConfig, dtype: str | None = None) -> dict[str, Any]
         "hidden_size": t.width,
         "vocab_size": t.vocab_size,
         "tie_word_embeddings": True,
-        "bos_token_id": 2,
-        "eos_token_id": 1,
-        "pad_token_id": 0,
-        "text_config": text,
-        "vision_config": vision,
+        **_SPECIAL_IDS,
+        "text_config": _text_to_hf(cfg),
+        "vision_config": _vision_to_hf(cfg),
     }
     if dtype is not None:
         out["dtype"] = out["torch_dtype"] = dtype

@@ -232,3 +232,13 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     values[1::2] = True
     flat = np.repeat(values, rle["counts"])
     return flat.reshape((h, w), order="F")
+
+
+def task_prompt(task: str, labels: str | list[str]) -> str:
+    """ "detect cat ; dog" from ["cat", "dog"] (or "cat"); clear errors for empty labels or ';'."""
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ValueError(f"{task} needs at least one non-empty label")
+    if any(";" in x for x in labels):
+        raise ValueError("labels may not contain ';' (it separates them)")
+    return f"{task} " + " ; ".join(x.strip() for x in labels)

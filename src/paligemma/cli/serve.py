@@ -1,0 +1,55 @@
+"""`paligemma serve`: the HTTP server's flags onto its Settings, then serve."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import DTYPES, MODEL_HELP, QUANT_CHOICES, UsageError
+
+
+def add_parser(sub) -> None:
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web page")
+    srv.add_argument("--model", help=MODEL_HELP)
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", help="require Authorization: Bearer KEY (all but /health)")
+    srv.add_argument("--max-batch", type=int, help="requests decoded together (default 16)")
+    srv.add_argument("--max-queue", type=int, help="waiting requests before 503 (default 64)")
+    srv.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    srv.add_argument("--max-tokens", type=int, help="most tokens a request may ask (default 512)")
+    srv.add_argument("--allow-dir", help="serve file:// image URLs from this directory only")
+    srv.add_argument(
+        "--allow-remote-images", action="store_true", default=None, help="fetch http(s) images"
+    )
+    srv.add_argument("--dtype", choices=list(DTYPES))
+    srv.add_argument("--quantize", choices=QUANT_CHOICES)
+    srv.set_defaults(run=run)
+
+
+# `paligemma serve` flag -> server.Settings field. The flags default to None, so the limits'
+# defaults live in one place, Settings (imported only by `serve`: it pulls in FastAPI).
+SERVE_SETTINGS = {
+    "api_key": "api_key",
+    "max_batch": "max_batch",
+    "max_queue": "max_queue",
+    "timeout": "timeout_s",
+    "max_tokens": "max_tokens",
+    "allow_dir": "allow_dir",
+    "allow_remote_images": "allow_remote",
+}
+
+
+def settings_from(args: argparse.Namespace):
+    from ..serve.app import Settings
+
+    given = {field: getattr(args, flag) for flag, field in SERVE_SETTINGS.items()}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..serve.app import serve
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    settings = settings_from(args)
+    serve(args.model, args.host, args.port, settings, DTYPES.get(args.dtype), args.quantize)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 VOCAB = 300
-IMAGE_ID = VOCAB - 1  # inside the vocabulary, as in the tiny oracle of ARCHITECTURE.md §10
+IMAGE_ID = VOCAB - 1  # inside the vocabulary, as transformers' own tiny PaliGemma tests place it
 IMAGE_TOKENS = 4  # 28 px / 14 px patches -> 2 x 2
 LIVELY = ("o_proj", "up_proj", "down_proj")
 

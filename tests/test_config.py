@@ -10,7 +10,7 @@ import torch
 import paligemma
 from paligemma import CONFIGS, ConfigError, PaliGemma, from_hf_json, to_hf_json
 
-# ARCHITECTURE.md appendix A (built on the meta device in transformers 5.23; cross-checked with
+# Parameter counts of transformers 5.23 models built on the meta device (cross-checked with
 # keras-hub's published counts for the 257152-row vocabulary).
 PUBLISHED_COUNTS = {
     "paligemma-3b-224": 2_923_466_480,

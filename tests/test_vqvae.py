@@ -11,7 +11,7 @@ from PIL import Image
 import paligemma
 from paligemma.tasks.vqvae import crop_mask, paste_mask
 
-# The 49 arrays of vae-oid.npz (names and shapes from ../shared/TASKS.md §2.1).
+# The 49 arrays of vae-oid.npz (names and shapes as big_vision's segmentation evaluator reads them).
 RES = {
     "net.0.weight": (128, 128, 3, 3),
     "net.0.bias": (128,),

@@ -1,6 +1,7 @@
 """Preallocated key/value cache for the decoder, passed explicitly to the model.
 
-Axes: L layers, B batch, K kv heads, S cache slots, H head dim, T new tokens.
+Axes (the package's legend): B batch, K kv heads, S cache slots, H head dim, T new tokens;
+the leading axis of k and v is the decoder's layer (depth).
 
 One cache per request (or per batch of requests): the model holds no state, so two generations
 can share one model. Slots are filled left to right; slot index is the "raw position" that the
@@ -28,8 +29,8 @@ class KVCache:
         device: torch.device | str | None = None,
     ) -> None:
         shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, K, S, H)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, K, S, H)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (depth, B, K, S, H)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (depth, B, K, S, H)
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, S)
         self.key_prefix = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, S)
         self.num_real = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) real tokens

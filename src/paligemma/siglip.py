@@ -1,9 +1,10 @@
 """SigLIP ViT image encoder as PaliGemma uses it (So400m/14: no CLS token, no pooling head).
 
-Axes: B images, P patches (image tokens), D width, N heads, H head dim.
+Axes (the package's legend): B images, R image side in pixels, L patches (= image tokens),
+D width, N heads, H head dim.
 
-    pixels (B, 3, S, S) -> conv patch embed (B, D, S/p, S/p) -> (B, P, D) + learned position table
-    -> depth x pre-LN blocks [x += attn(LN(x)); x += mlp(LN(x))] -> final LayerNorm -> (B, P, D)
+    pixels (B, 3, R, R) -> conv patch embed (B, D, R/p, R/p) -> (B, L, D) + learned position table
+    -> depth x pre-LN blocks [x += attn(LN(x)); x += mlp(LN(x))] -> final LayerNorm -> (B, L, D)
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.width, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, p, _ = x.shape
-        q = self.q_proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
-        k = self.k_proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
-        v = self.v_proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
-        scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, N, P, P)
+        b, seq, _ = x.shape  # seq = L
+        q = (
+            self.q_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # (B, N, L, H)
+        k = (
+            self.k_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # (B, N, L, H)
+        v = (
+            self.v_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # (B, N, L, H)
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, N, L, L)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = (probs @ v).transpose(1, 2).reshape(b, p, -1)  # (B, P, D)
+        out = (probs @ v).transpose(1, 2).reshape(b, seq, -1)  # (B, L, D)
         return self.o_proj(out)
 
 
@@ -64,7 +71,7 @@ class Block(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    """float[B, 3, S, S] pixels in [-1, 1] -> float[B, P, D] features (after the final norm)."""
+    """float[B, 3, R, R] pixels in [-1, 1] -> float[B, L, D] features (after the final norm)."""
 
     def __init__(self, cfg: SiglipConfig, image_size: int) -> None:
         super().__init__()
@@ -76,8 +83,8 @@ class SiglipEncoder(nn.Module):
         self.checkpointing = False  # recompute block activations in backward (training only)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, S/p, S/p)
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, P, D), patch index = row * W + col
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, R/p, R/p)
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, L, D), patch index = row * W + col
         for block in self.blocks:
             use = self.checkpointing and self.training and torch.is_grad_enabled()
             x = checkpoint(block, x, use_reentrant=False) if use else block(x)
@@ -85,7 +92,7 @@ class SiglipEncoder(nn.Module):
 
 
 def resample_pos_embed(pos: torch.Tensor, side: int) -> torch.Tensor:
-    """Learned position table (P, D) on a sqrt(P) grid -> (side * side, D), bilinear, for
+    """Learned position table (L, D) on a sqrt(L) grid -> (side * side, D), bilinear, for
     fine-tuning at another resolution (e.g. 224 -> 448 px: 16 x 16 -> 32 x 32)."""
     old = math.isqrt(pos.shape[0])
     if old * old != pos.shape[0]:

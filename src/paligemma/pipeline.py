@@ -187,6 +187,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device asked for (default: the GPU when there is one), refused with a clear
+    ValueError when this machine has none of that kind."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a device name ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: this machine has no CUDA GPU (or torch no CUDA)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} GPU(s) here")
+    return device
+
+
 def _prepare_kernels(model: PaliGemma) -> None:
     """Build (once per machine) or load our int8 CPU kernel now, not in the first request."""
     from .quant import kernels as cpu_kernels
@@ -219,7 +235,7 @@ def load(
     VQ-VAE (for `segment`) is `vae-oid.npz` beside the weights unless given. `adapter`: a
     LoRA adapter directory (ours or peft's) applied on top of the base weights.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     if source is None:
         if not (EMBEDDED_DIR / "config.json").is_file():
             raise FileNotFoundError(

@@ -210,10 +210,16 @@ def images_per_row(images: Any, num_texts: int | None) -> list[list[Any]]:
     if not images:
         raise ValueError("no images given")
     if all(_is_image(x) for x in images):
-        return [[x] for x in images]
-    if all(isinstance(x, (list, tuple)) and x and all(_is_image(y) for y in x) for x in images):
-        return [list(x) for x in images]
-    raise ValueError("images must be an image, a list of images, or a list of lists of images")
+        rows = [[x] for x in images]
+    elif all(isinstance(x, (list, tuple)) and x and all(_is_image(y) for y in x) for x in images):
+        rows = [list(x) for x in images]
+    else:
+        raise ValueError("images must be an image, a list of images, or a list of lists of images")
+    if num_texts is not None and len(rows) != num_texts:
+        raise ValueError(
+            f"{len(rows)} images (or lists of images) for {num_texts} prompts: give one per prompt"
+        )
+    return rows
 
 
 def _strip_image_tokens(prompt: str, num_images: int) -> str:

@@ -8,10 +8,17 @@ import argparse
 import sys
 
 from . import finetune, generate, info, serve, tasks
+from .common import set_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paligemma", description="PaliGemma 1 and 2 in PyTorch")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: the cores this process may use, from its CPU "
+        "affinity and cgroup quota)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     tasks.add_parsers(sub)
@@ -24,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        set_threads(args.threads)
         args.run(args)
     except (ValueError, OSError, RuntimeError) as e:  # our errors are ValueErrors; files: OSError
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,9 @@ def add_model_flags(parser: argparse.ArgumentParser, described: bool = True) -> 
     parser.add_argument(
         "--quantize", choices=QUANT_CHOICES, help=text("weight-only quantised decoder")
     )
+    parser.add_argument(
+        "--adapter", help=text("LoRA adapter directory (ours or peft's) on top of the model")
+    )
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -49,5 +54,34 @@ def load_pipeline(args: argparse.Namespace):
         config=args.config,
         mask_vae=getattr(args, "mask_vae", None),
         quantize=getattr(args, "quantize", None),
+        adapter=getattr(args, "adapter", None),
     )
     return pipe, time.perf_counter() - start
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPU cores this process may really use: its CPU affinity, capped by a cgroup CPU quota
+    (containers often see all the host's cores but may only use a few)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:  # cgroup v2: "max 100000" (no quota) or "<quota> <period>"
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads: `threads` if given; else OMP_NUM_THREADS when set (torch reads
+    it itself); else the cores available (not the host's count, which oversubscribes a shared or
+    CPU-limited machine). Returns the number in force."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    torch.set_num_threads(threads or available_cores())
+    return torch.get_num_threads()

@@ -1,0 +1,79 @@
+"""Rough edges a new user hit: each case fails clearly, in one line, or does what the docs say."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import paligemma
+from paligemma.cli import main
+from paligemma.cli.common import available_cores, set_threads
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.new("RGB", (32, 32), "red").save(path)
+    return path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_missing_gpu_is_one_error_line(device, image_file, capsys):
+    code = main(
+        ["generate", "--image", str(image_file), "--prompt", "caption en", "--device", device]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("paligemma: error: device ") and "no CUDA GPU" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        paligemma.load(device=device)
+
+
+def test_an_unknown_device_name_is_a_value_error():
+    with pytest.raises(ValueError, match="not a device name"):
+        paligemma.load(device="banana")
+
+
+@pytest.mark.parametrize("n_images", [1, 3])
+def test_mismatched_images_and_prompts_name_both_counts(n_images):
+    pipe = paligemma.load()
+    image = Image.new("RGB", (32, 32))
+    with pytest.raises(ValueError, match=f"^{n_images} images .* for 2 prompts"):
+        pipe.generate([image] * n_images, ["caption en", "caption en"])
+
+
+def test_threads_come_from_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a quota of 1.5 cores
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path) >= 1
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert set_threads(1) == 1 == torch.get_num_threads()
+        assert set_threads(None) == available_cores()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert set_threads(None) == 1  # an explicit OMP_NUM_THREADS is respected
+    finally:
+        torch.set_num_threads(before)
+    assert main(["--threads", "0", "info", "paligemma-3b-224"]) == 1
+
+
+def test_adapter_flag_reaches_the_pipeline(tmp_path, image_file, capsys):
+    """`generate --adapter DIR`: an adapter whose B matrices are zero answers as the base."""
+    from paligemma.lora import apply_lora_, save_adapter
+
+    pipe = paligemma.load()
+    apply_lora_(pipe.model, rank=2)
+    save_adapter(pipe.model, tmp_path / "adapter")
+    args = ["generate", "--image", str(image_file), "--prompt", "caption en"]
+    assert main(args) == 0
+    base = capsys.readouterr().out
+    assert main([*args, "--adapter", str(tmp_path / "adapter")]) == 0
+    assert capsys.readouterr().out == base
+    assert main([*args, "--adapter", str(tmp_path / "nothing")]) == 1
+    assert "is not a LoRA adapter" in capsys.readouterr().err

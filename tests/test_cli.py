@@ -81,7 +81,7 @@ def test_serve_flags_map_onto_the_server_settings():
     import re
 
     from paligemma.cli import commands as cli
-    from paligemma.serve.app import Settings
+    from paligemma.serve import Settings
 
     parser = cli._parser()
     assert cli._serve_settings(parser.parse_args(["serve"])) == Settings()

@@ -1,11 +1,11 @@
-"""Request builders shared by the server tests (the server: `paligemma.serve.app.running`)."""
+"""Request builders shared by the server tests (the server: `paligemma.serve.running`)."""
 
 from __future__ import annotations
 
 import base64
 import io
 
-from paligemma.serve.app import running  # noqa: F401  (re-exported for the tests)
+from paligemma.serve import running  # noqa: F401  (re-exported for the tests)
 
 
 def data_url(image, fmt: str = "PNG") -> str:

@@ -82,7 +82,7 @@ def test_serve_flags_map_onto_the_server_settings():
 
     from paligemma.cli import commands
     from paligemma.cli import serve as cli
-    from paligemma.serve.app import Settings
+    from paligemma.serve import Settings
 
     parser = commands.build_parser()
     assert cli.settings_from(parser.parse_args(["serve"])) == Settings()

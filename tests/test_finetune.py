@@ -320,6 +320,15 @@ def test_bad_data_is_reported_with_line_numbers(pipeline_dir, task, tmp_path):
     assert [e.line for e in kept] == [1, 6]
 
 
+def test_data_refuses_huge_images_with_the_shared_pixel_guard(tmp_path):
+    from test_cli_generate import png_header_only
+
+    (tmp_path / "bomb.png").write_bytes(png_header_only(12_000, 12_000))  # header only: 144 Mpx
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "bomb.png", "suffix": "x"}) + "\n")
+    with pytest.raises(data.DataError, match="12000x12000 = 144,000,000 pixels, above the limit"):
+        data.read_examples(tmp_path / "data.jsonl", paligemma.load(), None, skip_bad=False)
+
+
 # -- crash safety -----------------------------------------------------------------------------
 
 

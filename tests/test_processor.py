@@ -11,7 +11,7 @@ from conftest import IMAGE_TOKENS, hf_processor
 from PIL import Image
 
 import paligemma
-from paligemma.processor import ImageTransform, Processor
+from paligemma.processor import ImageError, ImageTransform, Processor, check_pixels, load_image
 
 TEXTS = ["caption en", "answer en what color is the triangle?", "", "Ünïcödé  spaces\tand 12345"]
 
@@ -139,3 +139,15 @@ def test_processor_validates_its_inputs(ours):
     with pytest.raises(ValueError, match="only appear at the start"):
         ours.processor(images=im, text=["a <image> b"])
     assert isinstance(ours.processor, Processor)
+
+
+def test_one_pixel_guard_names_the_size_and_the_limit():
+    check_pixels(100, 100, limit=10_000)  # at the limit: allowed
+    with pytest.raises(
+        ImageError, match="image is 101x100 = 10,100 pixels, above the limit of 10,000"
+    ):
+        check_pixels(101, 100, limit=10_000)
+    with pytest.raises(ImageError, match="above the limit of 100,000,000"):  # the default
+        check_pixels(10_001, 10_000)
+    with pytest.raises(ImageError, match="image is 40x30 = 1,200 pixels, above the limit of 1,000"):
+        load_image(Image.new("RGB", (40, 30)), max_pixels=1_000)

@@ -17,7 +17,7 @@ from server_util import chat_body, data_url, running
 
 import paligemma
 from paligemma.demo import synthetic
-from paligemma.serve.app import Settings
+from paligemma.serve import Settings
 from paligemma.tasks.objects import rle_to_mask
 
 
@@ -436,6 +436,18 @@ def test_serve_binds_loopback_by_default():
     assert json.dumps(args.port) == "8000"
 
 
+def test_the_server_pixel_limit_is_the_shared_guard_with_its_own_limit():
+    from paligemma.serve.errors import APIError
+    from paligemma.serve.images import decode_image
+
+    url = data_url(Image.new("RGB", (200, 100)))
+    assert decode_image(url, Settings(max_pixels=20_000)).size == (200, 100)
+    with pytest.raises(APIError) as e:
+        decode_image(url, Settings(max_pixels=19_999))
+    assert e.value.status == 413 and e.value.code == "too_large"
+    assert "200x100 = 20,000 pixels, above the limit of 19,999" in e.value.message
+
+
 MESSAGES = {  # the error names what is wrong
     "negative max_tokens": "max_tokens",
     "max_tokens over the cap": "max_tokens 65",
@@ -463,7 +475,7 @@ def test_paligemma_serve_command_starts_and_stops(tmp_path):
     import subprocess
     import sys
 
-    from paligemma.serve.app import running as _  # noqa: F401  (the package is importable)
+    from paligemma.serve import running as _  # noqa: F401  (the package is importable)
 
     port = str(50_000 + os.getpid() % 10_000)
     proc = subprocess.Popen(

@@ -16,7 +16,7 @@ from server_util import running
 
 import paligemma
 from paligemma.demo import synthetic
-from paligemma.serve.app import Settings
+from paligemma.serve import Settings
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 

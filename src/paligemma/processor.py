@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from .tokenizer import Tokenizer
 
-MAX_PIXELS = 100_000_000  # decompression-bomb guard: refuse images above ~100 megapixels
+MAX_PIXELS = 100_000_000  # decompression-bomb guard (check_pixels): 100 megapixels at most
 IGNORE = -100  # label of positions that never contribute to the loss
 IMAGE_TOKEN = "<image>"
 
@@ -73,13 +73,22 @@ def load_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_pixels(width: int, height: int, limit: int = MAX_PIXELS, name: str = "image") -> None:
+    """The one pixel-count guard, run on the header's size before any decoding (a
+    decompression-bomb guard): ImageError naming the size and the limit when width x height is
+    over `limit`. The limits: MAX_PIXELS (100 M) for `load_image`, so for the library, the command
+    line and training data (`train.data` checks each record's header with it); the server's
+    stricter `Settings.max_pixels` (16 M by default), since its images come from the network."""
+    if width * height > limit:
+        raise ImageError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{limit:,} (decompression-bomb guard)"
+        )
+
+
 def _check_size(image: Image.Image, max_pixels: int, name: str) -> None:
     w, h = image.size
-    if w * h > max_pixels:
-        raise ImageError(
-            f"{name} is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
-            "(decompression-bomb guard)"
-        )
+    check_pixels(w, h, max_pixels, name)
     if w == 0 or h == 0:
         raise ImageError(f"{name} is empty ({w}x{h})")
 
@@ -164,8 +173,6 @@ class Processor:
         texts = [text] if isinstance(text, str) else list(text) if text is not None else None
         per_row = images_per_row(images, len(texts) if texts is not None else None)
         texts = texts if texts is not None else [""] * len(per_row)
-        if len(per_row) != len(texts):
-            raise ValueError(f"got {len(per_row)} image groups for {len(texts)} prompts")
         suffixes = [suffix] if isinstance(suffix, str) else suffix
         if suffixes is not None and len(suffixes) != len(texts):
             raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} prompts")
@@ -217,7 +224,8 @@ def images_per_row(images: Any, num_texts: int | None) -> list[list[Any]]:
         raise ValueError("images must be an image, a list of images, or a list of lists of images")
     if num_texts is not None and len(rows) != num_texts:
         raise ValueError(
-            f"{len(rows)} images (or lists of images) for {num_texts} prompts: give one per prompt"
+            f"got {len(rows)} image groups for {num_texts} prompts (one image, or one list of "
+            "images, per prompt)"
         )
     return rows
 

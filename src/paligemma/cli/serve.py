@@ -40,14 +40,14 @@ SERVE_SETTINGS = {
 
 
 def settings_from(args: argparse.Namespace):
-    from ..serve.app import Settings
+    from ..serve import Settings
 
     given = {field: getattr(args, flag) for flag, field in SERVE_SETTINGS.items()}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..serve.app import serve
+    from ..serve import serve
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")

@@ -1,1 +1,12 @@
-"""TODO"""
+"""The HTTP server: an OpenAI-compatible chat completions API, structured detect / segment, a web
+page, and one request batcher in front of the model (`paligemma serve`, or `running` in a
+`with` block). It is an edge: it may import the core, `tasks` and `pipeline`, and nothing above
+them; inside, `app` builds the FastAPI app from module-level routers (`chat`, `detect`, `pages`)
+over `settings`, `schemas`, `errors`, `middleware`, `images`, `checks`, `jobs` and `batcher`.
+"""
+
+from .app import create_app
+from .run import running, serve
+from .settings import Settings
+
+__all__ = ["Settings", "create_app", "running", "serve"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..pipeline import Pipeline
-from ..processor import MAX_PIXELS, ImageError
+from ..processor import ImageError, check_pixels
 
 
 class DataError(ValueError):
@@ -86,12 +87,13 @@ def _check_image(path: Path) -> None:
     if not path.is_file():
         raise ImageError(f"no such image {path}")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        with warnings.catch_warnings():  # check_pixels below replaces PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
     except (OSError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from None
-    if w * h > MAX_PIXELS:
-        raise ImageError(f"image {path} is {w}x{h}, above the pixel limit")
+    check_pixels(w, h, name=f"image {path}")
 
 
 def batch_of(pipe: Pipeline, examples: list[Example]) -> dict[str, torch.Tensor]:

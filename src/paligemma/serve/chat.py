@@ -1,0 +1,152 @@
+"""OpenAI-compatible routes: POST /v1/chat/completions (whole, or streamed as server-sent
+events) and GET /v1/models. The last user message's text is the PaliGemma prompt and its
+`image_url` parts are the images."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..textstream import stop_list
+from .batcher import Batcher, Job
+from .checks import check_model, check_prompt
+from .errors import APIError, cancelled
+from .images import decode_image
+from .jobs import submit, wait
+from .schemas import ChatRequest, ContentPart, Message
+from .settings import Settings
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    name = request.app.state.settings.model_name
+    entry = {"id": name, "object": "model", "created": 0, "owned_by": "paligemma"}
+    return {"object": "list", "data": [entry]}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(body: ChatRequest, request: Request):
+    s: Settings = request.app.state.settings
+    check_model(body.model, s)
+    prompt, urls = _prompt_and_urls(body.messages, s)
+    stop = stop_list(body.stop)
+    if len(stop) > 4 or any(not x or len(x) > 64 for x in stop):
+        raise APIError(400, "stop: up to 4 non-empty strings of at most 64 characters")
+    if body.n > s.max_n:
+        raise APIError(400, f"n {body.n} is over this server's limit of {s.max_n}")
+    max_tokens = body.max_completion_tokens or body.max_tokens or 32
+    prompt_tokens = check_prompt(prompt, len(urls), max_tokens, request.app.state.pipe, s)
+    images = await asyncio.to_thread(lambda: [decode_image(u, s) for u in urls])
+    temperature, top_p = body.temperature or 0.0, body.top_p or 1.0
+    job = Job(images, prompt, max_tokens, stop, temperature, top_p, body.seed, body.n)
+    job = submit(job, request)
+    head = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "created": int(time.time()),
+        "model": s.model_name,
+    }
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        events = _sse(job, head, body.n, prompt_tokens, usage, request.app.state.batcher, s)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    if not await wait(job, request):
+        return cancelled()
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "finish_reason": c.finish_reason,
+            "logprobs": None,
+        }
+        for i, c in enumerate(job.choices)
+    ]
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": _usage(job, prompt_tokens),
+    }
+
+
+def _prompt_and_urls(messages: list[Message], s: Settings) -> tuple[str, list[str]]:
+    """The last user message -> (its text parts joined: the prompt, its image URLs)."""
+    users = [m for m in messages if m.role == "user"]
+    if not users:
+        raise APIError(400, "messages need a user message (its text is the prompt)")
+    content = users[-1].content or ""
+    parts = [ContentPart(type="text", text=content)] if isinstance(content, str) else content
+    texts, urls = [], []
+    for part in parts:
+        if part.type == "text":
+            texts.append(part.text or "")
+        elif part.image_url is None:
+            raise APIError(400, "an image_url part needs image_url.url")
+        else:
+            urls.append(part.image_url.url)
+    if not urls:
+        raise APIError(400, "PaliGemma answers about images: add an image_url part")
+    if len(urls) > s.max_images:
+        raise APIError(400, f"{len(urls)} images; the limit is {s.max_images}")
+    return " ".join(t.strip() for t in texts if t.strip()), urls
+
+
+def _usage(job: Job, prompt_tokens: int) -> dict[str, int]:
+    completion = sum(c.tokens for c in job.choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+
+
+async def _sse(
+    job: Job, head: dict, n: int, prompt_tokens: int, usage: bool, batcher: Batcher, s: Settings
+) -> AsyncIterator[str]:
+    """Server-sent events for a streamed chat completion, ending with "data: [DONE]"."""
+
+    def event(choices: list[dict], **extra: Any) -> str:
+        chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    def error(message: str, kind: str) -> str:
+        return f"data: {json.dumps({'error': {'message': message, 'type': kind}})}\n\n"
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + s.timeout_s
+    try:
+        start = {"role": "assistant", "content": ""}
+        yield event([{"index": i, "delta": start, "finish_reason": None} for i in range(n)])
+        while True:
+            try:
+                kind, index, piece = await asyncio.wait_for(
+                    job.events.get(), max(0.01, deadline - loop.time())
+                )
+            except TimeoutError:
+                batcher.cancel(job)
+                yield error(f"no answer within {s.timeout_s:g} s", "timeout")
+                return
+            if kind == "done":
+                break
+            yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
+        if job.error is not None:
+            yield error(f"generation failed: {job.error}", "server_error")
+            return
+        ends = enumerate(job.choices)
+        yield event([{"index": i, "delta": {}, "finish_reason": c.finish_reason} for i, c in ends])
+        if usage:
+            yield event([], usage=_usage(job, prompt_tokens))
+        yield "data: [DONE]\n\n"
+    finally:
+        if not job.done.done():  # the client went away mid-stream
+            batcher.cancel(job)

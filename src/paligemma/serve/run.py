@@ -1,0 +1,67 @@
+"""Running the server: `running` (a background thread, for notebooks, tests and benchmarks)
+and `serve` (what `paligemma serve` calls: load the model, serve until interrupted)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..pipeline import Pipeline
+from .app import create_app
+from .settings import Settings
+
+
+@contextlib.contextmanager
+def running(pipe: Pipeline, settings: Settings | None = None, port: int = 0) -> Iterator[str]:
+    """Serve `pipe` from a background thread on 127.0.0.1 (a free port unless given) for the
+    duration of a `with` block, which gets the base URL (for notebooks, tests, benchmarks)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    app = create_app(pipe, settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server did not start on port {port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def serve(
+    source: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: Settings | None = None,
+    dtype: Any = None,
+    quantize: str | None = None,
+) -> None:
+    """Load the model (the embedded one without `source`) and serve it until interrupted."""
+    import uvicorn
+
+    from ..pipeline import load
+
+    pipe = load(source, dtype=dtype, quantize=quantize)
+    name = Path(str(source)).name if source else "paligemma-embedded"
+    settings = settings or Settings()
+    if settings.model_name == Settings.model_name:
+        settings = replace(settings, model_name=name)
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")
+    uvicorn.run(create_app(pipe, settings), host=host, port=port, log_level="info")

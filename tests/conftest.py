@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import paligemma
+
 VOCAB = 300
 IMAGE_ID = VOCAB - 1  # inside the vocabulary, as transformers' own tiny PaliGemma tests place it
 IMAGE_TOKENS = 4  # 28 px / 14 px patches -> 2 x 2
@@ -180,3 +182,9 @@ def hf_processor(path):
     )
     image.image_seq_length = IMAGE_TOKENS
     return PaliGemmaProcessor(image_processor=image, tokenizer=GemmaTokenizer.from_pretrained(path))
+
+
+@pytest.fixture(scope="session")
+def embedded_pipe():
+    """The embedded demo model (float32), loaded once for the tests that only read it."""
+    return paligemma.load()

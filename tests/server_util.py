@@ -8,10 +8,15 @@ import io
 from paligemma.serve import running  # noqa: F401  (re-exported for the tests)
 
 
-def data_url(image, fmt: str = "PNG") -> str:
+def image_b64(image, fmt: str = "PNG") -> str:
+    """The image's file bytes in `fmt`, base64-encoded."""
     buf = io.BytesIO()
     image.save(buf, format=fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def data_url(image, fmt: str = "PNG") -> str:
+    return f"data:image/{fmt.lower()};base64," + image_b64(image, fmt)
 
 
 def chat_body(image, prompt: str, **extra) -> dict:

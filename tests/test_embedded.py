@@ -189,8 +189,8 @@ def test_matching_is_one_to_one_and_label_aware():
 # The model that ships
 
 
-def test_embedded_model_is_the_default_and_small():
-    pipe = paligemma.load()
+def test_embedded_model_is_the_default_and_small(embedded_pipe):
+    pipe = embedded_pipe
     assert pipe.model.cfg == EMBEDDED and pipe.model.dtype == torch.float32
     assert pipe.mask_vae is not None
     size = sum(f.stat().st_size for f in Path(EMBEDDED_DIR).rglob("*") if f.is_file())
@@ -198,9 +198,9 @@ def test_embedded_model_is_the_default_and_small():
     assert (EMBEDDED_DIR / "MODEL_CARD.md").is_file()
 
 
-def test_embedded_model_does_the_four_tasks():
+def test_embedded_model_does_the_four_tasks(embedded_pipe):
     """A small held-out evaluation through the public API (the README quotes the full one)."""
-    result = evaluate(paligemma.load(), scenes=12, progress=False)["summary"]
+    result = evaluate(embedded_pipe, scenes=12, progress=False)["summary"]
     assert result["vqa_accuracy"] >= 0.75, result
     assert result["caption_exact_match"] >= 0.4, result
     assert result["detection_recall@0.5"] >= 0.3, result
@@ -227,10 +227,10 @@ def _shipped_column(text: str) -> dict[str, str]:
     return cells
 
 
-def test_readme_and_model_card_quote_the_full_evaluation_of_the_shipped_model():
+def test_readme_and_model_card_quote_the_full_evaluation_of_the_shipped_model(embedded_pipe):
     """The 200-scene scores the README and the model card quote are what `embedded_eval` prints
     for the weights in the package (about 40 s)."""
-    summary = evaluate(paligemma.load(), scenes=200, progress=False)["summary"]
+    summary = evaluate(embedded_pipe, scenes=200, progress=False)["summary"]
     measured = {
         k: f"{v:.3f}" if k in ("detection_fp_per_image", "segmentation_miou") else f"{100 * v:.1f}%"
         for k, v in summary.items()

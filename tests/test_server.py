@@ -13,17 +13,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_util import chat_body, data_url, running
+from server_util import chat_body, data_url, image_b64, running
 
-import paligemma
 from paligemma.demo import synthetic
 from paligemma.serve import Settings
 from paligemma.tasks.objects import rle_to_mask
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return paligemma.load()  # the embedded model, float32
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,7 @@ def files(tmp_path_factory, scenes):
 
 
 @pytest.fixture(scope="module")
-def url(pipe, files):
+def url(embedded_pipe, files):
     settings = Settings(
         model_name="embedded",
         max_body_bytes=2_000_000,
@@ -51,7 +45,7 @@ def url(pipe, files):
         max_prompt_chars=300,
         allow_dir=str(files),
     )
-    with running(pipe, settings) as base:
+    with running(embedded_pipe, settings) as base:
         yield base
 
 
@@ -78,20 +72,20 @@ def user(image, prompt):
 # The OpenAI client
 
 
-def test_chat_completion_equals_the_pipeline(client, pipe, scenes):
+def test_chat_completion_equals_the_pipeline(client, embedded_pipe, scenes):
     image = scenes[1].image
     reply = client.chat.completions.create(
         model="embedded", messages=user(image, "caption en"), max_tokens=24
     )
-    expected = pipe.generate(image, "caption en", max_new_tokens=24)
+    expected = embedded_pipe.generate(image, "caption en", max_new_tokens=24)
     assert reply.choices[0].message.content == expected.text
     assert reply.choices[0].finish_reason == expected.finish_reason
     assert reply.object == "chat.completion" and reply.model == "embedded"
     assert reply.usage.completion_tokens == len(expected.token_ids)
-    assert reply.usage.prompt_tokens == 64 + 1 + len(pipe.tokenizer.encode("caption en\n"))
+    assert reply.usage.prompt_tokens == 64 + 1 + len(embedded_pipe.tokenizer.encode("caption en\n"))
 
 
-def test_streaming_joins_to_the_same_text(client, pipe, scenes):
+def test_streaming_joins_to_the_same_text(client, embedded_pipe, scenes):
     image = scenes[2].image
     stream = client.chat.completions.create(
         model="embedded",
@@ -107,21 +101,23 @@ def test_streaming_joins_to_the_same_text(client, pipe, scenes):
         for choice in chunk.choices:
             pieces.append(choice.delta.content or "")
             reasons.append(choice.finish_reason)
-    expected = pipe.generate(image, "answer en how many shapes are there?", max_new_tokens=16)
+    expected = embedded_pipe.generate(
+        image, "answer en how many shapes are there?", max_new_tokens=16
+    )
     assert "".join(pieces) == expected.text
     assert reasons[-1] == expected.finish_reason and all(r is None for r in reasons[:-1])
     assert usage.completion_tokens == len(expected.token_ids)
 
 
-def test_max_tokens_stop_and_n(client, pipe, scenes):
+def test_max_tokens_stop_and_n(client, embedded_pipe, scenes):
     image = scenes[3].image
     short = client.chat.completions.create(
         model="embedded", messages=user(image, "caption en"), max_tokens=2, n=3
     )
-    expected = pipe.generate(image, "caption en", max_new_tokens=2)
+    expected = embedded_pipe.generate(image, "caption en", max_new_tokens=2)
     assert [c.message.content for c in short.choices] == [expected.text] * 3
     assert {c.finish_reason for c in short.choices} == {expected.finish_reason}
-    full = pipe.generate(image, "caption en", max_new_tokens=24).text
+    full = embedded_pipe.generate(image, "caption en", max_new_tokens=24).text
     word = full.split()[1]  # cut at the second word
     cut = client.chat.completions.create(
         model="embedded", messages=user(image, "caption en"), max_tokens=24, stop=[" " + word]
@@ -161,13 +157,13 @@ def test_models_health_page_and_schema(client, url):
 # detect / segment
 
 
-def test_detect_returns_the_pipelines_boxes(url, pipe, scenes):
+def test_detect_returns_the_pipelines_boxes(url, embedded_pipe, scenes):
     image = scenes[5].image
     labels = ["circle", "square"]
     r = httpx.post(url + "/v1/detect", json={"image": data_url(image), "labels": labels})
     assert r.status_code == 200, r.text
     body = r.json()
-    expected = pipe.detect(image, labels)
+    expected = embedded_pipe.detect(image, labels)
     assert body["text"] == expected.text and body["prompt"] == "detect circle ; square"
     assert [(o["label"], o["box"]) for o in body["objects"]] == [
         (o.label, list(o.box)) for o in expected if o.valid
@@ -175,13 +171,13 @@ def test_detect_returns_the_pipelines_boxes(url, pipe, scenes):
     assert (body["width"], body["height"]) == image.size
 
 
-def test_segment_masks_as_rle_and_png(url, pipe, scenes):
+def test_segment_masks_as_rle_and_png(url, embedded_pipe, scenes):
     image = scenes[6].image
     shape = scenes[6].things[0].shape
     body = {"image": data_url(image), "labels": shape, "mask_format": "both"}
     r = httpx.post(url + "/v1/segment", json=body)
     assert r.status_code == 200, r.text
-    expected = [o for o in pipe.segment(image, shape) if o.valid]
+    expected = [o for o in embedded_pipe.segment(image, shape) if o.valid]
     got = r.json()["objects"]
     assert len(got) == len(expected)
     for o, e in zip(got, expected, strict=True):
@@ -193,8 +189,8 @@ def test_segment_masks_as_rle_and_png(url, pipe, scenes):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(png)))) > 0, e.mask)
 
 
-def test_file_urls_inside_the_allowed_directory(url, files, pipe, scenes):
-    expected = pipe.generate(scenes[0].image, "caption en", max_new_tokens=8).text
+def test_file_urls_inside_the_allowed_directory(url, files, embedded_pipe, scenes):
+    expected = embedded_pipe.generate(scenes[0].image, "caption en", max_new_tokens=8).text
     for where in (f"file://{files}/scene.png", "file:///scene.png", "file://scene.png"):
         r = httpx.post(url + "/v1/chat/completions", json=_with_url(where, 8))
         assert r.status_code == 200, (where, r.text)
@@ -208,14 +204,12 @@ def test_file_urls_inside_the_allowed_directory(url, files, pipe, scenes):
 # Every bad input: a 4xx with a JSON error, and the server keeps serving
 
 
-def _image_bytes(size, fmt="PNG"):
-    buf = io.BytesIO()
-    Image.new("RGB", size, "white").save(buf, format=fmt)
-    return base64.b64encode(buf.getvalue()).decode()
+def _image_bytes(size):
+    return image_b64(Image.new("RGB", size, "white"))
 
 
 def _png_url():
-    return "data:image/png;base64," + _image_bytes((32, 32))
+    return data_url(Image.new("RGB", (32, 32), "white"))
 
 
 def _good(**extra):
@@ -334,14 +328,14 @@ def test_unknown_route_and_method_are_json_errors(url):
 # Batching, queueing, cancellation
 
 
-def test_concurrent_requests_are_batched_and_answered_as_alone(url, pipe, scenes):
+def test_concurrent_requests_are_batched_and_answered_as_alone(url, embedded_pipe, scenes):
     prompts = [
         "caption en",
         "answer en how many shapes are there?",
         "answer en is there a red circle?",
     ]
     jobs = [(s.image, p) for s in scenes for p in prompts][:24]
-    expected = [pipe.generate(im, p, max_new_tokens=20).text for im, p in jobs]
+    expected = [embedded_pipe.generate(im, p, max_new_tokens=20).text for im, p in jobs]
     before = httpx.get(url + "/health").json()["batches"]["max_rows"]
 
     def ask(job):
@@ -357,9 +351,9 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(url, pipe, scenes
     assert max(before, httpx.get(url + "/health").json()["batches"]["max_rows"]) > 1
 
 
-def test_full_queue_answers_503_with_retry_after(pipe, scenes):
+def test_full_queue_answers_503_with_retry_after(embedded_pipe, scenes):
     settings = Settings(max_batch=1, max_queue=1, max_tokens=64)
-    with running(pipe, settings) as base:
+    with running(embedded_pipe, settings) as base:
         body = chat_body(scenes[0].image, "caption en", max_tokens=64, temperature=2.0, seed=1)
 
         def ask(_):
@@ -375,20 +369,20 @@ def test_full_queue_answers_503_with_retry_after(pipe, scenes):
             assert retry == "1" and body["error"]["code"] == "queue_full"
 
 
-def slowed(pipe, seconds: float):
+def slowed(embedded_pipe, seconds: float):
     """The same pipeline with every model call delayed (a stand-in for a big model)."""
     import copy
 
     from paligemma.pipeline import Pipeline
 
-    model = copy.copy(pipe.model)  # shares the weights
-    forward = type(pipe.model).forward
+    model = copy.copy(embedded_pipe.model)  # shares the weights
+    forward = type(embedded_pipe.model).forward
     model.forward = lambda *a, **k: (time.sleep(seconds), forward(model, *a, **k))[1]
-    return Pipeline(model, pipe.processor, pipe.mask_vae)
+    return Pipeline(model, embedded_pipe.processor, embedded_pipe.mask_vae)
 
 
-def test_timeout_is_a_504_and_a_disconnect_frees_the_slot(pipe, scenes):
-    slow = slowed(pipe, 0.1)
+def test_timeout_is_a_504_and_a_disconnect_frees_the_slot(embedded_pipe, scenes):
+    slow = slowed(embedded_pipe, 0.1)
     body = chat_body(scenes[1].image, "caption en", max_tokens=64)
     with running(slow, Settings(timeout_s=0.05, max_batch=1)) as base:
         r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
@@ -409,8 +403,8 @@ def test_timeout_is_a_504_and_a_disconnect_frees_the_slot(pipe, scenes):
         assert r.status_code == 200
 
 
-def test_api_key_guards_everything_but_health(pipe, scenes):
-    with running(pipe, Settings(api_key="s3cret", model_name="m")) as base:
+def test_api_key_guards_everything_but_health(embedded_pipe, scenes):
+    with running(embedded_pipe, Settings(api_key="s3cret", model_name="m")) as base:
         assert httpx.get(base + "/health").status_code == 200
         for path in ("/v1/models", "/openapi.json"):
             r = httpx.get(base + path)

@@ -38,8 +38,8 @@ def test_an_unknown_device_name_is_a_value_error():
 
 
 @pytest.mark.parametrize("n_images", [1, 3])
-def test_mismatched_images_and_prompts_name_both_counts(n_images):
-    pipe = paligemma.load()
+def test_mismatched_images_and_prompts_name_both_counts(n_images, embedded_pipe):
+    pipe = embedded_pipe
     image = Image.new("RGB", (32, 32))
     with pytest.raises(ValueError, match=f"^got {n_images} image groups for 2 prompts"):
         pipe.generate([image] * n_images, ["caption en", "caption en"])

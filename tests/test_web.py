@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from server_util import running
 
-import paligemma
 from paligemma.demo import synthetic
 from paligemma.serve import Settings
 
@@ -38,12 +37,7 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return paligemma.load()
-
-
-def test_page_detects_and_draws_in_headless_chromium(pipe, tmp_path):
+def test_page_detects_and_draws_in_headless_chromium(embedded_pipe, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -54,14 +48,14 @@ def test_page_detects_and_draws_in_headless_chromium(pipe, tmp_path):
     picture = tmp_path / "scene.png"
     scene.image.save(picture)
     labels = " ; ".join(dict.fromkeys(t.shape for t in scene.things))
-    expected = [o for o in pipe.detect(scene.image, labels.split(" ; ")) if o.valid]
+    expected = [o for o in embedded_pipe.detect(scene.image, labels.split(" ; ")) if o.valid]
 
     browser, driver_path = chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,800"):
         options.add_argument(flag)
-    with running(pipe, Settings(model_name="embedded")) as base:
+    with running(embedded_pipe, Settings(model_name="embedded")) as base:
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
             driver.get(base + "/")
@@ -107,9 +101,9 @@ def test_page_detects_and_draws_in_headless_chromium(pipe, tmp_path):
             driver.quit()
 
 
-def test_openapi_fuzzing_finds_no_server_errors(pipe):
+def test_openapi_fuzzing_finds_no_server_errors(embedded_pipe):
     settings = Settings(model_name="embedded", max_tokens=8, max_body_bytes=1_000_000)
-    with running(pipe, settings) as base:
+    with running(embedded_pipe, settings) as base:
         assert httpx.get(base + "/openapi.json").status_code == 200
         cli = Path(sys.executable).with_name("schemathesis")
         cmd = [

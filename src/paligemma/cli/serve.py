@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     )
     srv.add_argument("--dtype", choices=list(DTYPES))
     srv.add_argument("--quantize", choices=QUANT_CHOICES)
+    srv.add_argument("--adapter", help="LoRA adapter directory (ours or peft's) on the model")
     srv.set_defaults(run=run)
 
 
@@ -52,4 +53,12 @@ def run(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     settings = settings_from(args)
-    serve(args.model, args.host, args.port, settings, DTYPES.get(args.dtype), args.quantize)
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        settings,
+        DTYPES.get(args.dtype),
+        args.quantize,
+        args.adapter,
+    )

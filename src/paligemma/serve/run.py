@@ -51,13 +51,15 @@ def serve(
     settings: Settings | None = None,
     dtype: Any = None,
     quantize: str | None = None,
+    adapter: str | None = None,
 ) -> None:
-    """Load the model (the embedded one without `source`) and serve it until interrupted."""
+    """Load the model (the embedded one without `source`; with a LoRA `adapter` on top) and
+    serve it until interrupted."""
     import uvicorn
 
     from ..pipeline import load
 
-    pipe = load(source, dtype=dtype, quantize=quantize)
+    pipe = load(source, dtype=dtype, quantize=quantize, adapter=adapter)
     name = Path(str(source)).name if source else "paligemma-embedded"
     settings = settings or Settings()
     if settings.model_name == Settings.model_name:

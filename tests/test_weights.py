@@ -119,8 +119,10 @@ def test_bigvision_npz_float32(reference, tmp_path):
     npz = tmp_path / "ckpt.npz"
     write_bigvision_npz(load_file(path / "model.safetensors"), npz, **_npz_kwargs(ours.cfg))
     # An npz holds no config: give it as a config.json path, a preset-like object, or a dict.
+    # (Same weights, same numbers: transformers' window and final soft-cap asked for explicitly,
+    # an npz computes as big_vision by default; test_parity covers that default.)
     for config in (path / "config.json", ours.cfg, json.loads((path / "config.json").read_text())):
-        model = paligemma.load_model(npz, config=config)
+        model = paligemma.load_model(npz, config=config, reference="transformers")
         assert model.dtype == torch.float32
         assert torch.equal(logits_of(model), want)
 
@@ -138,7 +140,7 @@ def test_bigvision_npz_bfloat16_void_with_params_prefix(reference, tmp_path):
     )
     with np.load(npz, allow_pickle=False) as f:
         assert f["params/llm/final_norm/scale"].dtype == np.dtype("V2")
-    model = paligemma.load_model(npz, config=ours.cfg)
+    model = paligemma.load_model(npz, config=ours.cfg, reference="transformers")
     assert model.dtype == torch.bfloat16  # the stored dtype is the default
     from_safetensors = paligemma.load_model(path, dtype=torch.bfloat16)
     assert torch.equal(
@@ -155,7 +157,7 @@ def test_npz_vocabulary_pad_rows(reference, tmp_path):
     tensors[name] = full[:-4].clone()  # the image token (last id) row is never looked up
     npz = tmp_path / "ckpt.npz"
     write_bigvision_npz(tensors, npz, **_npz_kwargs(ours.cfg))
-    model = paligemma.load_model(npz, config=ours.cfg)
+    model = paligemma.load_model(npz, config=ours.cfg, reference="transformers")
     assert torch.equal(model.decoder.embed.weight[-4:], torch.zeros(4, full.shape[1]))
     got = logits_of(model)
     assert torch.allclose(got[..., :-4], want[..., :-4], atol=1e-6, rtol=0)

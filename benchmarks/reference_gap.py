@@ -22,18 +22,13 @@ from paligemma.config import with_reference
 
 
 def small_pg2() -> paligemma.PaliGemma:
-    tiny = paligemma.TINY
+    """PaliGemma 2 3B's decoder facts (caps, post-norms) at a tiny size, an 8-token window."""
+    published = paligemma.CONFIGS["paligemma2-3b-224"].text
+    shrunk = dict(width=64, depth=4, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
     text = dataclasses.replace(
-        tiny.text,
-        depth=4,
-        num_kv_heads=2,
-        post_norms=True,
-        attn_softcap=50.0,
-        final_softcap=30.0,
-        sliding_window=8,
-        query_pre_attn_scalar=16,
+        published, **shrunk, vocab_size=300, sliding_window=8, query_pre_attn_scalar=16
     )
-    cfg = dataclasses.replace(tiny, text=text, image_size=56)  # 4 x 4 = 16 image tokens
+    cfg = dataclasses.replace(paligemma.TINY, text=text, image_size=56)  # 16 image tokens
     torch.manual_seed(0)
     model = paligemma.PaliGemma(cfg).eval()
     with torch.no_grad():

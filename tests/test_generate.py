@@ -194,17 +194,16 @@ def test_padding_rows_are_never_produced():
         model.decoder.embed.weight[real:IMAGE_ID] *= 10  # rows 256..298 win every step
     ids, am, tt, px = make_batch()
     inputs = dict(input_ids=ids, attention_mask=am, token_type_ids=tt, pixel_values=px)
-    free = engine.generate(model, inputs, engine.GenerationConfig(max_new_tokens=4), set())
+    free = engine.generate(model, inputs, engine.GenerationConfig(max_new_tokens=3), set())
     assert all(t >= real for row in free.tokens for t in row)
     for options in (
         {},
-        dict(do_sample=True, temperature=2.0, seed=0),
-        dict(do_sample=True, top_k=5, top_p=0.9, seed=1),
+        dict(do_sample=True, temperature=2.0, top_p=0.99, seed=0),
         dict(num_beams=3),
     ):
-        cfg = engine.GenerationConfig(max_new_tokens=4, num_real_ids=real, **options)
+        cfg = engine.GenerationConfig(max_new_tokens=3, num_real_ids=real, **options)
         out = engine.generate(model, inputs, cfg, set())
-        assert all(len(row) == 4 and max(row) < real for row in out.tokens), options
+        assert all(len(row) == 3 and max(row) < real for row in out.tokens), options
 
 
 def test_pipeline_limits_generation_to_the_tokenizer(pipe):

@@ -213,12 +213,8 @@ class PaliGemma(nn.Module):
             else attention_mask.to(torch.bool)
         )
         is_prefix = torch.ones_like(input_mask) if token_type_ids is None else token_type_ids == 0
-        if mask is not None:
-            local_mask = mask if local_mask is None else local_mask
-            for name, m in (("mask", mask), ("local_mask", local_mask)):
-                _check_mask(name, m, (b, 1, t, t + (0 if cache is None else cache.length)))
-        elif local_mask is not None:
-            raise ValueError("local_mask needs mask (the one for global layers) too")
+        s = t + (0 if cache is None else cache.length)
+        mask, local_mask = _given_masks(mask, local_mask, (b, 1, t, s))  # before cache.reserve
         if cache is not None:
             past_real = cache.num_real.clone()
             start = cache.reserve(input_mask, is_prefix)
@@ -260,9 +256,20 @@ class PaliGemma(nn.Module):
         return inputs_embeds.to(self.decoder.embed.weight.dtype)
 
 
-def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int, int, int]) -> None:
-    if mask.dtype != torch.bool or tuple(mask.shape) != shape:
-        raise ValueError(
-            f"{name} must be bool[B, 1, T, S] = {list(shape)} (S = cached + new tokens), "
-            f"got {str(mask.dtype).removeprefix('torch.')}{list(mask.shape)}"
-        )
+def _given_masks(
+    mask: torch.Tensor | None, local_mask: torch.Tensor | None, shape: tuple[int, ...]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The caller's (global, local) masks, checked against `shape` (B, 1, T, S); a lone mask
+    serves both; (None, None) when none is given."""
+    if mask is None:
+        if local_mask is not None:
+            raise ValueError("local_mask needs mask (the one for global layers) too")
+        return None, None
+    local_mask = mask if local_mask is None else local_mask
+    for name, m in (("mask", mask), ("local_mask", local_mask)):
+        if m.dtype != torch.bool or tuple(m.shape) != shape:
+            raise ValueError(
+                f"{name} must be bool[B, 1, T, S] = {list(shape)} (S = cached + new tokens), "
+                f"got {str(m.dtype).removeprefix('torch.')}{list(m.shape)}"
+            )
+    return mask, local_mask

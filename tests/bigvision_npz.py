@@ -4,6 +4,9 @@ Independent re-implementation of the big_vision (Kaggle) layout, written from
 ARCHITECTURE.md section 7.3: ``/``-joined flax paths, scanned layers stacked on axis 0, every
 transform the exact inverse of the HF-from-npz transform in that table.  The embedding matrix is
 written with as many rows as it has (slice the state dict first to mimic the 257152-row files).
+Two rarer layouts of big_vision (ARCHITECTURE.md appendix C) on request: q, k, v fused in one
+``qkv_einsum`` (3, N, D, H) when kv heads == heads, and unscanned layers (``scan=False``), one
+array per layer under ``img/Transformer/encoderblock_{i}/...`` and ``llm/layers/{i}/...``.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def write_bigvision_npz(
     vision_heads: int,
     bf16_as_void: bool = False,
     params_prefix: bool = False,
+    fused_qkv: bool = False,
+    scanned: bool = True,
 ) -> None:
     """Write ``state_dict`` (HF PaliGemma weights) to ``path`` in big_vision's npz layout.
 
@@ -213,6 +218,34 @@ def write_bigvision_npz(
     for hf_name, flax in norms.items():
         out["llm/layers/" + flax] = _stack(llm_layers, hf_name, "llm")  # [L, D], (1+w) as-is
 
+    if fused_qkv:
+        if kv != h:
+            raise ValueError(f"a fused qkv_einsum needs as many kv heads as heads ({kv} != {h})")
+        q_w = out.pop("llm/layers/attn/q_einsum/w")  # [L, H, D, hd]
+        kv_w = out.pop("llm/layers/attn/kv_einsum/w")  # [L, 2, H, D, hd]
+        out["llm/layers/attn/qkv_einsum/w"] = torch.cat([q_w[:, None], kv_w], 1)  # [L, 3, H, D, hd]
+    if not scanned:
+        out = _unscan(out)
+
     prefix = "params/" if params_prefix else ""
     arrays = {prefix + k: _to_numpy(t, bf16_as_void) for k, t in out.items()}
     np.savez(path, **arrays)
+
+
+_UNSCANNED = {
+    "img/Transformer/encoderblock/": "img/Transformer/encoderblock_{i}/",
+    "llm/layers/": "llm/layers/{i}/",
+}
+
+
+def _unscan(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scanned arrays [L, ...] -> one array [...] per layer, under the scan=False names."""
+    result = {}
+    for key, t in out.items():
+        stem = next((s for s in _UNSCANNED if key.startswith(s)), None)
+        if stem is None:
+            result[key] = t
+            continue
+        for i in range(t.shape[0]):
+            result[_UNSCANNED[stem].format(i=i) + key[len(stem) :]] = t[i]
+    return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_processor
+from conftest import IMAGE_ID, hf_processor, make_batch
 from test_processor import images
 
 import paligemma
@@ -33,8 +33,10 @@ def hf_generate(hf, ims, prompts, **kwargs) -> list[list[int]]:
     model, proc = hf
     inputs = proc(images=ims, text=prompts, padding="longest", return_tensors="pt")
     inputs.pop("labels", None)
+    # Ours never produces <image> or the embedding's padding rows after it: nor may the oracle.
+    padding = list(range(model.config.image_token_id, model.config.text_config.vocab_size))
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=NEW, **kwargs)
+        out = model.generate(**inputs, max_new_tokens=NEW, suppress_tokens=padding, **kwargs)
     rows = []
     for row in out[:, inputs["input_ids"].shape[1] :].tolist():
         rows.append(row[: row.index(1)] if 1 in row else row)  # up to <eos>
@@ -85,7 +87,7 @@ def test_cached_decoding_equals_recompute(pipe):
         with torch.no_grad():
             for _ in range(NEW):
                 logits = pipe.model(seq, batch["pixel_values"][row : row + 1], None, tt)
-                t = int(logits[0, -1].argmax())
+                t = int(logits[0, -1, : pipe.num_real_ids].argmax())  # no padding
                 if t == eos:
                     break
                 new.append(t)
@@ -110,7 +112,7 @@ def test_beam_search(pipe, hf):
     assert [r.token_ids for r in one] == [r.token_ids for r in greedy]
     # The beam engine itself with K = 1 (not the greedy path) is greedy too.
     batch = pipe.processor(images=ims, text=PROMPTS)
-    cfg = engine.GenerationConfig(max_new_tokens=NEW)
+    cfg = pipe.generation_config(max_new_tokens=NEW)  # the tokenizer's ids only
     beams1 = engine.beam_search(pipe.model, batch, cfg, {pipe.tokenizer.eos_id})
     assert beams1.tokens == [r.token_ids for r in greedy]
     two = pipe.generate(ims, PROMPTS, max_new_tokens=NEW, num_beams=2)
@@ -178,3 +180,32 @@ def test_prompt_too_long(pipe):
         pipe.generate(images(1)[0], "word " * 9000, max_new_tokens=4)
     with pytest.raises(paligemma.PromptTooLongError):
         pipe.generate(images(1)[0], "caption en", max_new_tokens=8190)
+
+
+def test_padding_rows_are_never_produced():
+    """Ids past the tokenizer's (the embedding's padding rows) are never picked, by greedy,
+    sampling or beam search, even by a model on which they would win."""
+    torch.manual_seed(0)
+    model = paligemma.PaliGemma(paligemma.TINY).eval()
+    real = 256
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+        model.decoder.embed.weight[real:IMAGE_ID] *= 10  # rows 256..298 win every step
+    ids, am, tt, px = make_batch()
+    inputs = dict(input_ids=ids, attention_mask=am, token_type_ids=tt, pixel_values=px)
+    free = engine.generate(model, inputs, engine.GenerationConfig(max_new_tokens=3), set())
+    assert all(t >= real for row in free.tokens for t in row)
+    for options in (
+        {},
+        dict(do_sample=True, temperature=2.0, top_p=0.99, seed=0),
+        dict(num_beams=3),
+    ):
+        cfg = engine.GenerationConfig(max_new_tokens=3, num_real_ids=real, **options)
+        out = engine.generate(model, inputs, cfg, set())
+        assert all(len(row) == 3 and max(row) < real for row in out.tokens), options
+
+
+def test_pipeline_limits_generation_to_the_tokenizer(pipe):
+    assert pipe.generation_config().num_real_ids == pipe.tokenizer.image_id  # <image> excluded
+    assert pipe.tokenizer.image_id < pipe.model.cfg.text.vocab_size - 1  # padding rows follow

@@ -150,3 +150,122 @@ def test_half_precision_runs_and_stays_close(dtype):
     assert half.dtype == dtype
     err = (half.float() - ref).abs()[am.bool()]  # logits are capped at 3
     assert err.max() < 0.3 and err.mean() < 0.03, (err.max(), err.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# The low-level API: embed_image / embed_text / hidden(inputs_embeds=..., mask=...) / logits
+
+
+def embeds_by_hand(model: PaliGemma, ids: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """What a caller building on the insides does: image and text embedded separately, then
+    concatenated (every make_batch row is pad..., 4 image tokens, text)."""
+    text = model.embed_text(ids.masked_fill(ids == IMAGE_ID, 0))  # (B, T, D)
+    image = model.embed_image(px)  # (B, L, D): one image per row
+    is_image = (ids == IMAGE_ID)[..., None]
+    return text.masked_scatter(is_image, image.reshape(-1, image.shape[-1]))
+
+
+def test_inputs_embeds_path_equals_ids_path():
+    model = tiny(True)  # Gemma 2: window and soft-caps too
+    ids, am, tt, px = make_batch()
+    with torch.no_grad():
+        want = model.hidden(ids, px, am, tt)
+        x = embeds_by_hand(model, ids, px)
+        got = model.hidden(inputs_embeds=x, attention_mask=am, token_type_ids=tt)
+        assert torch.equal(got, want)
+        assert torch.equal(model.logits(got), model(ids, px, am, tt))
+        scale = torch.tensor(64**0.5)  # text rows are embedding * sqrt(D)
+        assert torch.equal(model.embed_text(ids[:, -1:]), model.decoder.embed(ids[:, -1:]) * scale)
+
+
+def test_normal_mask_passed_explicitly_equals_default():
+    model = tiny(True)  # Gemma 2: window and soft-caps too
+    ids, am, tt, px = make_batch()
+    key_mask, is_prefix = am.bool(), tt == 0
+    full = make_attn_mask(key_mask, is_prefix & key_mask, is_prefix)  # (B, 1, T, T)
+    with torch.no_grad():
+        want = model.hidden(ids, px, am, tt)
+        window = model.cfg.text.sliding_window
+        local = make_attn_mask(key_mask, is_prefix & key_mask, is_prefix, window=window)
+        got = model.hidden(ids, px, am, tt, mask=full, local_mask=local)
+        # One mask serves every layer: the window is not added on top.
+        no_window = dataclasses.replace(model.cfg.text, sliding_window=None)
+        plain = PaliGemma(dataclasses.replace(model.cfg, text=no_window)).eval()
+        plain.load_state_dict(model.state_dict())
+        one_mask = model.hidden(ids, px, am, tt, mask=full)
+        assert torch.equal(one_mask, plain.hidden(ids, px, am, tt))
+        assert (one_mask - want).abs()[key_mask].max() > 1e-3  # the window mattered
+    assert torch.equal(got, want)
+
+
+def test_custom_causal_mask_equals_suffix_token_types():
+    """A fully causal mask (no bidirectional prefix) is the model with every token type 1."""
+    model = tiny(False)
+    ids, am, _, px = make_batch()
+    key_mask = am.bool()
+    no_prefix = torch.zeros_like(key_mask)
+    causal = make_attn_mask(key_mask, no_prefix, no_prefix)  # (B, 1, T, T)
+    with torch.no_grad():
+        x = embeds_by_hand(model, ids, px)
+        got = model.hidden(inputs_embeds=x, attention_mask=am, mask=causal)
+        want = model.hidden(ids, px, am, torch.ones_like(ids))
+        prefix_lm = model.hidden(ids, px, am, torch.zeros_like(ids))
+    assert torch.equal(got, want)
+    assert (got - prefix_lm).abs()[key_mask].max() > 1e-3
+
+
+def test_cache_with_inputs_embeds_and_mask():
+    """Prefill from embeddings with an explicit mask, then decode from ids: as one forward."""
+    model = tiny(True)  # Gemma 2: window and soft-caps too
+    ids, am, tt, px = make_batch()
+    extra = torch.randint(5, IMAGE_ID, (3, 2))
+    one = torch.ones_like(extra)
+    with torch.no_grad():
+        full = model(
+            torch.cat([ids, extra], 1), px, torch.cat([am, one], 1), torch.cat([tt, one], 1)
+        )
+        cache = model.new_cache(3, ids.shape[1] + 2)
+        key_mask, is_prefix = am.bool(), tt == 0
+        masks = [
+            make_attn_mask(key_mask, is_prefix & key_mask, is_prefix, window=w)
+            for w in (None, model.cfg.text.sliding_window)
+        ]
+        x = embeds_by_hand(model, ids, px)
+        h = model.hidden(
+            inputs_embeds=x,
+            attention_mask=am,
+            token_type_ids=tt,
+            mask=masks[0],
+            local_mask=masks[1],
+            cache=cache,
+        )
+        steps = [model.logits(h), model(extra, attention_mask=one, token_type_ids=one, cache=cache)]
+    cached = torch.cat(steps, 1)
+    assert (cached - full).abs()[torch.cat([am, one], 1).bool()].max() < 1e-5
+
+
+def test_low_level_api_errors_are_clear():
+    model = tiny(False)
+    ids, am, tt, px = make_batch()
+    x = embeds_by_hand(model, ids, px)
+    b, t = ids.shape
+    with pytest.raises(ValueError, match="not both"):
+        model.hidden(ids, px, inputs_embeds=x)
+    with pytest.raises(ValueError, match="input_ids or inputs_embeds"):
+        model.hidden()
+    with pytest.raises(ValueError, match=rf"float\[B, T, 64\], got \(3, {t}, 32\)"):
+        model.hidden(inputs_embeds=x[..., :32])
+    with pytest.raises(ValueError, match=rf"bool\[B, 1, T, S\] = \[3, 1, {t}, {t}\].*got int64"):
+        model.hidden(inputs_embeds=x, mask=torch.ones(b, 1, t, t, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"mask must be .*got bool\[3, {t}, {t}\]"):
+        model.hidden(inputs_embeds=x, mask=torch.ones(b, t, t, dtype=torch.bool))
+    cache = model.new_cache(3, 40)
+    model.hidden(ids, px, am, tt, cache=cache)
+    step = torch.ones(b, 1, 1, 1, dtype=torch.bool)  # S must count the cached slots too
+    with pytest.raises(ValueError, match=rf"\[3, 1, 1, {t + 1}\] \(S = cached \+ new tokens\)"):
+        model.hidden(inputs_embeds=x[:, :1], mask=step, cache=cache)
+    assert cache.length == t  # a rejected call claims no slots
+    with pytest.raises(ValueError, match="local_mask needs mask"):
+        model.hidden(ids, px, am, tt, local_mask=step)
+    with pytest.raises(ValueError, match="must lie in"):
+        model.embed_text(torch.tensor([[300]]))

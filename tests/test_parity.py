@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 import torch
+from bigvision_npz import write_bigvision_npz
 from conftest import make_batch, tiny_hf_model
 
 import paligemma
@@ -105,3 +107,47 @@ def test_bit_exact_with_reference_positions(hf_checkpoint, dtype):
         got = ours(ids, px.to(dtype), am, tt, positions=positions)
     assert got.dtype == dtype
     assert torch.equal(got[am.bool()], want[am.bool()])
+
+
+def full_attention_oracle(hf):
+    """transformers' PaliGemma with `hf`'s weights, every layer global, logits not soft-capped:
+    big_vision's computation (ARCHITECTURE.md, appendix C)."""
+    from transformers import PaliGemmaForConditionalGeneration
+
+    cfg = copy.deepcopy(hf.config)
+    cfg.text_config.layer_types = ["full_attention"] * cfg.text_config.num_hidden_layers
+    cfg.text_config.final_logit_softcapping = None
+    model = PaliGemmaForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    model.load_state_dict(hf.state_dict())
+    return model.eval()
+
+
+def test_npz_computes_as_big_vision_unless_asked_for_transformers(tmp_path):
+    """An .npz defaults to big_vision's computation (no sliding window, no final soft-cap) =
+    full attention; reference="transformers" gives the transformers oracle; a transformers
+    directory is the other way round."""
+    hf = tiny_hf_model(v2=True)
+    hf.save_pretrained(tmp_path)
+    npz = tmp_path / "ckpt.npz"
+    shape = dict(num_heads=4, num_kv_heads=2, head_dim=16, vision_heads=4)
+    write_bigvision_npz(hf.state_dict(), npz, gemma2=True, **shape)
+    ids, am, tt, px = make_batch()
+    real = am.bool()
+    assert ids.shape[1] > hf.config.text_config.sliding_window
+    bv = paligemma.load_model(npz, config=tmp_path / "config.json")
+    tf = paligemma.load_model(npz, config=tmp_path / "config.json", reference="transformers")
+    assert (bv.cfg.text.sliding_window, bv.cfg.text.final_softcap) == (None, None)
+    assert bv.cfg.text.attn_softcap == tf.cfg.text.attn_softcap == 5.0  # both cap the scores
+    with torch.no_grad():
+        inputs = dict(input_ids=ids, pixel_values=px, attention_mask=am, token_type_ids=tt)
+        want_bv, want_tf = full_attention_oracle(hf)(**inputs).logits, hf(**inputs).logits
+        got_bv, got_tf = bv(ids, px, am, tt), tf(ids, px, am, tt)
+        assert (got_bv - want_bv).abs()[real].max() < ATOL
+        assert (got_tf - want_tf).abs()[real].max() < ATOL
+        assert (got_bv - got_tf).abs()[real].max() > 0.1  # the two really differ here
+        dir_tf = paligemma.load_model(tmp_path)
+        dir_bv = paligemma.load_model(tmp_path, reference="big_vision")
+        assert torch.equal(dir_tf(ids, px, am, tt), got_tf)
+        assert torch.equal(dir_bv(ids, px, am, tt), got_bv)
+    with pytest.raises(paligemma.ConfigError, match="reference must be one of"):
+        paligemma.load_model(tmp_path, reference="jax")

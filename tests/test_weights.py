@@ -119,8 +119,10 @@ def test_bigvision_npz_float32(reference, tmp_path):
     npz = tmp_path / "ckpt.npz"
     write_bigvision_npz(load_file(path / "model.safetensors"), npz, **_npz_kwargs(ours.cfg))
     # An npz holds no config: give it as a config.json path, a preset-like object, or a dict.
+    # (Same weights, same numbers: transformers' window and final soft-cap asked for explicitly,
+    # an npz computes as big_vision by default; test_parity covers that default.)
     for config in (path / "config.json", ours.cfg, json.loads((path / "config.json").read_text())):
-        model = paligemma.load_model(npz, config=config)
+        model = paligemma.load_model(npz, config=config, reference="transformers")
         assert model.dtype == torch.float32
         assert torch.equal(logits_of(model), want)
 
@@ -138,7 +140,7 @@ def test_bigvision_npz_bfloat16_void_with_params_prefix(reference, tmp_path):
     )
     with np.load(npz, allow_pickle=False) as f:
         assert f["params/llm/final_norm/scale"].dtype == np.dtype("V2")
-    model = paligemma.load_model(npz, config=ours.cfg)
+    model = paligemma.load_model(npz, config=ours.cfg, reference="transformers")
     assert model.dtype == torch.bfloat16  # the stored dtype is the default
     from_safetensors = paligemma.load_model(path, dtype=torch.bfloat16)
     assert torch.equal(
@@ -155,7 +157,7 @@ def test_npz_vocabulary_pad_rows(reference, tmp_path):
     tensors[name] = full[:-4].clone()  # the image token (last id) row is never looked up
     npz = tmp_path / "ckpt.npz"
     write_bigvision_npz(tensors, npz, **_npz_kwargs(ours.cfg))
-    model = paligemma.load_model(npz, config=ours.cfg)
+    model = paligemma.load_model(npz, config=ours.cfg, reference="transformers")
     assert torch.equal(model.decoder.embed.weight[-4:], torch.zeros(4, full.shape[1]))
     got = logits_of(model)
     assert torch.allclose(got[..., :-4], want[..., :-4], atol=1e-6, rtol=0)
@@ -195,6 +197,58 @@ def test_npz_config_inferred_from_shapes():
     tiny2 = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, post_norms=True))
     with pytest.raises(paligemma.ConfigError, match="config="):
         infer_npz_config(shapes(tiny2))
+
+
+def test_npz_unscanned_layers(reference, tmp_path):
+    """big_vision's scan=False files: one array per layer, encoderblock_{i}/ and layers/{i}/."""
+    _, path, ours, want = reference
+    npz = tmp_path / "ckpt.npz"
+    tensors = load_file(path / "model.safetensors")
+    write_bigvision_npz(tensors, npz, scanned=False, **_npz_kwargs(ours.cfg))
+    with np.load(npz, allow_pickle=False) as f:
+        assert "llm/layers/1/mlp/gating_einsum" in f.files
+        assert "img/Transformer/encoderblock_1/LayerNorm_0/scale" in f.files
+        assert not any(k.startswith("img/Transformer/encoderblock/") for k in f.files)
+    model = paligemma.load_model(npz, config=ours.cfg, reference="transformers")
+    assert torch.equal(logits_of(model), want)
+
+
+def npz_file_shapes(npz: Path) -> dict[str, tuple[int, ...]]:
+    with np.load(npz, allow_pickle=False) as f:
+        shapes = {k: f[k].shape for k in f.files}
+    width = shapes["llm/embedder/input_embedding"][1]
+    return shapes | {"llm/embedder/input_embedding": (257_152, width)}  # a published vocabulary
+
+
+def test_npz_fused_qkv_einsum_scanned_or_not(tmp_path):
+    """With as many kv heads as heads, big_vision fuses q, k, v in one qkv_einsum (3, N, D, H);
+    such files load, and their config is inferred, scanned or not."""
+    from paligemma.checkpoints.names import infer_npz_config
+
+    tiny = paligemma.TINY
+    cfg = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, num_kv_heads=4))
+    torch.manual_seed(0)
+    model = paligemma.PaliGemma(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    paligemma.save_model(model, tmp_path / "hf")
+    tensors = load_file(tmp_path / "hf" / "model.safetensors")
+    write_bigvision_npz(tensors, tmp_path / "plain.npz", **_npz_kwargs(cfg))
+    want = logits_of(model)
+    for scanned in (True, False):
+        npz = tmp_path / f"fused-{scanned}.npz"
+        write_bigvision_npz(tensors, npz, fused_qkv=True, scanned=scanned, **_npz_kwargs(cfg))
+        shapes = npz_file_shapes(npz)
+        assert not any("/q_einsum" in k or "/kv_einsum" in k for k in shapes)
+        qkv = "llm/layers/attn/qkv_einsum/w" if scanned else "llm/layers/1/attn/qkv_einsum/w"
+        assert shapes[qkv] == ((2, 3, 4, 64, 16) if scanned else (3, 4, 64, 16))  # (L,) 3 N D H
+        assert torch.equal(logits_of(paligemma.load_model(npz, config=cfg)), want)
+        inferred = infer_npz_config(shapes)
+        assert inferred == infer_npz_config(npz_file_shapes(tmp_path / "plain.npz"))
+        assert (inferred.text.num_kv_heads, inferred.text.depth, inferred.vision.depth) == (4, 2, 2)
+    with pytest.raises(ValueError, match="as many kv heads as heads"):
+        write_bigvision_npz(tensors, tmp_path / "x.npz", fused_qkv=True, **_npz_kwargs(tiny))
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_named(reference, tmp_path):

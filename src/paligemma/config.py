@@ -7,7 +7,7 @@ architecture is written once in `CONFIGS`; `hf_config` translates transformers' 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
 
@@ -93,6 +93,28 @@ class PaliGemmaConfig:
     @property
     def is_v2(self) -> bool:
         return self.text.post_norms
+
+
+# Where the two implementations of PaliGemma 2 compute differently (ARCHITECTURE.md, appendix C).
+REFERENCES = ("transformers", "big_vision")
+
+
+def with_reference(cfg: PaliGemmaConfig, reference: str) -> PaliGemmaConfig:
+    """`cfg` computing as `reference` does where transformers and big_vision differ.
+
+    "transformers": the config as it is (Gemma 2: a sliding window on alternating layers and
+    the logits soft-capped at 30). "big_vision", where PaliGemma 2 was trained: no sliding
+    window (every layer attends globally) and no final soft-cap, as in big_vision's PaliGemma 2
+    transfer configs (`final_logits_softcap = 0.0`, so its loss and every decoding step see
+    uncapped logits). The attention soft-cap is kept: both apply it. A Gemma 1 decoder has
+    neither, so both give the same model.
+    """
+    if reference not in REFERENCES:
+        raise ConfigError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if reference == "transformers":
+        return cfg
+    text = replace(cfg.text, sliding_window=None, sliding_layers=None, final_softcap=None)
+    return replace(cfg, text=text)
 
 
 # ---------------------------------------------------------------------------------------------

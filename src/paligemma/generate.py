@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -34,6 +34,10 @@ class GenerationConfig:
     num_beams: int = 1
     length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
     seed: int | None = None
+    # Ids >= this are never produced: the embedding's padding rows (257,216 rows for 257,152
+    # real ids in the published checkpoints) and an <image> id appended after the text ids.
+    # The engine never sees the tokenizer: the pipeline sets it from there. None = all ids.
+    num_real_ids: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -44,6 +48,7 @@ class GenerationConfig:
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (self.num_beams >= 1, "num_beams must be >= 1"),
             (not (self.do_sample and self.num_beams > 1), "beam search does not sample"),
+            (self.num_real_ids is None or self.num_real_ids >= 1, "num_real_ids must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -64,8 +69,11 @@ def process_logits(
 ) -> torch.Tensor:
     """float32[B, V] next-token logits -> adjusted logits. history: int64[B, S] ids so far.
 
-    Order as in the reference: repetition penalty, then (sampling only) temperature, top-k, top-p.
+    Ids >= cfg.num_real_ids get -inf first (so greedy, sampling and beams never pick them);
+    then, in the reference's order: repetition penalty, then (sampling only) temperature, top-k,
+    top-p.
     """
+    logits = drop_padding(logits, cfg.num_real_ids)
     if cfg.repetition_penalty != 1.0:
         seen = logits.gather(1, history)
         seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
@@ -83,6 +91,21 @@ def process_logits(
         drop[:, -1] = False  # always keep the most likely token
         logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
     return logits
+
+
+def drop_padding(scores: torch.Tensor, num_real_ids: int | None) -> torch.Tensor:
+    """float[B, V] with -inf at ids >= num_real_ids (a copy; unchanged when None)."""
+    if num_real_ids is None or num_real_ids >= scores.shape[-1]:
+        return scores
+    padding = torch.arange(num_real_ids, scores.shape[-1], device=scores.device)
+    return scores.index_fill(-1, padding, -math.inf)
+
+
+def _beam_logp(logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig):
+    """float32[B*K, V] log-probs for beam scores. Padding ids are dropped after the softmax,
+    not before (as transformers' suppress_tokens does): scores stay the model's own."""
+    logp = process_logits(logits, history, replace(cfg, num_real_ids=None)).log_softmax(-1)
+    return drop_padding(logp, cfg.num_real_ids)
 
 
 def _pick(
@@ -219,7 +242,7 @@ def beam_search(
     steps = 0
     for step in range(cfg.max_new_tokens):
         steps = step + 1
-        logp = process_logits(logits, history, cfg).log_softmax(-1)  # (B*K, V)
+        logp = _beam_logp(logits, history, cfg)  # (B*K, V)
         vocab = logp.shape[-1]
         candidates = (beam_scores[:, None] + logp).view(b, k * vocab)
         width = min((len(stop_ids) + 1) * k, candidates.shape[1])  # enough to find K non-stops

@@ -98,23 +98,29 @@ class PaliGemma(nn.Module):
         """float[I, 3, S, S] in [-1, 1] -> float[I, L, D] image token embeddings (unscaled)."""
         return self.projector(self.vision(pixel_values)).to(self.decoder.embed.weight.dtype)
 
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """int[B, T] ids in [0, V) -> float[B, T, D]: embedding * sqrt(D), the factor rounded to
+        the weight dtype (as the reference does). Image embeddings are not scaled."""
+        vocab = self.cfg.text.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise ValueError(
+                f"input_ids must lie in [0, {vocab}), "
+                f"got {int(input_ids.min())}..{int(input_ids.max())}"
+            )
+        return self.decoder.embed_tokens(input_ids)  # (B, T, D)
+
     def embed_inputs(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
     ) -> torch.Tensor:
         """int[B, T] ids (with `image_token_id` placeholders) -> float[B, T, D].
 
-        Text rows are embedding * sqrt(D); the k-th run of placeholders in the batch (row-major)
-        is filled with image k's tokens.
+        Text rows are `embed_text`; the k-th run of placeholders in the batch (row-major) is
+        filled with image k's tokens (`embed_image`).
         """
         image_id, vocab = self.cfg.image_token_id, self.cfg.text.vocab_size
         is_image = input_ids == image_id  # (B, T)
         # A placeholder id outside the embedding table is looked up as 0 (its row is overwritten).
-        ids = input_ids.masked_fill(is_image, 0) if image_id >= vocab else input_ids
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ValueError(
-                f"input_ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}"
-            )
-        x = self.decoder.embed_tokens(ids)  # (B, T, D)
+        x = self.embed_text(input_ids.masked_fill(is_image, 0) if image_id >= vocab else input_ids)
         num_slots = int(is_image.sum())
         if pixel_values is None:
             if num_slots:
@@ -130,11 +136,14 @@ class PaliGemma(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         *,
+        inputs_embeds: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        local_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         num_logits: int | None = None,
@@ -145,54 +154,122 @@ class PaliGemma(nn.Module):
             pixel_values,
             attention_mask,
             token_type_ids,
+            inputs_embeds=inputs_embeds,
+            mask=mask,
+            local_mask=local_mask,
             cache=cache,
             positions=positions,
         )
         if num_logits is not None:
             h = h[:, -num_logits:]
-        return self.decoder.logits(h)
+        return self.logits(h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float[B, T, D] hidden states (from `hidden`) -> float[B, T, V] logits: the tied
+        embedding as output head, soft-capped when the config has `final_softcap` (Gemma 2).
+        V counts the padded rows too (257,216 for published checkpoints): ids at or above the
+        tokenizer's vocabulary are padding, never to be generated (see GenerationConfig)."""
+        return self.decoder.logits(hidden)
 
     def hidden(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         *,
+        inputs_embeds: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        local_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final-normed hidden states float[B, T, D], before the output head.
+        """Final-normed hidden states float[B, T, D], before the output head (`logits`).
 
-        input_ids int[B, T]; pixel_values float[I, 3, S, S]; attention_mask int/bool[B, T]
-        (1 = real token, 0 = left padding; default all real); token_type_ids int[B, T]
-        (0 = image/prefix, bidirectional; 1 = suffix, causal; default all prefix, i.e. a
-        prompt). With `cache`, the tokens are appended after what it holds and their keys and
-        values stored there. Positions default to the count of real tokens so far (1-based), so
-        a row gets the same positions alone or left-padded in a batch.
+        Inputs, either: input_ids int[B, T] (with image placeholders) and pixel_values
+        float[I, 3, S, S]; or inputs_embeds float[B, T, D], embedded by the caller (e.g.
+        `embed_image` and `embed_text` concatenated; text scaled by sqrt(D), images not).
+
+        The default mask comes from attention_mask int/bool[B, T] (1 = real token, 0 = left
+        padding; default all real) and token_type_ids int[B, T] (0 = image/prefix,
+        bidirectional; 1 = suffix, causal; default all prefix, i.e. a prompt); see
+        `make_attn_mask`. `mask` bool[B, 1, T, S] (True = query t may attend to key slot s)
+        replaces it; S = T without a cache, S = tokens already in the cache + T with one. A
+        given mask is used as it is on every layer, Gemma 2's sliding-window layers included
+        (as transformers does with a custom 4-D mask): pass `local_mask` bool[B, 1, T, S] for
+        those layers to keep a window, e.g. `make_attn_mask(..., window=sliding_window)`.
+        attention_mask and token_type_ids still set the default positions and what the cache
+        records for later calls without `mask`.
+
+        With `cache`, the tokens are appended after what it holds and their keys and values
+        stored there. positions int[B, T] default to the count of real tokens so far
+        (1-based), so a row gets the same positions alone or left-padded in a batch.
         """
-        b, t = input_ids.shape
+        x = self._embed(input_ids, pixel_values, inputs_embeds)  # (B, T, D)
+        b, t = x.shape[:2]
         input_mask = (
-            torch.ones_like(input_ids, dtype=torch.bool)
+            torch.ones(b, t, dtype=torch.bool, device=x.device)
             if attention_mask is None
             else attention_mask.to(torch.bool)
         )
         is_prefix = torch.ones_like(input_mask) if token_type_ids is None else token_type_ids == 0
-        x = self.embed_inputs(input_ids, pixel_values)  # (B, T, D)
-
+        s = t + (0 if cache is None else cache.length)
+        mask, local_mask = _given_masks(mask, local_mask, (b, 1, t, s))  # before cache.reserve
         if cache is not None:
             past_real = cache.num_real.clone()
             start = cache.reserve(input_mask, is_prefix)
             key_mask, key_prefix = cache.key_mask[:, : start + t], cache.key_prefix[:, : start + t]
         else:
-            past_real = torch.zeros(b, dtype=torch.long, device=input_ids.device)
+            past_real = torch.zeros(b, dtype=torch.long, device=x.device)
             start, key_mask, key_prefix = 0, input_mask, is_prefix & input_mask
         if positions is None:
             positions = past_real[:, None] + input_mask.long().cumsum(1)  # (B, T)
+        if mask is None:  # the prefix-LM pattern; Gemma 2's local layers add the window
+            window = self.cfg.text.sliding_window
+            mask = make_attn_mask(key_mask, key_prefix, is_prefix, start)
+            local_mask = (
+                make_attn_mask(key_mask, key_prefix, is_prefix, start, window) if window else mask
+            )
+        return self.decoder(x, positions, (mask, local_mask), cache, start)  # (B, T, D)
 
-        window = self.cfg.text.sliding_window
-        masks = (
-            make_attn_mask(key_mask, key_prefix, is_prefix, start),
-            make_attn_mask(key_mask, key_prefix, is_prefix, start, window) if window else None,
-        )
-        return self.decoder(x, positions, masks, cache, start)  # (B, T, D)
+    def _embed(
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """float[B, T, D] from exactly one of input_ids (+ pixel_values) or inputs_embeds."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            return self.embed_inputs(input_ids, pixel_values)
+        if input_ids is not None or pixel_values is not None:
+            raise ValueError(
+                "pass either inputs_embeds or input_ids/pixel_values, not both "
+                "(embed the image yourself with embed_image)"
+            )
+        width = self.cfg.text.width
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width:
+            raise ValueError(
+                f"inputs_embeds must be float[B, T, {width}], got {tuple(inputs_embeds.shape)}"
+            )
+        return inputs_embeds.to(self.decoder.embed.weight.dtype)
+
+
+def _given_masks(
+    mask: torch.Tensor | None, local_mask: torch.Tensor | None, shape: tuple[int, ...]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The caller's (global, local) masks, checked against `shape` (B, 1, T, S); a lone mask
+    serves both; (None, None) when none is given."""
+    if mask is None:
+        if local_mask is not None:
+            raise ValueError("local_mask needs mask (the one for global layers) too")
+        return None, None
+    local_mask = mask if local_mask is None else local_mask
+    for name, m in (("mask", mask), ("local_mask", local_mask)):
+        if m.dtype != torch.bool or tuple(m.shape) != shape:
+            raise ValueError(
+                f"{name} must be bool[B, 1, T, S] = {list(shape)} (S = cached + new tokens), "
+                f"got {str(m.dtype).removeprefix('torch.')}{list(m.shape)}"
+            )
+    return mask, local_mask

@@ -49,6 +49,10 @@ class Pipeline:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.mask_vae = mask_vae
+        # Ids the model may produce: the tokenizer's, less an <image> appended after the text
+        # (as in the published tokenizer); the embedding's padding rows lie beyond.
+        tok = self.tokenizer
+        self.num_real_ids = tok.image_id if tok.image_id == tok.vocab_size - 1 else tok.vocab_size
 
     # -- helpers -------------------------------------------------------------------------------
     def _rows(self, images: Any, prompts: str | list[str]) -> tuple[list[list[Any]], list[str]]:
@@ -66,6 +70,10 @@ class Pipeline:
                     f"prompt is {n} tokens with its image tokens; with max_new_tokens={max_new} "
                     f"that is {n + max_new} > {MAX_SEQ_LEN}, the longest sequence the model takes"
                 )
+
+    def generation_config(self, **options: Any) -> engine.GenerationConfig:
+        """engine.GenerationConfig(**options), limited to this tokenizer's real ids."""
+        return engine.GenerationConfig(**{"num_real_ids": self.num_real_ids, **options})
 
     # -- API -----------------------------------------------------------------------------------
     def generate(
@@ -87,7 +95,7 @@ class Pipeline:
         row and are cut from its text. Rows are processed `batch_size` at a time; `progress`
         is called with the number of rows finished in each batch.
         """
-        cfg = engine.GenerationConfig(max_new_tokens=max_new_tokens, **options)
+        cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         stop = stop_list(stop)
         per_row, texts = self._rows(images, prompts)
         self._check_length(per_row, texts, max_new_tokens)
@@ -115,7 +123,7 @@ class Pipeline:
     ) -> Iterator[str]:
         """Text of one prompt's answer, piece by piece as tokens arrive; the pieces join to
         `generate(...).text`."""
-        cfg = engine.GenerationConfig(max_new_tokens=max_new_tokens, **options)
+        cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         stop = stop_list(stop)
         per_row, texts = self._rows(images, prompt)
         self._check_length(per_row, texts, max_new_tokens)
@@ -222,6 +230,7 @@ def load(
     mask_vae: str | os.PathLike | None = None,
     adapter: str | os.PathLike | None = None,
     quantize: str | None = None,
+    reference: str | None = None,
 ) -> Pipeline:
     """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`); with
     no source, the embedded demo model that ships in the package (float32 by default: it is
@@ -233,7 +242,8 @@ def load(
     weight-only quantisation of the decoder (see `load_model`). The
     tokenizer is the checkpoint's `tokenizer.model` / `tokenizer.json` unless given; the mask
     VQ-VAE (for `segment`) is `vae-oid.npz` beside the weights unless given. `adapter`: a
-    LoRA adapter directory (ours or peft's) applied on top of the base weights.
+    LoRA adapter directory (ours or peft's) applied on top of the base weights. `reference`:
+    "transformers" | "big_vision" numerics for PaliGemma 2 (see `load_model`).
     """
     device = resolve_device(device)
     if source is None:
@@ -255,7 +265,7 @@ def load(
             "pass tokenizer=PATH"
         )
     tok = Tokenizer(tok_path)
-    model = load_model(path, dtype=dtype, device=device, config=config)
+    model = load_model(path, dtype=dtype, device=device, config=config, reference=reference)
     if adapter is not None:
         load_adapter_(model, adapter)
     if quantize is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, PaliGemmaConfig, get_config
+from ..config import ConfigError, PaliGemmaConfig, get_config, with_reference
 from ..model import PaliGemma
 from .hf_config import from_hf_json, to_hf_json
 from .names import (
@@ -99,11 +99,12 @@ def _majority_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
     return max(set(floats), key=floats.count) if floats else torch.float32
 
 
-def _load_hf_dir(path: Path, cfg, dtype, device) -> PaliGemma:
+def _load_hf_dir(path: Path, cfg, dtype, device, reference) -> PaliGemma:
     if cfg is None:
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path} has no config.json (pass config=)")
         cfg = from_hf_json(json.loads((path / "config.json").read_text()))
+    cfg = with_reference(cfg, reference or "transformers")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map", {})
@@ -160,13 +161,14 @@ def _npz_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _load_npz(path: Path, cfg, dtype, device) -> PaliGemma:
+def _load_npz(path: Path, cfg, dtype, device, reference) -> PaliGemma:
     try:
         meta = _npz_shapes(path)
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable .npz ({e})") from None
     if cfg is None:
         cfg = infer_npz_config({k: shape for k, (shape, _) in meta.items()})
+    cfg = with_reference(cfg, reference or "big_vision")
     if dtype is None:
         dtypes = [
             torch.bfloat16 if d == np.dtype("V2") else _npz_tensor(np.zeros(0, d)).dtype
@@ -188,12 +190,12 @@ def _load_npz(path: Path, cfg, dtype, device) -> PaliGemma:
     return _assign(model, state)
 
 
-def _load_quantized(path: Path, dtype, device) -> PaliGemma:
+def _load_quantized(path: Path, dtype, device, reference) -> PaliGemma:
     """A checkpoint written by `save_model` from a quantised model: our tensor names, integer
     codes kept as they are, float tensors converted to `dtype`."""
     from ..quant.linear import Int4Linear, Int8Linear
 
-    cfg = from_hf_json(json.loads((path / "config.json").read_text()))
+    cfg = with_reference(from_hf_json(json.loads((path / "config.json").read_text())), reference)
     spec = json.loads((path / QUANT_FILE).read_text())
     reader = SafetensorsReader(path / "model.safetensors")
     try:
@@ -229,6 +231,8 @@ def load_model(
     device: torch.device | str | None = None,
     config: PaliGemmaConfig | str | os.PathLike | dict | None = None,
     quantize: str | None = None,
+    *,
+    reference: str | None = None,
 ) -> PaliGemma:
     """A PaliGemma with weights from `source`, in eval mode.
 
@@ -239,8 +243,12 @@ def load_model(
     dtype: defaults to the stored weights' dtype. device: defaults to the CPU.
     quantize: "int8" | "int4" quantises the decoder's linear layers after loading (weight-only);
     a checkpoint saved from a quantised model loads quantised without it.
+    reference: "transformers" | "big_vision", whose computation to reproduce where the two
+    differ (PaliGemma 2 only; see `config.with_reference`): transformers keeps Gemma 2's
+    sliding window and final logit soft-cap, big_vision (where PaliGemma 2 was trained) has
+    neither. Default: big_vision for an .npz, transformers for everything else.
     """
-    model = _load_any(source, dtype, device, config)
+    model = _load_any(source, dtype, device, config, reference)
     if quantize is not None:
         from ..quant.linear import quantize_
 
@@ -248,7 +256,7 @@ def load_model(
     return model
 
 
-def _load_any(source, dtype, device, config) -> PaliGemma:
+def _load_any(source, dtype, device, config, reference) -> PaliGemma:
     device = torch.device(device or "cpu")
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(_DTYPE_NAMES)}, got {dtype}")
@@ -258,16 +266,16 @@ def _load_any(source, dtype, device, config) -> PaliGemma:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read config {config!r}: {e}") from None
     if path.is_dir() and (path / QUANT_FILE).is_file():
-        return _load_quantized(path, dtype, device)
+        return _load_quantized(path, dtype, device, reference or "transformers")
     if path.is_dir():
         npz = sorted(path.glob("*.npz"))
         if not any(path.glob("*.safetensors")) and len(npz) == 1:
-            return _load_npz(npz[0], cfg, dtype, device)
-        return _load_hf_dir(path, cfg, dtype, device)
+            return _load_npz(npz[0], cfg, dtype, device, reference)
+        return _load_hf_dir(path, cfg, dtype, device, reference)
     if path.suffix == ".npz":
-        return _load_npz(path, cfg, dtype, device)
+        return _load_npz(path, cfg, dtype, device, reference)
     if path.name == "config.json" or path.suffix == ".safetensors":
-        return _load_hf_dir(path.parent, cfg, dtype, device)
+        return _load_hf_dir(path.parent, cfg, dtype, device, reference)
     raise CheckpointError(f"{path}: expected a directory, an .npz or a .safetensors file")
 
 

@@ -11,7 +11,9 @@ transformers layouts seen in the wild are first brought to the "legacy" file lay
 published checkpoints (`vision_tower.vision_model.*`, `multi_modal_projector.*`,
 `language_model.model.*`), then renamed by one table that is also used, inverted, for saving.
 big_vision `.npz` files hold flax paths with layers stacked on axis 0 and einsum-shaped kernels;
-each key has a transform that yields per-layer `nn.Linear` weights.
+each key has a transform that yields per-layer `nn.Linear` weights. Files written unscanned hold
+one array per layer (`encoderblock_{i}/...`, `llm/layers/{i}/...`): each is read as a stack of
+one. q, k and v come as q_einsum + kv_einsum, or fused in one qkv_einsum.
 """
 
 from __future__ import annotations
@@ -150,12 +152,16 @@ def _flat_heads_in(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1).T
 
 
-def _kv_einsum(a: Array, cfg: PaliGemmaConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    # (L, 2, K, D, H): [k, v] x kv heads; each -> (K*H, D)
-    for i in range(a.shape[0]):
-        for j, proj in enumerate(("k_proj", "v_proj")):
-            w = a[i, j].permute(0, 2, 1)  # (K, H, D)
-            yield f"decoder.blocks.{i}.attn.{proj}.weight", w.reshape(-1, w.shape[-1])
+def _heads_in(projs: tuple[str, ...]) -> Transform:
+    """Stacked einsum kernels (L, len(projs), N, D, H), one per projection -> (N*H, D) each."""
+
+    def transform(a: Array, cfg: PaliGemmaConfig) -> Iterator[tuple[str, torch.Tensor]]:
+        for i in range(a.shape[0]):
+            for j, proj in enumerate(projs):
+                w = a[i, j].permute(0, 2, 1)  # (N, H, D)
+                yield f"decoder.blocks.{i}.attn.{proj}.weight", w.reshape(-1, w.shape[-1])
+
+    return transform
 
 
 def _gating_einsum(a: Array, cfg: PaliGemmaConfig) -> Iterator[tuple[str, torch.Tensor]]:
@@ -218,7 +224,9 @@ _NPZ_TABLE: dict[str, Transform] = {
         "decoder.blocks.{i}.attn.q_proj.weight",
         lambda w: w.permute(0, 2, 1).reshape(-1, w.shape[1]),
     ),
-    "llm/layers/attn/kv_einsum/w": _kv_einsum,
+    "llm/layers/attn/kv_einsum/w": _heads_in(("k_proj", "v_proj")),  # (L, 2, K, D, H)
+    # Fused, when there are as many kv heads as heads (big_vision's qkv_einsum): (L, 3, N, D, H)
+    "llm/layers/attn/qkv_einsum/w": _heads_in(("q_proj", "k_proj", "v_proj")),
     # (N, H, D) -> (D, N*H)
     "llm/layers/attn/attn_vec_einsum/w": _per_layer(
         "decoder.blocks.{i}.attn.o_proj.weight",
@@ -240,12 +248,56 @@ def npz_key(key: str) -> str:
     return key.removeprefix("params/")
 
 
+# Unscanned files (big_vision's scan=False) hold one array per layer under these names.
+_UNSCANNED = (
+    (re.compile(r"img/Transformer/encoderblock_(\d+)/(.+)"), _ENC),
+    (re.compile(r"llm/layers/(\d+)/(.+)"), "llm/layers/"),
+)
+
+
+def _scanned_key(key: str) -> tuple[str, int | None]:
+    """(scanned key, layer) of a per-layer key; (key, None) for any other key."""
+    key = npz_key(key)
+    for pattern, stem in _UNSCANNED:
+        m = pattern.fullmatch(key)
+        if m:
+            return stem + m.group(2), int(m.group(1))
+    return key, None
+
+
 def npz_to_ours(key: str, array: Array, cfg: PaliGemmaConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """Our (name, tensor) pairs held by one npz array (views; the caller copies them)."""
-    transform = _NPZ_TABLE.get(npz_key(key))
+    scanned, layer = _scanned_key(key)
+    transform = _NPZ_TABLE.get(scanned)
     if transform is None:
         raise CheckpointError(f"unexpected array {key!r} in the npz checkpoint")
-    yield from transform(array, cfg)
+    if layer is None:
+        yield from transform(array, cfg)
+        return
+    for name, t in transform(array[None], cfg):  # a stack of one layer: block 0 is `layer`
+        yield name.replace(".blocks.0.", f".blocks.{layer}.", 1), t
+
+
+def _scanned_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Shapes as a scanned file would hold them: per-layer arrays counted into a depth axis."""
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in shapes.items():
+        scanned, layer = _scanned_key(key)
+        if layer is None:
+            out[scanned] = tuple(shape)
+        else:
+            depth = max(out.get(scanned, (0,))[0], layer + 1)
+            out[scanned] = (depth, *shape)
+    return out
+
+
+def _attention_shape(s: dict[str, tuple[int, ...]]) -> tuple[int, int, int, int, int]:
+    """(depth, heads, kv heads, width, head dim) of the decoder, fused qkv or not."""
+    if "llm/layers/attn/qkv_einsum/w" in s:  # as many kv heads as heads
+        depth, _, heads, width, head_dim = s["llm/layers/attn/qkv_einsum/w"]
+        return depth, heads, heads, width, head_dim
+    depth, heads, width, head_dim = s["llm/layers/attn/q_einsum/w"]
+    return depth, heads, s["llm/layers/attn/kv_einsum/w"][2], width, head_dim
 
 
 def infer_npz_config(shapes: dict[str, tuple[int, ...]]) -> PaliGemmaConfig:
@@ -254,14 +306,13 @@ def infer_npz_config(shapes: dict[str, tuple[int, ...]]) -> PaliGemmaConfig:
     Shapes fix every width and depth. Gemma 2's soft-caps, window and query scale are not in the
     shapes; they are taken from the published preset with the same decoder shapes, if any.
     """
-    s = {npz_key(k): v for k, v in shapes.items()}
+    s = _scanned_shapes(shapes)
     try:
         depth_v, width_v, heads_v, _ = s[_MHA + "query/kernel"]
         mlp_v = s[_ENC + "MlpBlock_0/Dense_0/kernel"][2]
         patch = s["img/embedding/kernel"][0]
         side = math.isqrt(s["img/pos_embedding"][1])
-        depth, heads, width, head_dim = s["llm/layers/attn/q_einsum/w"]
-        kv_heads = s["llm/layers/attn/kv_einsum/w"][2]
+        depth, heads, kv_heads, width, head_dim = _attention_shape(s)
         mlp = s["llm/layers/mlp/linear"][1]
         vocab = s["llm/embedder/input_embedding"][0]
     except KeyError as e:

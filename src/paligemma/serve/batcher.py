@@ -191,7 +191,7 @@ class Batcher:
                 "top_p": first.top_p,
                 "seed": first.seed,
             }
-        cfg = engine.GenerationConfig(**options)
+        cfg = pipe.generation_config(**options)
         streams = [TextStream(tok, j.stop) for j in rows]
         reasons: list[str | None] = [None] * len(rows)
         eos = tok.eos_id

@@ -53,6 +53,7 @@ def test_convert_npz_then_info(hf_checkpoint, tmp_path):
     assert out.returncode == 0, out.stderr
     converted = paligemma.load_model(tmp_path / "out")
     assert converted.dtype == torch.bfloat16
+    assert converted.cfg == cfg  # the published architecture (window, soft-cap) is kept
     reference = paligemma.load_model(path, dtype=torch.bfloat16)
     for a, b in zip(converted.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)

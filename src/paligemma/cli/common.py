@@ -12,6 +12,11 @@ import torch
 MODEL_HELP = "checkpoint directory, .npz or hub id (default: the embedded demo model)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANT_CHOICES = ["int8", "int4"]
+REFERENCES = ["transformers", "big_vision"]
+REFERENCE_HELP = (
+    "whose PaliGemma 2 computation to reproduce: transformers (sliding window, final soft-cap) "
+    "or big_vision (neither); default: big_vision for an .npz, transformers otherwise"
+)
 
 
 class UsageError(ValueError):
@@ -39,6 +44,7 @@ def add_model_flags(parser: argparse.ArgumentParser, described: bool = True) -> 
     parser.add_argument(
         "--adapter", help=text("LoRA adapter directory (ours or peft's) on top of the model")
     )
+    parser.add_argument("--reference", choices=REFERENCES, help=text(REFERENCE_HELP))
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -55,6 +61,7 @@ def load_pipeline(args: argparse.Namespace):
         mask_vae=getattr(args, "mask_vae", None),
         quantize=getattr(args, "quantize", None),
         adapter=getattr(args, "adapter", None),
+        reference=getattr(args, "reference", None),
     )
     return pipe, time.perf_counter() - start
 

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from .common import DTYPES, QUANT_CHOICES
+from .common import DTYPES, QUANT_CHOICES, REFERENCES
 
 
 def add_parsers(sub) -> None:
@@ -26,6 +26,13 @@ def add_parsers(sub) -> None:
         "--quantize",
         choices=QUANT_CHOICES,
         help="save a quantised checkpoint (quantise once, load fast)",
+    )
+    conv.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default="transformers",
+        help="the computation the saved config describes: transformers (default: the published "
+        "architecture, Gemma 2's window and final soft-cap kept) or big_vision (neither)",
     )
     conv.set_defaults(run=run_convert)
 
@@ -70,7 +77,11 @@ def run_convert(args: argparse.Namespace) -> None:
     from ..checkpoints.load import load_model, resolve_source, save_model
 
     model = load_model(
-        args.source, dtype=DTYPES.get(args.dtype), config=args.config, quantize=args.quantize
+        args.source,
+        dtype=DTYPES.get(args.dtype),
+        config=args.config,
+        quantize=args.quantize,
+        reference=args.reference,
     )
     save_model(model, args.out)
     copy_assets(resolve_source(args.source), args.out)

@@ -1,6 +1,6 @@
 """Generation engine: prefill once, then decode one token at a time with the KV cache.
 
-Axes: B rows, T prompt tokens, V vocabulary, K beams.
+Axes (the package's legend): B rows, T prompt tokens, V vocabulary, M beams per row.
 
 The engine works on ids only: it never sees the tokenizer. Stop conditions are ids (`<eos>`),
 a caller-supplied predicate over a row's new ids (stop strings), or `max_new_tokens`. Rows of a
@@ -102,7 +102,7 @@ def drop_padding(scores: torch.Tensor, num_real_ids: int | None) -> torch.Tensor
 
 
 def _beam_logp(logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig):
-    """float32[B*K, V] log-probs for beam scores. Padding ids are dropped after the softmax,
+    """float32[B*M, V] log-probs for beam scores. Padding ids are dropped after the softmax,
     not before (as transformers' suppress_tokens does): scores stay the model's own."""
     logp = process_logits(logits, history, replace(cfg, num_real_ids=None)).log_softmax(-1)
     return drop_padding(logp, cfg.num_real_ids)
@@ -215,89 +215,95 @@ def generate(
     return Output(tokens, reasons, timings)
 
 
+def _extend_row(
+    r: int,
+    top: tuple[list[float], list[int]],
+    vocab: int,
+    seqs: list[list[int]],
+    finished: list[tuple[float, list[int]]],
+    stop_ids: set[int],
+    cfg: GenerationConfig,
+) -> list[tuple[int, int, float]]:
+    """Row r's next M beams from its candidates (best first): (source beam row, token, score).
+    A candidate ending in a stop id among the M best becomes a finished hypothesis instead."""
+    m, chosen = cfg.num_beams, []
+    for rank, (s, i) in enumerate(zip(*top, strict=True)):
+        beam, t = divmod(i, vocab)
+        if t in stop_ids:
+            if rank < m:  # only hypotheses among the M best may finish
+                seq = seqs[r * m + beam]
+                finished.append((s / (len(seq) + 1) ** cfg.length_penalty, seq))
+            continue
+        chosen.append((r * m + beam, t, s))
+        if len(chosen) == m:
+            break
+    return chosen
+
+
+def _best(
+    r: int, finished, done: bool, scores: list[float], seqs, cfg: GenerationConfig
+) -> tuple[list[int], str]:
+    """Row r's answer: the best finished hypothesis, or a running beam if the row never ended."""
+    m, lp = cfg.num_beams, cfg.length_penalty
+    pool = [(f, s, "stop") for f, s in finished]
+    if not done:
+        beams = range(r * m, r * m + m)
+        pool += [(scores[j] / max(len(seqs[j]), 1) ** lp, seqs[j], "length") for j in beams]
+    _, seq, reason = max(pool, key=lambda x: x[0])
+    return seq, reason
+
+
 def beam_search(
     model: PaliGemma, inputs: dict, cfg: GenerationConfig, stop_ids: set[int]
 ) -> Output:
-    """Beam search with K = cfg.num_beams beams per row; with K = 1 it is greedy decoding.
+    """Beam search with M = cfg.num_beams beams per row; with M = 1 it is greedy decoding.
 
     A hypothesis that ends with a stop id is scored sum(log p) / length ** length_penalty
-    (length counts the stop id). A row is done once it has K finished hypotheses and its best
+    (length counts the stop id). A row is done once it has M finished hypotheses and its best
     running beam, normalised by its current length, cannot beat the worst of them.
     """
-    k, lp = cfg.num_beams, cfg.length_penalty
+    m, lp = cfg.num_beams, cfg.length_penalty
     start = time.perf_counter()
     ids, cache, logits = _prefill(model, inputs, cfg.max_new_tokens)
     timings = {"prefill_s": time.perf_counter() - start}
     start = time.perf_counter()
     b, device = ids.shape[0], ids.device
-    fan_out = torch.arange(b, device=device).repeat_interleave(k)  # row r -> rows r*K ... r*K+K-1
+    fan_out = torch.arange(b, device=device).repeat_interleave(m)  # row r -> rows r*M ... r*M+M-1
     cache.reorder_(fan_out)
     logits, history = logits[fan_out], ids[fan_out]
-    beam_scores = torch.zeros(b, k, device=device)
+    beam_scores = torch.zeros(b, m, device=device)
     beam_scores[:, 1:] = -math.inf  # all beams start equal: expand only the first
-    beam_scores = beam_scores.view(-1)
-    seqs: list[list[int]] = [[] for _ in range(b * k)]
+    scores: list[float] = beam_scores.view(-1).tolist()
+    seqs: list[list[int]] = [[] for _ in range(b * m)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
-    done = [False] * b
-    steps = 0
+    done, filler = [False] * b, min(stop_ids, default=0)
     for step in range(cfg.max_new_tokens):
-        steps = step + 1
-        logp = _beam_logp(logits, history, cfg)  # (B*K, V)
+        timings["steps"] = step + 1
+        logp = _beam_logp(logits, history, cfg)  # (B*M, V)
         vocab = logp.shape[-1]
-        candidates = (beam_scores[:, None] + logp).view(b, k * vocab)
-        width = min((len(stop_ids) + 1) * k, candidates.shape[1])  # enough to find K non-stops
-        top_scores, top_index = candidates.topk(width, dim=1)  # sorted, best first
-        src, tok, score = [], [], []
+        candidates = (torch.tensor(scores, device=device)[:, None] + logp).view(b, m * vocab)
+        width = min((len(stop_ids) + 1) * m, candidates.shape[1])  # enough to find M non-stops
+        top_scores, top_index = candidates.topk(width, dim=1)  # (B, width), best first
+        picked: list[tuple[int, int, float]] = []
         for r in range(b):
             if done[r]:  # keep shapes; these beams are never read again
-                src += [r * k] * k
-                tok += [min(stop_ids, default=0)] * k
-                score += [0.0] * k
+                picked += [(r * m, filler, 0.0)] * m
                 continue
-            chosen = 0
-            for rank, (s, i) in enumerate(
-                zip(top_scores[r].tolist(), top_index[r].tolist(), strict=True)
-            ):
-                beam, t = divmod(i, vocab)
-                if t in stop_ids:
-                    if rank < k:  # only hypotheses among the K best may finish
-                        seq = seqs[r * k + beam]
-                        finished[r].append((s / (len(seq) + 1) ** lp, seq))
-                    continue
-                src.append(r * k + beam)
-                tok.append(t)
-                score.append(s)
-                chosen += 1
-                if chosen == k:
-                    break
-            if len(finished[r]) >= k:
-                worst = sorted(f for f, _ in finished[r])[-k]
-                done[r] = score[r * k] / (step + 1) ** lp <= worst
+            top = (top_scores[r].tolist(), top_index[r].tolist())
+            picked += _extend_row(r, top, vocab, seqs, finished[r], stop_ids, cfg)
+            if len(finished[r]) >= m:
+                worst = sorted(f for f, _ in finished[r])[-m]
+                done[r] = picked[r * m][2] / (step + 1) ** lp <= worst
         if all(done):
             break
-        rows = torch.tensor(src, device=device)
-        tokens = torch.tensor(tok, device=device)
+        src, tok, scores = (list(x) for x in zip(*picked, strict=True))
+        rows, tokens = torch.tensor(src, device=device), torch.tensor(tok, device=device)
         seqs = [seqs[s] + [t] for s, t in zip(src, tok, strict=True)]
-        beam_scores = torch.tensor(score, device=device)
         history = torch.cat([history[rows], tokens[:, None]], 1)
         if step == cfg.max_new_tokens - 1:
             break
         cache.reorder_(rows)
         logits = _step(model, cache, tokens)
-    tokens_out, reasons = [], []
-    for r in range(b):
-        pool = [(f, s, "stop") for f, s in finished[r]]
-        if not done[r]:
-            pool += [
-                (
-                    beam_scores[r * k + j].item() / max(len(seqs[r * k + j]), 1) ** lp,
-                    seqs[r * k + j],
-                    "length",
-                )
-                for j in range(k)
-            ]
-        best = max(pool, key=lambda x: x[0])
-        tokens_out.append(best[1])
-        reasons.append(best[2])
-    timings |= {"decode_s": time.perf_counter() - start, "steps": steps}
-    return Output(tokens_out, reasons, timings)
+    answers = [_best(r, finished[r], done[r], scores, seqs, cfg) for r in range(b)]
+    timings["decode_s"] = time.perf_counter() - start
+    return Output([a[0] for a in answers], [a[1] for a in answers], timings)

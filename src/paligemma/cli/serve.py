@@ -24,6 +24,11 @@ def add_parser(sub) -> None:
     srv.add_argument("--dtype", choices=list(DTYPES))
     srv.add_argument("--quantize", choices=QUANT_CHOICES)
     srv.add_argument("--adapter", help="LoRA adapter directory (ours or peft's) on the model")
+    srv.add_argument(
+        "--served-model-name",
+        help="the model name clients send and /v1/models lists (default: the checkpoint "
+        "directory's name, or paligemma-embedded)",
+    )
     srv.set_defaults(run=run)
 
 
@@ -61,4 +66,5 @@ def run(args: argparse.Namespace) -> None:
         DTYPES.get(args.dtype),
         args.quantize,
         args.adapter,
+        args.served_model_name,
     )

@@ -52,18 +52,18 @@ def serve(
     dtype: Any = None,
     quantize: str | None = None,
     adapter: str | None = None,
+    served_model_name: str | None = None,
 ) -> None:
     """Load the model (the embedded one without `source`; with a LoRA `adapter` on top) and
-    serve it until interrupted."""
+    serve it until interrupted, under `served_model_name` (default: the checkpoint's directory
+    name, or "paligemma-embedded"), the name requests must give as their `model` (or none)."""
     import uvicorn
 
     from ..pipeline import load
 
     pipe = load(source, dtype=dtype, quantize=quantize, adapter=adapter)
-    name = Path(str(source)).name if source else "paligemma-embedded"
-    settings = settings or Settings()
-    if settings.model_name == Settings.model_name:
-        settings = replace(settings, model_name=name)
+    name = served_model_name or (Path(str(source)).name if source else "paligemma-embedded")
+    settings = replace(settings or Settings(), model_name=name)
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")
     uvicorn.run(create_app(pipe, settings), host=host, port=port, log_level="info")

@@ -223,15 +223,16 @@ def test_lora_at_init_equals_base_and_merge_equals_unmerged(pipeline_dir):
 
 
 def test_lora_wraps_each_base_and_merging_puts_a_layer_back():
-    """LoRALinear(base) holds the very layer it wraps (float or quantised);
+    """LoRALinear(base) holds the very layer it wraps (float, matrix-vector or quantised);
     the adapter's names stay `<layer>.lora_A/B` (training checkpoints, PEFT); merging replaces
     the wrapper by the base (a quantised base: a float nn.Linear); quantising a wrapped model
     quantises the bases and keeps the adapters."""
     from paligemma.lora import LoRALinear
     from paligemma.quant.linear import Int8Linear, quantize_
+    from paligemma.quant.matvec import MatVecLinear, install_matvec_
 
     torch.manual_seed(0)
-    model = paligemma.PaliGemma(paligemma.TINY).eval()
+    model = install_matvec_(paligemma.PaliGemma(paligemma.TINY).eval())
     keys = set(model.state_dict())
     x = torch.randn(1, 5, paligemma.TINY.text.width)
     blocks = model.decoder.blocks
@@ -251,13 +252,13 @@ def test_lora_wraps_each_base_and_merging_puts_a_layer_back():
     merge_lora_(model)
     assert type(blocks[0].attn.q_proj) is nn.Linear and not lora_modules(model)
     assert set(model.state_dict()) == keys
-    again = paligemma.PaliGemma(paligemma.TINY)
+    again = install_matvec_(paligemma.PaliGemma(paligemma.TINY))
     apply_lora_(again, rank=2, alpha=4)
     with torch.no_grad():
         again.decoder.blocks[0].attn.q_proj.lora_B.fill_(0.1)
         unmerged = again.decoder.blocks[0].attn.q_proj(x)
         merge_lora_(again)
-        assert type(again.decoder.blocks[0].attn.q_proj) is nn.Linear
+        assert type(again.decoder.blocks[0].attn.q_proj) is MatVecLinear
         assert torch.allclose(again.decoder.blocks[0].attn.q_proj(x), unmerged, atol=1e-5)
 
 

@@ -21,6 +21,7 @@ import torch
 
 import paligemma
 from paligemma import generate as engine
+from paligemma.quant.matvec import install_matvec_
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,7 +35,8 @@ def build(name: str, dtype: torch.dtype, device: str) -> paligemma.PaliGemma:
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0.0, 0.02, generator=g)
-        return model.eval()
+        # As load_model does on the CPU: single rows through torch.mv (quant/matvec.py).
+        return install_matvec_(model.eval()) if device == "cpu" else model.eval()
     return paligemma.load_model(name, dtype=dtype, device=device)
 
 

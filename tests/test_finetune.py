@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from torch import nn
 
 import paligemma
-from paligemma.lora.layer import apply_lora_, lora_modules, merge_lora_, save_adapter
+from paligemma.lora import apply_lora_, lora_modules, merge_lora_, save_adapter
 from paligemma.processor import IGNORE
 from paligemma.train import data, finetune
 
@@ -219,6 +220,46 @@ def test_lora_at_init_equals_base_and_merge_equals_unmerged(pipeline_dir):
         assert not lora_modules(pipe.model)
         assert torch.allclose(pipe.model(**batch), unmerged, atol=1e-5)
         assert set(pipe.model.state_dict()) == set(base.model.state_dict())
+
+
+def test_lora_wraps_each_base_and_merging_puts_a_layer_back():
+    """LoRALinear(base) holds the very layer it wraps (float, matrix-vector or quantised);
+    the adapter's names stay `<layer>.lora_A/B` (training checkpoints, PEFT); merging replaces
+    the wrapper by the base (a quantised base: a float nn.Linear); quantising a wrapped model
+    quantises the bases and keeps the adapters."""
+    from paligemma.lora import LoRALinear
+    from paligemma.quant.linear import Int8Linear, quantize_
+    from paligemma.quant.matvec import MatVecLinear, install_matvec_
+
+    torch.manual_seed(0)
+    model = install_matvec_(paligemma.PaliGemma(paligemma.TINY).eval())
+    keys = set(model.state_dict())
+    x = torch.randn(1, 5, paligemma.TINY.text.width)
+    blocks = model.decoder.blocks
+    q_proj = blocks[0].attn.q_proj
+    apply_lora_(model, rank=2, alpha=4)
+    wrapper = blocks[0].attn.q_proj
+    assert type(wrapper) is LoRALinear and wrapper.base is q_proj
+    assert "decoder.blocks.0.attn.q_proj.lora_A" in dict(model.named_parameters())
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            m.lora_B.normal_(0, 0.05)
+        lora_out = blocks[0].mlp.up_proj(x)
+    quantize_(model, "int8", head=False)
+    assert type(blocks[0].mlp.up_proj.base) is Int8Linear
+    with torch.no_grad():
+        assert (blocks[0].mlp.up_proj(x) - lora_out).abs().max() < 0.02
+    merge_lora_(model)
+    assert type(blocks[0].attn.q_proj) is nn.Linear and not lora_modules(model)
+    assert set(model.state_dict()) == keys
+    again = install_matvec_(paligemma.PaliGemma(paligemma.TINY))
+    apply_lora_(again, rank=2, alpha=4)
+    with torch.no_grad():
+        again.decoder.blocks[0].attn.q_proj.lora_B.fill_(0.1)
+        unmerged = again.decoder.blocks[0].attn.q_proj(x)
+        merge_lora_(again)
+        assert type(again.decoder.blocks[0].attn.q_proj) is MatVecLinear
+        assert torch.allclose(again.decoder.blocks[0].attn.q_proj(x), unmerged, atol=1e-5)
 
 
 def test_adapter_loads_in_peft_with_the_same_logits(pipeline_dir, tmp_path):

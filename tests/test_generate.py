@@ -56,9 +56,9 @@ def test_greedy_matches_transformers(pipe, hf):
 def test_device_generic_path_matches_transformers(pipe, hf, monkeypatch):
     """What runs on a GPU (plain F.linear, no CPU matrix-vector shortcut), here on the CPU:
     batch-1 decoding gives transformers' tokens too."""
-    from paligemma import gemma
+    from paligemma.quant import matvec
 
-    monkeypatch.setattr(gemma, "_matvec", lambda x: False)
+    monkeypatch.setattr(matvec, "_matvec", lambda x: False)
     ims = images(1)
     want = hf_generate(hf, ims, PROMPTS[:1], do_sample=False)
     assert [r.token_ids for r in pipe.generate(ims, PROMPTS[:1], max_new_tokens=NEW)] == want

@@ -169,3 +169,66 @@ def test_cli_convert_quantised_then_generate(pipeline_dir, tmp_path, capsys):
     assert any(type(m) is q.Int8Linear for m in pipe.model.modules())
     image = torch.full((28, 28, 3), 90, dtype=torch.uint8).numpy()
     assert len(pipe.generate(image, "caption en", max_new_tokens=3).token_ids) == 3
+
+
+# -- layers swapped by name: the tied head, the CPU matrix-vector path, the saved form ----------
+
+
+def tiny_model() -> paligemma.PaliGemma:
+    torch.manual_seed(0)
+    return paligemma.PaliGemma(paligemma.TINY).eval()
+
+
+def test_matvec_path_swaps_layers_keeping_tensors_and_results(monkeypatch):
+    """install_matvec_ keeps every parameter (same objects, same names, no new key: the tied head
+    holds none), sends single CPU rows through torch.mv, and changes no result."""
+    from paligemma.gemma import TiedHead
+    from paligemma.quant import matvec
+
+    model = tiny_model()
+    assert type(model.decoder.head) is TiedHead
+    params = dict(model.named_parameters())
+    assert not any(k.startswith("decoder.head") for k in model.state_dict())
+    x = torch.randn(1, 1, paligemma.TINY.text.width)
+    h = torch.randn(3, 2, paligemma.TINY.text.width)
+    with torch.no_grad():
+        want = [model.decoder.blocks[0].mlp(x), model.decoder.logits(x), model.decoder.logits(h)]
+    matvec.install_matvec_(model)
+    assert dict(model.named_parameters()) == params  # the very same Parameter objects
+    assert type(model.decoder.head) is matvec.MatVecHead
+    assert type(model.decoder.blocks[0].attn.q_proj) is matvec.MatVecLinear
+    calls = []
+    mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda *a: calls.append(1) or mv(*a))
+    with torch.no_grad():
+        got = [model.decoder.blocks[0].mlp(x), model.decoder.logits(x), model.decoder.logits(h)]
+    assert len(calls) == 4  # gate, up, down, head; the 6-row logits take F.linear
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_load_model_installs_the_matvec_path_on_the_cpu(pipeline_dir):
+    from paligemma.quant import matvec
+
+    model = paligemma.load_model(pipeline_dir, dtype=torch.float32)
+    kinds = {type(m) for m in model.modules()}
+    assert matvec.MatVecHead in kinds and matvec.MatVecLinear in kinds and nn.Linear not in kinds
+
+
+def test_quant_store_describes_and_rebuilds_a_model():
+    from paligemma.quant import store
+
+    model = tiny_model()
+    assert store.describe(model) is None
+    q.quantize_(model, "int4", group=32)
+    spec = store.describe(model)
+    assert spec["mode"] == "int4" and spec["group"] == 32 and "decoder.head" in spec["modules"]
+    with torch.device("meta"):
+        skeleton = store.build_(paligemma.PaliGemma(paligemma.TINY), spec)
+    shapes = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in skeleton.state_dict().items()} == shapes
+    with pytest.raises(ValueError, match="mode must be"):
+        store.build_(paligemma.PaliGemma(paligemma.TINY), {**spec, "mode": "int3"})
+    q.quantize_(model, "int8", include="vision.blocks.*")
+    with pytest.raises(ValueError, match="mixes int8 and int4"):
+        store.describe(model)

@@ -24,28 +24,6 @@ from .config import GemmaConfig
 from .kv_cache import KVCache
 
 
-def _matvec(x: torch.Tensor) -> bool:
-    """One row of x on the CPU (elsewhere `linear` is plain F.linear, as on a GPU)."""
-    return x.device.type == "cpu" and x.numel() == x.shape[-1]
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T (+ bias). A single row on the CPU goes through matrix-vector code: batch-1
-    decoding is ~1.6x faster in bfloat16 that way (as fast in float32)."""
-    if _matvec(x):
-        out = torch.mv(weight, x.reshape(-1))
-        return (out if bias is None else out + bias).view(*x.shape[:-1], -1)
-    return F.linear(x, weight, bias)
-
-
-def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A projection layer applied to x: plain nn.Linear through `linear`, anything else (LoRA,
-    quantised) through its own forward."""
-    if type(layer) is nn.Linear:
-        return linear(x, layer.weight, layer.bias)
-    return layer(x)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -102,9 +80,9 @@ class Attention(nn.Module):
         """x (B, T, D), mask bool (B, 1, T, S) -> (B, T, D). With a cache, S = start + T."""
         b, t, _ = x.shape
         n, kv, h = self.num_heads, self.num_kv_heads, self.head_dim
-        q = project(self.q_proj, x).view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
-        k = project(self.k_proj, x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
-        v = project(self.v_proj, x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        q = self.q_proj(x).view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
+        k = self.k_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        v = self.v_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
@@ -118,7 +96,7 @@ class Attention(nn.Module):
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
         out = probs.view(b, kv, -1, s) @ v  # (B, K, G*T, H)
         out = out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h)  # (B, T, N*H)
-        return project(self.o_proj, out)
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):
@@ -131,8 +109,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = F.gelu(project(self.gate_proj, x), approximate="tanh")
-        return project(self.down_proj, gate * project(self.up_proj, x))
+        gate = F.gelu(self.gate_proj(x), approximate="tanh")
+        return self.down_proj(gate * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -155,6 +133,16 @@ class Block(nn.Module):
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
 
+class TiedHead(nn.Module):
+    """The output head: logits through the tied embedding matrix. It holds no tensor of its own
+    (the state dict has only `embed.weight`); features replace it by name with modules called
+    the same way, e.g. a quantised copy of the matrix that ignores the float one."""
+
+    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """h (B, T, D), weight (V, D) -> logits (B, T, V)."""
+        return F.linear(h, weight)
+
+
 class GemmaDecoder(nn.Module):
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
@@ -162,10 +150,8 @@ class GemmaDecoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)  # also the output head (tied)
         self.blocks = nn.ModuleList(Block(cfg, local) for local in cfg.layer_is_local)
         self.final_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.head = TiedHead()  # features swap it by name (quantised copy, CPU matrix-vector)
         self.checkpointing = False  # recompute block activations in backward (training only)
-        # A separate (quantised) copy of the output head, set by quantize_(..., head=True):
-        # decoding reads the head for every token, so it is worth shrinking too.
-        self.head: nn.Module | None = None
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """int[B, T] -> float[B, T, D]; scaled by sqrt(D) rounded to the weight dtype."""
@@ -192,7 +178,7 @@ class GemmaDecoder(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, V) through the tied embedding, soft-capped for Gemma 2."""
-        logits = linear(h, self.embed.weight) if self.head is None else self.head(h)
+        logits = self.head(h, self.embed.weight)
         if self.cfg.final_softcap is not None:
             cap = self.cfg.final_softcap
             logits = torch.tanh(logits / cap) * cap

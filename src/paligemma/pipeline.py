@@ -20,7 +20,7 @@ from . import generate as engine
 from .checkpoints.assets import MASK_VAE_FILES, copy_assets  # noqa: F401  (TEMP: callers move)
 from .checkpoints.load import load_model, resolve_source
 from .config import MAX_SEQ_LEN
-from .lora.layer import load_adapter_
+from .lora.peft import load_adapter_
 from .model import PaliGemma
 from .processor import ImageTransform, Processor, images_per_row, load_image
 from .tasks.objects import ObjectList, parse_objects, task_prompt

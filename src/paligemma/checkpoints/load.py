@@ -23,6 +23,9 @@ import torch
 
 from ..config import ConfigError, PaliGemmaConfig, get_config, with_reference
 from ..model import PaliGemma
+from ..quant import store as quant_store
+from ..quant.matvec import install_matvec_
+from ..quant.store import QUANT_FILE
 from .hf_config import from_hf_json, to_hf_json
 from .names import (
     CheckpointError,
@@ -37,7 +40,6 @@ from .safetensors_io import SafetensorsReader, write_atomic, write_safetensors
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD_BYTES = 5 * 2**30
-QUANT_FILE = "quantization.json"  # marks a checkpoint of a quantised model (our tensor names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,9 +194,7 @@ def _load_npz(path: Path, cfg, dtype, device, reference) -> PaliGemma:
 
 def _load_quantized(path: Path, dtype, device, reference) -> PaliGemma:
     """A checkpoint written by `save_model` from a quantised model: our tensor names, integer
-    codes kept as they are, float tensors converted to `dtype`."""
-    from ..quant.linear import Int4Linear, Int8Linear
-
+    codes kept as they are, float tensors converted to `dtype`; quant.store builds the model."""
     cfg = with_reference(from_hf_json(json.loads((path / "config.json").read_text())), reference)
     spec = json.loads((path / QUANT_FILE).read_text())
     reader = SafetensorsReader(path / "model.safetensors")
@@ -202,20 +202,7 @@ def _load_quantized(path: Path, dtype, device, reference) -> PaliGemma:
         if dtype is None:
             dtype = _majority_dtype([reader.entries[n][0] for n in reader.entries])
         with torch.device("meta"):
-            model = PaliGemma(cfg)
-            for name in spec["modules"]:
-                if name == "decoder.head":  # the quantised copy of the tied output head
-                    args = (cfg.text.width, cfg.text.vocab_size, False)
-                else:
-                    old = model.get_submodule(name)
-                    args = (old.in_features, old.out_features, old.bias is not None)
-                new = (
-                    Int8Linear(*args)
-                    if spec["mode"] == "int8"
-                    else Int4Linear(*args, group=spec["group"])
-                )
-                parent, _, leaf = name.rpartition(".")
-                setattr(model.get_submodule(parent), leaf, new)
+            model = quant_store.build_(PaliGemma(cfg), spec)
         state = {}
         for name in reader.entries:
             stored = reader.entries[name][0]
@@ -242,7 +229,8 @@ def load_model(
     dict or PaliGemmaConfig, else inferred from the tensor shapes where they determine it.
     dtype: defaults to the stored weights' dtype. device: defaults to the CPU.
     quantize: "int8" | "int4" quantises the decoder's linear layers after loading (weight-only);
-    a checkpoint saved from a quantised model loads quantised without it.
+    a checkpoint saved from a quantised model loads quantised without it. On the CPU the float
+    linears and the tied head take the matrix-vector path for single rows (quant/matvec.py).
     reference: "transformers" | "big_vision", whose computation to reproduce where the two
     differ (PaliGemma 2 only; see `config.with_reference`): transformers keeps Gemma 2's
     sliding window and final logit soft-cap, big_vision (where PaliGemma 2 was trained) has
@@ -253,7 +241,7 @@ def load_model(
         from ..quant.linear import quantize_
 
         quantize_(model, quantize)
-    return model
+    return install_matvec_(model) if model.device.type == "cpu" else model
 
 
 def _load_any(source, dtype, device, config, reference) -> PaliGemma:
@@ -293,21 +281,11 @@ def save_model(
     quantization.json): load_model reads it back quantised, transformers does not read it.
     Each file is written under a temporary name and renamed, so a crash leaves no torn file.
     """
-    from ..quant.linear import QUANTIZED, Int4Linear
-
     cfg = model.cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    quantized = {n: m for n, m in model.named_modules() if type(m) in QUANTIZED}
-    if quantized:  # our own layout: transformers has no such tensors
-        first = next(iter(quantized.values()))
-        spec = {
-            "mode": "int4" if isinstance(first, Int4Linear) else "int8",
-            "group": getattr(first, "group", None),
-            "modules": sorted(quantized),
-        }
-        if len({type(m) for m in quantized.values()}) > 1:
-            raise ValueError("cannot save a model that mixes int8 and int4 layers")
+    spec = quant_store.describe(model)
+    if spec is not None:  # our own layout: transformers has no such tensors
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         write_atomic(
             out / "model.safetensors", lambda p: write_safetensors(state, p, {"format": "pt"})

@@ -2,7 +2,9 @@
 
 `quantize_(model, "int8" | "int4", ...)` swaps `nn.Linear` modules by name for quantised ones
 that keep the same names for their tensors (`weight` holds the integer codes, `scale` the
-float scales), so a quantised model's state dict saves and loads like any other.
+float scales), so a quantised model's state dict saves and loads like any other; the decoder's
+tied head (gemma.TiedHead) becomes a quantised copy of the embedding matrix (Int8Head /
+Int4Head, tensors `decoder.head.weight` and `.scale`). store.py says how such a model is saved.
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..gemma import TiedHead
 from . import kernels as cpu_kernels
 
 KERNEL_ROWS = 8  # our int8 kernel: at most this many rows of x (it streams the weight once)
@@ -154,6 +157,21 @@ class Int4Linear(_QuantizedLinear):
         return torch._weight_int4pack_mm_for_cpu(flat, packed, self.group, scales_and_zeros)
 
 
+class Int8Head(Int8Linear):
+    """An int8 copy of the tied output head, called as gemma.TiedHead is: h (B, T, D) and the
+    float matrix (V, D), which it leaves unread -> logits (B, T, V)."""
+
+    def forward(self, h: torch.Tensor, tied: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(h)
+
+
+class Int4Head(Int4Linear):
+    """The int4 twin of Int8Head."""
+
+    def forward(self, h: torch.Tensor, tied: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(h)
+
+
 def _on_cpu_inference(x: torch.Tensor) -> bool:
     """The CPU paths have no backward: training (QLoRA) takes the dequantised path."""
     return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
@@ -181,7 +199,7 @@ _KERNELS = (
 _HAS_KERNELS = all(hasattr(torch, op) for op in _KERNELS)
 
 
-QUANTIZED = (Int8Linear, Int4Linear)
+QUANTIZED = (Int8Linear, Int4Linear, Int8Head, Int4Head)  # every quantised module class
 DECODER_LINEARS = "decoder.blocks.*"
 VISION_LINEARS = "vision.blocks.*"
 
@@ -193,29 +211,27 @@ def quantize_(
     group: int = 64,
     head: bool = True,
 ) -> nn.Module:
-    """In place: every nn.Linear whose name matches `include` (fnmatch patterns; default the
-    decoder's layers, add VISION_LINEARS for the image encoder) becomes Int8 / Int4. With
-    `head`, the tied output head gets a quantised copy (`decoder.head`) while the embedding
-    lookup keeps the float matrix: per decoded token the head is a third of the bytes read."""
+    """In place: every float linear (nn.Linear or a subclass) whose name matches `include`
+    (fnmatch patterns; default the decoder's layers, add VISION_LINEARS for the image encoder)
+    becomes Int8 / Int4. With `head`, the tied output head becomes a quantised copy
+    (`decoder.head`) while the embedding lookup keeps the float matrix: per decoded token the
+    head is a third of the bytes read."""
     if mode not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
     patterns = (include,) if isinstance(include, str) else tuple(include)
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or not any(fnmatch.fnmatch(name, p) for p in patterns):
-            continue
-        q = (
-            Int8Linear.from_linear(module)
-            if mode == "int8"
-            else Int4Linear.from_linear(module, group)
-        )
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, q)
+        if isinstance(module, nn.Linear) and any(fnmatch.fnmatch(name, p) for p in patterns):
+            model.set_submodule(name, _quantized(module, mode, group))
     decoder = getattr(model, "decoder", None)
-    if head and decoder is not None and getattr(decoder, "head", None) is None:
+    if head and decoder is not None and isinstance(decoder.head, TiedHead):
         weight = decoder.embed.weight
         tied = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         tied.weight = weight  # no copy: from_linear reads it once
-        decoder.head = (
-            Int8Linear.from_linear(tied) if mode == "int8" else Int4Linear.from_linear(tied, group)
-        )
+        decoder.head = _quantized(tied, mode, group, head=True)
     return model
+
+
+def _quantized(linear: nn.Linear, mode: str, group: int, head: bool = False) -> nn.Module:
+    if mode == "int8":
+        return (Int8Head if head else Int8Linear).from_linear(linear)
+    return (Int4Head if head else Int4Linear).from_linear(linear, group)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints.load import save_model
-from ..lora.layer import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
+from ..lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
 from ..pipeline import Pipeline, copy_assets, load
 from ..processor import IGNORE, load_image
 from ..quant.linear import quantize_

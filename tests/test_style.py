@@ -130,7 +130,27 @@ def test_no_reference_library_or_pickle_at_run_time():
         assert "torch.load(" not in path.read_text(), path
 
 
-def test_core_files_stay_small():
-    for name in CORE:
-        lines = len((SRC / f"{name}.py").read_text().splitlines())
-        assert lines <= 400, f"{name}.py has {lines} lines"
+def oversized(root: Path, max_lines: int = 400, max_function: int = 60) -> list[str]:
+    """Files over `max_lines` lines and functions over `max_function` lines, as 'file: what'."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(root)
+        if (lines := len(text.splitlines())) > max_lines:
+            found.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > max_function:
+                    found.append(f"{name}: {node.name}() is {length} lines")
+    return found
+
+
+def test_no_file_over_400_lines_and_no_function_over_60():
+    assert oversized(SRC) == []
+
+
+def test_the_size_check_catches_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    (tmp_path / "a.py").write_text(f"def long():\n{body}\n\n\ndef short():\n    pass\n")
+    assert oversized(tmp_path) == ["a.py: long() is 61 lines"]

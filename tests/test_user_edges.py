@@ -118,3 +118,18 @@ def test_served_model_name_is_what_the_server_answers_to(image_file):
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out[-2000:]
+
+
+def test_the_embedded_model_has_a_name(image_file, capsys, tmp_path, monkeypatch):
+    """`--model embedded` (and load("embedded")) is the demo model in the package, unless a
+    directory of that name is where the user stands."""
+    assert paligemma.load("embedded").model.cfg == paligemma.load().model.cfg
+    args = ["generate", "--image", str(image_file), "--prompt", "caption en"]
+    assert main(args) == 0
+    default = capsys.readouterr().out
+    assert main([*args, "--model", "embedded"]) == 0
+    assert capsys.readouterr().out == default
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embedded").mkdir()  # a local directory wins: it is not a checkpoint
+    with pytest.raises((ValueError, OSError)):
+        paligemma.load("embedded")

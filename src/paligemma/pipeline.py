@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import generate as engine
-from .checkpoints.assets import MASK_VAE_FILES, copy_assets  # noqa: F401  (TEMP: callers move)
+from .checkpoints.assets import copy_assets, find_mask_vae  # noqa: F401  (TEMP: callers move)
 from .checkpoints.load import load_model, resolve_source
 from .config import MAX_SEQ_LEN
 from .lora.peft import load_adapter_
@@ -29,6 +29,7 @@ from .textstream import StopStrings, cut_at_stop, stop_list
 from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets"  # the demo model trained here (MODEL_CARD.md)
+EMBEDDED_NAMES = ("embedded", "paligemma-embedded")  # what --model / load() call it
 
 
 class PromptTooLongError(ValueError):
@@ -233,8 +234,8 @@ def load(
     reference: str | None = None,
 ) -> Pipeline:
     """A ready pipeline from a checkpoint directory, .npz or hub id (see `load_model`); with
-    no source, the embedded demo model that ships in the package (float32 by default: it is
-    small, and float32 is both exact and fastest for it on a CPU).
+    no source (or the name "embedded"), the embedded demo model that ships in the package
+    (float32 by default: it is small, and float32 is both exact and fastest for it on a CPU).
 
     Defaults: bfloat16, on the GPU when there is one (on this project's 2-core AVX2 CPU,
     bfloat16 gives a 2.5x faster first token than float32, faster decoding and half the memory;
@@ -246,25 +247,10 @@ def load(
     "transformers" | "big_vision" numerics for PaliGemma 2 (see `load_model`).
     """
     device = resolve_device(device)
-    if source is None:
-        if not (EMBEDDED_DIR / "config.json").is_file():
-            raise FileNotFoundError(
-                f"the embedded model is missing from {EMBEDDED_DIR}; reinstall the package or "
-                "train it (python -m paligemma.demo.train --install)"
-            )
-        source = EMBEDDED_DIR
-        dtype = torch.float32 if dtype is None else dtype
-    if dtype is None:
-        dtype = torch.bfloat16
+    source, dtype = _source_and_dtype(source, dtype)
     path = resolve_source(source)
     directory = path if path.is_dir() else path.parent
-    tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(directory)
-    if tok_path is None:
-        raise TokenizerError(
-            f"checkpoint {source} has no tokenizer (tokenizer.model or tokenizer.json); "
-            "pass tokenizer=PATH"
-        )
-    tok = Tokenizer(tok_path)
+    tok = Tokenizer(_tokenizer_path(directory, tokenizer, source))
     model = load_model(path, dtype=dtype, device=device, config=config, reference=reference)
     if adapter is not None:
         load_adapter_(model, adapter)
@@ -273,7 +259,40 @@ def load(
 
         quantize_(model, quantize)
     _prepare_kernels(model)
-    cfg = model.cfg
+    _check_tokenizer(tok, model.cfg)
+    pre = directory / "preprocessor_config.json"
+    size = model.cfg.image_size
+    transform = ImageTransform.from_file(pre, size) if pre.is_file() else ImageTransform(size)
+    mask_vae = mask_vae if mask_vae is not None else find_mask_vae(directory)
+    vae = load_mask_vae(mask_vae, device=device) if mask_vae is not None else None
+    return Pipeline(model, Processor(tok, transform, model.cfg.num_image_tokens), vae)
+
+
+def _source_and_dtype(source, dtype: torch.dtype | None) -> tuple[Any, torch.dtype]:
+    """The checkpoint to read and its dtype: no source (or the name "embedded") is the demo
+    model in the package, in float32 by default; anything else defaults to bfloat16."""
+    if source is None or (str(source) in EMBEDDED_NAMES and not Path(source).exists()):
+        if not (EMBEDDED_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded model is missing from {EMBEDDED_DIR}; reinstall the package or "
+                "train it (python -m paligemma.demo.train --install)"
+            )
+        return EMBEDDED_DIR, torch.float32 if dtype is None else dtype
+    return source, torch.bfloat16 if dtype is None else dtype
+
+
+def _tokenizer_path(directory: Path, tokenizer, source) -> Path:
+    path = Path(tokenizer) if tokenizer is not None else find_tokenizer(directory)
+    if path is None:
+        raise TokenizerError(
+            f"checkpoint {source} has no tokenizer (tokenizer.model or tokenizer.json); "
+            "pass tokenizer=PATH"
+        )
+    return path
+
+
+def _check_tokenizer(tok: Tokenizer, cfg) -> None:
+    """The tokenizer and the model agree on <image> and fit one embedding table."""
     if tok.image_id != cfg.image_token_id:
         raise TokenizerError(
             f"tokenizer's <image> is id {tok.image_id}, the model expects {cfg.image_token_id}"
@@ -282,13 +301,3 @@ def load(
         raise TokenizerError(
             f"tokenizer has {tok.vocab_size} ids, the model's embedding only {cfg.text.vocab_size}"
         )
-    pre = directory / "preprocessor_config.json"
-    transform = (
-        ImageTransform.from_file(pre, cfg.image_size)
-        if pre.is_file()
-        else ImageTransform(cfg.image_size)
-    )
-    if mask_vae is None:
-        mask_vae = next((directory / n for n in MASK_VAE_FILES if (directory / n).is_file()), None)
-    vae = load_mask_vae(mask_vae, device=device) if mask_vae is not None else None
-    return Pipeline(model, Processor(tok, transform, cfg.num_image_tokens), vae)

@@ -19,3 +19,8 @@ def copy_assets(source: str | os.PathLike, dest: str | os.PathLike) -> None:
     for name in (*TOKENIZER_FILES, "preprocessor_config.json", *MASK_VAE_FILES):
         if (directory / name).is_file():
             shutil.copy(directory / name, Path(dest) / name)
+
+
+def find_mask_vae(directory: Path) -> Path | None:
+    """The mask VQ-VAE file beside a checkpoint's weights, if there is one."""
+    return next((directory / n for n in MASK_VAE_FILES if (directory / n).is_file()), None)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
-MODEL_HELP = "checkpoint directory, .npz or hub id (default: the embedded demo model)"
+MODEL_HELP = (
+    "checkpoint directory, .npz or hub id; 'embedded' (the default) is the demo model in the "
+    "package"
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANT_CHOICES = ["int8", "int4"]
 REFERENCES = ["transformers", "big_vision"]

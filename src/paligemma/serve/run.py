@@ -59,10 +59,11 @@ def serve(
     name, or "paligemma-embedded"), the name requests must give as their `model` (or none)."""
     import uvicorn
 
-    from ..pipeline import load
+    from ..pipeline import EMBEDDED_NAMES, load
 
     pipe = load(source, dtype=dtype, quantize=quantize, adapter=adapter)
-    name = served_model_name or (Path(str(source)).name if source else "paligemma-embedded")
+    embedded = source is None or (str(source) in EMBEDDED_NAMES and not Path(source).exists())
+    name = served_model_name or ("paligemma-embedded" if embedded else Path(str(source)).name)
     settings = replace(settings or Settings(), model_name=name)
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")

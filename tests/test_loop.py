@@ -11,26 +11,19 @@ from itertools import pairwise
 import pytest
 import torch
 
-from paligemma.train.loop import (
-    Loop,
-    RunningMeans,
-    apply_gradients,
-    fingerprint,
-    learning_rate,
-    refuse_to_overwrite,
-)
+from paligemma.train import loop
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
-    lr = [learning_rate(s, 1.0, 10, warmup_steps=2, floor=0.1) for s in range(12)]
+    lr = [loop.learning_rate(s, 1.0, 10, warmup_steps=2, floor=0.1) for s in range(12)]
     assert lr[:2] == [0.5, 1.0]  # linear warmup, the peak at the last warmup step
     assert lr[2] == 1.0 and all(a > b for a, b in pairwise(lr[2:11]))
     assert lr[10] == lr[11] == pytest.approx(0.1)  # the floor at `steps`, and after
-    assert learning_rate(5, 1.0, 10, warmup_steps=2, decay="constant") == 1.0
-    assert learning_rate(6, 2.0, 10) == pytest.approx(1 + math.cos(math.pi * 0.6))
+    assert loop.learning_rate(5, 1.0, 10, warmup_steps=2, decay="constant") == 1.0
+    assert loop.learning_rate(6, 2.0, 10) == pytest.approx(1 + math.cos(math.pi * 0.6))
     # The demo model's schedule (1e-3 peak, 5e-5 floor, 200 warmup, 12,000 steps) is still at
     # 0.78e-3 at step 4,000, as its docstring says.
-    assert learning_rate(4000, 1e-3, 12_000, 200, 5e-5) == pytest.approx(0.78e-3, abs=0.005e-3)
+    assert loop.learning_rate(4000, 1e-3, 12_000, 200, 5e-5) == pytest.approx(0.78e-3, abs=0.005e-3)
 
 
 @dataclass(frozen=True)
@@ -41,7 +34,7 @@ class Settings:
 
 
 def test_fingerprint_leaves_out_what_may_change_on_resume():
-    assert fingerprint(Settings(), ("steps", "save_every")) == {"lr": 0.1}
+    assert loop.fingerprint(Settings(), ("steps", "save_every")) == {"lr": 0.1}
 
 
 class ToySteps:
@@ -50,7 +43,7 @@ class ToySteps:
 
     bar_keys = ("loss",)
 
-    def __init__(self, model, optimizer, means: RunningMeans) -> None:
+    def __init__(self, model, optimizer, means: loop.RunningMeans) -> None:
         self.model, self.optimizer, self.means = model, optimizer, means
         self.x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
 
@@ -58,7 +51,7 @@ class ToySteps:
         noise = torch.randn(8, 1)  # the global RNG, restored by a resume
         loss = ((self.model(self.x) - noise) ** 2).mean()
         loss.backward()
-        apply_gradients(self.optimizer, list(self.model.parameters()), 1.0)
+        loop.apply_gradients(self.optimizer, list(self.model.parameters()), 1.0)
         return {"loss": loss.item()}
 
     def record(self, step: int, lr: float, seconds: float, metrics: dict) -> dict:
@@ -75,13 +68,15 @@ def toy_run(out, resume: bool, until: int) -> tuple[torch.nn.Module, int]:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    schedule = lambda s: learning_rate(s, 0.1, 6, warmup_steps=1)  # noqa: E731
+    schedule = lambda s: loop.learning_rate(s, 0.1, 6, warmup_steps=1)  # noqa: E731
     trainable = list(model.named_parameters())
-    loop = Loop(out, trainable, optimizer, schedule, fingerprint(Settings(), ()), 2, "toy")
-    refuse_to_overwrite(out, resume)
-    start, pos, log_state = loop.restore(resume)
-    steps = ToySteps(model, optimizer, RunningMeans(log_state.get("means")))
-    loop.run(steps, start, until, total=6, progress=False)
+    toy_loop = loop.Loop(
+        out, trainable, optimizer, schedule, loop.fingerprint(Settings(), ()), 2, "toy"
+    )
+    loop.refuse_to_overwrite(out, resume)
+    start, pos, log_state = toy_loop.restore(resume)
+    steps = ToySteps(model, optimizer, loop.RunningMeans(log_state.get("means")))
+    toy_loop.run(steps, start, until, total=6, progress=False)
     return model, pos
 
 
@@ -101,5 +96,4 @@ def test_a_stopped_and_resumed_run_equals_a_straight_one(tmp_path):
     assert [r.get("eval") for r in rows] == [None, None, 3, None, None, 6]
     assert rows[0]["lr"] == 0.1 and rows[5]["lr"] < rows[1]["lr"]
     with pytest.raises(ValueError, match="other settings"):
-        loop = Loop(tmp_path / "stopped", [], None, None, {"lr": 0.2}, 2, "toy")
-        loop.restore(resume=True)
+        loop.Loop(tmp_path / "stopped", [], None, None, {"lr": 0.2}, 2, "toy").restore(True)

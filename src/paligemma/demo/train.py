@@ -4,10 +4,11 @@
 
 (The shipped weights are this command's output, seed 0; the model card has the run.)
 
-Stages, each skipped when its output exists: the tokenizer (SentencePiece, Gemma's special-token
-layout), the mask VQ-VAE (published architecture, trained on the generator's masks), then the
-model (EMBEDDED preset) with the project's loss and checkpoints; a kill at any moment loses at
-most `save_every` steps, and `--resume` continues bit for bit. With the same seed, torch build
+Stages, each skipped when its output exists: the tokenizer (demo/tokenizer.py: SentencePiece,
+Gemma's special-token layout), the mask VQ-VAE (demo/mask_vae.py: published architecture, trained
+on the generator's masks), then the model (EMBEDDED preset, initialised by demo/init.py) in the
+loop fine-tuning shares (train/loop.py), with its loss and checkpoints; a kill loses at most
+`save_every` steps, and `--resume` continues bit for bit. With the same seed, torch build
 and thread count, every stage repeats bit for bit. The result is exported to OUT/model as a
 checkpoint directory `paligemma.load` reads; `--install` also copies it into the package
 (src/paligemma/assets). Evaluate with `python -m paligemma.demo.evaluate OUT/model`. On a GPU
@@ -27,6 +28,8 @@ schedule is 12,000 steps, with the learning rate still at 0.78e-3 of its 1e-3 pe
 4,000. The forward passes run under bfloat16 autocast (weights, optimiser and loss in float32):
 a median 0.70 s per step on 2 CPU cores with bfloat16 instructions (AVX512-BF16), against 1.15 s
 in float32 (`--float32`), so the whole run takes about 2 hours 36 minutes.
+
+Shapes: B examples, P image patches, D vision width.
 """
 
 from __future__ import annotations
@@ -36,11 +39,9 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -50,7 +51,7 @@ from ..config import EMBEDDED, PaliGemmaConfig
 from ..model import PaliGemma
 from ..pipeline import Pipeline, default_device
 from ..processor import IGNORE, ImageTransform, Processor
-from ..tasks.vqvae import MaskVAE, load_mask_vae, mask_to_codes
+from ..tasks.vqvae import load_mask_vae
 from ..tokenizer import NUM_LOC, Tokenizer
 from ..train.finetune import suffix_loss
 from ..train.loop import (
@@ -62,7 +63,7 @@ from ..train.loop import (
     refuse_to_overwrite,
 )
 from ..train.state import latest_checkpoint
-from . import synthetic
+from .batches import SceneBatches
 from .evaluate import EVAL_SEED, evaluate
 from .init import AuxHead, new_model
 from .mask_vae import train_mask_vae
@@ -103,55 +104,6 @@ class RunConfig:
     def aux_at(self, step: int) -> float:
         a, b = self.aux_weight
         return a + (b - a) * min(step / self.steps, 1.0)
-
-
-class SceneBatches(torch.utils.data.Dataset):
-    """The training data: step s always gets the same examples (seeded by (seed, s)). As a
-    dataset, item i is the batch of step `first` + i, so that worker processes can make the
-    batches of steps `first`..`end` - 1 ahead."""
-
-    def __init__(
-        self,
-        run: RunConfig,
-        processor: Processor,
-        vae: MaskVAE,
-        grid: int,
-        first: int = 0,
-        end: int = 0,
-    ) -> None:
-        self.run, self.processor, self.vae, self.grid = run, processor, vae, grid
-        self.first, self.end = first, end
-        self.kinds = [k for k, _ in run.mix]
-        weights = np.array([w for _, w in run.mix])
-        self.weights = weights / weights.sum()
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.first)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], list[str]]:
-        return self.batch(self.first + i)
-
-    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """The processor's batch of step `step` plus the aux head's per-patch targets
-        (patch_classes int[B, P], patch_boxes float[B, P, 4]), and each example's task."""
-        rng = np.random.default_rng([self.run.seed, step])
-        single = step < self.run.single_object_steps
-        encode = partial(mask_to_codes, self.vae)
-        scenes, examples = [], []
-        for _ in range(self.run.batch_size):
-            scene = synthetic.make_scene(rng, num_things=1 if single else None)
-            kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
-            scenes.append(scene)
-            examples.append(synthetic.make_example(scene, kind, rng, encode))
-        batch = self.processor(
-            images=[s.image for s in scenes],
-            text=[e["prefix"] for e in examples],
-            suffix=[e["suffix"] for e in examples],
-        )
-        targets = [synthetic.patch_targets(s, self.grid) for s in scenes]
-        batch["patch_classes"] = torch.from_numpy(np.stack([c for c, _ in targets]))
-        batch["patch_boxes"] = torch.from_numpy(np.stack([b for _, b in targets]))
-        return batch, [e["kind"] for e in examples]
 
 
 def processor_for(tokenizer_path: Path, cfg: PaliGemmaConfig) -> Processor:

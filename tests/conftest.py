@@ -142,7 +142,7 @@ def train_tokenizer(path) -> None:
     <image> is the next id, for transformers and for us."""
     from pathlib import Path
 
-    from paligemma.demo.train import train_sentencepiece
+    from paligemma.demo.tokenizer import train_sentencepiece
 
     specials = (
         ["<mask>"] + [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]

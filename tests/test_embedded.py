@@ -19,6 +19,9 @@ from paligemma.config import EMBEDDED
 from paligemma.demo import synthetic
 from paligemma.demo import train as et
 from paligemma.demo.evaluate import box_iou, evaluate, match
+from paligemma.demo.init import new_model, sincos_2d
+from paligemma.demo.mask_vae import train_mask_vae
+from paligemma.demo.tokenizer import train_tokenizer
 from paligemma.pipeline import EMBEDDED_DIR
 from paligemma.tokenizer import Tokenizer
 
@@ -26,8 +29,8 @@ from paligemma.tokenizer import Tokenizer
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("embedded-run")
-    et.train_tokenizer(out / "tokenizer.model", lines=2_000)
-    stats = et.train_mask_vae(out / "mask_vae.safetensors", steps=3, batch=8, progress=False)
+    train_tokenizer(out / "tokenizer.model", lines=2_000)
+    stats = train_mask_vae(out / "mask_vae.safetensors", steps=3, batch=8, progress=False)
     assert 0 <= stats["mask_iou"] <= 1
     return out
 
@@ -47,7 +50,7 @@ def test_mask_vae_training_repeats_bit_for_bit(tmp_path):
     torch.set_num_threads(2)
     try:
         for name in ("a", "b"):
-            et.train_mask_vae(tmp_path / f"{name}.safetensors", steps=4, batch=32, progress=False)
+            train_mask_vae(tmp_path / f"{name}.safetensors", steps=4, batch=32, progress=False)
     finally:
         torch.set_num_threads(threads)
     a, b = (load_file(tmp_path / f"{name}.safetensors") for name in ("a", "b"))
@@ -74,10 +77,10 @@ def test_tokenizer_has_gemmas_special_layout(run_dir):
 
 
 def test_sincos_table_and_init():
-    table = et.sincos_2d(8, EMBEDDED.vision.width)
+    table = sincos_2d(8, EMBEDDED.vision.width)
     assert table.shape == (64, EMBEDDED.vision.width)
     assert torch.allclose(table[0, : EMBEDDED.vision.width // 4], torch.zeros(48))  # sin(0)
-    model = et.new_model(EMBEDDED, seed=0)
+    model = new_model(EMBEDDED, seed=0)
     assert torch.equal(model.vision.pos_embed, table)
     assert 0.015 < float(model.decoder.embed.weight.detach().std()) < 0.025
     params = sum(p.numel() for p in model.parameters())
@@ -88,7 +91,7 @@ def test_loc_rows_start_ordered():
     """The <loc> rows start as sin-cos features of the coordinate: near coordinates have near
     embeddings, every other row stays N(0, 0.02), and the init is the seed's, reproducibly."""
     loc_ids = list(range(5, 5 + 1024))
-    model = et.new_model(EMBEDDED, seed=0, loc_ids=loc_ids)
+    model = new_model(EMBEDDED, seed=0, loc_ids=loc_ids)
     embed = model.decoder.embed.weight.detach()
     rows = F.normalize(embed[loc_ids], dim=1)
     sim = rows @ rows.T  # [1024, 1024] cosine similarity
@@ -97,13 +100,13 @@ def test_loc_rows_start_ordered():
     assert bool((near > mid).all()) and bool((mid > far).all())
     assert float(near.min()) > 0.7 and float(far.abs().max()) < 0.1
     assert 0.018 < float(embed[loc_ids].std()) < 0.022
-    plain = et.new_model(EMBEDDED, seed=0)
+    plain = new_model(EMBEDDED, seed=0)
     others = torch.ones(embed.shape[0], dtype=torch.bool)
     others[loc_ids] = False
     assert torch.equal(embed[others], plain.decoder.embed.weight.detach()[others])
     random_sim = F.normalize(plain.decoder.embed.weight.detach()[loc_ids], dim=1)
     assert float((random_sim[k] * random_sim[k + 1]).sum(1).mean()) < 0.1  # no order by chance
-    again = et.new_model(EMBEDDED, seed=0, loc_ids=loc_ids)
+    again = new_model(EMBEDDED, seed=0, loc_ids=loc_ids)
     assert torch.equal(again.decoder.embed.weight, model.decoder.embed.weight)
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..tasks.vqvae import mask_to_codes
 from . import synthetic
 
 EVAL_SEED = 90_210  # training seeds are (seed, step) pairs; this one is never used there
@@ -102,7 +104,7 @@ def evaluate(pipe, scenes: int = 200, seed: int = EVAL_SEED, progress: bool = Tr
     summary["detection_fp_per_image"] = false_pos / scenes
 
     ious: list[float] = []
-    encode = _encoder(pipe)
+    encode = partial(mask_to_codes, pipe.mask_vae)  # renders the reference suffixes
     for scene, e in _scenes("segment", scenes, seed, encode):
         objs = pipe.segment(scene.image, e["queries"])
         truth = [(_label(t, e["queries"]), t.mask) for t in scene.things]
@@ -121,17 +123,6 @@ def evaluate(pipe, scenes: int = 200, seed: int = EVAL_SEED, progress: bool = Tr
 
 def _label(thing: synthetic.Thing, queries: list[str]) -> str | None:
     return next((q for q in queries if q in (thing.shape, thing.name)), None)
-
-
-def _encoder(pipe):
-    """The mask VQ-VAE encoder as `encode(mask, box)`, to render reference suffixes."""
-    from ..tasks.vqvae import crop_mask
-
-    def encode(mask, box):
-        with torch.no_grad():
-            return pipe.mask_vae.encode(crop_mask(mask, box)[None])[0].tolist()
-
-    return encode
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,27 @@ def _check_image(path: Path) -> None:
     check_pixels(w, h, name=f"image {path}")
 
 
+class ExampleOrder:
+    """The order examples are drawn in: each epoch a permutation seeded by (seed, epoch).
+    `pos` counts the examples drawn so far; a checkpoint keeps it, so a resumed run draws
+    what the uninterrupted run would have."""
+
+    def __init__(self, examples: list[Example], seed: int, pos: int = 0) -> None:
+        self.examples, self.seed, self.pos = examples, seed, pos
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation)
+
+    def take(self, n: int) -> list[Example]:
+        picked = []
+        for _ in range(n):
+            epoch, index = divmod(self.pos, len(self.examples))
+            if self._order is None or self._order[0] != epoch:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                self._order = epoch, torch.randperm(len(self.examples), generator=g)
+            picked.append(self.examples[int(self._order[1][index])])
+            self.pos += 1
+        return picked
+
+
 def batch_of(pipe: Pipeline, examples: list[Example]) -> dict[str, torch.Tensor]:
     return pipe.processor(
         images=[list(e.images) for e in examples],

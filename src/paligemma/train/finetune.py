@@ -19,10 +19,7 @@ leaves the last complete one, and `resume` continues bit for bit where it stoppe
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +33,8 @@ from ..pipeline import Pipeline, copy_assets, load
 from ..processor import IGNORE, load_image
 from ..quant.linear import quantize_
 from ..siglip import resample_pos_embed
-from .data import Example, batch_of, read_examples
-from .state import latest_checkpoint, load_state, save_state, trim_log
+from .data import Example, ExampleOrder, batch_of, read_examples
+from .loop import Loop, apply_gradients, fingerprint, learning_rate, refuse_to_overwrite
 
 MODES = ("full", "attention", "lora", "qlora")
 
@@ -97,19 +94,25 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
-    # Settings a resumed run must share with the run it continues.
     def fingerprint(self) -> dict[str, Any]:
-        skip = {
-            "out",
-            "eval_data",
-            "save_every",
-            "eval_every",
-            "eval_max_new_tokens",
-            "merge",
-            "steps",
-            "skip_bad",
-        }
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        """Settings a resumed run must share with the run it continues."""
+        return fingerprint(self, _FREE_ON_RESUME)
+
+    def lr_at(self, step: int) -> float:
+        return learning_rate(step, self.lr, self.steps, self.warmup_steps, decay=self.schedule)
+
+
+# Settings that may change when a run is resumed (--steps may grow).
+_FREE_ON_RESUME = (
+    "out",
+    "eval_data",
+    "save_every",
+    "eval_every",
+    "eval_max_new_tokens",
+    "merge",
+    "steps",
+    "skip_bad",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,15 +195,6 @@ def resize_images_(pipe: Pipeline, size: int) -> None:
     pipe.processor.num_image_tokens = new_cfg.num_image_tokens
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -229,16 +223,10 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tune the model at `source`; writes to cfg.out: metrics.jsonl, checkpoints/, and
     model/ (full, attention) or adapter/ (+ merged/) (lora, qlora). Returns the final metrics."""
-    from tqdm import tqdm
-
     out = Path(cfg.out)
-    if not resume and latest_checkpoint(out):
-        raise ValueError(
-            f"{out} holds a run already: pass --resume to continue it, or another --out"
-        )
+    refuse_to_overwrite(out, resume)
     torch.manual_seed(cfg.seed)
     pipe = load(source, dtype=torch.float32)
-    model = pipe.model
     data = read_examples(cfg.data, pipe, cfg.max_len, cfg.skip_bad)
     eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad) if cfg.eval_data else None
     trainable = prepare_(pipe, cfg)
@@ -247,75 +235,81 @@ def train(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    start, pos = load_state(out, trainable, optimizer, cfg.fingerprint()) if resume else (0, 0)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "metrics.jsonl"
-    trim_log(log_path, start)
-
-    def next_examples(n: int) -> list[Example]:
-        nonlocal pos
-        picked = []
-        for _ in range(n):
-            epoch, index = divmod(pos, len(data))
-            order = torch.randperm(
-                len(data), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            )
-            picked.append(data[int(order[index])])
-            pos += 1
-        return picked
-
-    model.train()
-    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.autocast)
-    record: dict[str, Any] = {}
-    bar = tqdm(total=cfg.steps, initial=start, desc="finetune", unit="step", disable=not progress)
-    with open(log_path, "a") as log:
-        for step in range(start, cfg.steps):
-            began = time.perf_counter()
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            batches = [
-                batch_of(pipe, next_examples(cfg.batch_size // cfg.grad_accum))
-                for _ in range(cfg.grad_accum)
-            ]
-            labels = [b["labels"][:, 1:] != IGNORE for b in batches]
-            denom = (
-                sum(int(m.sum()) for m in labels) if cfg.loss_norm == "token" else cfg.batch_size
-            )
-            total, tokens = 0.0, 0
-            for batch in batches:
-                with autocast:
-                    loss, n = suffix_loss(
-                        model, batch, cfg.loss_norm, cfg.label_smoothing, max(denom, 1)
-                    )
-                loss.backward()
-                total, tokens = total + float(loss.detach()), tokens + n
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            seconds = time.perf_counter() - began
-            record = {
-                "step": step + 1,
-                "loss": round(total, 6),
-                "lr": lr_at(step, cfg),
-                "tokens": tokens,
-                "tokens_per_s": round(tokens / seconds, 1),
-                "seconds": round(seconds, 4),
-            }
-            if eval_data and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                record["eval_exact_match"] = evaluate(pipe, eval_data, cfg.eval_max_new_tokens)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens / seconds:.0f}")
-            bar.update(1)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_state(out, step + 1, pos, trainable, optimizer, cfg.fingerprint())
-    bar.close()
-    model.eval()
+    loop = Loop(out, trainable, optimizer, cfg.lr_at, cfg.fingerprint(), cfg.save_every, "finetune")
+    start, pos, _ = loop.restore(resume)
+    steps = FinetuneSteps(
+        pipe, cfg, optimizer, params, ExampleOrder(data, cfg.seed, pos), eval_data
+    )
+    pipe.model.train()
+    record = loop.run(steps, start, cfg.steps, cfg.steps, progress)
+    pipe.model.eval()
     _save_outputs(pipe, Path(source), out, cfg)
     if eval_data:
         record["eval_exact_match"] = evaluate(pipe, eval_data, cfg.eval_max_new_tokens)
     return record
+
+
+class FinetuneSteps:
+    """Fine-tuning's part of the loop (a `loop.Stepper`): a step of `batch_size` examples in
+    `grad_accum` micro-batches, the log line of its summed loss, and held-out exact match
+    every `eval_every` steps."""
+
+    bar_keys = ("loss", "tokens_per_s")
+
+    def __init__(
+        self,
+        pipe: Pipeline,
+        cfg: TrainConfig,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        order: ExampleOrder,
+        eval_data: list[Example] | None,
+    ) -> None:
+        self.pipe, self.cfg, self.order = pipe, cfg, order
+        self.optimizer, self.params = optimizer, params
+        self.eval_data = eval_data
+        self.autocast = torch.autocast(
+            pipe.model.device.type, dtype=torch.bfloat16, enabled=cfg.autocast
+        )
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, model = self.cfg, self.pipe.model
+        batches = [
+            batch_of(self.pipe, self.order.take(cfg.batch_size // cfg.grad_accum))
+            for _ in range(cfg.grad_accum)
+        ]
+        labels = [b["labels"][:, 1:] != IGNORE for b in batches]
+        denom = sum(int(m.sum()) for m in labels) if cfg.loss_norm == "token" else cfg.batch_size
+        total, tokens = 0.0, 0
+        for batch in batches:
+            with self.autocast:
+                loss, n = suffix_loss(
+                    model, batch, cfg.loss_norm, cfg.label_smoothing, max(denom, 1)
+                )
+            loss.backward()
+            total, tokens = total + float(loss.detach()), tokens + n
+        apply_gradients(self.optimizer, self.params, cfg.clip)
+        return {"loss": total, "tokens": tokens}
+
+    def record(self, step: int, lr: float, seconds: float, metrics: dict) -> dict[str, Any]:
+        tokens = metrics["tokens"]
+        return {
+            "step": step + 1,
+            "loss": round(metrics["loss"], 6),
+            "lr": lr,
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "seconds": round(seconds, 4),
+        }
+
+    def evaluate(self, done: int) -> dict[str, Any]:
+        if not (self.eval_data and self.cfg.eval_every and done % self.cfg.eval_every == 0):
+            return {}
+        score = evaluate(self.pipe, self.eval_data, self.cfg.eval_max_new_tokens)
+        return {"eval_exact_match": score}
+
+    def checkpoint(self, done: int) -> tuple[int, dict[str, Any]]:
+        return self.order.pos, {}
 
 
 def _save_outputs(pipe: Pipeline, source: Path, out: Path, cfg: TrainConfig) -> None:

@@ -211,7 +211,7 @@ def test_embedded_model_does_the_four_tasks(embedded_pipe):
     assert result["segmentation_miou"] >= 0.3, result
 
 
-SHIPPED_ROWS = {  # README / model card table row label -> embedded_eval summary key
+SHIPPED_ROWS = {  # README / model card table row label -> demo.evaluate summary key
     "| VQA (colour, count, existence, side) | exact match |": "vqa_accuracy",
     "| caption | exact match |": "caption_exact_match",
     "| detection | objects matched one-to-one at IoU ≥ 0.5 |": "detection_recall@0.5",
@@ -231,8 +231,8 @@ def _shipped_column(text: str) -> dict[str, str]:
 
 
 def test_readme_and_model_card_quote_the_full_evaluation_of_the_shipped_model(embedded_pipe):
-    """The 200-scene scores the README and the model card quote are what `embedded_eval` prints
-    for the weights in the package (about 40 s)."""
+    """The 200-scene scores the README and the model card quote are what
+    `python -m paligemma.demo.evaluate` prints for the weights in the package (about 40 s)."""
     summary = evaluate(embedded_pipe, scenes=200, progress=False)["summary"]
     measured = {
         k: f"{v:.3f}" if k in ("detection_fp_per_image", "segmentation_miou") else f"{100 * v:.1f}%"

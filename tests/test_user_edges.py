@@ -133,3 +133,21 @@ def test_the_embedded_model_has_a_name(image_file, capsys, tmp_path, monkeypatch
     (tmp_path / "embedded").mkdir()  # a local directory wins: it is not a checkpoint
     with pytest.raises((ValueError, OSError)):
         paligemma.load("embedded")
+
+
+def test_finetune_defaults_to_the_embedded_model(image_file, tmp_path, capsys):
+    """`paligemma finetune` without --model fine-tunes the embedded model, as every other
+    command defaults to it; its adapter names the embedded checkpoint as its base."""
+    import json
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        json.dumps({"image": str(image_file), "prefix": "caption en", "suffix": "a red square"})
+    )
+    out = tmp_path / "run"
+    flags = ["--steps", "1", "--batch-size", "1", "--save-every", "1"]
+    assert main(["finetune", "--data", str(data), "--out", str(out), *flags]) == 0, (
+        capsys.readouterr()
+    )
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"].endswith("assets")

@@ -178,7 +178,7 @@ TINY = PaliGemmaConfig(
 
 # The embedded demo model (not a published architecture): 96 px, patch 12 -> 64 image tokens,
 # a 6-layer SigLIP and a 4-layer Gemma 1 decoder over a 1.5k-piece vocabulary, about 7M
-# parameters. Trained here on synthetic scenes (see embedded_train.py and assets/MODEL_CARD.md).
+# parameters. Trained here on synthetic scenes (see demo/train.py and assets/MODEL_CARD.md).
 EMBEDDED = PaliGemmaConfig(
     vision=SiglipConfig(width=192, depth=6, num_heads=3, mlp_dim=768, patch_size=12),
     text=GemmaConfig(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import generate as engine
-from .checkpoints.assets import copy_assets, find_mask_vae  # noqa: F401  (TEMP: callers move)
+from .checkpoints.assets import find_mask_vae
 from .checkpoints.load import load_model, resolve_source
 from .config import MAX_SEQ_LEN
 from .lora.peft import load_adapter_
@@ -268,17 +268,25 @@ def load(
     return Pipeline(model, Processor(tok, transform, model.cfg.num_image_tokens), vae)
 
 
-def _source_and_dtype(source, dtype: torch.dtype | None) -> tuple[Any, torch.dtype]:
-    """The checkpoint to read and its dtype: no source (or the name "embedded") is the demo
-    model in the package, in float32 by default; anything else defaults to bfloat16."""
+def embedded_source(source):
+    """`source`, or the embedded model's directory for no source or the name "embedded" (a
+    local path of that name wins)."""
     if source is None or (str(source) in EMBEDDED_NAMES and not Path(source).exists()):
         if not (EMBEDDED_DIR / "config.json").is_file():
             raise FileNotFoundError(
                 f"the embedded model is missing from {EMBEDDED_DIR}; reinstall the package or "
                 "train it (python -m paligemma.demo.train --install)"
             )
-        return EMBEDDED_DIR, torch.float32 if dtype is None else dtype
-    return source, torch.bfloat16 if dtype is None else dtype
+        return EMBEDDED_DIR
+    return source
+
+
+def _source_and_dtype(source, dtype: torch.dtype | None) -> tuple[Any, torch.dtype]:
+    """The checkpoint to read and its dtype: the embedded model is float32 by default (small,
+    exact and fastest on a CPU); anything else bfloat16."""
+    source = embedded_source(source)
+    default = torch.float32 if source == EMBEDDED_DIR else torch.bfloat16
+    return source, default if dtype is None else dtype
 
 
 def _tokenizer_path(directory: Path, tokenizer, source) -> Path:

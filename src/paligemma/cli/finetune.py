@@ -6,10 +6,12 @@ import argparse
 import dataclasses
 import json
 
+from .common import MODEL_HELP
+
 
 def add_parser(sub) -> None:
     tune = sub.add_parser("finetune", help="fine-tune on a JSONL of {image, prefix, suffix}")
-    tune.add_argument("--model", required=True, help="checkpoint directory, .npz or hub id")
+    tune.add_argument("--model", help=MODEL_HELP)
     tune.add_argument("--data", required=True, help="training JSONL")
     tune.add_argument(
         "--out", required=True, help="output directory (checkpoints, metrics, result)"

@@ -201,7 +201,6 @@ _HAS_KERNELS = all(hasattr(torch, op) for op in _KERNELS)
 
 QUANTIZED = (Int8Linear, Int4Linear, Int8Head, Int4Head)  # every quantised module class
 DECODER_LINEARS = "decoder.blocks.*"
-VISION_LINEARS = "vision.blocks.*"
 
 
 def quantize_(
@@ -212,7 +211,7 @@ def quantize_(
     head: bool = True,
 ) -> nn.Module:
     """In place: every float linear (nn.Linear or a subclass) whose name matches `include`
-    (fnmatch patterns; default the decoder's layers, add VISION_LINEARS for the image encoder)
+    (fnmatch patterns; default the decoder's layers, add "vision.blocks.*" for the image encoder)
     becomes Int8 / Int4. With `head`, the tied output head becomes a quantised copy
     (`decoder.head`) while the embedding lookup keeps the float matrix: per decoded token the
     head is a third of the bytes read."""

@@ -11,8 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from PIL import Image
 
-from ..pipeline import task_prompt
-from ..tasks.objects import mask_to_rle
+from ..tasks.objects import mask_to_rle, task_prompt
 from .batcher import Job
 from .checks import check_model, check_prompt
 from .errors import APIError, cancelled

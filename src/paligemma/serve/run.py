@@ -59,10 +59,10 @@ def serve(
     name, or "paligemma-embedded"), the name requests must give as their `model` (or none)."""
     import uvicorn
 
-    from ..pipeline import EMBEDDED_NAMES, load
+    from ..pipeline import EMBEDDED_DIR, embedded_source, load
 
     pipe = load(source, dtype=dtype, quantize=quantize, adapter=adapter)
-    embedded = source is None or (str(source) in EMBEDDED_NAMES and not Path(source).exists())
+    embedded = embedded_source(source) == EMBEDDED_DIR
     name = served_model_name or ("paligemma-embedded" if embedded else Path(str(source)).name)
     settings = replace(settings or Settings(), model_name=name)
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checkpoints.assets import copy_assets
 from ..checkpoints.load import save_model
 from ..lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
-from ..pipeline import Pipeline, copy_assets, load
+from ..pipeline import Pipeline, embedded_source, load
 from ..processor import IGNORE, load_image
 from ..quant.linear import quantize_
 from ..siglip import resample_pos_embed
@@ -219,13 +220,14 @@ def evaluate(
 
 
 def train(
-    source: str | os.PathLike, cfg: TrainConfig, resume: bool = False, progress: bool = True
+    source: str | os.PathLike | None, cfg: TrainConfig, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Fine-tune the model at `source`; writes to cfg.out: metrics.jsonl, checkpoints/, and
     model/ (full, attention) or adapter/ (+ merged/) (lora, qlora). Returns the final metrics."""
     out = Path(cfg.out)
     refuse_to_overwrite(out, resume)
     torch.manual_seed(cfg.seed)
+    source = embedded_source(source)
     pipe = load(source, dtype=torch.float32)
     data = read_examples(cfg.data, pipe, cfg.max_len, cfg.skip_bad)
     eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad) if cfg.eval_data else None

@@ -1,1 +1,9 @@
-"""TODO"""
+"""The embedded demo model: what `paligemma demo` runs and the package ships.
+
+Seeded synthetic scenes with exact boxes and masks (synthetic.py); the model's own tokenizer,
+mask VQ-VAE and weights, each trained here from scratch (tokenizer.py, mask_vae.py, init.py,
+batches.py, train.py: `python -m paligemma.demo.train`); its held-out evaluation (evaluate.py:
+`python -m paligemma.demo.evaluate`); the `paligemma demo` run (run.py). It sits at the top
+beside `serve/`: it may import everything below it (core, quant, checkpoints, lora, tasks,
+pipeline, train), and nothing imports it but the CLI.
+"""

@@ -8,7 +8,6 @@ Shapes: B examples (batch_size), P image patches (grid x grid).
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,9 +15,7 @@ import torch
 from ..processor import Processor
 from ..tasks.vqvae import MaskVAE, mask_to_codes
 from . import synthetic
-
-if TYPE_CHECKING:
-    from .train import RunConfig
+from .recipe import RunConfig
 
 
 class SceneBatches(torch.utils.data.Dataset):

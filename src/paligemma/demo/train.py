@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,6 @@ from ..train.loop import (
     Loop,
     RunningMeans,
     apply_gradients,
-    fingerprint,
-    learning_rate,
     refuse_to_overwrite,
 )
 from ..train.state import latest_checkpoint
@@ -67,43 +64,10 @@ from .batches import SceneBatches
 from .evaluate import EVAL_SEED, evaluate
 from .init import AuxHead, new_model
 from .mask_vae import train_mask_vae
+from .recipe import RunConfig
 from .tokenizer import train_tokenizer
 
 ASSETS = Path(__file__).parents[1] / "assets"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    steps: int = 12_000
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 5e-5
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    mix: tuple[tuple[str, float], ...] = (
-        ("caption", 0.2),
-        ("answer", 0.2),
-        ("detect", 0.35),
-        ("segment", 0.25),
-    )
-    single_object_steps: int = 700  # curriculum: one object per scene at first
-    aux_weight: tuple[float, float] = (1.0, 0.2)  # dense image-encoder loss, start -> end
-    seed: int = 0
-    autocast: bool = True  # forward passes in bfloat16 (weights, optimiser, loss in float32)
-    save_every: int = 200
-    eval_every: int = 1000
-    eval_scenes: int = 40  # per task, for the learning curve (the final score uses 200)
-
-    def fingerprint(self) -> dict[str, Any]:
-        # --steps may grow on resume
-        return fingerprint(self, ("steps", "save_every", "eval_every", "eval_scenes"))
-
-    def lr_at(self, step: int) -> float:
-        return learning_rate(step, self.lr, self.steps, self.warmup_steps, floor=self.min_lr)
-
-    def aux_at(self, step: int) -> float:
-        a, b = self.aux_weight
-        return a + (b - a) * min(step / self.steps, 1.0)
 
 
 def processor_for(tokenizer_path: Path, cfg: PaliGemmaConfig) -> Processor:

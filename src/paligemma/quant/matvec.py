@@ -6,7 +6,8 @@ nn.Linear for a MatVecLinear and the decoder's tied head for a MatVecHead, by na
 the very same parameters, so state dicts, LoRA and quantize_ see the model as before; anything
 else (more rows, another device) takes F.linear, as the core layers do.
 
-Axes: R rows of x (all leading axes flattened), I in features, O out features.
+Shapes: x (..., in features), weight (out features, in features); one row = x holds a single
+vector (every leading axis 1).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from ..gemma import TiedHead
 
 
 def _matvec(x: torch.Tensor) -> bool:
-    """One row of x on the CPU (R = 1)."""
+    """One row of x on the CPU."""
     return x.device.type == "cpu" and x.numel() == x.shape[-1]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., I) @ weight (O, I).T (+ bias) -> (..., O); one CPU row through torch.mv."""
+    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv."""
     if not _matvec(x):
         return F.linear(x, weight, bias)
-    out = torch.mv(weight, x.reshape(-1))  # (O,)
+    out = torch.mv(weight, x.reshape(-1))  # (out,)
     return (out if bias is None else out + bias).view(*x.shape[:-1], -1)
 
 

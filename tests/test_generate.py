@@ -209,3 +209,17 @@ def test_padding_rows_are_never_produced():
 def test_pipeline_limits_generation_to_the_tokenizer(pipe):
     assert pipe.generation_config().num_real_ids == pipe.tokenizer.image_id  # <image> excluded
     assert pipe.tokenizer.image_id < pipe.model.cfg.text.vocab_size - 1  # padding rows follow
+
+
+def test_prompts_are_tokenized_and_images_normalised_once(pipe, monkeypatch):
+    """Pipeline.generate checks every row's length from the processor's rows, then batches
+    those same rows: each prompt is encoded once (not once for the check and again for the
+    batch)."""
+    calls = []
+    encode = pipe.tokenizer.encode
+    monkeypatch.setattr(pipe.tokenizer, "encode", lambda text: calls.append(text) or encode(text))
+    from PIL import Image
+
+    image = Image.new("RGB", (20, 20), "blue")
+    pipe.generate([image] * 3, ["a", "b", "c"], max_new_tokens=2, batch_size=2)
+    assert sorted(calls) == ["a\n", "b\n", "c\n"]

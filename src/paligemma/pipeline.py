@@ -22,7 +22,7 @@ from .checkpoints.load import load_model, resolve_source
 from .config import MAX_SEQ_LEN
 from .lora.peft import load_adapter_
 from .model import PaliGemma
-from .processor import ImageTransform, Processor, images_per_row, load_image
+from .processor import ImageTransform, Processor, Row, load_image
 from .tasks.objects import ObjectList, parse_objects, task_prompt
 from .tasks.vqvae import MaskVAE, load_mask_vae, paste_mask
 from .textstream import StopStrings, cut_at_stop, stop_list
@@ -56,21 +56,21 @@ class Pipeline:
         self.num_real_ids = tok.image_id if tok.image_id == tok.vocab_size - 1 else tok.vocab_size
 
     # -- helpers -------------------------------------------------------------------------------
-    def _rows(self, images: Any, prompts: str | list[str]) -> tuple[list[list[Any]], list[str]]:
+    def _rows(self, images: Any, prompts: str | list[str], max_new: int) -> list[Row]:
+        """The processor's rows for the prompts (one list of images each), every row's length
+        checked against what the model takes before anything is decoded or generated."""
         if isinstance(prompts, str):
-            per_row = [list(images)] if isinstance(images, (list, tuple)) else [[images]]
-            return per_row, [prompts]
-        prompts = list(prompts)
-        return images_per_row(images, len(prompts)), prompts
-
-    def _check_length(self, per_row: list[list[Any]], prompts: list[str], max_new: int) -> None:
-        for imgs, prompt in zip(per_row, prompts, strict=True):
-            n = len(self.processor.prompt_ids(prompt, len(imgs)))
-            if n + max_new > MAX_SEQ_LEN:
+            images = [list(images)] if isinstance(images, (list, tuple)) else [[images]]
+            prompts = [prompts]
+        rows = self.processor.rows(images, list(prompts))
+        for row in rows:
+            if len(row.ids) + max_new > MAX_SEQ_LEN:
+                n = len(row.ids)
                 raise PromptTooLongError(
                     f"prompt is {n} tokens with its image tokens; with max_new_tokens={max_new} "
                     f"that is {n + max_new} > {MAX_SEQ_LEN}, the longest sequence the model takes"
                 )
+        return rows
 
     def generation_config(self, **options: Any) -> engine.GenerationConfig:
         """engine.GenerationConfig(**options), limited to this tokenizer's real ids."""
@@ -98,12 +98,11 @@ class Pipeline:
         """
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         stop = stop_list(stop)
-        per_row, texts = self._rows(images, prompts)
-        self._check_length(per_row, texts, max_new_tokens)
+        rows = self._rows(images, prompts, max_new_tokens)
         results: list[Result] = []
-        for i in range(0, len(texts), batch_size):
-            rows, chunk = per_row[i : i + batch_size], texts[i : i + batch_size]
-            inputs = self.processor(images=rows, text=chunk)
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            inputs = self.processor.collate(chunk)
             stopper = StopStrings(self.tokenizer, stop, len(chunk)) if stop else None
             out = engine.generate(self.model, inputs, cfg, {self.tokenizer.eos_id}, stopper)
             for ids, reason in zip(out.tokens, out.finish_reasons, strict=True):
@@ -126,9 +125,7 @@ class Pipeline:
         `generate(...).text`."""
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         stop = stop_list(stop)
-        per_row, texts = self._rows(images, prompt)
-        self._check_length(per_row, texts, max_new_tokens)
-        inputs = self.processor(images=per_row, text=texts)
+        inputs = self.processor.collate(self._rows(images, prompt, max_new_tokens))
         eos = self.tokenizer.eos_id
         text = StopStrings(self.tokenizer, stop, 1)  # fed by the engine, token by token
         for out in engine.stream(self.model, inputs, cfg, {eos}, text):

@@ -161,6 +161,48 @@ class Processor:
     def suffix_ids(self, suffix: str) -> list[int]:
         return [*self.tokenizer.encode(suffix), self.tokenizer.eos_id]
 
+    def rows(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        suffix: str | list[str] | None = None,
+    ) -> list[Row]:
+        """The rows of a batch, tokenized, with their images still as given (not decoded):
+        what `__call__` pads and stacks. Callers that need each row's length first (the
+        pipeline's length check) build rows once and `collate` them in chunks."""
+        texts = [text] if isinstance(text, str) else list(text) if text is not None else None
+        per_row = images_per_row(images, len(texts) if texts is not None else None)
+        texts = texts if texts is not None else [""] * len(per_row)
+        suffixes = [suffix] if isinstance(suffix, str) else suffix
+        if suffixes is not None and len(suffixes) != len(texts):
+            raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} prompts")
+        rows = []
+        for i, (prompt, imgs) in enumerate(zip(texts, per_row, strict=True)):
+            ids = self.prompt_ids(_strip_image_tokens(prompt, len(imgs)), len(imgs))
+            tail = self.suffix_ids(suffixes[i]) if suffixes is not None else []
+            rows.append(Row(ids + tail, [0] * len(ids) + [1] * len(tail), imgs, bool(tail)))
+        return rows
+
+    def collate(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+        """Left-pad rows into input_ids, attention_mask, token_type_ids (int64[B, T]), decode
+        and transform their images into pixel_values (float32[I, 3, R, R]) and, when the rows
+        have suffixes, labels (int64[B, T]: the suffix ids, IGNORE elsewhere)."""
+        width = max(len(r.ids) for r in rows)
+        batch = {
+            k: torch.zeros(len(rows), width, dtype=torch.long)
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        batch["input_ids"].fill_(self.tokenizer.pad_id)
+        for i, row in enumerate(rows):
+            batch["input_ids"][i, width - len(row.ids) :] = torch.tensor(row.ids)
+            batch["attention_mask"][i, width - len(row.ids) :] = 1
+            batch["token_type_ids"][i, width - len(row.ids) :] = torch.tensor(row.types)
+        pixels = [self.transform(load_image(im)) for row in rows for im in row.images]
+        batch["pixel_values"] = torch.from_numpy(np.stack(pixels))
+        if any(row.has_suffix for row in rows):
+            batch["labels"] = batch["input_ids"].masked_fill(batch["token_type_ids"] == 0, IGNORE)
+        return batch
+
     def __call__(
         self,
         images: Any = None,
@@ -169,39 +211,19 @@ class Processor:
     ) -> dict[str, torch.Tensor]:
         """images: one image (for every prompt), a list with one per prompt, or a list of lists
         (several per prompt). Returns input_ids, attention_mask, token_type_ids (int64[B, T]),
-        pixel_values (float32[I, 3, S, S]) and, with suffixes, labels (int64[B, T])."""
-        texts = [text] if isinstance(text, str) else list(text) if text is not None else None
-        per_row = images_per_row(images, len(texts) if texts is not None else None)
-        texts = texts if texts is not None else [""] * len(per_row)
-        suffixes = [suffix] if isinstance(suffix, str) else suffix
-        if suffixes is not None and len(suffixes) != len(texts):
-            raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} prompts")
+        pixel_values (float32[I, 3, R, R]) and, with suffixes, labels (int64[B, T])."""
+        return self.collate(self.rows(images, text, suffix))
 
-        rows = []
-        for i, (prompt, imgs) in enumerate(zip(texts, per_row, strict=True)):
-            prompt = _strip_image_tokens(prompt, len(imgs))
-            ids = self.prompt_ids(prompt, len(imgs))
-            types = [0] * len(ids)
-            if suffixes is not None:
-                tail = self.suffix_ids(suffixes[i])
-                ids, types = ids + tail, types + [1] * len(tail)
-            rows.append((ids, types))
 
-        width = max(len(ids) for ids, _ in rows)
-        batch = {
-            k: torch.zeros(len(rows), width, dtype=torch.long)
-            for k in ("input_ids", "attention_mask", "token_type_ids")
-        }
-        batch["input_ids"].fill_(self.tokenizer.pad_id)
-        for r, (ids, types) in enumerate(rows):
-            batch["input_ids"][r, width - len(ids) :] = torch.tensor(ids)
-            batch["attention_mask"][r, width - len(ids) :] = 1
-            batch["token_type_ids"][r, width - len(ids) :] = torch.tensor(types)
-        pixels = [self.transform(load_image(im)) for imgs in per_row for im in imgs]
-        batch["pixel_values"] = torch.from_numpy(np.stack(pixels))
-        if suffixes is not None:
-            batch["labels"] = batch["input_ids"].masked_fill(batch["token_type_ids"] == 0, IGNORE)
-        return batch
+@dataclass
+class Row:
+    """One row of a batch before padding: prompt (+ suffix) ids, their token types (0 image and
+    prefix, 1 suffix), and the row's images as given."""
+
+    ids: list[int]
+    types: list[int]
+    images: list[Any]
+    has_suffix: bool = False
 
 
 def _is_image(x: Any) -> bool:

@@ -151,3 +151,27 @@ def test_finetune_defaults_to_the_embedded_model(image_file, tmp_path, capsys):
     )
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"].endswith("assets")
+
+
+def test_info_on_a_quantised_checkpoint_and_the_preset_list(tmp_path, capsys):
+    """info counts the architecture's parameters whatever the weights' form (packed codes are
+    not parameters), says the checkpoint is quantised, and --list describes every preset."""
+    from paligemma.config import CONFIGS
+
+    assert main(["info", "embedded"]) == 0
+    float_info = capsys.readouterr().out
+    count = float_info.splitlines()[0]
+    for mode in ("int8", "int4"):
+        out = tmp_path / mode
+        assert main(["convert", "embedded", str(out), "--quantize", mode]) == 0
+        capsys.readouterr()
+        assert main(["info", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert text.splitlines()[0] == count, text
+        assert f"quantised {mode}" in text
+    assert "weights    float" in float_info
+    assert main(["info", "--list"]) == 0
+    listing = capsys.readouterr().out
+    for name in CONFIGS:
+        assert name in listing
+    assert "27,654,910,704" in listing  # paligemma2-28b-896, as `info` on the preset says

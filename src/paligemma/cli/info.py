@@ -6,15 +6,17 @@ import argparse
 
 import torch
 
-from .common import DTYPES, QUANT_CHOICES, REFERENCES
+from .common import DTYPES, QUANT_CHOICES, REFERENCES, UsageError
 
 
 def add_parsers(sub) -> None:
     info = sub.add_parser("info", help="describe a preset or checkpoint")
-    info.add_argument("source", help="preset name, checkpoint directory, .npz or hub id")
+    info.add_argument("source", nargs="?", help="preset name, checkpoint directory, .npz or hub id")
     info.add_argument("--config", help="preset / config.json for an .npz")
     info.add_argument("--dtype", choices=list(DTYPES))
-    info.add_argument("--list", action="store_true", help="also list every preset")
+    info.add_argument(
+        "--list", action="store_true", help="list every preset (parameters, resolution, decoder)"
+    )
     info.set_defaults(run=run_info)
 
     conv = sub.add_parser("convert", help="load any layout, save in the transformers layout")
@@ -37,22 +39,54 @@ def add_parsers(sub) -> None:
     conv.set_defaults(run=run_convert)
 
 
-def run_info(args: argparse.Namespace) -> None:
-    from ..config import CONFIGS
+def _parameters(cfg) -> int:
+    """The architecture's parameter count (a float model built on the meta device), whatever
+    form the weights are stored in: packed int4 codes would count half their values."""
     from ..model import PaliGemma
 
+    with torch.device("meta"):
+        return sum(p.numel() for p in PaliGemma(cfg).parameters())
+
+
+def _weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from ..config import CONFIGS
+
+    if args.list:
+        _list_presets(CONFIGS)
+        if args.source is None:
+            return
+    if args.source is None:
+        raise UsageError("info needs a preset name, checkpoint directory, .npz or hub id")
+    model = None
     if args.source in CONFIGS:
         cfg = CONFIGS[args.source]
-        with torch.device("meta"):
-            model = PaliGemma(cfg)
     else:
         from ..checkpoints.load import load_model
+        from ..pipeline import embedded_source
 
-        model = load_model(args.source, dtype=DTYPES.get(args.dtype), config=args.config)
+        source = embedded_source(args.source)
+        model = load_model(source, dtype=DTYPES.get(args.dtype), config=args.config)
         cfg = model.cfg
-    params = sum(p.numel() for p in model.parameters())
+    _describe(cfg)
+    if model is not None:
+        from ..quant.store import describe
+
+        spec = describe(model)
+        form = "float" if spec is None else f"quantised {spec['mode']}"
+        if spec is not None:
+            form += f" ({len(spec['modules'])} layers" + (
+                f", groups of {spec['group']})" if spec["group"] else ")"
+            )
+        print(f"  weights    {form}, {model.dtype}, {_weight_bytes(model) / 2**20:,.1f} MiB")
+
+
+def _describe(cfg) -> None:
     t, v = cfg.text, cfg.vision
-    print(f"PaliGemma {'2' if cfg.is_v2 else '1'}: {params:,} parameters")
+    print(f"PaliGemma {'2' if cfg.is_v2 else '1'}: {_parameters(cfg):,} parameters")
     print(f"  image      {cfg.image_size}px, patch {v.patch_size} -> {cfg.num_image_tokens} tokens")
     print(
         f"  vision     SigLIP width {v.width}, depth {v.depth}, heads {v.num_heads}, "
@@ -68,22 +102,34 @@ def run_info(args: argparse.Namespace) -> None:
             f"  gemma 2    attn softcap {t.attn_softcap}, final softcap {t.final_softcap}, "
             f"sliding window {t.sliding_window}, query scale {t.query_scale:.6g}"
         )
-    if args.list:
-        print("presets: " + ", ".join(CONFIGS))
+
+
+def _list_presets(configs) -> None:
+    """One line per preset: family, parameters, resolution and image tokens, decoder size."""
+    print(f"{'preset':<22} {'params':>15}  {'image':>6} {'tokens':>6}  decoder")
+    for name, cfg in configs.items():
+        t = cfg.text
+        decoder = f"Gemma{' 2' if cfg.is_v2 else ''} {t.depth} x {t.width}"
+        print(
+            f"{name:<22} {_parameters(cfg):>15,}  {cfg.image_size:>4}px {cfg.num_image_tokens:>6}"
+            f"  {decoder}"
+        )
 
 
 def run_convert(args: argparse.Namespace) -> None:
     from ..checkpoints.assets import copy_assets
     from ..checkpoints.load import load_model, resolve_source, save_model
+    from ..pipeline import embedded_source
 
+    source = embedded_source(args.source)
     model = load_model(
-        args.source,
+        source,
         dtype=DTYPES.get(args.dtype),
         config=args.config,
         quantize=args.quantize,
         reference=args.reference,
     )
     save_model(model, args.out)
-    copy_assets(resolve_source(args.source), args.out)
+    copy_assets(resolve_source(source), args.out)
     layout = f"{args.quantize}, our layout" if args.quantize else "transformers layout"
     print(f"wrote {args.out} ({layout}, {model.dtype})")

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         set_threads(args.threads)
-        args.run(args)
+        code = args.run(args)
     except (ValueError, OSError, RuntimeError) as e:  # our errors are ValueErrors; files: OSError
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"paligemma: error: {message}", file=sys.stderr)
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("paligemma: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0

@@ -26,28 +26,24 @@ class UsageError(ValueError):
     """A flag combination that cannot work; printed as one `paligemma: error:` line."""
 
 
-def add_model_flags(parser: argparse.ArgumentParser, described: bool = True) -> None:
-    """--model --dtype --device --tokenizer --config --quantize (help texts when `described`)."""
-
-    def text(s: str) -> str | None:
-        return s if described else None
-
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model --dtype --device --tokenizer --config --quantize --adapter --reference."""
     parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), help=text("default: bfloat16 (GPU if present, else CPU)")
+        "--dtype",
+        choices=list(DTYPES),
+        help="default: float32 for the embedded model, bfloat16 for others",
     )
-    parser.add_argument("--device", help=text("cpu, cuda, cuda:1, ... (default: GPU if present)"))
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     parser.add_argument(
-        "--tokenizer", help=text("tokenizer.model / tokenizer.json, if not in the checkpoint")
+        "--tokenizer", help="tokenizer.model / tokenizer.json, if not in the checkpoint"
     )
-    parser.add_argument("--config", help=text("preset / config.json for an .npz"))
+    parser.add_argument("--config", help="preset / config.json for an .npz")
+    parser.add_argument("--quantize", choices=QUANT_CHOICES, help="weight-only quantised decoder")
     parser.add_argument(
-        "--quantize", choices=QUANT_CHOICES, help=text("weight-only quantised decoder")
+        "--adapter", help="LoRA adapter directory (ours or peft's) on top of the model"
     )
-    parser.add_argument(
-        "--adapter", help=text("LoRA adapter directory (ours or peft's) on top of the model")
-    )
-    parser.add_argument("--reference", choices=REFERENCES, help=text(REFERENCE_HELP))
+    parser.add_argument("--reference", choices=REFERENCES, help=REFERENCE_HELP)
 
 
 def load_pipeline(args: argparse.Namespace):

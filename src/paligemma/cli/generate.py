@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--json", action="store_true", help="print JSON: text, token ids, timings")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
-    gen.add_argument("--batch", help="JSONL file of {image, prompt} lines")
+    gen.add_argument(
+        "--batch",
+        help="JSONL file of {image, prompt} lines; exit code 3 when some lines failed",
+    )
     gen.add_argument("--out", help="with --batch: JSONL output file (default: stdout)")
     gen.add_argument("--batch-size", type=int, default=8)
     add_model_flags(gen)
@@ -53,28 +56,35 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _record(result, load_s: float | None = None) -> dict[str, Any]:
+def _record(result, load_s: float | None = None, batch_rows: int | None = None) -> dict[str, Any]:
+    """A result as JSON. Timings are the engine's for the whole batch the row was decoded in:
+    alone, they are the row's own (`timings`); in batch mode they are labelled as the batch's
+    (`batch`: its rows, prefill, decode time and decoding steps), beside the row's own token
+    count, so a 1-token answer never shows the batch's tokens per second as its own."""
     t = result.timings
-    n = len(result.token_ids)
+    decode_s = t.get("decode_s", 0.0)
     timings = {
         "prefill_s": round(t.get("prefill_s", 0.0), 4),
-        "decode_s": round(t.get("decode_s", 0.0), 4),
-        "decode_tokens_per_s": round(t.get("steps", 0) / t["decode_s"], 2)
-        if t.get("decode_s")
-        else None,
+        "decode_s": round(decode_s, 4),
     }
-    if load_s is not None:
-        timings["load_s"] = round(load_s, 3)
-    return {
+    record = {
         "text": result.text,
         "token_ids": result.token_ids,
-        "num_tokens": n,
+        "num_tokens": len(result.token_ids),
         "finish_reason": result.finish_reason,
-        "timings": timings,
     }
+    if batch_rows is not None:
+        steps = t.get("steps", 0)
+        rate = round(steps / decode_s, 2) if decode_s else None
+        record["batch"] = {"rows": batch_rows, **timings, "steps": steps, "steps_per_s": rate}
+        return record
+    timings["decode_tokens_per_s"] = round(t.get("steps", 0) / decode_s, 2) if decode_s else None
+    if load_s is not None:
+        timings["load_s"] = round(load_s, 3)
+    return record | {"timings": timings}
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int | None:
     if args.batch:
         if args.image or args.prompt is not None or args.stream:
             raise UsageError(
@@ -127,7 +137,10 @@ def _read_jobs(path: Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def _generate_batch(args: argparse.Namespace) -> None:
+BATCH_FAILED = 3  # exit code: the run finished, but some lines got an "error"
+
+
+def _generate_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..processor import ImageError, load_image
@@ -153,11 +166,10 @@ def _generate_batch(args: argparse.Namespace) -> None:
                     except ImageError as e:
                         job["error"] = f"line {job['line']}: {e}"
                 if ready:
-                    results = pipe.generate(
-                        [j["images"] for j in ready], [j["prompt"] for j in ready], **opts
-                    )
+                    images, prompts = [j["images"] for j in ready], [j["prompt"] for j in ready]
+                    results = pipe.generate(images, prompts, batch_size=len(ready), **opts)
                     for job, result in zip(ready, results, strict=True):
-                        job["result"] = _record(result)
+                        job["result"] = _record(result, batch_rows=len(ready))
                 for job in chunk:  # in input order, written as each batch completes
                     rec = {
                         "line": job["line"],
@@ -175,5 +187,9 @@ def _generate_batch(args: argparse.Namespace) -> None:
     failed = sum("error" in j for j in jobs)
     if failed:
         print(
-            f'paligemma: {failed} of {len(jobs)} lines failed (see their "error")', file=sys.stderr
+            f'paligemma: {failed} of {len(jobs)} lines failed (see their "error"); '
+            f"exit code {BATCH_FAILED}",
+            file=sys.stderr,
         )
+        return BATCH_FAILED
+    return 0

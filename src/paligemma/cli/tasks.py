@@ -29,7 +29,7 @@ def add_parsers(sub) -> None:
             help="location-bin to pixel rule (default: big_vision's evaluator)",
         )
         task.add_argument("--mask-vae", help="vae-oid.npz, if not in the checkpoint directory")
-        add_model_flags(task, described=False)
+        add_model_flags(task)
         task.set_defaults(run=run_task)
 
     demo = sub.add_parser("demo", help="caption, answer, detect and segment a generated scene")

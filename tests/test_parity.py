@@ -111,7 +111,8 @@ def test_bit_exact_with_reference_positions(hf_checkpoint, dtype):
 
 def full_attention_oracle(hf):
     """transformers' PaliGemma with `hf`'s weights, every layer global, logits not soft-capped:
-    big_vision's computation (ARCHITECTURE.md, appendix C)."""
+    big_vision's computation (models/ppp/gemma.py has no sliding window; its PaliGemma 2
+    transfer configs set final_logits_softcap = 0)."""
     from transformers import PaliGemmaForConditionalGeneration
 
     cfg = copy.deepcopy(hf.config)

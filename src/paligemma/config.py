@@ -95,7 +95,7 @@ class PaliGemmaConfig:
         return self.text.post_norms
 
 
-# Where the two implementations of PaliGemma 2 compute differently (ARCHITECTURE.md, appendix C).
+# Where the two implementations of PaliGemma 2 compute differently (see `with_reference`).
 REFERENCES = ("transformers", "big_vision")
 
 

@@ -1,9 +1,10 @@
 """Test helper: write a transformers PaliGemma state dict as a big_vision ``.npz`` checkpoint.
 
 Independent re-implementation of the big_vision (Kaggle) layout, as transformers'
-convert_paligemma_weights_to_hf.py reads it: ``/``-joined flax paths, scanned layers stacked on axis 0, every
-transform the exact inverse of the HF-from-npz transform in that table.  The embedding matrix is
-written with as many rows as it has (slice the state dict first to mimic the 257152-row files).
+convert_paligemma_weights_to_hf.py reads it: ``/``-joined flax paths, scanned layers stacked on
+axis 0, every transform the exact inverse of that script's HF-from-npz transform. The embedding
+matrix is written with as many rows as it has (slice the state dict first to mimic the
+257152-row files).
 Two rarer layouts of big_vision's own code on request: q, k, v fused in one
 ``qkv_einsum`` (3, N, D, H) when kv heads == heads, and unscanned layers (``scan=False``), one
 array per layer under ``img/Transformer/encoderblock_{i}/...`` and ``llm/layers/{i}/...``.

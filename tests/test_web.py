@@ -100,6 +100,12 @@ def test_page_detects_and_draws_in_headless_chromium(embedded_pipe, tmp_path):
             driver.save_screenshot(str(ARTIFACTS / "web-detect.png"))
             assert (ARTIFACTS / "web-detect.png").stat().st_size > 10_000
             check_a_bad_upload_clears_the_image(driver, bad, picture)
+            driver.get(base + "/docs")  # Swagger UI from this server's own files (offline)
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            )
+            paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+            assert {"/v1/chat/completions", "/v1/detect"} <= paths, paths
         finally:
             driver.quit()
 

@@ -40,24 +40,24 @@ async def favicon() -> Response:
 
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(
-        openapi_url=request.app.openapi_url,
-        title=request.app.title + " - Swagger UI",
-        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-        swagger_favicon_url="/favicon.ico",
-    )
+    js, css = f"{DOCS_ASSETS}/swagger-ui-bundle.js", f"{DOCS_ASSETS}/swagger-ui.css"
+    files = {"swagger_js_url": js, "swagger_css_url": css, "swagger_favicon_url": "/favicon.ico"}
+    return _docs(request, get_swagger_ui_html, "Swagger UI", **files)
 
 
 @router.get("/redoc", include_in_schema=False)
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(
-        openapi_url=request.app.openapi_url,
-        title=request.app.title + " - ReDoc",
-        redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
-        redoc_favicon_url="/favicon.ico",
-        with_google_fonts=False,
-    )
+    files = {
+        "redoc_js_url": f"{DOCS_ASSETS}/redoc.standalone.js",
+        "redoc_favicon_url": "/favicon.ico",
+    }
+    return _docs(request, get_redoc_html, "ReDoc", with_google_fonts=False, **files)
+
+
+def _docs(request: Request, page, name: str, **options) -> HTMLResponse:
+    """FastAPI's docs `page` for this app's schema, with `options` naming files on this server."""
+    title = f"{request.app.title} - {name}"
+    return page(openapi_url=request.app.openapi_url, title=title, **options)
 
 
 def mount_docs_assets(app: FastAPI) -> None:

@@ -47,6 +47,8 @@ def test_page_detects_and_draws_in_headless_chromium(embedded_pipe, tmp_path):
     scene = synthetic.make_scene(rng, num_things=2, size=(224, 224), antialias=True)
     picture = tmp_path / "scene.png"
     scene.image.save(picture)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(picture.read_bytes()[:40])  # a PNG header, then nothing
     labels = " ; ".join(dict.fromkeys(t.shape for t in scene.things))
     expected = [o for o in embedded_pipe.detect(scene.image, labels.split(" ; ")) if o.valid]
 
@@ -97,8 +99,40 @@ def test_page_detects_and_draws_in_headless_chromium(embedded_pipe, tmp_path):
             ARTIFACTS.mkdir(exist_ok=True)
             driver.save_screenshot(str(ARTIFACTS / "web-detect.png"))
             assert (ARTIFACTS / "web-detect.png").stat().st_size > 10_000
+            check_a_bad_upload_clears_the_image(driver, bad, picture)
+            driver.get(base + "/docs")  # Swagger UI from this server's own files (offline)
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            )
+            paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+            assert {"/v1/chat/completions", "/v1/detect"} <= paths, paths
         finally:
             driver.quit()
+
+
+def check_a_bad_upload_clears_the_image(driver, bad: Path, good: Path) -> None:
+    """After a file the browser cannot read, the old image and answer are gone and Run is
+    disabled (it would answer about the previous image); a good file enables it again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run, status = driver.find_element(By.ID, "run"), driver.find_element(By.ID, "status")
+    assert run.is_enabled()
+    driver.find_element(By.ID, "file").send_keys(str(bad))
+    WebDriverWait(driver, 20).until(lambda d: status.get_attribute("class") == "error")
+    assert "broken.png" in status.text and not run.is_enabled(), status.text
+    assert driver.find_elements(By.CSS_SELECTOR, "#objects li.object") == []
+    painted = driver.execute_script(
+        """const c = document.getElementById('canvas');
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           let n = 0;
+           for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) n++;
+           return n;"""
+    )
+    assert painted == 0  # the previous picture is cleared, not left under the new name
+    driver.find_element(By.ID, "file").send_keys(str(good))
+    WebDriverWait(driver, 20).until(lambda d: run.is_enabled())
+    assert "scene.png: 224x224" in status.text
 
 
 def test_openapi_fuzzing_finds_no_server_errors(embedded_pipe):

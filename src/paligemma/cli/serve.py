@@ -19,7 +19,20 @@ def add_parser(sub) -> None:
     srv.add_argument("--max-tokens", type=int, help="most tokens a request may ask (default 512)")
     srv.add_argument("--allow-dir", help="serve file:// image URLs from this directory only")
     srv.add_argument(
-        "--allow-remote-images", action="store_true", default=None, help="fetch http(s) images"
+        "--allow-remote-images",
+        action="store_true",
+        default=None,
+        help="fetch http(s) image URLs. RISK: the server then makes requests on a client's "
+        "behalf (SSRF); it refuses loopback, private, link-local, multicast and reserved "
+        "addresses (also after redirects), caps size and time, and answers every failure alike",
+    )
+    srv.add_argument(
+        "--allow-image-host",
+        action="append",
+        metavar="HOST_OR_CIDR",
+        help="with --allow-remote-images, also fetch from this host name or network (e.g. "
+        "10.0.0.0/8) although it is internal; repeatable. Only name hosts you trust clients "
+        "to reach",
     )
     srv.add_argument("--dtype", choices=list(DTYPES))
     srv.add_argument("--quantize", choices=QUANT_CHOICES)
@@ -49,6 +62,8 @@ def settings_from(args: argparse.Namespace):
     from ..serve import Settings
 
     given = {field: getattr(args, flag) for flag, field in SERVE_SETTINGS.items()}
+    if args.allow_image_host:
+        given["allow_image_hosts"] = tuple(args.allow_image_host)
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -57,6 +72,8 @@ def run(args: argparse.Namespace) -> None:
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if args.allow_image_host and not args.allow_remote_images:
+        raise UsageError("--allow-image-host needs --allow-remote-images")
     settings = settings_from(args)
     serve(
         args.model,

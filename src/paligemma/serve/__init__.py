@@ -2,7 +2,8 @@
 page, and one request batcher in front of the model (`paligemma serve`, or `running` in a
 `with` block). It is an edge: it may import the core, `tasks` and `pipeline`, and nothing above
 them; inside, `app` builds the FastAPI app from module-level routers (`chat`, `detect`, `pages`)
-over `settings`, `schemas`, `errors`, `middleware`, `images`, `checks`, `jobs` and `batcher`.
+over `settings`, `schemas`, `errors`, `middleware`, `images` (remote ones through `fetch`),
+`checks`, `jobs` and `batcher`.
 """
 
 from .app import create_app

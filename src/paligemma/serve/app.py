@@ -3,7 +3,8 @@ on `app.state`, adds the middleware and error handlers, and includes the routers
 
 Endpoints: POST /v1/chat/completions (OpenAI shape; `stream: true` for server-sent events),
 GET /v1/models, POST /v1/detect and /v1/segment (boxes, labels and masks as JSON), GET /health,
-GET / (the web page), GET /openapi.json and /docs. Every request goes through one `Batcher`.
+GET / (the web page, /favicon.ico), GET /openapi.json, /docs and /redoc (their files served
+locally). Every request goes through one `Batcher`.
 
 Input is checked at the edge, and every bad input is a 4xx with an OpenAI-style JSON error
 ({"error": {"message", "type", "code"}}): body size, image bytes and pixel count, prompt
@@ -35,6 +36,8 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
         "detection and segmentation, request batching.",
         on_startup=[batcher.start],
         on_shutdown=[batcher.stop],
+        docs_url=None,  # pages.py serves /docs and /redoc with local files, not a CDN's
+        redoc_url=None,
     )
     app.state.pipe, app.state.batcher, app.state.settings = pipe, batcher, s
     add_handlers(app)
@@ -42,4 +45,5 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=s.max_body_bytes)  # outermost: before the key check
     for module in (pages, chat, detect):
         app.include_router(module.router)
+    pages.mount_docs_assets(app)
     return app

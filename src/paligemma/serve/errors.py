@@ -3,6 +3,8 @@ response builder, and the app's exception handlers (every failure is a JSON erro
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -42,7 +44,11 @@ async def api_error(request: Request, e: APIError) -> JSONResponse:
 
 
 async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
-    """400 naming the first few fields that failed validation."""
+    """400 naming where the JSON is malformed, that the body is not sent as JSON, or the first
+    few fields that failed validation."""
+    message = _unreadable_body(request, e)
+    if message:
+        return error_response(400, message, "invalid_request_error", "invalid_json")
     parts = []
     for err in e.errors()[:5]:
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
@@ -50,6 +56,23 @@ async def invalid_request(request: Request, e: RequestValidationError) -> JSONRe
     return error_response(
         400, "invalid request: " + "; ".join(parts), "invalid_request_error", None
     )
+
+
+def _unreadable_body(request: Request, e: RequestValidationError) -> str | None:
+    """The message for a body that is not JSON at all (its line and column), or one sent without
+    a JSON content type (FastAPI then validates the raw bytes); None for anything else."""
+    errors = e.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid" and isinstance(e.body, (str, bytes)):
+        doc = e.body if isinstance(e.body, str) else e.body.decode("utf-8", "replace")
+        pos = first["loc"][-1] if isinstance(first["loc"][-1], int) else 0
+        where = json.JSONDecodeError(first.get("ctx", {}).get("error", "invalid"), doc, pos)
+        return f"invalid JSON at line {where.lineno}, column {where.colno}: {where.msg}"
+    if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), bytes):
+        kind = request.headers.get("content-type", "").split(";")[0].strip()  # not JSON's
+        got = f"it was sent as {kind!r}" if kind else "it was sent without one"
+        return f"send the body as JSON with the header Content-Type: application/json ({got})"
+    return None
 
 
 async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

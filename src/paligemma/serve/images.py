@@ -1,5 +1,6 @@
 """Image URLs -> RGB images, checked: data: URLs and plain base64, file:// URLs inside
---allow-dir only, http(s) only when remote images are allowed; bytes within the body-size
+--allow-dir only, http(s) only when remote images are allowed (then through fetch.py, which
+refuses internal addresses); bytes within the body-size
 limit, pixels within `Settings.max_pixels` (through `processor.check_pixels`)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..processor import ImageError, check_pixels, load_image
 from .errors import APIError
+from .fetch import fetch
 from .settings import Settings
 
 
@@ -52,7 +54,7 @@ def read_url(url: str, s: Settings) -> bytes:
     if scheme in ("http", "https"):
         if not s.allow_remote:
             raise APIError(400, "remote image URLs are disabled (start with --allow-remote-images)")
-        return _fetch(url, s)
+        return fetch(url, s)
     if scheme:
         raise APIError(400, f"unsupported image URL scheme {scheme!r}: use a data: URL")
     return _b64(url)  # plain base64
@@ -85,16 +87,3 @@ def _b64(data: str) -> bytes:
         return base64.b64decode(data.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "image data is not valid base64") from None
-
-
-def _fetch(url: str, s: Settings) -> bytes:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            data = r.read(s.max_body_bytes + 1)
-    except (OSError, ValueError) as e:
-        raise APIError(400, f"could not fetch {url}: {e}") from None
-    if len(data) > s.max_body_bytes:
-        raise APIError(413, "remote image is larger than the body-size limit", code="too_large")
-    return data

@@ -19,4 +19,6 @@ class Settings:
     max_tokens: int = 512  # the most a request may ask for
     max_n: int = 8
     allow_dir: str | None = None  # file: URLs are read from here only
-    allow_remote: bool = False  # fetch http(s) image URLs
+    allow_remote: bool = False  # fetch http(s) image URLs (public addresses only: fetch.py)
+    allow_image_hosts: tuple[str, ...] = ()  # host names / networks fetched even if internal
+    remote_timeout_s: float = 10.0  # the most one remote image fetch may take, redirects included

@@ -2,7 +2,9 @@
 
 Data: a JSONL file, one example per line: {"image": path (or list of paths, relative to the
 file), "prefix": "answer en what colour?", "suffix": "red"}. Every record is checked before the
-run starts (missing image, empty suffix, too long for `max_len`), with line numbers.
+run starts (images decoded in full, missing prefix, empty suffix, too long for `max_len`), with
+line numbers. A record whose image fails later (changed on disk) is left out with `skip_bad`;
+otherwise the run stops, writing a checkpoint first, so that it can be resumed.
 
 Loss: cross-entropy on suffix tokens only; the labels come from the processor, where image,
 prefix and padding positions are -100, and logits are computed at suffix positions alone.
@@ -34,10 +36,14 @@ from ..pipeline import Pipeline, embedded_source, load
 from ..processor import IGNORE, load_image
 from ..quant.linear import quantize_
 from ..siglip import resample_pos_embed
-from .data import Example, ExampleOrder, batch_of, read_examples
+from .data import DataError, Example, ExampleOrder, RecordFailed, batch_of, draw, read_examples
 from .loop import Loop, apply_gradients, fingerprint, learning_rate, refuse_to_overwrite
 
 MODES = ("full", "attention", "lora", "qlora")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+LOSS_NORMS = ("token", "example")
+QUANTIZE = ("int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.mode in MODES, f"mode must be one of {MODES}"),
-            (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
-            (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
-            (self.loss_norm in ("token", "example"), "loss_norm must be token or example"),
+            (self.optimizer in OPTIMIZERS, "optimizer must be adamw or sgd"),
+            (self.schedule in SCHEDULES, "schedule must be cosine or constant"),
+            (self.loss_norm in LOSS_NORMS, "loss_norm must be token or example"),
             (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
             (
                 self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
@@ -89,7 +95,7 @@ class TrainConfig:
             ),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (self.quantize in ("int8", "int4"), "quantize must be int8 or int4"),
+            (self.quantize in QUANTIZE, "quantize must be int8 or int4"),
         ]
         for ok, message in checks:
             if not ok:
@@ -97,14 +103,14 @@ class TrainConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with the run it continues."""
-        return fingerprint(self, _FREE_ON_RESUME)
+        return fingerprint(self, FREE_ON_RESUME)
 
     def lr_at(self, step: int) -> float:
         return learning_rate(step, self.lr, self.steps, self.warmup_steps, decay=self.schedule)
 
 
 # Settings that may change when a run is resumed (--steps may grow).
-_FREE_ON_RESUME = (
+FREE_ON_RESUME = (
     "out",
     "eval_data",
     "save_every",
@@ -229,8 +235,13 @@ def train(
     torch.manual_seed(cfg.seed)
     source = embedded_source(source)
     pipe = load(source, dtype=torch.float32)
-    data = read_examples(cfg.data, pipe, cfg.max_len, cfg.skip_bad)
-    eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad) if cfg.eval_data else None
+    data = read_examples(
+        cfg.data, pipe, cfg.max_len, cfg.skip_bad, out / "data_problems.txt", progress
+    )
+    eval_data = None
+    if cfg.eval_data:
+        eval_problems = out / "eval_data_problems.txt"
+        eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad, eval_problems, progress)
     trainable = prepare_(pipe, cfg)
     params = [p for _, p in trainable]
     if cfg.optimizer == "adamw":
@@ -238,12 +249,20 @@ def train(
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     loop = Loop(out, trainable, optimizer, cfg.lr_at, cfg.fingerprint(), cfg.save_every, "finetune")
+    loop.settings = dataclasses.asdict(cfg)  # a resume continues with them (train/resume.py)
     start, pos, _ = loop.restore(resume)
     steps = FinetuneSteps(
         pipe, cfg, optimizer, params, ExampleOrder(data, cfg.seed, pos), eval_data
     )
     pipe.model.train()
-    record = loop.run(steps, start, cfg.steps, cfg.steps, progress)
+    try:
+        record = loop.run(steps, start, cfg.steps, cfg.steps, progress)
+    except RecordFailed as e:
+        loop.save(steps, e.step)  # as it was before the step that drew the record
+        raise DataError(
+            f"{cfg.data}: {e}; the run stopped after writing a checkpoint at step {e.step}: fix "
+            "the file and --resume (with --skip-bad to leave the record out)"
+        ) from None
     pipe.model.eval()
     _save_outputs(pipe, Path(source), out, cfg)
     if eval_data:
@@ -270,16 +289,23 @@ class FinetuneSteps:
         self.pipe, self.cfg, self.order = pipe, cfg, order
         self.optimizer, self.params = optimizer, params
         self.eval_data = eval_data
+        self.dropped: dict[int, str] = {}  # line -> why: records that failed during the run
         self.autocast = torch.autocast(
             pipe.model.device.type, dtype=torch.bfloat16, enabled=cfg.autocast
         )
 
     def step(self, step: int) -> dict[str, float]:
         cfg, model = self.cfg, self.pipe.model
-        batches = [
-            batch_of(self.pipe, self.order.take(cfg.batch_size // cfg.grad_accum))
-            for _ in range(cfg.grad_accum)
-        ]
+        pos = self.order.pos
+        try:
+            drawn = [
+                draw(self.order, cfg.batch_size // cfg.grad_accum, self.dropped, cfg.skip_bad)
+                for _ in range(cfg.grad_accum)
+            ]
+        except RecordFailed as e:
+            self.order.pos, e.step = pos, step  # a resume draws this step's examples again
+            raise
+        batches = [batch_of(self.pipe, examples, images) for examples, images in drawn]
         labels = [b["labels"][:, 1:] != IGNORE for b in batches]
         denom = sum(int(m.sum()) for m in labels) if cfg.loss_norm == "token" else cfg.batch_size
         total, tokens = 0.0, 0

@@ -121,6 +121,7 @@ class Loop:
     fingerprint: dict[str, Any]
     save_every: int
     desc: str
+    settings: dict[str, Any] | None = None  # all of the run's settings, kept in checkpoints
 
     @property
     def log_path(self) -> Path:
@@ -167,4 +168,13 @@ class Loop:
 
     def save(self, stepper: Stepper, done: int) -> None:
         pos, log_state = stepper.checkpoint(done)
-        save_state(self.out, done, pos, self.trainable, self.optimizer, self.fingerprint, log_state)
+        save_state(
+            self.out,
+            done,
+            pos,
+            self.trainable,
+            self.optimizer,
+            self.fingerprint,
+            log_state,
+            settings=self.settings,
+        )

@@ -23,10 +23,11 @@ def save_state(
     optimizer,
     fingerprint: dict,
     log_state: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG, and the
-    JSON-able `log_state`) into out/checkpoints/step-N atomically, point `latest` at it, and
-    drop older ones."""
+    """Checkpoint `step` (trainable tensors, optimiser state, data position, RNG, the JSON-able
+    `log_state` and all the run's `settings`) into out/checkpoints/step-N atomically, point
+    `latest` at it, and drop older ones."""
     from ..checkpoints.safetensors_io import write_safetensors
 
     root = out / "checkpoints"
@@ -46,7 +47,7 @@ def save_state(
     tensors["rng/torch"] = torch.get_rng_state()
     write_safetensors(tensors, tmp / "state.safetensors")
     meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": fingerprint}
-    meta |= {"log_state": log_state or {}}
+    meta |= {"log_state": log_state or {}, "settings": settings}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -77,9 +78,13 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
     meta = json.loads((ck / "state.json").read_text())
     now = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored
     if meta["config"] != now:
-        changed = sorted(k for k in now if meta["config"].get(k) != now[k])
+        changed = sorted(
+            k for k in now.keys() | meta["config"] if meta["config"].get(k) != now.get(k)
+        )
+        diffs = ", ".join(f"{k}: {meta['config'].get(k)!r}, now {now.get(k)!r}" for k in changed)
         raise ValueError(
-            f"{ck} was made with other settings ({', '.join(changed)}); use another --out"
+            f"{ck} was made with other settings ({diffs}): resume with the checkpoint's "
+            "settings, or start a new run with another --out"
         )
     tensors = load_file(str(ck / "state.safetensors"))
     with torch.no_grad():
@@ -97,6 +102,14 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
                 optimizer.state[p] = state
     torch.set_rng_state(tensors["rng/torch"])
     return meta["step"], meta["pos"]
+
+
+def saved_settings(out: Path) -> dict[str, Any] | None:
+    """All the settings of the run whose latest checkpoint is in `out`: those saved with it, or
+    for an older checkpoint the fingerprint alone (None when there is no checkpoint)."""
+    ck = latest_checkpoint(out)
+    meta = json.loads((ck / "state.json").read_text()) if ck else None
+    return (meta.get("settings") or meta["config"]) if meta else None
 
 
 def saved_log_state(out: Path) -> dict[str, Any]:

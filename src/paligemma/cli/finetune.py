@@ -21,7 +21,13 @@ def add_parser(sub) -> None:
     tune.set_defaults(run=run)
 
 
-_OPTIONAL_TYPES = {"eval_data": str, "image_size": int, "max_len": int, "clip": float}
+_OPTIONAL_TYPES = {
+    "eval_data": str,
+    "image_size": int,
+    "max_len": int,
+    "clip": float,
+    "tensorboard": str,
+}
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:

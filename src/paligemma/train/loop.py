@@ -10,8 +10,11 @@ the evaluations and the state that goes into a checkpoint beside the weights.
     last_record = loop.run(stepper, start, end, total=steps, progress=True)
 
 Each step: set the learning rate, `stepper.step`, time it, `stepper.record` the log line (plus
-`stepper.evaluate`), append it to metrics.jsonl, advance the bar, and every `save_every` steps
-(and after the last one) write a checkpoint, so a kill loses at most `save_every` steps.
+`stepper.evaluate`), append it to metrics.jsonl (and to TensorBoard when `tensorboard` names a
+directory), advance the bar, and every `save_every` steps (and after the last one) write a
+checkpoint, so a kill loses at most `save_every` steps. curves.png (curves.py) is redrawn at a
+checkpoint when `REDRAW_S` seconds have passed since the run started or last drew it, and at the
+end of `run`: every checkpoint of a real run, while a test's run of tiny steps draws once.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from .curves import TensorBoard, draw_curves
 from .state import latest_checkpoint, load_state, save_state, saved_log_state, trim_log
+
+REDRAW_S = 10.0  # the least time between two drawings of curves.png within a run
 
 
 def learning_rate(
@@ -121,10 +127,16 @@ class Loop:
     fingerprint: dict[str, Any]
     save_every: int
     desc: str
+    tensorboard: str | Path | None = None  # a directory for TensorBoard event files
+    drawn_at: float = field(default=0.0, init=False, repr=False)  # perf_counter() of the last
 
     @property
     def log_path(self) -> Path:
         return self.out / "metrics.jsonl"
+
+    @property
+    def curves_path(self) -> Path:
+        return self.out / "curves.png"
 
     def restore(self, resume: bool) -> tuple[int, int, dict[str, Any]]:
         """(first step, data position, log state): the latest checkpoint's when `resume`
@@ -147,6 +159,8 @@ class Loop:
 
         record: dict[str, Any] = {}
         bar = tqdm(total=total, initial=start, desc=self.desc, unit="step", disable=not progress)
+        board = TensorBoard(self.tensorboard, first_step=start + 1) if self.tensorboard else None
+        self.drawn_at = time.perf_counter()
         with open(self.log_path, "a") as log:
             for step in range(start, end):
                 began = time.perf_counter()
@@ -158,13 +172,26 @@ class Loop:
                 record |= stepper.evaluate(step + 1)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                if board:
+                    board.add(record)
                 bar.set_postfix({k: f"{record[k]:.4g}" for k in stepper.bar_keys})
                 bar.update(1)
                 if (step + 1) % self.save_every == 0 or step + 1 == end:
                     self.save(stepper, step + 1)
+                    if step + 1 == end or time.perf_counter() - self.drawn_at >= REDRAW_S:
+                        self.draw()
+                    if board:
+                        board.flush()
+        if board:
+            board.close()
         bar.close()
         return record
 
     def save(self, stepper: Stepper, done: int) -> None:
         pos, log_state = stepper.checkpoint(done)
         save_state(self.out, done, pos, self.trainable, self.optimizer, self.fingerprint, log_state)
+
+    def draw(self) -> None:
+        """Redraw curves.png from the whole log (earlier sittings included)."""
+        draw_curves(self.log_path, self.curves_path, title=f"{self.desc}: {self.out.name}")
+        self.drawn_at = time.perf_counter()

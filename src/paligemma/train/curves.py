@@ -74,8 +74,9 @@ def _is_eval(name: str) -> bool:
 
 def draw_curves(log: Path, png: Path, title: str = "") -> None:
     """Draw the log at `log` into the PNG `png` (written to a temporary file, then renamed):
-    loss (log scale), learning rate, held-out scores, over steps."""
+    loss (log scale when it spans a decade), learning rate, held-out scores, over steps."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
+    from matplotlib.ticker import MaxNLocator
 
     series = _series(read_log(log))
     fig = Figure(figsize=FIGSIZE, dpi=DPI)  # fixed margins: a computed layout doubles the time
@@ -89,9 +90,10 @@ def draw_curves(log: Path, png: Path, title: str = "") -> None:
             )
         elif _is_eval(name):
             eval_ax.plot(steps, values, "o-", ms=3, label=name.removeprefix("eval/"))
-    losses = [v for n, (_, v) in series.items() if _is_loss(n)]
-    if losses and all(min(v) > 0 for v in losses):
+    losses = [x for n, (_, v) in series.items() if _is_loss(n) for x in v]
+    if losses and min(losses) > 0 and max(losses) >= 10 * min(losses):  # spans a decade
         loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")  # 0.1, not 10^-1
     if "lr" in series:
         lr_ax.plot(*series["lr"], color="tab:green")
         lr_ax.yaxis.set_major_formatter(lambda v, _: f"{v:.3g}")  # 0.0003, not an offset
@@ -104,6 +106,7 @@ def draw_curves(log: Path, png: Path, title: str = "") -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="best")
     eval_ax.set_xlabel("step")
+    eval_ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     last = max((s[-1] for s, _ in series.values()), default=0)
     fig.suptitle(f"{title} — step {last:,}" if title else f"step {last:,}")
     png.parent.mkdir(parents=True, exist_ok=True)

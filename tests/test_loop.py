@@ -156,3 +156,28 @@ def test_curves_read_a_log_cut_short_and_draw_nested_scores(tmp_path):
     }
     curves.draw_curves(log, tmp_path / "pictures" / "curves.png", title="embedded")
     assert png_size(tmp_path / "pictures" / "curves.png") == (800, 800)
+
+
+def test_a_resumed_runs_tensorboard_hides_what_a_killed_one_logged_past_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from paligemma.train import curves
+
+    killed = curves.TensorBoard(tmp_path)
+    for step in range(1, 6):  # steps 4 and 5 were logged, then the kill; the checkpoint was 3
+        killed.add({"step": step, "loss": 1.0})
+    killed.close()
+    resumed = curves.TensorBoard(tmp_path, first_step=4)
+    for step in range(4, 7):
+        resumed.add({"step": step, "loss": 2.0})
+    resumed.close()
+    board = EventAccumulator(str(tmp_path))
+    board.Reload()
+    assert [(e.step, e.value) for e in board.Scalars("loss")] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 1.0),
+        (4, 2.0),
+        (5, 2.0),
+        (6, 2.0),
+    ]

@@ -14,8 +14,8 @@ Each step: set the learning rate, `stepper.step`, time it, `stepper.record` the 
 directory), advance the bar, and every `save_every` steps (and after the last one) write a
 checkpoint, so a kill loses at most `save_every` steps. curves.png (curves.py) is redrawn at a
 checkpoint when `REDRAW_S` seconds have passed since the run started or last drew it, and at the
-end of `run` (so every checkpoint of a real run, whose saves are minutes apart, but only the
-end of a test's run of tiny steps; a drawing takes about 0.2 s of CPU).
+end of `run` (so at every checkpoint of a run whose checkpoints are 10 s or more apart, but only
+at the end of a test's run of tiny steps; a drawing takes about 0.2 s of CPU).
 """
 
 from __future__ import annotations

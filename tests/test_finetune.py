@@ -370,6 +370,49 @@ def test_data_refuses_huge_images_with_the_shared_pixel_guard(tmp_path):
         data.read_examples(tmp_path / "data.jsonl", paligemma.load(), None, skip_bad=False)
 
 
+# -- training curves --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipeline_dir", [True], ids=["pg2"], indirect=True)
+def test_finetune_draws_curves_and_logs_to_tensorboard(pipeline_dir, task, tmp_path):
+    """`finetune --tensorboard DIR` (two LoRA steps): every loss of metrics.jsonl is a scalar
+    in DIR's event file, and OUT/curves.png is an 800 x 800 PNG."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from paligemma.cli.commands import build_parser
+
+    out, board_dir = tmp_path / "run", tmp_path / "tb"
+    argv = ["finetune", "--model", str(pipeline_dir), "--data", task[0], "--out", str(out)]
+    argv += ["--tensorboard", str(board_dir), "--steps", "2", "--batch-size", "2"]
+    args = build_parser().parse_args(argv)
+    args.run(args)  # not cli.main: the test process's thread count stays as it is
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    board = EventAccumulator(str(board_dir))
+    board.Reload()
+    assert [(e.step, e.value) for e in board.Scalars("loss")] == [
+        (r["step"], pytest.approx(r["loss"])) for r in rows
+    ]
+    assert [e.step for e in board.Scalars("lr")] == [1, 2]
+    with Image.open(out / "curves.png") as picture:
+        assert picture.format == "PNG" and picture.size == (800, 800)
+        picture.load()  # the whole file decodes
+
+
+def test_tensorboard_without_its_package_names_the_extra(task, tmp_path, monkeypatch, capsys):
+    from paligemma.cli import commands
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    monkeypatch.setattr(commands, "set_threads", lambda threads: threads)
+    argv = ["finetune", "--data", task[0], "--out", str(tmp_path / "run")]
+    assert commands.main([*argv, "--tensorboard", str(tmp_path / "tb")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("paligemma: error: --tensorboard needs the tensorboard package")
+    assert "pip install 'paligemma[tensorboard]'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before loading anything
+    with pytest.raises(ImportError, match=r"paligemma\[tensorboard\]"):
+        finetune.train(None, cfg_for(tmp_path, task[0], tensorboard=str(tmp_path / "tb")))
+
+
 # -- crash safety -----------------------------------------------------------------------------
 
 

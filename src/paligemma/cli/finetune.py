@@ -46,8 +46,16 @@ HELP = {
     "skip_bad": "leave out bad records (before the run, or when one fails during it) and say "
     "how many and why, instead of stopping",
     "merge": "lora / qlora: also save the base with the adapters merged (out/merged/)",
+    "tensorboard": "also log every step's numbers to TensorBoard event files in this directory "
+    "(needs pip install 'paligemma[tensorboard]')",
 }
-_OPTIONAL_TYPES = {"eval_data": str, "image_size": int, "max_len": int, "clip": float}
+_OPTIONAL_TYPES = {
+    "eval_data": str,
+    "image_size": int,
+    "max_len": int,
+    "clip": float,
+    "tensorboard": str,
+}
 
 
 def add_parser(sub) -> None:

@@ -36,6 +36,7 @@ from ..pipeline import Pipeline, embedded_source, load
 from ..processor import IGNORE, load_image
 from ..quant.linear import quantize_
 from ..siglip import resample_pos_embed
+from .curves import require_tensorboard
 from .data import DataError, Example, ExampleOrder, RecordFailed, batch_of, draw, read_examples
 from .loop import Loop, apply_gradients, fingerprint, learning_rate, refuse_to_overwrite
 
@@ -81,6 +82,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 32
     skip_bad: bool = False
     merge: bool = False  # LoRA: also save the merged model
+    tensorboard: str | None = None  # also log to TensorBoard event files in this directory
 
     def __post_init__(self) -> None:
         checks = [
@@ -119,6 +121,7 @@ FREE_ON_RESUME = (
     "merge",
     "steps",
     "skip_bad",
+    "tensorboard",
 )
 
 
@@ -228,10 +231,13 @@ def evaluate(
 def train(
     source: str | os.PathLike | None, cfg: TrainConfig, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Fine-tune the model at `source`; writes to cfg.out: metrics.jsonl, checkpoints/, and
-    model/ (full, attention) or adapter/ (+ merged/) (lora, qlora). Returns the final metrics."""
+    """Fine-tune the model at `source`; writes to cfg.out: metrics.jsonl, curves.png,
+    checkpoints/, and model/ (full, attention) or adapter/ (+ merged/) (lora, qlora); and
+    TensorBoard events to cfg.tensorboard. Returns the final metrics."""
     out = Path(cfg.out)
     refuse_to_overwrite(out, resume)
+    if cfg.tensorboard:
+        require_tensorboard()  # before the model loads: a missing extra fails at once
     torch.manual_seed(cfg.seed)
     source = embedded_source(source)
     pipe = load(source, dtype=torch.float32)
@@ -250,6 +256,7 @@ def train(
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     loop = Loop(out, trainable, optimizer, cfg.lr_at, cfg.fingerprint(), cfg.save_every, "finetune")
     loop.settings = dataclasses.asdict(cfg)  # a resume continues with them (train/resume.py)
+    loop.tensorboard = cfg.tensorboard  # None: no TensorBoard logging
     start, pos, _ = loop.restore(resume)
     steps = FinetuneSteps(
         pipe, cfg, optimizer, params, ExampleOrder(data, cfg.seed, pos), eval_data

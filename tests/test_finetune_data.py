@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,16 @@ def test_finetune_help_lists_choices_and_describes_every_flag(pipeline_dir, caps
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     undescribed = [a.dest for a in sub.choices["finetune"]._actions if not (a.help or "").strip()]
     assert undescribed == []
+
+
+def test_resume_takes_the_model_from_the_checkpoint(pipeline_dir, tmp_path, capsys):
+    """The run records its model: --resume needs no --model, and refuses another one."""
+    data_file = write_data(tmp_path, 2)
+    out = tmp_path / "run"
+    assert main(finetune_args(pipeline_dir, data_file, out)) == 0
+    capsys.readouterr()
+    resume = ["finetune", "--out", str(out), "--resume", "--steps", "2"]
+    assert main(resume) == 0, capsys.readouterr().err  # no --model: the checkpoint's
+    assert main([*resume, "--steps", "3", "--model", "embedded"]) == 1
+    err = capsys.readouterr().err
+    assert f"was made from --model {Path(pipeline_dir).resolve()}, not embedded" in err

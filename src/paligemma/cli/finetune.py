@@ -110,12 +110,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..train.finetune import TrainConfig, train
-    from ..train.resume import run_settings
+    from ..train.resume import run_model, run_settings
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if "lora_targets" in given:
         given["lora_targets"] = tuple(given["lora_targets"])
     cfg = run_settings(given, args.out, args.resume)
-    result = train(args.model, cfg, resume=args.resume)
+    result = train(run_model(args.model, args.out, args.resume), cfg, resume=args.resume)
     print(json.dumps(result))

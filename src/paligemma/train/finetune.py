@@ -125,6 +125,14 @@ FREE_ON_RESUME = (
 )
 
 
+def model_id(source: str | os.PathLike | None) -> str:
+    """How a run records the model it started from: a local path absolute (the embedded model
+    is its directory in the package), anything else (a hub id) as given."""
+    source = embedded_source(source)
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loss
 
@@ -255,7 +263,8 @@ def train(
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     loop = Loop(out, trainable, optimizer, cfg.lr_at, cfg.fingerprint(), cfg.save_every, "finetune")
-    loop.settings = dataclasses.asdict(cfg)  # a resume continues with them (train/resume.py)
+    # a resume continues with these, from this model (train/resume.py)
+    loop.settings = dataclasses.asdict(cfg) | {"model": model_id(source)}
     loop.tensorboard = cfg.tensorboard  # None: no TensorBoard logging
     start, pos, _ = loop.restore(resume)
     steps = FinetuneSteps(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .finetune import FREE_ON_RESUME, TrainConfig
+from .finetune import FREE_ON_RESUME, TrainConfig, model_id
 from .state import latest_checkpoint, saved_settings
 
 
@@ -52,3 +52,17 @@ def run_settings(given: dict[str, Any], out: str | os.PathLike, resume: bool) ->
 def _json(value: Any) -> str:
     """A setting as JSON, as a checkpoint stores it (tuples as lists; 16 equals 16.0)."""
     return json.dumps(value)
+
+
+def run_model(given: str | None, out: str | os.PathLike, resume: bool) -> str | None:
+    """The model a run trains: on `resume`, the one its checkpoint records (a --model given
+    again must name the same one); otherwise `given` (None: the embedded model)."""
+    saved = (saved_settings(Path(out)) or {}).get("model") if resume else None
+    if saved is None:
+        return given
+    if given is not None and model_id(given) != saved:
+        raise ValueError(
+            f"{latest_checkpoint(Path(out))} was made from --model {saved}, not {given}: leave "
+            "--model out to resume it, or start a new run with another --out"
+        )
+    return saved

@@ -81,6 +81,29 @@ def test_cached_decode_matches_reference(pair):
     assert cache.length == ids.shape[1] + steps
 
 
+def test_first_decode_step_equals_reference_generate_bit_for_bit(pair):
+    """Prefill through the cache gives exactly the logits of transformers' first generate()
+    step in float32, left-padded rows included. A tolerance would not do: RoPE is relative,
+    so positions shifted by one on padded rows move the logits by only ~1e-7."""
+    hf, ours = pair
+    ids, am, tt, px = make_batch(seed=2)
+    assert (am[:, 0] == 0).sum() == 2  # two left-padded rows, one full row
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=ids,
+            pixel_values=px,
+            attention_mask=am,
+            token_type_ids=tt,
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        cache = ours.new_cache(batch=3, max_len=ids.shape[1] + 1)
+        got = ours(ids, px, am, tt, cache=cache, num_logits=1)[:, -1]
+    assert torch.equal(got, out.logits[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_bit_exact_with_reference_positions(hf_checkpoint, dtype):
     """Given the reference's own positions (arange + 1, padding included), the logits are equal

@@ -50,22 +50,27 @@ def test_gemma2_window_and_softcaps_matter(tmp_path):
             assert diff > 1e-2, (change, diff)
 
 
+def reference_generate(hf, ids, am, tt, px, steps: int):
+    """transformers' greedy generate(), exactly `steps` new tokens, with each step's logits."""
+    return hf.generate(
+        input_ids=ids,
+        pixel_values=px,
+        attention_mask=am,
+        token_type_ids=tt,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+
+
 def test_cached_decode_matches_reference(pair):
     hf, ours = pair
     ids, am, tt, px = make_batch(seed=1)
     steps = 6
     with torch.no_grad():
-        out = hf.generate(
-            input_ids=ids,
-            pixel_values=px,
-            attention_mask=am,
-            token_type_ids=tt,
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        out = reference_generate(hf, ids, am, tt, px, steps)
         new_tokens = out.sequences[:, ids.shape[1] :]
         assert new_tokens.shape[1] == steps
         cache = ours.new_cache(batch=3, max_len=ids.shape[1] + steps)
@@ -89,16 +94,7 @@ def test_first_decode_step_equals_reference_generate_bit_for_bit(pair):
     ids, am, tt, px = make_batch(seed=2)
     assert (am[:, 0] == 0).sum() == 2  # two left-padded rows, one full row
     with torch.no_grad():
-        out = hf.generate(
-            input_ids=ids,
-            pixel_values=px,
-            attention_mask=am,
-            token_type_ids=tt,
-            max_new_tokens=1,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        out = reference_generate(hf, ids, am, tt, px, 1)
         cache = ours.new_cache(batch=3, max_len=ids.shape[1] + 1)
         got = ours(ids, px, am, tt, cache=cache, num_logits=1)[:, -1]
     assert torch.equal(got, out.logits[0])

@@ -42,7 +42,8 @@ def main() -> None:
         result[mode] = evaluate(pipe, args.scenes, progress=False)["summary"]
         print(mode, result[mode], flush=True)
         if mode == "float32":
-            result["subset"] = {"scenes": SUBSET, "float32": evaluate(pipe, SUBSET, progress=False)["summary"]}
+            subset = evaluate(pipe, SUBSET, progress=False)["summary"]
+            result["subset"] = {"scenes": SUBSET, "float32": subset}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -310,6 +311,35 @@ def test_lora_and_qlora_runs_write_adapters(pipeline_dir, task, tmp_path):
         assert (out / "merged" / "model.safetensors").is_file() and (
             out / "merged" / "tokenizer.model"
         ).is_file()
+
+
+def test_qlora_learns_a_repeated_batch_and_leaves_the_base_alone(pipeline_dir, task):
+    """QLoRA steps on one batch: its loss goes down, the adapters move, and the quantised base
+    (codes, scales, every frozen tensor) stays exactly as quantised."""
+    from paligemma.train.loop import apply_gradients
+
+    pipe = paligemma.load(pipeline_dir, dtype=torch.float32)
+    cfg = finetune.TrainConfig(data=task[0], out="unused", mode="qlora", quantize="int4")
+    named = finetune.prepare_(pipe, cfg)
+    assert all(".lora_A" in n or ".lora_B" in n for n, _ in named)
+    params = [p for _, p in named]
+    state = pipe.model.state_dict(keep_vars=True)
+    frozen = {k: v.clone() for k, v in state.items() if not v.requires_grad}
+    assert any(v.dtype in (torch.int8, torch.uint8) for v in frozen.values())
+    adapters = {id(p): p.detach().clone() for p in params}
+    batch = data.batch_of(pipe, data.read_examples(task[0], pipe, None, False)[:4])
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss, _ = finetune.suffix_loss(pipe.model, batch, "token", 0.0, 4.0)
+        loss.backward()
+        apply_gradients(optimizer, params, None)
+        losses.append(float(loss.detach()))
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.95 * losses[0], losses
+    assert all(not torch.equal(p, adapters[id(p)]) for p in params)
+    state = pipe.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
 
 
 def test_attention_only_and_frozen_vision_train_what_they_say(pipeline_dir, task, tmp_path):

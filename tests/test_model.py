@@ -269,3 +269,20 @@ def test_low_level_api_errors_are_clear():
         model.hidden(ids, px, am, tt, local_mask=step)
     with pytest.raises(ValueError, match="must lie in"):
         model.embed_text(torch.tensor([[300]]))
+
+
+def test_resampling_the_position_table_keeps_its_grid():
+    """resample_pos_embed's values, not only its shape: the same size is the identity, and a
+    table that varies along one image axis only still does so at another size (a transposed
+    grid would swap the axes)."""
+    from paligemma.siglip import resample_pos_embed
+
+    pos = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))  # (L, D), 4 x 4 grid
+    assert torch.allclose(resample_pos_embed(pos, 4), pos, atol=1e-6)
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    table = torch.stack([rows.flatten(), cols.flatten()], 1)  # token r * 4 + c -> (r, c)
+    for side in (8, 2):
+        grid = resample_pos_embed(table, side).reshape(side, side, 2)  # (row, col, D)
+        by_row, by_col = grid[..., 0], grid[..., 1]
+        assert torch.allclose(by_row, by_row[:, :1]) and torch.allclose(by_col, by_col[:1, :])
+        assert (by_row[1:, 0] > by_row[:-1, 0]).all() and (by_col[0, 1:] > by_col[0, :-1]).all()

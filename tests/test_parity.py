@@ -50,22 +50,27 @@ def test_gemma2_window_and_softcaps_matter(tmp_path):
             assert diff > 1e-2, (change, diff)
 
 
+def reference_generate(hf, ids, am, tt, px, steps: int):
+    """transformers' greedy generate(), exactly `steps` new tokens, with each step's logits."""
+    return hf.generate(
+        input_ids=ids,
+        pixel_values=px,
+        attention_mask=am,
+        token_type_ids=tt,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+
+
 def test_cached_decode_matches_reference(pair):
     hf, ours = pair
     ids, am, tt, px = make_batch(seed=1)
     steps = 6
     with torch.no_grad():
-        out = hf.generate(
-            input_ids=ids,
-            pixel_values=px,
-            attention_mask=am,
-            token_type_ids=tt,
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        out = reference_generate(hf, ids, am, tt, px, steps)
         new_tokens = out.sequences[:, ids.shape[1] :]
         assert new_tokens.shape[1] == steps
         cache = ours.new_cache(batch=3, max_len=ids.shape[1] + steps)
@@ -79,6 +84,20 @@ def test_cached_decode_matches_reference(pair):
                 new_tokens[:, step : step + 1], attention_mask=one, token_type_ids=one, cache=cache
             )[:, -1]
     assert cache.length == ids.shape[1] + steps
+
+
+def test_first_decode_step_equals_reference_generate_bit_for_bit(pair):
+    """Prefill through the cache gives exactly the logits of transformers' first generate()
+    step in float32, left-padded rows included. A tolerance would not do: RoPE is relative,
+    so positions shifted by one on padded rows move the logits by only ~1e-7."""
+    hf, ours = pair
+    ids, am, tt, px = make_batch(seed=2)
+    assert (am[:, 0] == 0).sum() == 2  # two left-padded rows, one full row
+    with torch.no_grad():
+        out = reference_generate(hf, ids, am, tt, px, 1)
+        cache = ours.new_cache(batch=3, max_len=ids.shape[1] + 1)
+        got = ours(ids, px, am, tt, cache=cache, num_logits=1)[:, -1]
+    assert torch.equal(got, out.logits[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

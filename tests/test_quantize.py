@@ -136,8 +136,13 @@ def test_quantised_model_saves_and_loads(pipeline_dir, tmp_path, mode):
     with torch.no_grad():
         ref, got = base.model(**batch), quant.model(**batch)
     # The tiny test model is chaotic (large random weights, width 64): errors compound through
-    # its layers, so only int8 has a tight model-level bound here; layers are bounded above.
-    assert rel_err(got, ref) < (0.08 if mode == "int8" else 0.8)
+    # its layers, so int4's model-level error is large (measured 0.57 PaliGemma 1, 0.74
+    # PaliGemma 2; layers are bounded tightly above). An all-zero output scores 1.0 and a
+    # sign-flipped one about 1.9: the cosine check tells both from a noisy right answer.
+    gemma2 = quant.model.cfg.text.final_softcap is not None
+    assert rel_err(got, ref) < {"int8": 0.06, "int4": 0.78 if gemma2 else 0.6}[mode]
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
+    assert float(cosine) > (0.99 if mode == "int8" else 0.6)
     paligemma.save_model(quant.model, tmp_path)
     assert json.loads((tmp_path / "quantization.json").read_text())["mode"] == mode
     again = paligemma.load_model(tmp_path, dtype=torch.float32)

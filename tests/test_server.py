@@ -141,6 +141,21 @@ def test_sampling_with_a_seed_is_repeatable(client, scenes):
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
 
 
+def test_sampling_is_not_greedy_and_each_seed_repeats(client, scenes):
+    """temperature > 0 really samples: some seed answers otherwise than greedy decoding, and
+    a seed gives the same answer again."""
+    ask = dict(model="embedded", messages=user(scenes[3].image, "caption en"), max_tokens=12)
+    greedy = client.chat.completions.create(**ask).choices[0].message.content
+
+    def sampled(seed):
+        reply = client.chat.completions.create(**ask, temperature=2.0, seed=seed)
+        return reply.choices[0].message.content
+
+    answers = [sampled(seed) for seed in range(3)]
+    assert any(a != greedy for a in answers), (greedy, answers)
+    assert sampled(0) == answers[0]
+
+
 def test_models_health_page_and_schema(client, url):
     assert [m.id for m in client.models.list().data] == ["embedded"]
     health = httpx.get(url + "/health").json()
@@ -242,6 +257,7 @@ BAD = {
     "max_tokens over the cap": ("/v1/chat/completions", _good(max_tokens=65), 400),
     "n over the cap": ("/v1/chat/completions", _good(n=99), 400),
     "too many stops": ("/v1/chat/completions", _good(stop=list("abcde")), 400),
+    "stop too long": ("/v1/chat/completions", _good(stop=["a", "x" * 65]), 400),
     "prompt too long": ("/v1/chat/completions", _with_url(_png_url(), prompt="x" * 301), 400),
     "no image": ("/v1/chat/completions", chat_body(None, "caption en"), 400),
     "too many images": (
@@ -442,11 +458,27 @@ def test_the_server_pixel_limit_is_the_shared_guard_with_its_own_limit():
     assert "200x100 = 20,000 pixels, above the limit of 19,999" in e.value.message
 
 
+def test_file_urls_over_the_body_size_limit_are_a_413(tmp_path):
+    """A file: URL's bytes count against the body-size limit, as an inline image's do."""
+    from paligemma.serve.errors import APIError
+    from paligemma.serve.images import decode_image
+
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "a.png")
+    size = (tmp_path / "a.png").stat().st_size
+    ok = Settings(allow_dir=str(tmp_path), max_body_bytes=size)
+    assert decode_image("file:///a.png", ok).size == (64, 48)
+    with pytest.raises(APIError) as e:
+        decode_image("file:///a.png", Settings(allow_dir=str(tmp_path), max_body_bytes=size - 1))
+    assert e.value.status == 413 and e.value.code == "too_large"
+    assert "body-size limit" in e.value.message
+
+
 MESSAGES = {  # the error names what is wrong
     "negative max_tokens": "max_tokens",
     "max_tokens over the cap": "max_tokens 65",
     "n over the cap": "n 99",
     "too many stops": "stop",
+    "stop too long": "at most 64 characters",
     "prompt too long": "301 characters",
     "no image": "image_url",
     "too many images": "5 images",

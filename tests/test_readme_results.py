@@ -1,0 +1,162 @@
+"""The numbers the README quotes are the result files' (benchmarks/results/) and the demo's:
+each table cell equals its JSON value rounded as the cell shows it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def result(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def name_of(label: str) -> str:
+    """A row's run name: "**ours int8** (our kernel)" -> "ours int8"."""
+    return re.sub(r"\s*\(.*\)$", "", label.replace("**", "")).strip()
+
+
+def table(header_start: str) -> list[tuple[str, list[str]]]:
+    """The rows of the README table whose header row starts with `header_start`: (first
+    cell, the other cells)."""
+    lines = README.split("\n" + header_start, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    rows = []
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append((cells[0], cells[1:]))
+    return rows
+
+
+def runs_table(header_start: str, runs: dict[str, dict]) -> dict[str, list[str]]:
+    """run name -> its row's cells, after checking that the table has a row for every run."""
+    rows = {name_of(label): cells for label, cells in table(header_start)}
+    assert set(rows) == {name_of(k) for k in runs}, (set(rows), set(runs))
+    return {k: rows[name_of(k)] for k in runs}
+
+
+def agrees(cell: str, value: float) -> bool:
+    """Does `cell` ("**4.82 s**", "0.75*", "37†", "6.3 GB") show `value`, rounded as shown?"""
+    number = re.search(r"-?\d+(?:\.(\d+))?", cell.replace(",", ""))
+    assert number, cell
+    decimals = len(number.group(1) or "")
+    return abs(float(number.group(0)) - value) <= 0.5 * 10**-decimals + 1e-9
+
+
+def check_row(cells: list[str], expected: list[float | None], name: str) -> None:
+    assert len(cells) == len(expected), name
+    for i, (cell, value) in enumerate(zip(cells, expected, strict=True)):
+        if value is not None:
+            assert agrees(cell, value), (name, i, cell, value)
+
+
+def test_speed_table_is_the_benchmark_json():
+    main, int4 = result("cpu2-paligemma-3b-224.json"), result("cpu2-paligemma-3b-224-int4.json")
+    runs = {**main["results"], "ours int4": int4["results"]["ours int4"]}
+    ref_first = main["results"]["transformers float32"]["first_token_s"]
+    ref = main["results"]["transformers bfloat16"]
+    rows = runs_table("| PaliGemma-3B-224 | first token | × ref | decode tok/s |", runs)
+    for name, r in runs.items():
+        decode, b8 = r["decode_tok_s_b1"], r["decode_tok_s_b8"]
+        expected = [
+            r["first_token_s"],
+            ref_first / r["first_token_s"],
+            decode,
+            decode / ref["decode_tok_s_b1"],
+            100 * decode / r["bandwidth_limit_tok_s"],
+            b8,
+            b8 / decode,
+            r["peak_rss_gb"],
+            r["peak_rss_gb"] / ref["peak_rss_gb"],
+        ]
+        check_row(rows[name], expected, name)
+    first = result("cpu2-paligemma-3b-224-first-run.json")["results"]
+    ours_first = first["ours bfloat16 (default)"]
+    theirs_first = first["transformers bfloat16"]["decode_tok_s_b1"]
+    for quoted, value in (
+        ("Bandwidth measured {:.1f} GB/s", main["bandwidth_gbs"]),
+        ("against the {:.1f} GB/s measured in that run", int4["bandwidth_gbs"]),
+        ("({:.2f} tok/s, as before)", int4["results"]["ours float32"]["decode_tok_s_b1"]),
+        ("transformers bfloat16 decode {:.2f} tok/s", theirs_first),
+        ("ours bfloat16 {:.2f}", ours_first["decode_tok_s_b1"]),
+        ("({:.2f}×)", ours_first["decode_tok_s_b1"] / theirs_first),
+        ("ours batch 8 {:.1f} tok/s", ours_first["decode_tok_s_b8"]),
+        ("({:.1f}× batch 1)", ours_first["decode_tok_s_b8"] / ours_first["decode_tok_s_b1"]),
+    ):  # fmt: skip
+        assert quoted.format(value) in " ".join(README.split()), quoted.format(value)
+
+
+def test_int8_kernel_table_is_its_json():
+    run = result("cpu2-paligemma-3b-224-int8-kernel.json")
+    runs, ref = run["results"], run["results"]["transformers bfloat16"]
+    rows = runs_table(
+        "| PaliGemma-3B-224 | first token | decode tok/s | × ref | % of bw limit |", runs
+    )
+    for name, r in runs.items():
+        decode = r["decode_tok_s_b1"]
+        expected = [
+            r["first_token_s"],
+            decode,
+            decode / ref["decode_tok_s_b1"],
+            100 * decode / r["bandwidth_limit_tok_s"],
+            r["decode_tok_s_b8"],
+            r["peak_rss_gb"],
+            r.get("kl_vs_float32"),
+            r.get("greedy_agreement"),
+        ]
+        check_row(rows[name], expected, name)
+    assert f"bandwidth {run['bandwidth_gbs']:.1f} GB/s" in " ".join(README.split())
+
+
+def test_load_test_table_is_its_json():
+    run = result("load_test.json")
+    rows = table("| 200 requests | time | requests/s |")
+    concurrent = f"{run['clients']} concurrent clients, `--max-batch {run['max_batch']}`"
+    assert [label for label, _ in rows] == ["one by one", concurrent]
+    assert f"{run['requests']} requests" in rows[0][0] or run["requests"] == 200
+    (_, one), (_, both) = rows
+    check_row(one[:3], [run["one_by_one_s"], run["one_by_one_rps"], 1.0], "one by one")
+    check_row(both[:3], [run["concurrent_s"], run["concurrent_rps"], run["speedup"]], "both")
+    assert both[3] == f"{run['identical']}/{run['requests']}"
+    assert run["statuses"] == {"200": 2 * run["requests"]} and not run["server_errors"]
+    assert one[4] == f"all {run['requests']}" and both[4].startswith(f"all {run['requests']}")
+
+
+def test_demo_prints_what_the_quick_start_shows(embedded_pipe, tmp_path, monkeypatch, capsys):
+    """`paligemma demo --out demo.png` (its run(), on the embedded model) prints the Quick
+    start's output block, line for line."""
+    from paligemma.demo.run import run
+
+    block = README.split("What the main job prints:\n\n```text\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    run(embedded_pipe, "demo.png")
+    assert capsys.readouterr().out.splitlines() == block.splitlines()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantised_score_columns_are_the_evaluation_json(mode):
+    """The README's int8 / int4 decoder columns are benchmarks/eval_embedded.py's results
+    (the float32 column: tests/test_embedded.py)."""
+    scores = result("embedded_eval.json")[mode]
+    head = "| task (200 scenes each) | metric | target | **shipped (step 12,000)** |"
+    column = 3 if mode == "int8" else 4  # after metric, target, shipped
+    for (_, row), key in zip(table(head), SCORE_KEYS, strict=True):
+        value = scores[key]
+        shown = f"{value:.3f}" if key in PLAIN else f"{100 * value:.1f}%"
+        assert row[column] == shown, (mode, key, row, value)
+
+
+SCORE_KEYS = [  # the score table's rows, in order
+    "vqa_accuracy",
+    "caption_exact_match",
+    "detection_recall@0.5",
+    "detection_fp_per_image",
+    "segmentation_miou",
+]
+PLAIN = ("detection_fp_per_image", "segmentation_miou")  # the others are percentages

@@ -175,3 +175,15 @@ def test_info_on_a_quantised_checkpoint_and_the_preset_list(tmp_path, capsys):
     for name in CONFIGS:
         assert name in listing
     assert "27,654,910,704" in listing  # paligemma2-28b-896, as `info` on the preset says
+
+
+def test_generate_help_states_the_real_dtype_default(capsys):
+    """--dtype's help says what load() does: float32 for the embedded model, bfloat16 else."""
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: float32 for the embedded model, bfloat16 for others" in text
+    assert "--threads" not in text  # a global flag: `paligemma --threads N generate ...`
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--threads" in capsys.readouterr().out

@@ -4,15 +4,10 @@ need published weights and are not run here."""
 from __future__ import annotations
 
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from server_util import serve_process
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -21,30 +16,9 @@ README = Path(__file__).parents[1] / "README.md"
 def served(monkeypatch):
     """A real `paligemma serve` (the embedded model) on a free loopback port; PALIGEMMA_URL
     points the README's client example at it, as a user's environment would."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "paligemma.cli", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serve_process() as base:
         monkeypatch.setenv("PALIGEMMA_URL", base)
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, out[-2000:]
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys, served):

@@ -82,42 +82,17 @@ def test_adapter_flag_reaches_the_pipeline(tmp_path, image_file, capsys):
 def test_served_model_name_is_what_the_server_answers_to(image_file):
     """`paligemma serve --served-model-name NAME`: /v1/models lists NAME, requests naming it
     are answered, any other name is a 404 that says which model is served."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import httpx
-    from server_util import chat_body
+    from server_util import chat_body, serve_process
 
-    port = str(40_000 + os.getpid() % 10_000)
-    cmd = [sys.executable, "-m", "paligemma.cli", "serve", "--port", port]
-    proc = subprocess.Popen(
-        [*cmd, "--served-model-name", "pg-test"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                models = httpx.get(base + "/v1/models", timeout=1).json()
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serve_process("--served-model-name", "pg-test") as base:
+        models = httpx.get(base + "/v1/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["pg-test"]
         body = chat_body(Image.open(image_file), "caption en", max_tokens=4)
         ok = httpx.post(base + "/v1/chat/completions", json={**body, "model": "pg-test"})
         assert ok.status_code == 200 and ok.json()["model"] == "pg-test"
         wrong = httpx.post(base + "/v1/chat/completions", json={**body, "model": "paligemma"})
         assert wrong.status_code == 404 and "'pg-test'" in wrong.json()["error"]["message"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, out[-2000:]
 
 
 def test_the_embedded_model_has_a_name(image_file, capsys, tmp_path, monkeypatch):

@@ -13,14 +13,9 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures as cf
-import contextlib
 import io
 import json
-import os
 import platform
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +25,7 @@ import numpy as np
 import torch
 
 from paligemma.demo import synthetic
+from paligemma.serve import server_process
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -99,39 +95,10 @@ def send_all(base: str, requests: list, clients: int) -> tuple[float, list, Coun
     return time.perf_counter() - start, answers, statuses
 
 
-@contextlib.contextmanager
-def server_process(max_batch: int):
-    """`paligemma serve` in its own process (so the clients here do not share its GIL)."""
-    port = 20_000 + os.getpid() % 20_000
-    cmd = [
-        sys.executable,
-        "-m",
-        "paligemma.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--max-batch",
-        str(max_batch),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-
-
 def run(n: int = 200, clients: int = 16, max_batch: int = 16, seed: int = 0) -> dict:
     requests = make_requests(n, seed)
-    with server_process(max_batch) as base:
+    with server_process("--max-batch", str(max_batch)) as base:  # in its own process: the
+        # clients here do not share its GIL
         send_all(base, requests[:4], 1)  # warm-up
         alone_s, alone, alone_status = send_all(base, requests, 1)
         together_s, together, together_status = send_all(base, requests, clients)

@@ -48,7 +48,7 @@ from ..checkpoints.load import save_model
 from ..checkpoints.safetensors_io import write_safetensors
 from ..config import EMBEDDED, PaliGemmaConfig
 from ..model import PaliGemma
-from ..pipeline import Pipeline, default_device
+from ..pipeline import Pipeline, resolve_device
 from ..processor import IGNORE, ImageTransform, Processor
 from ..tasks.vqvae import load_mask_vae
 from ..tokenizer import NUM_LOC, Tokenizer
@@ -268,9 +268,8 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     if args.eval_every < 0:
         p.error("--eval-every must be >= 0")
     try:
-        device = default_device() if args.device == "auto" else torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
+        device = resolve_device(None if args.device == "auto" else args.device)
+    except ValueError as e:
         p.error(f"--device {args.device}: {e}")
     workers = args.workers
     if workers is None:

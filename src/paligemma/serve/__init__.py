@@ -7,7 +7,7 @@ over `settings`, `schemas`, `errors`, `middleware`, `images` (remote ones throug
 """
 
 from .app import create_app
-from .run import running, serve
+from .run import running, serve, server_process
 from .settings import Settings
 
-__all__ = ["Settings", "create_app", "running", "serve"]
+__all__ = ["Settings", "create_app", "running", "serve", "server_process"]

@@ -1,5 +1,6 @@
-"""Running the server: `running` (a background thread, for notebooks, tests and benchmarks)
-and `serve` (what `paligemma serve` calls: load the model, serve until interrupted)."""
+"""Running the server: `running` (a background thread, for notebooks, tests and benchmarks),
+`server_process` (`paligemma serve` in a process of its own, for tests and load tests) and
+`serve` (what `paligemma serve` calls: load the model, serve until interrupted)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,11 @@ from .settings import Settings
 def running(pipe: Pipeline, settings: Settings | None = None, port: int = 0) -> Iterator[str]:
     """Serve `pipe` from a background thread on 127.0.0.1 (a free port unless given) for the
     duration of a `with` block, which gets the base URL (for notebooks, tests, benchmarks)."""
-    import socket
     import threading
 
     import uvicorn
 
-    if port == 0:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+    port = port or _free_port()
     app = create_app(pipe, settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -42,6 +39,44 @@ def running(pipe: Pipeline, settings: Settings | None = None, port: int = 0) -> 
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(*flags: str, timeout_s: float = 120.0) -> Iterator[str]:
+    """`paligemma serve FLAGS` in its own process on a free loopback port, for the duration of
+    a `with` block, which gets the base URL once /health answers. On exit the server is
+    stopped with SIGINT; a server that did not exit cleanly is a RuntimeError with its output."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "paligemma.cli", "serve", "--port", str(port), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1):
+                    break
+            except OSError:  # not listening yet
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    if proc.returncode != 0:
+        raise RuntimeError(f"paligemma serve exited with {proc.returncode}:\n{out[-2000:]}")
 
 
 def serve(

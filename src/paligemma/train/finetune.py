@@ -262,10 +262,18 @@ def train(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    loop = Loop(out, trainable, optimizer, cfg.lr_at, cfg.fingerprint(), cfg.save_every, "finetune")
-    # a resume continues with these, from this model (train/resume.py)
-    loop.settings = dataclasses.asdict(cfg) | {"model": model_id(source)}
-    loop.tensorboard = cfg.tensorboard  # None: no TensorBoard logging
+    loop = Loop(
+        out,
+        trainable,
+        optimizer,
+        cfg.lr_at,
+        cfg.fingerprint(),
+        cfg.save_every,
+        "finetune",
+        tensorboard=cfg.tensorboard,  # None: no TensorBoard logging
+        # a resume continues with these, from this model (train/resume.py)
+        settings=dataclasses.asdict(cfg) | {"model": model_id(source)},
+    )
     start, pos, _ = loop.restore(resume)
     steps = FinetuneSteps(
         pipe, cfg, optimizer, params, ExampleOrder(data, cfg.seed, pos), eval_data

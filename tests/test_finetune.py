@@ -561,3 +561,16 @@ def test_killed_run_resumes_to_identical_weights(pipeline_dir, task, tmp_path):
         run_finetune(pipeline_dir, task[0], killed), capture_output=True, text=True
     )
     assert refused.returncode == 1 and "--resume" in refused.stderr
+
+
+def test_lora_linear_wraps_a_layer_as_the_issue_writes_it():
+    """`LoRALinear(base)`: the defaults of apply_lora_ (rank 8, alpha 16); a fresh adapter
+    computes what its base does, and merging gives back a layer of the base's own class."""
+    from paligemma.lora import LoRALinear
+
+    base = torch.nn.Linear(16, 4)
+    layer = LoRALinear(base)
+    assert (layer.lora_rank, layer.lora_alpha) == (8, 16.0) and layer.base is base
+    x = torch.randn(3, 16)
+    assert torch.equal(layer(x), base(x))
+    assert type(layer.merged()) is torch.nn.Linear

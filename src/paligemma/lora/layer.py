@@ -33,7 +33,9 @@ BASES = (nn.Linear, Int8Linear, Int4Linear)  # what LoRA wraps (subclasses too: 
 class LoRALinear(nn.Module):
     """A linear layer `base` plus a low-rank update (module docstring)."""
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features

@@ -7,14 +7,25 @@ mask mIoU / cIoU; `coco.py` COCO detection / instance-segmentation mAP through p
 Imports: numpy, pycocotools / pycocoevalcap (the `eval` extra), and the core and `tasks/` only.
 """
 
+from .caption import cider, cider_scores, ptb_tokenize, ptb_tokenize_python
+from .coco import coco_detection_scores
+from .refexp import box_iou, evaluator_mask, refexp_scores
 from .text import anls, relaxed_accuracy
 from .vqa import exact_match, normalize_vqa, pope_scores, vqa_accuracy
 
 __all__ = [
     "anls",
+    "box_iou",
+    "cider",
+    "cider_scores",
+    "coco_detection_scores",
+    "evaluator_mask",
     "exact_match",
     "normalize_vqa",
     "pope_scores",
+    "ptb_tokenize",
+    "ptb_tokenize_python",
+    "refexp_scores",
     "relaxed_accuracy",
     "vqa_accuracy",
 ]

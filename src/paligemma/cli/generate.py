@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int | None:
             )
         return _generate_batch(args)
     if (not args.image and not args.video) or args.prompt is None:
-        raise UsageError("generate needs --image (or --video) and --prompt (or --batch FILE)")
+        raise UsageError("generate needs --image and --prompt (or --video, or --batch FILE)")
     if args.stream and (args.json or args.beams > 1):
         raise UsageError("--stream prints text as it comes: not with --json or --beams")
     opts = _options(args)

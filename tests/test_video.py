@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 
 import av
 import httpx
@@ -141,3 +142,9 @@ def test_server_video_url_part(clips, embedded_pipe):
         ]:
             reply = post(body(video_url))
             assert reply.status_code == status and message in reply.text, reply.text
+
+
+def test_without_pyav_the_message_names_the_extra(monkeypatch, clips):
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(ImportError, match=r"pip install 'paligemma\[video\]'"):
+        read_frames(clips / "clip.mp4", 2)

@@ -42,3 +42,5 @@ def decode_video(video: VideoPart, s: Settings) -> list[Image.Image]:
         status = 413 if "px" in str(e) or "longer than" in str(e) else 400
         message = str(e).replace("video bytes", "video")
         raise APIError(status, message, code="too_large" if status == 413 else None) from None
+    except Exception:  # a decoder surprise on hostile bytes is the client's bad input
+        raise APIError(400, "video data is unreadable, truncated or corrupt") from None

@@ -85,7 +85,7 @@ def _pick(av, source: Any, wanted: list[int], max_pixels: int | None) -> list[Im
                     picked[i] = frame.to_image().convert("RGB")
                 if i >= max(wanted):
                     break
-        except av.FFmpegError as e:
+        except (av.FFmpegError, ValueError) as e:  # ValueError: a frame format PIL lacks
             raise VideoError(f"cannot decode video {name}: {e}") from None
     return [picked[i] for i in wanted if i in picked]
 

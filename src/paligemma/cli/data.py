@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
     conv.add_argument(
         "--task",
         choices=TASKS,
-        help="what to train (default: by format; detect for coco-instances and refcoco, caption, "
-        "answer for vqav2 and question tables, prefix for prefix/suffix tables)",
+        help="what to train (default: by format; detect for coco-instances and refcoco, caption "
+        "for coco-captions, answer for vqav2 and question tables, prefix for prefix/suffix "
+        "tables)",
     )
     conv.add_argument(
         "--negatives",

@@ -44,7 +44,7 @@ def write_examples(examples: list[dict[str, Any]], out: str | os.PathLike) -> Pa
         line = {"image": names[0] if len(names) == 1 else names}
         line |= {"prefix": ex["prefix"], "suffix": ex["suffix"], "id": ex.get("id")}
         lines.append(json.dumps(line, ensure_ascii=False) + "\n")
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # ranks of one run may race
     tmp.write_text("".join(lines), encoding="utf-8")
     tmp.replace(out)
     return out

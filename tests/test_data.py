@@ -403,3 +403,36 @@ def test_finetune_straight_from_coco_instances(tmp_path, capsys):
     [line] = (out / "data" / "train.jsonl").read_text().splitlines()
     assert json.loads(line)["prefix"].startswith("detect ")
     assert json.loads(line)["suffix"].count("<loc") == 12  # the cat, the dog and the bird
+
+
+def test_a_missing_package_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    from paligemma.data import MissingExtra
+
+    real = builtins.__import__
+
+    def no_pycocotools(name, *args, **kwargs):
+        if name.startswith("pycocotools"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pycocotools)
+    monkeypatch.delitem(__import__("sys").modules, "pycocotools.mask", raising=False)
+    ds = read_dataset("coco-instances", _coco(tmp_path))  # boxes need no extra
+    assert ds[0].objects[0].box == (2, 4, 12, 16)
+    with pytest.raises(MissingExtra, match=r"pip install 'paligemma\[coco\]'"):
+        _ = ds[0].objects[0].mask
+
+
+def test_hf_splits_and_unknown_format(tmp_path):
+    import datasets
+
+    one = datasets.Dataset.from_dict({"image": ["a.png"], "caption": ["x"]})
+    datasets.DatasetDict({"val": one, "test": one}).save_to_disk(tmp_path / "two")
+    with pytest.raises(DataFormatError, match=r"choose a split with --split \(val, test\)"):
+        read_dataset("hf", tmp_path / "two")
+    [rec] = read_dataset("hf", tmp_path / "two", split="test")
+    assert rec.images == (tmp_path / "two" / "a.png",) and rec.answers == ["x"]
+    with pytest.raises(DataFormatError, match="unknown data format 'yolo'"):
+        read_dataset("yolo", tmp_path)

@@ -301,6 +301,12 @@ def test_folder_with_csv_and_jsonl(tmp_path):
     (tmp_path / "pics" / "data.csv").write_text("image,caption\none.png,a cat\none.png\n")
     with pytest.raises(DataFormatError, match=r"data\.csv:line 3: 2 columns"):
         read_dataset("folder", tmp_path / "pics")
+    (tmp_path / "pics" / "data.csv").unlink()
+    row = {"file_name": "one.png", "question": "colour?", "answers": ["red", "dark red", "red"]}
+    (tmp_path / "pics" / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+    [rec] = read_dataset("folder", tmp_path / "pics")  # Hugging Face imagefolder layout
+    assert rec.images == (tmp_path / "pics" / "one.png",) and len(rec.answers) == 3
+    assert to_examples([rec], "answer")[0]["suffix"] == "red"
     table = tmp_path / "train.jsonl"
     table.write_text(
         json.dumps({"image": "pics/one.png", "prefix": "caption en", "suffix": "red"})

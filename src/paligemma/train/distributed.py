@@ -156,7 +156,9 @@ class Group(Single):
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.local_rank] if self.device != "cpu" else None
-            self.module = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            self.module = DistributedDataParallel(
+                module, device_ids=ids, forward_sync_buffers=False
+            )
             return self.module
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

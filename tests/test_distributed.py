@@ -139,3 +139,17 @@ def test_killed_run_resumes_with_two_or_one_processes(pipeline_dir, runs):
     a, b = adapter(straight), adapter(killed)
     assert all(torch.equal(a[k], b[k]) for k in a), latest
     assert_close(a, adapter(runs.root / "killed-1"), 1e-5)
+
+
+def test_the_gpu_fsdp_script_runs_on_the_cpu(pipeline_dir, tmp_path):
+    """benchmarks/gpu_fsdp.py, prepared for GPUs (nccl), runs here with gloo."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_fsdp.py"
+    args = ["--model", str(pipeline_dir), "--nproc", "2", "--steps", "3", "--batch-size", "4"]
+    args += ["--image-size", "28", "--out", str(tmp_path / "run")]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["backend"] == "gloo" and result["processes"] == 2 and result["steps"] == 3
+    assert result["step_s"] > 0 and (tmp_path / "run" / "model" / "model.safetensors").is_file()

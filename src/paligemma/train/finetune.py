@@ -15,7 +15,9 @@ Modes: "full" (optionally freezing the vision tower / projector), "attention" (d
 attention weights only, as big_vision's Colab), "lora", "qlora" (LoRA over an int8 / int4
 decoder). Checkpoints hold the trainable tensors, the optimiser state, the data position and
 the RNG state; each is written to a temporary directory and renamed, so a kill at any moment
-leaves the last complete one, and `resume` continues bit for bit where it stopped.
+leaves the last complete one, and `resume` continues bit for bit where it stopped. Under
+torchrun with several processes, distributed.py shares each step between them (DDP or FSDP2)
+and sharded.py writes their checkpoints.
 """
 
 from __future__ import annotations

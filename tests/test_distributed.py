@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from test_finetune import PINNED_ENV, finetune_losses, write_colour_task
 
-pytestmark = pytest.mark.parametrize("pipeline_dir", [False], ids=["pg1"], indirect=True)
+PG1 = pytest.mark.parametrize("pipeline_dir", [False], ids=["pg1"], indirect=True)
 
 # sgd: AdamW divides each gradient by its own running size, so it turns float noise in the
 # tiny gradients (a LoRA A while B is near 0; SigLIP's key bias, whose gradient is analytically
@@ -80,6 +80,7 @@ def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
+@PG1
 def test_ddp_per_process_batch_4_equals_one_process_batch_8(pipeline_dir, runs):
     one, two = runs(pipeline_dir, 1, *LORA), runs(pipeline_dir, 2, *LORA)
     a, b = finetune_losses(one), finetune_losses(two)  # rank 0 alone wrote the log: 12 rows
@@ -91,6 +92,7 @@ def test_ddp_per_process_batch_4_equals_one_process_batch_8(pipeline_dir, runs):
     assert sorted(p.name for p in ck.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
 
+@PG1
 def test_fsdp_full_finetune_equals_one_process(pipeline_dir, runs):
     """FSDP2 (one unit per block) in 2 processes, each step in 2 micro-batches of 2 per
     process, against one process with whole batches of 8."""
@@ -108,6 +110,7 @@ def test_fsdp_full_finetune_equals_one_process(pipeline_dir, runs):
     ).is_file()
 
 
+@PG1
 def test_killed_run_resumes_with_two_or_one_processes(pipeline_dir, runs):
     straight = runs(pipeline_dir, 2, *LORA)
     killed = runs.root / "killed"
@@ -141,6 +144,7 @@ def test_killed_run_resumes_with_two_or_one_processes(pipeline_dir, runs):
     assert_close(a, adapter(runs.root / "killed-1"), 1e-5)
 
 
+@PG1
 def test_the_gpu_fsdp_script_runs_on_the_cpu(pipeline_dir, tmp_path):
     """benchmarks/gpu_fsdp.py, prepared for GPUs (nccl), runs here with gloo."""
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_fsdp.py"
@@ -153,3 +157,40 @@ def test_the_gpu_fsdp_script_runs_on_the_cpu(pipeline_dir, tmp_path):
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["backend"] == "gloo" and result["processes"] == 2 and result["steps"] == 3
     assert result["step_s"] > 0 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_each_process_draws_its_share_and_all_skip_what_failed_on_one(tmp_path, monkeypatch):
+    """Group.draw as rank 1 of 2 (the gathering faked): its shares are the second halves of
+    one process's micro-batches, and a record whose image fails on rank 0 is left out on every
+    rank, exactly as one process passes over it."""
+    from PIL import Image
+
+    from paligemma.train import data, distributed
+
+    examples = []
+    for i in range(10):
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
+        examples.append(data.Example(i + 1, (tmp_path / f"{i}.png",), "caption en", f"c{i}"))
+    bad = data.ExampleOrder(examples, seed=3).take(1)[0]  # the first drawn: rank 0's share
+    bad.images[0].write_bytes(b"not a png")
+    one_dropped: dict[int, str] = {}
+    one_order = data.ExampleOrder(examples, seed=3)
+    one = [data.draw(one_order, 4, one_dropped, True, log=lambda m: None)[0] for _ in range(3)]
+
+    fails = [{bad.line: "cannot read"}]  # what rank 0 reports at the first gathering
+
+    def gather(out, mine):
+        out[0], out[1] = (fails.pop() if fails else {}), mine
+
+    monkeypatch.setattr(distributed.dist, "all_gather_object", gather)
+    group = distributed.Group.__new__(distributed.Group)
+    group.rank, group.size, group.main = 1, 2, False
+    dropped: dict[int, str] = {}
+    order = data.ExampleOrder(examples, seed=3)
+    shares = [group.draw(order, 4, dropped, True) for _ in range(3)]
+    assert [s[0] for s in shares] == [batch[2:] for batch in one]
+    assert all(len(images) == 2 for _, images in shares)
+    assert dropped.keys() == one_dropped.keys() == {bad.line} and order.pos == one_order.pos
+    fails.append({bad.line: "cannot read"})  # without --skip-bad, every rank stops on it
+    with pytest.raises(data.RecordFailed, match=f"line {bad.line}"):
+        group.draw(data.ExampleOrder(examples, seed=3), 4, {}, False)

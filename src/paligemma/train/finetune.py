@@ -201,7 +201,7 @@ def train(
     the metrics; the other ranks return None."""
     world = join()
     try:
-        return _train(embedded_source(source), cfg, resume, progress and world.main, world)
+        return _train(source, cfg, resume, progress and world.main, world)
     finally:
         world.leave()
 
@@ -213,6 +213,7 @@ def _train(source, cfg: TrainConfig, resume: bool, progress: bool, world) -> dic
     if cfg.tensorboard:
         require_tensorboard()  # before the model loads: a missing extra fails at once
     torch.manual_seed(cfg.seed)
+    source = embedded_source(source)
     pipe = load(source, dtype=torch.float32, device=world.device)
     data = read_examples(
         cfg.data, pipe, cfg.max_len, cfg.skip_bad, out / "data_problems.txt", progress
@@ -221,9 +222,9 @@ def _train(source, cfg: TrainConfig, resume: bool, progress: bool, world) -> dic
     if cfg.eval_data:
         eval_problems = out / "eval_data_problems.txt"
         eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad, eval_problems, progress)
-    prepare_(pipe, cfg)
+    trainable = prepare_(pipe, cfg)
     forward = world.wrap(pipe.model, suffix_loss, world.strategy, cfg.autocast)
-    trainable = [(n, p) for n, p in pipe.model.named_parameters() if p.requires_grad]
+    trainable = [(n, p) for n, p in pipe.model.named_parameters() if p.requires_grad]  # fsdp's
     world.seed(cfg.seed)
     params = [p for _, p in trainable]
     if cfg.optimizer == "adamw":

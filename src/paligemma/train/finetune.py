@@ -263,12 +263,12 @@ def _train(source, cfg: TrainConfig, resume: bool, progress: bool, world) -> dic
 
 def _finish(pipe, source, cfg, world, record, eval_data) -> dict[str, Any] | None:
     """Save the outputs (and score --eval-data) on rank 0, from the whole model: under fsdp,
-    one rebuilt from the gathered state."""
+    one rebuilt on the CPU from the gathered state (a GPU may not hold it whole)."""
     full = world.full_state(pipe.model)
     if not world.main:
         return None
     if full is not None:
-        pipe = load(source, dtype=torch.float32)
+        pipe = load(source, dtype=torch.float32, device="cpu")
         prepare_(pipe, cfg)
         pipe.model.load_state_dict(full)
     pipe.model.eval()

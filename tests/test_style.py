@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"eval", "batch"},
     {"serve", "demo"},
     {"cli"},
-    {"__init__"},
+    {"__init__", "__main__"},
 ]
 # The core's own arrows: the model files import nothing outside them.
 CORE = {

@@ -28,7 +28,7 @@ HELP = {
     "lora_scope": "lora / qlora: which tower's layers to adapt",
     "quantize": "qlora only (ignored by the other modes): weight format of the frozen decoder",
     "steps": "optimiser steps in the whole run (may grow on --resume)",
-    "batch_size": "examples per optimiser step",
+    "batch_size": "examples per optimiser step (under torchrun: over all processes together)",
     "grad_accum": "micro-batches per step (same result; memory ~ batch size / grad accum)",
     "lr": "peak learning rate",
     "weight_decay": "decoupled weight decay (adamw) or L2 (sgd)",
@@ -53,6 +53,8 @@ HELP = {
     "merge": "lora / qlora: also save the base with the adapters merged (out/merged/)",
     "tensorboard": "also log every step's numbers to TensorBoard event files in this directory "
     "(needs pip install 'paligemma[tensorboard]')",
+    "strategy": "under torchrun: ddp (a whole model per process) or fsdp (sharded); default: ddp "
+    "for lora / qlora, fsdp for full / attention",
 }
 _OPTIONAL_TYPES = {
     "eval_data": str,
@@ -63,6 +65,7 @@ _OPTIONAL_TYPES = {
     "max_len": int,
     "clip": float,
     "tensorboard": str,
+    "strategy": str,
 }
 
 
@@ -103,6 +106,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "optimizer": ft.OPTIMIZERS,
         "schedule": ft.SCHEDULES,
         "loss_norm": ft.LOSS_NORMS,
+        "strategy": ft.STRATEGIES,
     }
     for f in dataclasses.fields(ft.TrainConfig):
         if f.name in ("data", "out"):
@@ -131,4 +135,5 @@ def run(args: argparse.Namespace) -> None:
         given["lora_targets"] = tuple(given["lora_targets"])
     cfg = run_settings(given, args.out, args.resume)
     result = train(run_model(args.model, args.out, args.resume), cfg, resume=args.resume)
-    print(json.dumps(result))
+    if result is not None:  # None: a process other than rank 0 under torchrun
+        print(json.dumps(result))

@@ -15,13 +15,17 @@ Modes: "full" (optionally freezing the vision tower / projector), "attention" (d
 attention weights only, as big_vision's Colab), "lora", "qlora" (LoRA over an int8 / int4
 decoder). Checkpoints hold the trainable tensors, the optimiser state, the data position and
 the RNG state; each is written to a temporary directory and renamed, so a kill at any moment
-leaves the last complete one, and `resume` continues bit for bit where it stopped.
+leaves the last complete one, and `resume` continues bit for bit where it stopped. Under
+torchrun with several processes, distributed.py shares each step between them (DDP or FSDP2)
+and sharded.py writes their checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +36,23 @@ import torch.nn.functional as F
 from ..checkpoints.assets import copy_assets
 from ..checkpoints.load import save_model
 from ..data import FORMATS
-from ..lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
+from ..lora import DEFAULT_TARGETS, merge_lora_, save_adapter
 from ..pipeline import Pipeline, embedded_source, load
 from ..processor import IGNORE, load_image
-from ..quant.linear import quantize_
-from ..siglip import resample_pos_embed
 from .curves import require_tensorboard
-from .data import DataError, Example, ExampleOrder, RecordFailed, batch_of, draw, read_examples
-from .loop import Loop, apply_gradients, fingerprint, learning_rate, refuse_to_overwrite
+from .data import (
+    DataError,
+    Example,
+    ExampleOrder,
+    RecordFailed,
+    batch_of,
+    read_examples,
+    training_file,
+)
+from .distributed import SINGLE, STRATEGIES, Single, join
+from .loop import apply_gradients, fingerprint, learning_rate, refuse_to_overwrite
+from .prepare import prepare_, resize_images_  # noqa: F401 (finetune.prepare_ is public)
+from .sharded import ShardedLoop
 
 MODES = ("full", "attention", "lora", "qlora")
 OPTIMIZERS = ("adamw", "sgd")
@@ -88,6 +101,7 @@ class TrainConfig:
     skip_bad: bool = False
     merge: bool = False  # LoRA: also save the merged model
     tensorboard: str | None = None  # also log to TensorBoard event files in this directory
+    strategy: str | None = None  # under torchrun: ddp | fsdp (default: ddp for LoRA, else fsdp)
 
     def __post_init__(self) -> None:
         checks = [
@@ -104,6 +118,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.quantize in QUANTIZE, "quantize must be int8 or int4"),
+            (self.strategy in (None, *STRATEGIES), f"strategy must be one of {STRATEGIES}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -128,6 +143,7 @@ FREE_ON_RESUME = (
     "steps",
     "skip_bad",
     "tensorboard",
+    "strategy",
 )
 
 
@@ -167,59 +183,6 @@ def suffix_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# Model preparation
-
-
-def prepare_(pipe: Pipeline, cfg: TrainConfig) -> list[tuple[str, torch.nn.Parameter]]:
-    """Freeze / adapt the model for `cfg.mode`; returns the trainable parameters by name."""
-    model = pipe.model
-    if cfg.image_size is not None and cfg.image_size != model.cfg.image_size:
-        resize_images_(pipe, cfg.image_size)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if cfg.mode == "qlora":
-        quantize_(
-            model, cfg.quantize, head=False
-        )  # the head stays float: gradients flow through it
-    if cfg.mode in ("lora", "qlora"):
-        apply_lora_(
-            model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.lora_scope
-        )
-        for m in lora_modules(model).values():
-            m.lora_A.requires_grad_(True)
-            m.lora_B.requires_grad_(True)
-    elif cfg.mode == "attention":
-        for name, p in model.named_parameters():
-            if name.startswith("decoder.blocks.") and ".attn." in name:
-                p.requires_grad_(True)
-    else:
-        for name, p in model.named_parameters():
-            frozen = (cfg.freeze_vision and name.startswith("vision.")) or (
-                cfg.freeze_projector and name.startswith("projector.")
-            )
-            p.requires_grad_(not frozen)
-    model.decoder.checkpointing = model.vision.checkpointing = cfg.checkpointing
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("nothing to train with these settings")
-    return trainable
-
-
-def resize_images_(pipe: Pipeline, size: int) -> None:
-    """In place: run the model at `size` px, resampling SigLIP's position table."""
-    model = pipe.model
-    new_cfg = dataclasses.replace(model.cfg, image_size=size)
-    side = size // model.cfg.vision.patch_size
-    with torch.no_grad():
-        model.vision.pos_embed = torch.nn.Parameter(
-            resample_pos_embed(model.vision.pos_embed, side)
-        )
-    model.cfg = new_cfg
-    pipe.processor.transform = dataclasses.replace(pipe.processor.transform, size=size)
-    pipe.processor.num_image_tokens = new_cfg.num_image_tokens
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -244,19 +207,29 @@ def evaluate(
 
 def train(
     source: str | os.PathLike | None, cfg: TrainConfig, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Fine-tune the model at `source`; writes to cfg.out: metrics.jsonl, curves.png,
     checkpoints/, and model/ (full, attention) or adapter/ (+ merged/) (lora, qlora); and
-    TensorBoard events to cfg.tensorboard. Returns the final metrics."""
+    TensorBoard events to cfg.tensorboard. Returns the final metrics. Under torchrun with
+    several processes (train/distributed.py), rank 0 writes the log and outputs and returns
+    the metrics; the other ranks return None."""
+    world = join()
+    try:
+        return _train(source, cfg, resume, progress and world.main, world)
+    finally:
+        world.leave()
+
+
+def _train(source, cfg: TrainConfig, resume: bool, progress: bool, world) -> dict | None:
     out = Path(cfg.out)
     refuse_to_overwrite(out, resume)
+    world.check(cfg)
     if cfg.tensorboard:
         require_tensorboard()  # before the model loads: a missing extra fails at once
     torch.manual_seed(cfg.seed)
     source = embedded_source(source)
-    pipe = load(source, dtype=torch.float32)
-    from .data import training_file
-
+    pipe = load(source, dtype=torch.float32, device=world.device)
+    # Every process converts the same file (deterministic; written atomically).
     file = training_file(
         cfg.data, cfg.data_format, out, cfg.images, cfg.annotations, cfg.task, cfg.seed, progress
     )
@@ -266,12 +239,15 @@ def train(
         eval_problems = out / "eval_data_problems.txt"
         eval_data = read_examples(cfg.eval_data, pipe, None, cfg.skip_bad, eval_problems, progress)
     trainable = prepare_(pipe, cfg)
+    forward = world.wrap(pipe.model, suffix_loss, world.strategy, cfg.autocast)
+    trainable = [(n, p) for n, p in pipe.model.named_parameters() if p.requires_grad]  # fsdp's
+    world.seed(cfg.seed)
     params = [p for _, p in trainable]
     if cfg.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    loop = Loop(
+    loop = ShardedLoop(
         out,
         trainable,
         optimizer,
@@ -282,11 +258,13 @@ def train(
         tensorboard=cfg.tensorboard,  # None: no TensorBoard logging
         # a resume continues with these, from this model (train/resume.py)
         settings=dataclasses.asdict(cfg) | {"model": model_id(source)},
+        main=world.main,
+        world=world,
+        model=pipe.model,
     )
     start, pos, _ = loop.restore(resume)
-    steps = FinetuneSteps(
-        pipe, cfg, optimizer, params, ExampleOrder(data, cfg.seed, pos), eval_data
-    )
+    order = ExampleOrder(data, cfg.seed, pos)
+    steps = FinetuneSteps(pipe, cfg, optimizer, params, order, eval_data, world, forward)
     pipe.model.train()
     try:
         record = loop.run(steps, start, cfg.steps, cfg.steps, progress)
@@ -296,8 +274,21 @@ def train(
             f"{cfg.data}: {e}; the run stopped after writing a checkpoint at step {e.step}: fix "
             "the file and --resume (with --skip-bad to leave the record out)"
         ) from None
+    return _finish(pipe, source, cfg, world, record, eval_data)
+
+
+def _finish(pipe, source, cfg, world, record, eval_data) -> dict[str, Any] | None:
+    """Save the outputs (and score --eval-data) on rank 0, from the whole model: under fsdp,
+    one rebuilt on the CPU from the gathered state (a GPU may not hold it whole)."""
+    full = world.full_state(pipe.model)
+    if not world.main:
+        return None
+    if full is not None:
+        pipe = load(source, dtype=torch.float32, device="cpu")
+        prepare_(pipe, cfg)
+        pipe.model.load_state_dict(full)
     pipe.model.eval()
-    _save_outputs(pipe, Path(source), out, cfg)
+    _save_outputs(pipe, Path(source), Path(cfg.out), cfg)
     if eval_data:
         record["eval_exact_match"] = evaluate(pipe, eval_data, cfg.eval_max_new_tokens)
     return record
@@ -318,8 +309,11 @@ class FinetuneSteps:
         params: list[torch.nn.Parameter],
         order: ExampleOrder,
         eval_data: list[Example] | None,
+        world: Single = SINGLE,
+        forward: Callable | None = None,  # (batch, norm, smoothing, denominator) -> loss, tokens
     ) -> None:
-        self.pipe, self.cfg, self.order = pipe, cfg, order
+        self.pipe, self.cfg, self.order, self.world = pipe, cfg, order, world
+        self.forward = forward or functools.partial(suffix_loss, pipe.model)
         self.optimizer, self.params = optimizer, params
         self.eval_data = eval_data
         self.dropped: dict[int, str] = {}  # line -> why: records that failed during the run
@@ -328,11 +322,11 @@ class FinetuneSteps:
         )
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, model = self.cfg, self.pipe.model
+        cfg, world = self.cfg, self.world
         pos = self.order.pos
         try:
             drawn = [
-                draw(self.order, cfg.batch_size // cfg.grad_accum, self.dropped, cfg.skip_bad)
+                world.draw(self.order, cfg.batch_size // cfg.grad_accum, self.dropped, cfg.skip_bad)
                 for _ in range(cfg.grad_accum)
             ]
         except RecordFailed as e:
@@ -341,16 +335,16 @@ class FinetuneSteps:
         batches = [batch_of(self.pipe, examples, images) for examples, images in drawn]
         labels = [b["labels"][:, 1:] != IGNORE for b in batches]
         denom = sum(int(m.sum()) for m in labels) if cfg.loss_norm == "token" else cfg.batch_size
+        denom = world.sum(denom) if cfg.loss_norm == "token" else denom  # over all processes
         total, tokens = 0.0, 0
-        for batch in batches:
-            with self.autocast:
-                loss, n = suffix_loss(
-                    model, batch, cfg.loss_norm, cfg.label_smoothing, max(denom, 1)
-                )
-            loss.backward()
+        for i, batch in enumerate(batches):
+            with world.accumulating(last=i + 1 == len(batches)):
+                with self.autocast:
+                    loss, n = self.forward(batch, cfg.loss_norm, cfg.label_smoothing, max(denom, 1))
+                world.backward(loss)
             total, tokens = total + float(loss.detach()), tokens + n
         apply_gradients(self.optimizer, self.params, cfg.clip)
-        return {"loss": total, "tokens": tokens}
+        return {"loss": world.sum(total), "tokens": int(world.sum(tokens))}
 
     def record(self, step: int, lr: float, seconds: float, metrics: dict) -> dict[str, Any]:
         tokens = metrics["tokens"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class Loop:
     desc: str
     tensorboard: str | Path | None = None  # a directory for TensorBoard event files
     settings: dict[str, Any] | None = None  # all of the run's settings, kept in checkpoints
+    main: bool = True  # False in a process other than rank 0: no log, bar, curves or events
     # time.perf_counter() when curves.png was last drawn (or the current run() began)
     drawn_at: float = field(default=0.0, init=False, repr=False)
 
@@ -145,14 +147,16 @@ class Loop:
         """(first step, data position, log state): the latest checkpoint's when `resume`
         (loaded into the parameters, optimiser and RNG), else (0, 0, {}). The log keeps the
         rows of the steps before the first step."""
-        start, pos = (0, 0)
-        log_state: dict[str, Any] = {}
-        if resume:
-            start, pos = load_state(self.out, self.trainable, self.optimizer, self.fingerprint)
-            log_state = saved_log_state(self.out)
+        start, pos, log_state = self.load() if resume else (0, 0, {})
         self.out.mkdir(parents=True, exist_ok=True)
-        trim_log(self.log_path, start)
+        if self.main:
+            trim_log(self.log_path, start)
         return start, pos, log_state
+
+    def load(self) -> tuple[int, int, dict[str, Any]]:
+        """(step, data position, log state) of the latest checkpoint, loaded."""
+        start, pos = load_state(self.out, self.trainable, self.optimizer, self.fingerprint)
+        return start, pos, saved_log_state(self.out)
 
     def run(
         self, stepper: Stepper, start: int, end: int, total: int, progress: bool = True
@@ -161,10 +165,13 @@ class Loop:
         from tqdm import tqdm
 
         record: dict[str, Any] = {}
-        bar = tqdm(total=total, initial=start, desc=self.desc, unit="step", disable=not progress)
-        board = TensorBoard(self.tensorboard, first_step=start + 1) if self.tensorboard else None
+        shown = progress and self.main
+        bar = tqdm(total=total, initial=start, desc=self.desc, unit="step", disable=not shown)
+        board = None
+        if self.tensorboard and self.main:
+            board = TensorBoard(self.tensorboard, first_step=start + 1)
         self.drawn_at = time.perf_counter()
-        with open(self.log_path, "a") as log:
+        with open(self.log_path if self.main else os.devnull, "a") as log:
             for step in range(start, end):
                 began = time.perf_counter()
                 lr = self.schedule(step)
@@ -181,7 +188,9 @@ class Loop:
                 bar.update(1)
                 if (step + 1) % self.save_every == 0 or step + 1 == end:
                     self.save(stepper, step + 1)
-                    if step + 1 == end or time.perf_counter() - self.drawn_at >= REDRAW_S:
+                    if self.main and (
+                        end == step + 1 or time.perf_counter() - self.drawn_at >= REDRAW_S
+                    ):
                         self.draw()
                     if board:
                         board.flush()

@@ -30,12 +30,7 @@ def save_state(
     `latest` at it, and drop older ones."""
     from ..checkpoints.safetensors_io import write_safetensors
 
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp, final = staging(out, step)
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in trainable}
     scalars: dict[str, dict[str, Any]] = {}
     for n, p in trainable:
@@ -49,6 +44,24 @@ def save_state(
     meta = {"step": step, "pos": pos, "opt_scalars": scalars, "config": fingerprint}
     meta |= {"log_state": log_state or {}, "settings": settings}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    publish(tmp, final)
+
+
+def staging(out: Path, step: int) -> tuple[Path, Path]:
+    """(empty temporary directory, final directory) of the checkpoint after `step` steps."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp, final
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the checkpoint written into `tmp` the run's latest: fsync its files, rename it to
+    `final`, switch `latest` to it atomically and drop the older ones."""
+    root = final.parent
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -75,17 +88,7 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
     ck = latest_checkpoint(out)
     if ck is None:
         return 0, 0
-    meta = json.loads((ck / "state.json").read_text())
-    now = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored
-    if meta["config"] != now:
-        changed = sorted(
-            k for k in now.keys() | meta["config"] if meta["config"].get(k) != now.get(k)
-        )
-        diffs = ", ".join(f"{k}: {meta['config'].get(k)!r}, now {now.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"{ck} was made with other settings ({diffs}): resume with the checkpoint's "
-            "settings, or start a new run with another --out"
-        )
+    meta = checked_meta(ck, fingerprint)
     tensors = load_file(str(ck / "state.safetensors"))
     with torch.no_grad():
         for n, p in trainable:
@@ -102,6 +105,22 @@ def load_state(out: Path, trainable, optimizer, fingerprint: dict) -> tuple[int,
                 optimizer.state[p] = state
     torch.set_rng_state(tensors["rng/torch"])
     return meta["step"], meta["pos"]
+
+
+def checked_meta(ck: Path, fingerprint: dict) -> dict[str, Any]:
+    """The state.json of checkpoint `ck`; refuses one made with other settings."""
+    meta = json.loads((ck / "state.json").read_text())
+    now = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored
+    if meta["config"] != now:
+        changed = sorted(
+            k for k in now.keys() | meta["config"] if meta["config"].get(k) != now.get(k)
+        )
+        diffs = ", ".join(f"{k}: {meta['config'].get(k)!r}, now {now.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{ck} was made with other settings ({diffs}): resume with the checkpoint's "
+            "settings, or start a new run with another --out"
+        )
+    return meta
 
 
 def saved_settings(out: Path) -> dict[str, Any] | None:

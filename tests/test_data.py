@@ -148,3 +148,209 @@ def test_segment_examples_codes_from_the_mask_vae(tmp_path):
     vae = load_mask_vae(find_mask_vae(EMBEDDED_ASSETS))
     dog = next(o for o in found if o.label == "dog")
     assert list(dog.seg_codes) == mask_to_codes(vae, a.objects[1].mask, (20, 5, 35, 15))
+
+
+def _captions(tmp_path: Path) -> Path:
+    _image(tmp_path / "a.png")
+    data = {
+        "images": [{"id": 4, "file_name": "a.png", "width": W, "height": H}],
+        "annotations": [
+            {"id": 1, "image_id": 4, "caption": "A red square. "},
+            {"id": 2, "image_id": 4, "caption": "a red box"},
+        ],
+    }
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_captions(tmp_path):
+    [rec] = read_dataset("coco-captions", _captions(tmp_path))
+    assert rec.id == 4 and rec.answers == ["A red square.", "a red box"]
+    assert rec.images == (tmp_path / "a.png",)
+    examples = to_examples([rec], "caption")
+    assert [(e["prefix"], e["suffix"]) for e in examples] == [
+        ("caption en", "A red square."),
+        ("caption en", "a red box"),
+    ]
+    bad = json.loads(_captions(tmp_path).read_text())
+    bad["annotations"][1]["caption"] = None
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DataFormatError, match=r'bad\.json: annotations record 1: "caption" must'):
+        read_dataset("coco-captions", tmp_path / "bad.json")
+
+
+def _vqa(tmp_path: Path) -> tuple[Path, Path]:
+    _image(tmp_path / "coco" / "COCO_val2014_000000000042.jpg")
+    questions = {
+        "data_subtype": "val2014",
+        "questions": [{"image_id": 42, "question": "What color?", "question_id": 420}],
+    }
+    answers = ["red"] * 6 + ["maroon"] * 4
+    annotations = {
+        "annotations": [
+            {"question_id": 420, "image_id": 42, "answer_type": "other",
+             "answers": [{"answer": a, "answer_id": i} for i, a in enumerate(answers)]},
+        ]
+    }  # fmt: skip
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    return tmp_path / "q.json", tmp_path / "a.json"
+
+
+def test_vqav2_official_files(tmp_path):
+    q, a = _vqa(tmp_path)
+    [rec] = read_dataset("vqav2", q, annotations=a, images=tmp_path / "coco")
+    assert rec.id == 420 and rec.prompt == "What color?" and len(rec.answers) == 10
+    assert rec.images == (tmp_path / "coco" / "COCO_val2014_000000000042.jpg",)
+    assert rec.meta["image_id"] == 42 and rec.meta["answer_type"] == "other"
+    [ex] = to_examples([rec], "answer")
+    assert (ex["prefix"], ex["suffix"]) == ("answer en What color?", "red")
+    [unanswered] = read_dataset("vqav2", q)  # test questions: no annotations
+    assert unanswered.answers == []
+    data = json.loads(q.read_text())
+    del data["data_subtype"]
+    q.write_text(json.dumps(data))
+    with pytest.raises(DataFormatError, match=r'q\.json: missing "data_subtype"'):
+        read_dataset("vqav2", q)
+    q, a = _vqa(tmp_path)
+    data = json.loads(a.read_text())
+    data["annotations"][0]["answers"][3] = {"answer": 3}
+    a.write_text(json.dumps(data))
+    with pytest.raises(DataFormatError, match=r'a\.json: annotations record 0 answer 3: "answer"'):
+        read_dataset("vqav2", q, annotations=a)
+
+
+def test_refcoco_refs_json_with_instances(tmp_path):
+    instances = _coco(tmp_path)
+    refs = [
+        {"ref_id": 8, "image_id": 1, "ann_id": 2, "category_id": 5, "split": "val",
+         "sentences": [{"sent": "the dog on the right", "sent_id": 80}, {"sent": "brown dog"}]},
+        {"ref_id": 9, "image_id": 1, "ann_id": 1, "category_id": 3, "split": "train",
+         "sentences": [{"sent": "left cat", "sent_id": 90}]},
+    ]  # fmt: skip
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    ds = read_dataset(
+        "refcoco", tmp_path / "refs.json", annotations=instances, images=tmp_path / "img"
+    )
+    assert [r.id for r in ds] == [80, "8/1", 90]
+    assert [r.prompt for r in ds] == ["the dog on the right", "brown dog", "left cat"]
+    first = ds[0]
+    assert first.objects[0].box == (20, 5, 35, 15) and first.objects[0].mask.sum() == 150
+    assert first.meta == {
+        "ref_id": 8, "ann_id": 2, "image_id": 1, "split": "val", "category": "dog"
+    }  # fmt: skip
+    val = read_dataset("refcoco", tmp_path / "refs.json", annotations=instances, split="val")
+    assert len(val) == 2
+    [ex] = to_examples(val[:1], "detect")
+    assert ex["prefix"] == "detect the dog on the right"
+    assert ex["suffix"].endswith("> the dog on the right") and ex["suffix"].count("<loc") == 4
+    [seg] = to_examples(val[:1], "segment")
+    assert seg["prefix"] == "segment the dog on the right" and seg["suffix"].count("<seg") == 16
+    (tmp_path / "refs(unc).p").write_bytes(b"\x80\x04.")
+    with pytest.raises(DataFormatError, match="is a pickle, which we never load"):
+        read_dataset("refcoco", tmp_path / "refs(unc).p", annotations=instances)
+    with pytest.raises(DataFormatError, match="need the COCO instances file"):
+        read_dataset("refcoco", tmp_path / "refs.json")
+    refs[1]["ann_id"] = 77
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    with pytest.raises(DataFormatError, match=r"refs\.json: record 1: ann_id 77 is not"):
+        read_dataset("refcoco", tmp_path / "refs.json", annotations=instances)
+
+
+def _png_bytes(color=(10, 200, 10)) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (W, H), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_refcoco_parquet_layout(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {
+        "question_id": ["q1"],
+        "image": [{"bytes": _png_bytes(), "path": "x.png"}],
+        "question": ["Please describe the region."],
+        "answer": [["green thing", "the left one"]],
+        "bbox": [[2.0, 4.0, 10.0, 12.0]],
+        "segmentation": [[2.0, 4.0, 12.0, 4.0, 12.0, 16.0, 2.0, 16.0]],
+        "iscrowd": [0],
+    }
+    pq.write_table(pa.table(rows), tmp_path / "val.parquet")
+    ds = read_dataset("refcoco", tmp_path / "val.parquet")
+    assert [r.id for r in ds] == ["q1/0", "q1/1"] and ds[1].prompt == "the left one"
+    assert isinstance(ds[0].images[0], bytes) and (ds[0].width, ds[0].height) == (W, H)
+    assert ds[0].objects[0].box == (2, 4, 12, 16) and ds[0].objects[0].mask[10, 7]
+    rows["bbox"] = [[1.0, 2.0]]
+    pq.write_table(pa.table(rows), tmp_path / "bad.parquet")
+    with pytest.raises(DataFormatError, match=r'bad\.parquet: record 0: "bbox" must be'):
+        read_dataset("refcoco", tmp_path / "bad.parquet")
+
+
+def test_folder_with_csv_and_jsonl(tmp_path):
+    _image(tmp_path / "pics" / "one.png")
+    (tmp_path / "pics" / "data.csv").write_text(
+        'image,question,answer\none.png,"How many, roughly?",two\n'
+    )
+    [rec] = read_dataset("folder", tmp_path / "pics")
+    assert rec.images == (tmp_path / "pics" / "one.png",) and rec.prompt == "How many, roughly?"
+    assert to_examples([rec], "answer")[0]["suffix"] == "two"
+    (tmp_path / "pics" / "data.csv").write_text("image,caption\none.png,a cat\none.png\n")
+    with pytest.raises(DataFormatError, match=r"data\.csv:line 3: 2 columns"):
+        read_dataset("folder", tmp_path / "pics")
+    table = tmp_path / "train.jsonl"
+    table.write_text(
+        json.dumps({"image": "pics/one.png", "prefix": "caption en", "suffix": "red"})
+        + "\n\n"
+        + json.dumps({"image": "pics/one.png", "caption": "x"})
+        + "\n"
+    )
+    first, second = read_dataset("jsonl", table)
+    assert first.prompt == "caption en" and first.answers == ["red"] and second.answers == ["x"]
+    assert to_examples([first], "prefix")[0] | {"id": 0} == {
+        "image": tmp_path / "pics/one.png", "prefix": "caption en", "suffix": "red", "id": 0
+    }  # fmt: skip
+    table.write_text(table.read_text() + '{"image": "pics/one.png", "prefix": "x"}\n')
+    with pytest.raises(DataFormatError, match=r'train\.jsonl:line 4: empty or missing "suffix"'):
+        read_dataset("jsonl", table)
+    table.write_text('{"image": 3, "caption": "x"}\n')
+    with pytest.raises(DataFormatError, match=r"train\.jsonl:line 1: an image must be a path"):
+        read_dataset("jsonl", table)
+
+
+def test_hf_saved_dataset_and_parquet(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _image(tmp_path / "disk.png")
+    features = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"),
+         "answers": datasets.Sequence(datasets.Value("string"))}
+    )  # fmt: skip
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [str(tmp_path / "disk.png"), {"bytes": _png_bytes(), "path": None}],
+            "question": ["what?", "which?"],
+            "answers": [["a", "b", "a"], ["c"]],
+        },
+        features=features,
+    )
+    datasets.DatasetDict({"validation": ds}).save_to_disk(tmp_path / "saved")
+    first, second = read_dataset("hf", tmp_path / "saved")
+    assert isinstance(first.images[0], bytes) and second.prompt == "which?"
+    assert to_examples([first], "answer")[0]["suffix"] == "a"
+    assert "saved/validation: record 1" in second.where
+    images = [{"bytes": _png_bytes(), "path": None}, {"bytes": None, "path": "p.png"}]
+    pq.write_table(
+        pa.table({"image": images, "caption": ["green", None]}), tmp_path / "caps.parquet"
+    )
+    with pytest.raises(
+        DataFormatError, match=r'caps\.parquet: record 1: empty or missing "caption"'
+    ):
+        read_dataset("hf", tmp_path / "caps.parquet")
+    [green] = read_dataset("hf", tmp_path / "caps.parquet", limit=1)
+    assert green.answers == ["green"] and green.images[0].startswith(b"\x89PNG")

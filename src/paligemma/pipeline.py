@@ -4,6 +4,7 @@ pipe = paligemma.load("path/or/hub-id")
 pipe.generate(image, "caption en", max_new_tokens=20).text
 pipe.generate([im1, im2], ["caption en", "answer en what is it?"])   # batched, same order
 for piece in pipe.stream(image, "describe en"): print(piece, end="")
+pipe.generate(video="clip.mp4", prompts="caption en", frames=16)  # frames as consecutive images
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .lora.peft import load_adapter_
 from .model import PaliGemma
 from .processor import ImageTransform, Processor, Row, load_image
 from .tasks.objects import ObjectList, parse_objects, score_objects, task_prompt
+from .tasks.video import DEFAULT_FRAMES, read_frames
 from .tasks.vqvae import MaskVAE, load_mask_vae, paste_mask
 from .textstream import StopStrings, cut_at_stop, stop_list
 from .tokenizer import NUM_LOC, Tokenizer, TokenizerError, find_tokenizer
@@ -73,6 +75,29 @@ class Pipeline:
                 )
         return rows
 
+    def _with_video(self, images: Any, prompts, video: Any, frames: int | None, max_new: int):
+        """`images` as given, or (video=) the video's frames as one image list per prompt,
+        after checking that frames x image tokens + prompt + max_new fit the model."""
+        if prompts is None:
+            raise TypeError("generate() needs a prompt (prompts=...)")
+        if video is None:
+            if frames is not None:
+                raise ValueError("frames= goes with video=")
+            return images
+        if images is not None:
+            raise ValueError("give images or video=, not both")
+        n, per_frame = frames or DEFAULT_FRAMES, self.processor.num_image_tokens
+        listed = [prompts] if isinstance(prompts, str) else prompts
+        text = max(len(self.processor.prompt_ids(p, 0)) for p in listed)
+        if n * per_frame + text + max_new > MAX_SEQ_LEN:
+            fit = max(0, (MAX_SEQ_LEN - text - max_new) // per_frame)
+            raise PromptTooLongError(
+                f"{n} frames x {per_frame} image tokens + {text} prompt tokens + "
+                f"max_new_tokens={max_new} is over {MAX_SEQ_LEN}; at most {fit} frames fit"
+            )
+        images = read_frames(video, n)
+        return images if isinstance(prompts, str) else [images] * len(prompts)
+
     def generation_config(self, **options: Any) -> engine.GenerationConfig:
         """engine.GenerationConfig(**options), limited to this tokenizer's real ids."""
         return engine.GenerationConfig(**{"num_real_ids": self.num_real_ids, **options})
@@ -80,9 +105,11 @@ class Pipeline:
     # -- API -----------------------------------------------------------------------------------
     def generate(
         self,
-        images: Any,
-        prompts: str | list[str],
+        images: Any = None,
+        prompts: str | list[str] | None = None,
         *,
+        video: Any = None,
+        frames: int | None = None,
         max_new_tokens: int = 32,
         stop: str | list[str] | None = None,
         batch_size: int = 8,
@@ -95,9 +122,11 @@ class Pipeline:
         prompts, one image (or list of images) per prompt. options: do_sample, temperature,
         top_k, top_p, repetition_penalty, num_beams, length_penalty, seed. Stop strings end a
         row and are cut from its text. Rows are processed `batch_size` at a time; `progress`
-        is called with the number of rows finished in each batch.
+        is called with the number of rows finished in each batch. video (a file or its bytes;
+        instead of images): `frames` frames (default 16) sampled uniformly, fed as images.
         """
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
+        images = self._with_video(images, prompts, video, frames, max_new_tokens)
         stop = stop_list(stop)
         rows = self._rows(images, prompts, max_new_tokens)
         results: list[Result] = []
@@ -115,9 +144,11 @@ class Pipeline:
 
     def stream(
         self,
-        images: Any,
-        prompt: str,
+        images: Any = None,
+        prompt: str | None = None,
         *,
+        video: Any = None,
+        frames: int | None = None,
         max_new_tokens: int = 32,
         stop: str | list[str] | None = None,
         **options: Any,
@@ -125,6 +156,7 @@ class Pipeline:
         """Text of one prompt's answer, piece by piece as tokens arrive; the pieces join to
         `generate(...).text`."""
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
+        images = self._with_video(images, prompt, video, frames, max_new_tokens)
         stop = stop_list(stop)
         inputs = self.processor.collate(self._rows(images, prompt, max_new_tokens))
         eos = self.tokenizer.eos_id

@@ -59,10 +59,18 @@ def read_coco_instances(
 ) -> Dataset:
     """A COCO instances JSON (images, categories, annotations with bbox, optional
     segmentation as polygons or RLE, iscrowd): one Record per image, its objects as Targets."""
+    return read_instances(path, images, limit)[0]
+
+
+def read_instances(
+    path: str | os.PathLike, images: Path | None, limit: int | None
+) -> tuple[Dataset, dict[Any, tuple[Record, Target]]]:
+    """read_coco_instances, and each annotation's (image Record, Target) by annotation id."""
     path = Path(path)
     data = read_json(path, "COCO instances")
     records = read_images(data, path, Path(images or path.parent), limit)
     categories = read_categories(data, path)
+    by_id = {}
     for i, item in enumerate(list_of(data, "annotations", path)):
         where = f"{path}: annotations record {i}"
         record = records.get(field_of(item, "image_id", int, where))
@@ -78,8 +86,10 @@ def read_coco_instances(
         if item.get("segmentation") not in (None, [], {}):
             decode = mask_decoder(item["segmentation"], record.height, record.width, where)
         crowd = bool(item.get("iscrowd", 0))
-        record.objects.append(Target(categories[category], box, None, category, crowd, decode))
-    return Dataset(list(records.values()), "coco-instances", path, categories, data)
+        target = Target(categories[category], box, None, category, crowd, decode)
+        record.objects.append(target)
+        by_id[item.get("id", f"#{i}")] = record, target
+    return Dataset(list(records.values()), "coco-instances", path, categories, data), by_id
 
 
 def read_coco_captions(

@@ -13,7 +13,6 @@ Axis letters: H, W image height and width in pixels.
 
 from __future__ import annotations
 
-import io
 import random
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from ..checkpoints.assets import find_mask_vae
 from ..tasks.objects import objects_to_suffix, task_prompt
 from ..tasks.vqvae import MaskVAE, load_mask_vae, mask_to_codes
-from .records import DataFormatError, Dataset, Record, Target
+from .records import DataFormatError, Dataset, Record, Target, image_size
 
 TASKS = ("caption", "answer", "detect", "segment", "prefix")
 EMBEDDED_ASSETS = Path(__file__).parents[1] / "assets"
@@ -90,7 +89,7 @@ def _object_examples(
     rng: random.Random,
     max_objects: int | None,
 ) -> list[tuple[str, str]]:
-    width, height = image_size(record)
+    width, height = record_size(record)
     kept = [t for t in record.objects if not t.iscrowd and _pixel_box(t.box, width, height)]
     rng.shuffle(kept)
     kept = kept[:max_objects]
@@ -132,18 +131,10 @@ def _pixel_box(box, width: int, height: int) -> tuple[int, int, int, int] | None
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def image_size(record: Record) -> tuple[int, int]:
+def record_size(record: Record) -> tuple[int, int]:
     """(W, H) of a record's first image: from the record, else read from the image's header."""
-    if record.width and record.height:
-        return record.width, record.height
-    from PIL import Image
-
-    image = record.images[0]
-    try:
-        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
-            record.width, record.height = im.size
-    except (OSError, ValueError) as e:
-        raise DataFormatError(f"{record.where}: cannot read its image ({e})") from None
+    if not (record.width and record.height):
+        record.width, record.height = image_size(record.images[0], record.where)
     return record.width, record.height
 
 

@@ -7,6 +7,7 @@ Axis letters: H, W image height and width in pixels.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -151,3 +152,14 @@ def xywh_box(value: Any, where: str) -> tuple[float, float, float, float]:
     if w < 0 or h < 0:
         raise DataFormatError(f'{where}: "bbox" has a negative width or height: {value}')
     return (x, y, x + w, y + h)
+
+
+def image_size(image: Path | bytes, where: str) -> tuple[int, int]:
+    """(W, H) of an image file or bytes, from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise DataFormatError(f"{where}: cannot read its image ({e})") from None

@@ -27,10 +27,26 @@ import argparse
 import json
 from pathlib import Path
 
-from ..tasks.objects import mask_to_rle
-from .evaluate import EVAL_SEED, _label, _scenes
+import numpy as np
 
+from ..tasks.objects import mask_to_rle
+from . import synthetic
+
+EVAL_SEED = 90_210  # training seeds are (seed, step) pairs; this one is never used there
 VQA_SUBTYPE = "embedded"
+
+
+def held_out_scenes(kind: str, n: int, seed: int = EVAL_SEED, encode=None):
+    """The first `n` held-out (scene, example) pairs of one task; `encode` as make_example."""
+    rng = np.random.default_rng([seed, synthetic.KINDS.index(kind)])
+    for _ in range(n):
+        scene = synthetic.make_scene(rng)
+        yield scene, synthetic.make_example(scene, kind, rng, encode)
+
+
+def label_of(thing: synthetic.Thing, queries: list[str]) -> str | None:
+    """The first query that names `thing` (its shape or colour + shape), else None."""
+    return next((q for q in queries if q in (thing.shape, thing.name)), None)
 
 
 def _no_codes(mask, box) -> list[int]:
@@ -48,7 +64,7 @@ def _text_files(directory: Path, n: int, seed: int) -> dict[str, Path]:
     out = {}
     for kind in ("caption", "answer"):
         lines = []
-        for i, (scene, e) in enumerate(_scenes(kind, n, seed)):
+        for i, (scene, e) in enumerate(held_out_scenes(kind, n, seed)):
             name = f"images/{kind}_{i:05d}.png"
             _image(directory, name, scene)
             lines.append(json.dumps({"image": name, "prefix": e["prefix"], "suffix": e["suffix"]}))
@@ -67,7 +83,7 @@ def _text_files(directory: Path, n: int, seed: int) -> dict[str, Path]:
 def _vqa_files(directory: Path, n: int, seed: int) -> dict[str, Path]:
     (directory / "vqa").mkdir(exist_ok=True)
     questions, answers = [], []
-    for i, (scene, e) in enumerate(_scenes("answer", n, seed)):
+    for i, (scene, e) in enumerate(held_out_scenes("answer", n, seed)):
         image_id, qid = i + 1, 1000 + i
         scene.image.save(directory / "vqa" / f"COCO_{VQA_SUBTYPE}_{image_id:012d}.jpg", "PNG")
         question = e["prefix"].removeprefix("answer en ")
@@ -88,13 +104,13 @@ def _instances(directory: Path, kind: str, n: int, seed: int) -> tuple[dict, lis
     images, annotations, queries = [], [], []
     found: list[tuple[int, str, list[int]]] = []
     encode = _no_codes if kind == "segment" else None
-    for i, (scene, e) in enumerate(_scenes(kind, n, seed, encode)):
+    for i, (scene, e) in enumerate(held_out_scenes(kind, n, seed, encode)):
         entry = {"id": i + 1, **_image(directory, f"images/{kind}_{i:05d}.png", scene)}
         images.append(entry | {"labels": e["queries"]})
         queries += [q for q in e["queries"] if q not in queries]
         ids = []
         for t in scene.things:
-            label = _label(t, e["queries"])
+            label = label_of(t, e["queries"])
             if label is None:
                 continue
             x0, y0, x1, y1 = t.box

@@ -163,3 +163,21 @@ def test_compressed_rle_is_pycocotools_own():
         ours = mask_to_rle(mask, compressed=True)
         assert ours["counts"] == theirs["counts"].decode()
         assert np.array_equal(paligemma.rle_to_mask(ours), mask)
+
+
+def test_pope_from_parquet_with_image_bytes(scenes, cli_pipe, tmp_path):
+    """A Hugging Face-style parquet file (images as bytes, question / answer columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = [json.loads(x) for x in scenes["answer"].read_text().splitlines()]
+    root = scenes["answer"].parent
+    table = {
+        "question": [x["prefix"].removeprefix("answer en ") for x in lines],
+        "answer": [x["suffix"] for x in lines],
+        "image": [{"bytes": (root / x["image"]).read_bytes(), "path": None} for x in lines],
+    }
+    pq.write_table(pa.table(table), tmp_path / "pope.parquet")
+    scores = run_eval(tmp_path / "out", "--task", "pope", "--data", tmp_path / "pope.parquet")
+    assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(scores)
+    assert 0 <= scores["accuracy_exact_match"] <= 1 and scores["counts"]["examples"] == SCENES

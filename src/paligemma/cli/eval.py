@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--annotations", help="the second file (VQAv2 answers, RefCOCO instances)")
     p.add_argument("--images", help="image folder (default: beside --data)")
     p.add_argument("--format", help="reader to use instead of the task's own (paligemma.data)")
+    p.add_argument("--split", help="only this split (RefCOCO refs, Hugging Face data)")
     p.add_argument("--limit", type=int, help="only the first N examples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default="eval-out", help="output folder (default: eval-out)")
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         annotations=args.annotations,
         images=args.images,
         fmt=args.format,
+        split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,
         prompt=args.prompt,

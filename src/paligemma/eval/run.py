@@ -36,6 +36,7 @@ def evaluate_dataset(
     annotations: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
     fmt: str | None = None,
+    split: str | None = None,
     limit: int | None = None,
     batch_size: int = 8,
     prompt: str | None = None,
@@ -50,6 +51,7 @@ def evaluate_dataset(
         data,
         images=Path(images) if images else None,
         annotations=Path(annotations) if annotations else None,
+        split=split,
         limit=limit,
     )
     settings = {
@@ -58,6 +60,7 @@ def evaluate_dataset(
         "data": str(data),
         "annotations": str(annotations) if annotations else None,
         "format": fmt or spec.fmt,
+        "split": split,
         "limit": limit,
         "prompt": prompt or spec.prompt,
         "max_new_tokens": max_new_tokens or spec.max_new_tokens,

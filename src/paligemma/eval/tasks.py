@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import anls, cider_scores, exact_match, pope_scores, vqa_accuracy
+from ..metrics import (
+    anls,
+    cider_scores,
+    exact_match,
+    pope_scores,
+    relaxed_accuracy,
+    vqa_accuracy,
+)
 
 
 @dataclass(frozen=True)
@@ -69,75 +76,60 @@ def _cider_aggregate(rows: list[dict], records: list) -> dict:
 
 def _pope_aggregate(rows: list[dict], records: list) -> dict:
     labels = [rec.answers[0] if rec.answers else "" for rec in records]
-    return pope_scores([r["answer"] for r in rows], labels)
+    scores = pope_scores([r["answer"] for r in rows], labels)
+    return scores | {"accuracy_exact_match": _mean(rows)}  # big_vision's rule
 
 
-def _text(name, fmt, prompt, headline, score, aggregate, **kw) -> EvalTask:
-    return EvalTask(name, fmt, "text", prompt, headline, score=score, aggregate=aggregate, **kw)
+def _text(name, fmt, prompt, headline, score, aggregate, max_new=32, beams=1) -> EvalTask:
+    notes = NOTES.get(name, "")
+    return EvalTask(name, fmt, "text", prompt, headline, max_new, beams, score, aggregate, notes)
 
 
 def _pope_score(prediction: str, record) -> float:
     return exact_match(prediction, record.answers, lower=True)
 
 
+def _vqa_score(prediction: str, record) -> float:
+    return vqa_accuracy(prediction, record.answers)
+
+
+def _anls_score(prediction: str, record) -> float:
+    return anls(prediction, record.answers)
+
+
+def _relaxed_score(prediction: str, record) -> float:
+    return relaxed_accuracy(prediction, record.answers)
+
+
+def _exact_score(prediction: str, record) -> float:
+    return exact_match(prediction, record.answers)
+
+
+def _mean_as(key: str) -> Callable[[list[dict], list], dict]:
+    return lambda rows, records: {key: _mean(rows)}
+
+
+NOTES = {
+    "textvqa": "big_vision scores TextVQA with the VQAv2 evaluator",
+    "docvqa": "the DocVQA transfer's prompt is the raw question (no task prefix)",
+    "cococap": "2-beam search, as big_vision's COCO captioning transfer",
+    "pope": "accuracy etc. by the official POPE rules (yes = positive class); "
+    "accuracy_exact_match is big_vision's (answer == label)",
+    "chartqa": "relaxed accuracy (5% numeric tolerance); the prompt is the raw question",
+    "exact": "the record's own prompt; the answer must equal a reference (stripped)",
+}
+_ANSWER = "answer en {q}"
+
 TASKS: dict[str, EvalTask] = {
     t.name: t
     for t in (
-        _text(
-            "vqav2",
-            "vqav2",
-            "answer en {q}",
-            "accuracy",
-            lambda p, r: vqa_accuracy(p, r.answers),
-            _vqa_aggregate,
-        ),
-        _text(
-            "textvqa",
-            "hf",
-            "answer en {q}",
-            "accuracy",
-            lambda p, r: vqa_accuracy(p, r.answers),
-            _vqa_aggregate,
-            notes="big_vision scores TextVQA with the VQAv2 evaluator",
-        ),
-        _text(
-            "docvqa",
-            "hf",
-            "{q}",
-            "ANLS",
-            lambda p, r: anls(p, r.answers),
-            lambda rows, recs: {"ANLS": _mean(rows)},
-            notes="the DocVQA transfer's prompt is the raw question (no task prefix)",
-        ),
-        _text(
-            "cococap",
-            "coco-captions",
-            "caption en",
-            "CIDEr",
-            None,
-            _cider_aggregate,
-            num_beams=2,
-            max_new_tokens=64,
-            notes="2-beam search, as big_vision's COCO captioning transfer",
-        ),
-        _text(
-            "pope",
-            "hf",
-            "answer en {q}",
-            "accuracy",
-            _pope_score,
-            _pope_aggregate,
-            notes="accuracy etc. by the official POPE rules (yes = positive class)",
-        ),
-        _text(
-            "exact",
-            "jsonl",
-            "{q}",
-            "exact_match",
-            lambda p, r: exact_match(p, r.answers),
-            lambda rows, recs: {"exact_match": _mean(rows)},
-            notes="the record's own prompt; the answer must equal a reference (stripped)",
-        ),
+        _text("vqav2", "vqav2", _ANSWER, "accuracy", _vqa_score, _vqa_aggregate),
+        _text("textvqa", "hf", _ANSWER, "accuracy", _vqa_score, _vqa_aggregate),
+        _text("docvqa", "hf", "{q}", "ANLS", _anls_score, _mean_as("ANLS")),
+        _text("cococap", "coco-captions", "caption en", "CIDEr", None, _cider_aggregate, 64, 2),
+        _text("pope", "hf", _ANSWER, "accuracy", _pope_score, _pope_aggregate),
+        _text("chartqa", "hf", "{q}", "accuracy", _relaxed_score, _mean_as("accuracy")),
+        _text("exact", "jsonl", "{q}", "exact_match", _exact_score, _mean_as("exact_match")),
         EvalTask("coco-det", "coco-instances", "detect", "detect {q}", "mAP", 128),
         EvalTask("coco-seg", "coco-instances", "segment", "segment {q}", "mAP", 128),
         EvalTask("refcoco", "refcoco", "refexp", "detect {q}", "accuracy", 128),

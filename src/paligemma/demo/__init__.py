@@ -9,6 +9,14 @@ beside `serve/`: it may import everything below it (core, quant, checkpoints, lo
 pipeline, train, eval), and nothing imports it but the CLI.
 """
 
-from .export import export_scenes
-
 __all__ = ["export_scenes"]
+
+
+def __getattr__(name: str):
+    """`paligemma.demo.export_scenes`, imported on first use (so that `python -m
+    paligemma.demo.export` does not find its module imported already)."""
+    if name == "export_scenes":
+        from .export import export_scenes
+
+        return export_scenes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,15 +23,20 @@ from ..tasks.objects import mask_to_rle, rle_to_mask
 from .matching import mask_iou, match
 
 
-def prompt_labels(record, dataset) -> list[str]:
-    """The labels to ask for in `record`'s image: its own list, else all the categories."""
-    own = record.meta.get("labels")
-    if own is None and dataset.coco is not None:
-        image_id = record.meta.get("image_id", record.id)
-        own = next(
-            (im.get("labels") for im in dataset.coco["images"] if im["id"] == image_id), None
-        )
-    return list(own) if own else [dataset.categories[k] for k in sorted(dataset.categories)]
+def image_labels(dataset) -> dict:
+    """image id -> the labels its COCO `images` entry lists ("labels"), where it has them
+    (worked out once per dataset)."""
+    if getattr(dataset, "_image_labels", None) is None:
+        images = dataset.coco["images"] if dataset.coco is not None else []
+        dataset._image_labels = {im["id"]: list(im["labels"]) for im in images if im.get("labels")}
+    return dataset._image_labels
+
+
+def prompt_labels(record, dataset, own: dict) -> list[str]:
+    """The labels to ask for in `record`'s image: its own list (`own`: `image_labels`), else
+    every category of the dataset."""
+    labels = own.get(record.meta.get("image_id", record.id))
+    return labels or [dataset.categories[k] for k in sorted(dataset.categories)]
 
 
 def _truth(record) -> list:

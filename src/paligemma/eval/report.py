@@ -40,7 +40,7 @@ def summary_markdown(spec, record: dict) -> str:
         "| metric | value |",
         "|---|---|",
     ]
-    skip = {"settings", "counts", "time_s", "examples_per_s"}
+    skip = {"settings", "counts", "time_s", "examples_per_s", "model", "data"}
     nested = {}
     for key, value in record.items():
         if key in skip:

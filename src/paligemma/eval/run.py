@@ -77,7 +77,7 @@ def evaluate_dataset(
     scores = aggregate(spec, rows, dataset)
     _write_jsonl(out / PREDICTIONS, rows)  # with the set's per-example scores (CIDEr)
     record = {**scores, "settings": settings, "counts": _counts(spec, rows, dataset)}
-    record["time_s"] = round(elapsed, 3)
+    record |= {"model": model, "data": str(data), "time_s": round(elapsed, 3)}
     record["examples_per_s"] = round(len(rows) / elapsed, 3) if elapsed > 0 else None
     (out / SCORES).write_text(json.dumps(record, indent=1) + "\n")
     write_report(out, spec, record, rows, dataset)
@@ -140,10 +140,11 @@ def _predict_all(pipe, spec, dataset, settings, path, done, batch_size, progress
     bar.close()
 
 
-def task_prompt(spec: EvalTask, template: str, record, dataset) -> str:
-    """The prompt of one record: the template with {q} the question / expression / labels."""
+def task_prompt(spec: EvalTask, template: str, record, dataset, own: dict) -> str:
+    """The prompt of one record: the template with {q} the question / expression / labels
+    (`own`: the images' own label lists, objects.image_labels)."""
     if spec.kind in ("detect", "segment"):
-        q = " ; ".join(obj_tasks.prompt_labels(record, dataset))
+        q = " ; ".join(obj_tasks.prompt_labels(record, dataset, own))
     else:
         q = (record.prompt or "").strip()
     return template.replace("{q}", q)
@@ -153,7 +154,8 @@ def predict(pipe, spec: EvalTask, dataset, indices: list[int], settings: dict) -
     """One batch: generate, then each row's parsed answer and per-example score."""
     records = [dataset[i] for i in indices]
     images = [[load_image(im) for im in r.images] for r in records]
-    prompts = [task_prompt(spec, settings["prompt"], r, dataset) for r in records]
+    own = obj_tasks.image_labels(dataset) if spec.kind in ("detect", "segment") else {}
+    prompts = [task_prompt(spec, settings["prompt"], r, dataset, own) for r in records]
     results = pipe.generate(
         [ims if len(ims) > 1 else ims[0] for ims in images],
         prompts,

@@ -301,6 +301,12 @@ def test_folder_with_csv_and_jsonl(tmp_path):
     (tmp_path / "pics" / "data.csv").write_text("image,caption\none.png,a cat\none.png\n")
     with pytest.raises(DataFormatError, match=r"data\.csv:line 3: 2 columns"):
         read_dataset("folder", tmp_path / "pics")
+    (tmp_path / "pics" / "data.csv").unlink()
+    row = {"file_name": "one.png", "question": "colour?", "answers": ["red", "dark red", "red"]}
+    (tmp_path / "pics" / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+    [rec] = read_dataset("folder", tmp_path / "pics")  # Hugging Face imagefolder layout
+    assert rec.images == (tmp_path / "pics" / "one.png",) and len(rec.answers) == 3
+    assert to_examples([rec], "answer")[0]["suffix"] == "red"
     table = tmp_path / "train.jsonl"
     table.write_text(
         json.dumps({"image": "pics/one.png", "prefix": "caption en", "suffix": "red"})
@@ -354,3 +360,85 @@ def test_hf_saved_dataset_and_parquet(tmp_path):
         read_dataset("hf", tmp_path / "caps.parquet")
     [green] = read_dataset("hf", tmp_path / "caps.parquet", limit=1)
     assert green.answers == ["green"] and green.images[0].startswith(b"\x89PNG")
+
+
+def test_data_convert_is_read_back_by_finetunes_reader(tmp_path, embedded_pipe, capsys):
+    from paligemma.cli import main
+    from paligemma.train.data import read_examples
+
+    coco = _coco(tmp_path)
+    out = tmp_path / "out" / "train.jsonl"
+    args = ["data", "convert", str(coco), "--format", "coco-instances", "--images"]
+    assert main([*args, str(tmp_path / "img"), "--out", str(out), "--seed", "4"]) == 0
+    assert "1 detect examples from 2 records" in capsys.readouterr().err
+    [example] = read_examples(out, embedded_pipe, None, False)
+    assert example.images == (tmp_path / "img" / "a.png",)
+    ds = read_dataset("coco-instances", coco, images=tmp_path / "img")
+    [expected] = to_examples(ds, "detect", seed=4)
+    assert (example.prefix, example.suffix) == (expected["prefix"], expected["suffix"])
+    # image bytes (parquet) are written out beside --out, once per distinct image
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    png = {"bytes": _png_bytes(), "path": None}
+    table = {"image": [png, png], "prefix": ["caption en"] * 2, "suffix": ["green", "lime"]}
+    pq.write_table(pa.table(table), tmp_path / "t.parquet")
+    out = tmp_path / "pq" / "train.jsonl"
+    assert (
+        main(["data", "convert", str(tmp_path / "t.parquet"), "--format", "hf", "--out", str(out)])
+        == 0
+    )
+    examples = read_examples(out, embedded_pipe, None, False)
+    assert [e.suffix for e in examples] == ["green", "lime"]
+    assert examples[0].images == examples[1].images
+    assert examples[0].images[0].parent == tmp_path / "pq" / "train_images"
+    assert main(["data", "convert", str(coco), "--format", "vqav2", "--out", str(out)]) == 1
+    assert 'instances.json: missing "data_subtype"' in capsys.readouterr().err
+
+
+def test_finetune_straight_from_coco_instances(tmp_path, capsys):
+    from paligemma.cli import main
+
+    coco = _coco(tmp_path)
+    out = tmp_path / "run"
+    args = ["finetune", "--data", str(coco), "--data-format", "coco-instances"]
+    run = ["--steps", "2", "--batch-size", "1", "--save-every", "2"]  # task: detect (default)
+    assert main([*args, "--images", str(tmp_path / "img"), "--out", str(out), *run]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    [line] = (out / "data" / "train.jsonl").read_text().splitlines()
+    assert json.loads(line)["prefix"].startswith("detect ")
+    assert json.loads(line)["suffix"].count("<loc") == 12  # the cat, the dog and the bird
+
+
+def test_a_missing_package_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    from paligemma.data import MissingExtra
+
+    real = builtins.__import__
+
+    def no_pycocotools(name, *args, **kwargs):
+        if name.startswith("pycocotools"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pycocotools)
+    monkeypatch.delitem(__import__("sys").modules, "pycocotools.mask", raising=False)
+    ds = read_dataset("coco-instances", _coco(tmp_path))  # boxes need no extra
+    assert ds[0].objects[0].box == (2, 4, 12, 16)
+    with pytest.raises(MissingExtra, match=r"pip install 'paligemma\[coco\]'"):
+        _ = ds[0].objects[0].mask
+
+
+def test_hf_splits_and_unknown_format(tmp_path):
+    import datasets
+
+    one = datasets.Dataset.from_dict({"image": ["a.png"], "caption": ["x"]})
+    datasets.DatasetDict({"val": one, "test": one}).save_to_disk(tmp_path / "two")
+    with pytest.raises(DataFormatError, match=r"choose a split with --split \(val, test\)"):
+        read_dataset("hf", tmp_path / "two")
+    [rec] = read_dataset("hf", tmp_path / "two", split="test")
+    assert rec.images == (tmp_path / "two" / "a.png",) and rec.answers == ["x"]
+    with pytest.raises(DataFormatError, match="unknown data format 'yolo'"):
+        read_dataset("yolo", tmp_path)

@@ -1,14 +1,14 @@
-"""Command line: `paligemma demo | generate | detect | segment | finetune | serve | info |
-convert | eval`. Each command is a module here (its flags and a thin call into the API); every
-expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
+"""Command line: `paligemma demo | generate | detect | segment | finetune | data | serve |
+info | convert | eval`. Each command is a module here (its flags and a thin call into the API);
+every expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from . import data, finetune, generate, info, serve, tasks
 from . import eval as eval_cmd
-from . import finetune, generate, info, serve, tasks
 from .common import set_threads
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     tasks.add_parsers(sub)
     finetune.add_parser(sub)
+    data.add_parser(sub)
     info.add_parsers(sub)
     serve.add_parser(sub)
     eval_cmd.add_parser(sub)

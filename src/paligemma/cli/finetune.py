@@ -12,6 +12,11 @@ from .common import MODEL_HELP
 
 HELP = {
     "eval_data": "held-out JSONL in the same format, scored by exact match (default: none)",
+    "data_format": "how to read --data: our JSONL, or a dataset format converted on the way in "
+    "(see paligemma data convert)",
+    "images": "--data-format other than jsonl: the folder image names are relative to",
+    "annotations": "--data-format vqav2: the annotations JSON; refcoco: the COCO instances JSON",
+    "task": "--data-format other than jsonl: what to train (default: by format)",
     "mode": "what is trained: every weight, the decoder's attention, or LoRA adapters (over a "
     "float or, qlora, a quantised decoder)",
     "freeze_vision": "full mode: keep the image encoder fixed",
@@ -51,6 +56,9 @@ HELP = {
 }
 _OPTIONAL_TYPES = {
     "eval_data": str,
+    "images": str,
+    "annotations": str,
+    "task": str,
     "image_size": int,
     "max_len": int,
     "clip": float,
@@ -66,7 +74,9 @@ def add_parser(sub) -> None:
         "settings come from its checkpoint: give only those you change (--steps, ...).",
     )
     tune.add_argument("--model", help=MODEL_HELP)
-    tune.add_argument("--data", help="training JSONL (on --resume: the checkpoint's)")
+    tune.add_argument(
+        "--data", help="training JSONL or dataset (--data-format; on --resume: the checkpoint's)"
+    )
     tune.add_argument(
         "--out", required=True, help="output directory (checkpoints, metrics, result)"
     )
@@ -80,11 +90,14 @@ def add_parser(sub) -> None:
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field (--lora-rank, --grad-accum, ...), with its choices and
     default. Options left out are absent from the parsed namespace (argparse.SUPPRESS)."""
+    from ..data import FORMATS, TASKS
     from ..lora.layer import SCOPES
     from ..train import finetune as ft
 
     choices = {
         "mode": ft.MODES,
+        "data_format": FORMATS,
+        "task": TASKS,
         "lora_scope": tuple(SCOPES),
         "quantize": ft.QUANTIZE,
         "optimizer": ft.OPTIMIZERS,

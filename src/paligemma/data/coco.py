@@ -118,8 +118,8 @@ def mask_decoder(
     segm: Any, height: int | None, width: int | None, where: str
 ) -> Callable[[], np.ndarray]:
     """A function giving the bool[H, W] mask of a COCO segmentation (polygons, uncompressed or
-    compressed RLE). Its structure is checked now, so that a bad one names its record at once."""
-    mask_utils = require("pycocotools.mask", "coco", "reading COCO masks")
+    compressed RLE), decoded by pycocotools when called (reading boxes needs no extra). Its
+    structure is checked now, so that a bad one names its record at once."""
     if isinstance(segm, list):
         if not height or not width:
             raise DataFormatError(f"{where}: polygons need the image's width and height")
@@ -129,15 +129,27 @@ def mask_decoder(
                 raise DataFormatError(
                     f"{where}: a polygon must be a list of x, y numbers (at least 3 points)"
                 )
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        size = [height, width]
     elif isinstance(segm, dict):
-        rle = _rle(segm, height, width, where, mask_utils)
+        size = _check_rle(segm, height, width, where)
     else:
         raise DataFormatError(f'{where}: "segmentation" must be polygons or an RLE dict')
-    return lambda: mask_utils.decode(rle).astype(bool)
+
+    def decode() -> np.ndarray:
+        mask_utils = require("pycocotools.mask", "coco", "decoding COCO masks")
+        if isinstance(segm, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(segm, *size))
+        elif isinstance(segm["counts"], list):
+            rle = mask_utils.frPyObjects(segm, *size)
+        else:
+            rle = {"size": size, "counts": segm["counts"].encode("ascii")}
+        return mask_utils.decode(rle).astype(bool)
+
+    return decode
 
 
-def _rle(segm: dict, height: int | None, width: int | None, where: str, mask_utils) -> dict:
+def _check_rle(segm: dict, height: int | None, width: int | None, where: str) -> list[int]:
+    """An RLE's [H, W], once its fields are checked."""
     size, counts = segm.get("size"), segm.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
         raise DataFormatError(f'{where}: an RLE needs "size": [height, width]')
@@ -147,7 +159,6 @@ def _rle(segm: dict, height: int | None, width: int | None, where: str, mask_uti
         ints = all(isinstance(c, int) and c >= 0 for c in counts)
         if not ints or sum(counts) != size[0] * size[1]:
             raise DataFormatError(f"{where}: RLE counts must be >= 0 and sum to height x width")
-        return mask_utils.frPyObjects(segm, *size)
-    if isinstance(counts, str):
-        return {"size": size, "counts": counts.encode("ascii")}
-    raise DataFormatError(f'{where}: RLE "counts" must be a list of ints or a string')
+    elif not isinstance(counts, str):
+        raise DataFormatError(f'{where}: RLE "counts" must be a list of ints or a string')
+    return list(size)

@@ -14,6 +14,7 @@ Axis letters: H, W image height and width in pixels.
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,14 @@ def to_examples(
     max_objects: int | None = None,
     seed: int = 0,
     language: str = "en",
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Training examples of `dataset` for `task` (one of TASKS): {"image": path or bytes (a
     list when a record has several), "prefix", "suffix", "id": the record's id}. `mask_vae`
-    (segment only): a MaskVAE or its file; default the embedded model's."""
+    (segment only): a MaskVAE or its file; default the embedded model's. `progress`: a bar on
+    stderr."""
+    from tqdm import tqdm
+
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
     if max_objects is not None and max_objects < 1:
@@ -50,7 +55,8 @@ def to_examples(
         or {t.label for r in dataset for t in r.objects}
     )
     out = []
-    for n, record in enumerate(dataset):
+    bar = tqdm(dataset, desc="converting", unit="record", file=sys.stderr, disable=not progress)
+    for n, record in enumerate(bar):
         rng = random.Random(f"{seed}/{n}")
         if task in ("detect", "segment"):
             pairs = _object_examples(

@@ -47,6 +47,30 @@ def say(message: str) -> None:
     print(f"paligemma: {message}", file=sys.stderr)
 
 
+def training_file(
+    data: str | os.PathLike,
+    fmt: str,
+    out: Path,
+    images: str | None = None,
+    annotations: str | None = None,
+    task: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Path:
+    """The JSONL a run trains on: `data` itself for the jsonl format; otherwise `data` read as
+    `fmt` (paligemma.data), turned into `task`'s examples and written to out/data/train.jsonl
+    (deterministic: a resumed run writes the same file)."""
+    if fmt == "jsonl":
+        return Path(data)
+    from ..data import read_dataset, to_examples
+    from ..data.convert import default_task, write_examples
+
+    dataset = read_dataset(fmt, data, images=images, annotations=annotations)
+    task = task or default_task(dataset)
+    examples = to_examples(dataset, task, seed=seed, progress=progress)
+    return write_examples(examples, out / "data" / "train.jsonl")
+
+
 def read_examples(
     path: str | os.PathLike,
     pipe: Pipeline,

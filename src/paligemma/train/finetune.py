@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..checkpoints.assets import copy_assets
 from ..checkpoints.load import save_model
+from ..data import FORMATS
 from ..lora import DEFAULT_TARGETS, apply_lora_, lora_modules, merge_lora_, save_adapter
 from ..pipeline import Pipeline, embedded_source, load
 from ..processor import IGNORE, load_image
@@ -52,6 +53,10 @@ class TrainConfig:
     data: str
     out: str
     eval_data: str | None = None
+    data_format: str = "jsonl"  # how to read data (paligemma.data FORMATS)
+    images: str | None = None  # data_format != jsonl: the folder image names are relative to
+    annotations: str | None = None  # vqav2: answers; refcoco: COCO instances
+    task: str | None = None  # data_format != jsonl: what to train (default: by format)
     mode: str = "lora"
     freeze_vision: bool = False  # full mode: keep the image encoder fixed
     freeze_projector: bool = False
@@ -87,6 +92,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.mode in MODES, f"mode must be one of {MODES}"),
+            (self.data_format in FORMATS, f"data_format must be one of {FORMATS}"),
             (self.optimizer in OPTIMIZERS, "optimizer must be adamw or sgd"),
             (self.schedule in SCHEDULES, "schedule must be cosine or constant"),
             (self.loss_norm in LOSS_NORMS, "loss_norm must be token or example"),
@@ -249,9 +255,12 @@ def train(
     torch.manual_seed(cfg.seed)
     source = embedded_source(source)
     pipe = load(source, dtype=torch.float32)
-    data = read_examples(
-        cfg.data, pipe, cfg.max_len, cfg.skip_bad, out / "data_problems.txt", progress
+    from .data import training_file
+
+    file = training_file(
+        cfg.data, cfg.data_format, out, cfg.images, cfg.annotations, cfg.task, cfg.seed, progress
     )
+    data = read_examples(file, pipe, cfg.max_len, cfg.skip_bad, out / "data_problems.txt", progress)
     eval_data = None
     if cfg.eval_data:
         eval_problems = out / "eval_data_problems.txt"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -355,3 +356,18 @@ def test_coco_scores_need_scores_and_accept_no_detections():
     with pytest.raises(ValueError, match="score"):
         coco_detection_scores(gt, [{"image_id": 7, "category_id": 3, "bbox": [0, 0, 5, 5]}])
     assert coco_detection_scores(gt, [])["mAP"] == 0.0
+
+
+def test_without_java_or_packages_the_fallbacks_are_explicit(monkeypatch):
+    from paligemma.metrics import caption
+
+    monkeypatch.setattr(caption, "java_available", lambda: False)
+    refs = {1: ["a dog is running", "dog running"], 2: ["a red bus", "the bus is red"]}
+    score, _, used = cider_scores({1: "a dog runs", 2: "a red bus"}, refs)
+    assert used == "ptb-python" and score > 0
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(ImportError, match=r"pip install 'paligemma\[eval\]'"):
+        coco_detection_scores(_coco_ground_truth(), [])
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.cider.cider", None)
+    with pytest.raises(ImportError, match=r"pip install 'paligemma\[eval\]'"):
+        cider({1: "a dog"}, {1: ["a dog"]})

@@ -68,10 +68,11 @@ class Pipeline:
         rows = self.processor.rows(images, list(prompts))
         for row in rows:
             if len(row.ids) + max_new > MAX_SEQ_LEN:
-                n = len(row.ids)
+                n, k = len(row.ids), len(row.images)
                 raise PromptTooLongError(
-                    f"prompt is {n} tokens with its image tokens; with max_new_tokens={max_new} "
-                    f"that is {n + max_new} > {MAX_SEQ_LEN}, the longest sequence the model takes"
+                    f"prompt is {n} tokens with its image tokens ({k} image(s) x "
+                    f"{self.processor.num_image_tokens}); with max_new_tokens={max_new} that is "
+                    f"{n + max_new} > {MAX_SEQ_LEN}, the longest sequence the model takes"
                 )
         return rows
 

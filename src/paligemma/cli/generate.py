@@ -14,6 +14,8 @@ from .common import UsageError, add_model_flags, load_pipeline
 def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="answer a prompt about one or more images")
     gen.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    gen.add_argument("--video", help="a short video instead of --image (needs PyAV: [video])")
+    gen.add_argument("--frames", type=int, help="with --video: frames sampled uniformly (16)")
     gen.add_argument("--prompt", help='e.g. "caption en", "answer en what is this?"')
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -91,16 +93,13 @@ def run(args: argparse.Namespace) -> int | None:
                 "--batch takes its images and prompts from the file (no --image/--prompt/--stream)"
             )
         return _generate_batch(args)
-    if not args.image or args.prompt is None:
-        raise UsageError("generate needs --image and --prompt (or --batch FILE.jsonl)")
+    if (not args.image and not args.video) or args.prompt is None:
+        raise UsageError("generate needs --image and --prompt (or --video, or --batch FILE)")
     if args.stream and (args.json or args.beams > 1):
         raise UsageError("--stream prints text as it comes: not with --json or --beams")
     opts = _options(args)
-    from ..processor import load_image
-
-    images = [load_image(p) for p in args.image]  # fail on a bad image before loading the model
+    image = _images_or_frames(args)  # fail on a bad image or video before loading the model
     pipe, load_s = load_pipeline(args)
-    image = images if len(images) > 1 else images[0]
     if args.stream:
         for piece in pipe.stream(image, args.prompt, **opts):
             print(piece, end="", flush=True)
@@ -108,6 +107,24 @@ def run(args: argparse.Namespace) -> int | None:
         return
     result = pipe.generate(image, args.prompt, **opts)
     print(json.dumps(_record(result, load_s), ensure_ascii=False) if args.json else result.text)
+
+
+def _images_or_frames(args: argparse.Namespace) -> Any:
+    """--image files (one, or a list), or --video's --frames frames sampled uniformly."""
+    from ..processor import load_image
+    from ..tasks.video import DEFAULT_FRAMES, read_frames
+
+    if args.video and args.image:
+        raise UsageError("give --image or --video, not both")
+    if args.frames is not None and (not args.video or args.frames < 1):
+        raise UsageError("--frames N (N >= 1) goes with --video")
+    if args.video:
+        try:
+            return read_frames(args.video, args.frames or DEFAULT_FRAMES)
+        except ImportError as e:  # PyAV missing: one line, not a traceback
+            raise UsageError(str(e)) from None
+    images = [load_image(p) for p in args.image]
+    return images if len(images) > 1 else images[0]
 
 
 def _read_jobs(path: Path) -> list[dict[str, Any]]:

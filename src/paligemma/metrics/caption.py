@@ -79,7 +79,10 @@ def ptb_tokenize(captions: dict[Any, list[str]], tokenizer: str = "auto") -> tup
         raise ValueError(f"tokenizer must be 'auto', 'java' or 'python', not {tokenizer!r}")
     if tokenizer == "java" or (tokenizer == "auto" and java_available()):
         try:
-            return _ptb_java(captions), "ptb-java"
+            tokens = _ptb_java(captions)
+            if {k: len(v) for k, v in tokens.items()} != {k: len(v) for k, v in captions.items()}:
+                raise ValueError("it returned a different number of captions")
+            return tokens, "ptb-java"
         except (OSError, ValueError) as e:
             if tokenizer == "java":
                 raise RuntimeError(f"pycocoevalcap's Java PTBTokenizer failed: {e}") from e

@@ -22,6 +22,7 @@ from .images import decode_image
 from .jobs import submit, wait
 from .schemas import ChatRequest, ContentPart, Message
 from .settings import Settings
+from .video import VideoPart, decode_video
 
 router = APIRouter()
 
@@ -37,15 +38,17 @@ async def models(request: Request) -> dict:
 async def chat(body: ChatRequest, request: Request):
     s: Settings = request.app.state.settings
     check_model(body.model, s)
-    prompt, urls = _prompt_and_urls(body.messages, s)
+    prompt, urls, video = _prompt_and_urls(body.messages, s)
     stop = stop_list(body.stop)
     if len(stop) > 4 or any(not x or len(x) > 64 for x in stop):
         raise APIError(400, "stop: up to 4 non-empty strings of at most 64 characters")
     if body.n > s.max_n:
         raise APIError(400, f"n {body.n} is over this server's limit of {s.max_n}")
     max_tokens = body.max_completion_tokens or body.max_tokens or 32
-    prompt_tokens = check_prompt(prompt, len(urls), max_tokens, request.app.state.pipe, s)
+    frames = video.frames if video else 0
+    prompt_tokens = check_prompt(prompt, len(urls) + frames, max_tokens, request.app.state.pipe, s)
     images = await asyncio.to_thread(lambda: [decode_image(u, s) for u in urls])
+    images += await asyncio.to_thread(decode_video, video, s) if video else []
     temperature, top_p = body.temperature or 0.0, body.top_p or 1.0
     job = Job(images, prompt, max_tokens, stop, temperature, top_p, body.seed, body.n)
     job = submit(job, request)
@@ -79,26 +82,34 @@ async def chat(body: ChatRequest, request: Request):
     }
 
 
-def _prompt_and_urls(messages: list[Message], s: Settings) -> tuple[str, list[str]]:
-    """The last user message -> (its text parts joined: the prompt, its image URLs)."""
+def _prompt_and_urls(
+    messages: list[Message], s: Settings
+) -> tuple[str, list[str], VideoPart | None]:
+    """The last user message -> (its text parts joined: the prompt, its image URLs, its video
+    part: frames that follow the images)."""
     users = [m for m in messages if m.role == "user"]
     if not users:
         raise APIError(400, "messages need a user message (its text is the prompt)")
     content = users[-1].content or ""
     parts = [ContentPart(type="text", text=content)] if isinstance(content, str) else content
-    texts, urls = [], []
+    texts, urls, videos = [], [], []
     for part in parts:
         if part.type == "text":
             texts.append(part.text or "")
+        elif part.type == "video_url":
+            videos.append(VideoPart.of(part.video_url, s))
         elif part.image_url is None:
             raise APIError(400, "an image_url part needs image_url.url")
         else:
             urls.append(part.image_url.url)
-    if not urls:
+    if not urls and not videos:
         raise APIError(400, "PaliGemma answers about images: add an image_url part")
     if len(urls) > s.max_images:
         raise APIError(400, f"{len(urls)} images; the limit is {s.max_images}")
-    return " ".join(t.strip() for t in texts if t.strip()), urls
+    if len(videos) > 1:
+        raise APIError(400, f"{len(videos)} video_url parts; the limit is 1")
+    video = videos[0] if videos else None
+    return " ".join(t.strip() for t in texts if t.strip()), urls, video
 
 
 def _usage(job: Job, prompt_tokens: int) -> dict[str, int]:

@@ -14,10 +14,16 @@ class ImageURL(BaseModel):
     url: str = Field(description="data:image/...;base64,..., or file:// inside --allow-dir")
 
 
+class VideoURL(BaseModel):
+    url: str = Field(description="data:video/mp4;base64,..., or file:// inside --allow-dir")
+    frames: int | None = Field(None, ge=1, description="frames sampled uniformly (default 16)")
+
+
 class ContentPart(BaseModel):
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url"]
     text: str | None = None
     image_url: ImageURL | None = None
+    video_url: VideoURL | None = None
 
 
 class Message(BaseModel):

@@ -15,6 +15,7 @@ class Settings:
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 16_000_000  # per image; stricter than processor.MAX_PIXELS (check_pixels)
     max_images: int = 4  # per request
+    max_video_frames: int = 16  # frames one video_url part may ask for (default: all 16)
     max_prompt_chars: int = 2_000
     max_tokens: int = 512  # the most a request may ask for
     max_n: int = 8

@@ -62,10 +62,13 @@ def _count(av, source: Any) -> int:
     container, name = _open(av, source)
     with container:
         total = 0
-        for _ in container.decode(video=0):
-            total += 1
-            if total > MAX_DECODED_FRAMES:
-                raise VideoError(f"{name} is longer than {MAX_DECODED_FRAMES} frames")
+        try:
+            for _ in container.decode(video=0):
+                total += 1
+                if total > MAX_DECODED_FRAMES:
+                    raise VideoError(f"{name} is longer than {MAX_DECODED_FRAMES} frames")
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot decode video {name}: {e}") from None
     return total
 
 
@@ -82,7 +85,7 @@ def _pick(av, source: Any, wanted: list[int], max_pixels: int | None) -> list[Im
                     picked[i] = frame.to_image().convert("RGB")
                 if i >= max(wanted):
                     break
-        except av.FFmpegError as e:
+        except (av.FFmpegError, ValueError) as e:  # ValueError: a frame format PIL lacks
             raise VideoError(f"cannot decode video {name}: {e}") from None
     return [picked[i] for i in wanted if i in picked]
 

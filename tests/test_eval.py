@@ -129,6 +129,14 @@ def test_refcoco_seg_and_vqav2_write_their_contract_keys(scenes, cli_pipe, tmp_p
     # ten equal answers per question: VQA accuracy (percent) is exact match x 100
     assert vqa["accuracy"] == pytest.approx(100 * exact["exact_match"]) and vqa["accuracy"] > 50
     assert rows(tmp_path / "vqa")[0]["prompt"].startswith("answer en ")
+    answers = json.loads((tmp_path / "vqa" / "vqa_results.json").read_text())
+    assert [a["question_id"] for a in answers] == [r["id"] for r in rows(tmp_path / "vqa")]
+    test_split = run_eval(  # no answers (as test-dev / test-std): predictions, no scores
+        tmp_path / "vqa-test",
+        *("--task", "vqav2", "--data", scenes["vqa_questions"], "--limit", 2),
+        *("--images", scenes["refs"].parent / "vqa"),
+    )
+    assert test_split["counts"]["unscored"] == 2
 
 
 def test_engine_returns_log_probs_and_objects_get_scores(pipe, scenes):

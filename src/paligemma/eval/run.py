@@ -76,6 +76,9 @@ def evaluate_dataset(
     rows = [done[i] for i in range(len(dataset))]
     scores = aggregate(spec, rows, dataset)
     _write_jsonl(out / PREDICTIONS, rows)  # with the set's per-example scores (CIDEr)
+    if spec.name in ("vqav2", "textvqa"):  # the answers file the VQA servers take
+        answers = [{"question_id": r["id"], "answer": r["answer"]} for r in rows]
+        (out / "vqa_results.json").write_text(json.dumps(answers) + "\n")
     record = {**scores, "settings": settings, "counts": _counts(spec, rows, dataset)}
     record |= {"model": model, "data": str(data), "time_s": round(elapsed, 3)}
     record["examples_per_s"] = round(len(rows) / elapsed, 3) if elapsed > 0 else None
@@ -177,7 +180,8 @@ def predict(pipe, spec: EvalTask, dataset, indices: list[int], settings: dict) -
 def _score_row(pipe, spec: EvalTask, record, image, result, categories: dict) -> dict:
     if spec.kind == "text":
         answer = result.text.strip()
-        score = spec.score(answer, record) if spec.score is not None else None
+        known = spec.score is not None and record.answers  # test splits have no answers
+        score = spec.score(answer, record) if known else None
         return {"answer": answer, "references": list(record.answers), "score": score}
     width, height = image.size
     record.width, record.height = record.width or width, record.height or height
@@ -200,6 +204,8 @@ def aggregate(spec: EvalTask, rows: list[dict], dataset) -> dict:
 
 def _counts(spec: EvalTask, rows: list[dict], dataset) -> dict:
     counts = {"examples": len(rows)}
+    if spec.kind == "text":
+        counts["unscored"] = sum(r["score"] is None for r in rows)
     if spec.kind != "text":
         objects = [o for r in rows for o in r["objects"]]
         counts["objects_predicted"] = len(objects)

@@ -48,7 +48,9 @@ class EvalTask:
 
 
 def _mean(rows: list[dict]) -> float:
-    return float(np.mean([r["score"] for r in rows])) if rows else 0.0
+    """The mean score of the rows that have one (questions without answers have none)."""
+    scores = [r["score"] for r in rows if r["score"] is not None]
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def _vqa_aggregate(rows: list[dict], records: list) -> dict:

@@ -46,6 +46,11 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Score `pipe` on `data` for `task` (a TASKS name); returns what scores.json holds."""
     spec = TASKS[task]
+    if spec.masks and pipe.mask_vae is None:
+        raise ValueError(
+            f"{task} needs the mask VQ-VAE (vae-oid.npz): put it in the checkpoint directory "
+            "or pass --mask-vae PATH"
+        )
     dataset = read_dataset(
         fmt or spec.fmt,
         data,
@@ -185,7 +190,7 @@ def _score_row(pipe, spec: EvalTask, record, image, result, categories: dict) ->
         return {"answer": answer, "references": list(record.answers), "score": score}
     width, height = image.size
     record.width, record.height = record.width or width, record.height or height
-    kind = "segment" if spec.name.endswith("seg") else "detect"
+    kind = spec.objects
     objects = pipe.read_objects(kind, result.text, width, height, result=result)
     if spec.kind == "refexp":
         return obj_tasks.refexp_row(pipe, kind, record, objects, width, height)
@@ -196,7 +201,7 @@ def aggregate(spec: EvalTask, rows: list[dict], dataset) -> dict:
     """The set's metrics (and, for CIDEr, each row's score)."""
     if spec.kind == "text":
         return spec.aggregate(rows, list(dataset))
-    kind = "segment" if spec.name.endswith("seg") else "detect"
+    kind = spec.objects
     if spec.kind == "refexp":
         return obj_tasks.refexp_aggregate(kind, rows, list(dataset))
     return obj_tasks.coco_aggregate(kind, rows, dataset)

@@ -10,7 +10,7 @@ pycocoevalcap's number (the papers print it x100: 1.446 -> 144.6).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ class EvalTask:
     (one referring expression -> one box and mask). `prompt`: a template; {q} is the record's
     question / expression / label list ("a ; b"). `score(prediction, record)` -> per-example
     score (None: only the whole set has one, e.g. CIDEr); `aggregate(rows, records)` -> the
-    set's metrics."""
+    set's metrics. `masks`: the objects are masks (segmentation), else boxes."""
 
     name: str
     fmt: str  # the reader (paligemma.data FORMATS)
@@ -44,7 +44,12 @@ class EvalTask:
     score: Callable[[str, Any], float | None] | None = None
     aggregate: Callable[[list[dict], list], dict] | None = None
     notes: str = ""
-    options: dict = field(default_factory=dict)
+    masks: bool = False  # the answer's objects are masks ("segment"), else boxes ("detect")
+
+    @property
+    def objects(self) -> str:
+        """How the answer's objects are read: "segment" or "detect"."""
+        return "segment" if self.masks else "detect"
 
 
 def _mean(rows: list[dict]) -> float:
@@ -133,8 +138,8 @@ TASKS: dict[str, EvalTask] = {
         _text("chartqa", "hf", "{q}", "accuracy", _relaxed_score, _mean_as("accuracy")),
         _text("exact", "jsonl", "{q}", "exact_match", _exact_score, _mean_as("exact_match")),
         EvalTask("coco-det", "coco-instances", "detect", "detect {q}", "mAP", 128),
-        EvalTask("coco-seg", "coco-instances", "segment", "segment {q}", "mAP", 128),
+        EvalTask("coco-seg", "coco-instances", "segment", "segment {q}", "mAP", 128, masks=True),
         EvalTask("refcoco", "refcoco", "refexp", "detect {q}", "accuracy", 128),
-        EvalTask("refcoco-seg", "refcoco", "refexp", "segment {q}", "mIoU", 128),
+        EvalTask("refcoco-seg", "refcoco", "refexp", "segment {q}", "mIoU", 128, masks=True),
     )
 }

@@ -78,14 +78,19 @@ def evaluate_dataset(
     start = time.perf_counter()
     _predict_all(pipe, spec, dataset, settings, out / PREDICTIONS, done, batch_size, progress)
     elapsed = time.perf_counter() - start
-    rows = [done[i] for i in range(len(dataset))]
+    return _finish(out, spec, dataset, [done[i] for i in range(len(dataset))], settings, elapsed)
+
+
+def _finish(out: Path, spec: EvalTask, dataset, rows: list[dict], settings: dict, elapsed):
+    """Score the set; write predictions.jsonl again (with the set's per-example scores, e.g.
+    CIDEr), scores.json, the report and, for VQA, the answers file the VQA servers take."""
     scores = aggregate(spec, rows, dataset)
-    _write_jsonl(out / PREDICTIONS, rows)  # with the set's per-example scores (CIDEr)
-    if spec.name in ("vqav2", "textvqa"):  # the answers file the VQA servers take
+    _write_jsonl(out / PREDICTIONS, rows)
+    if spec.name in ("vqav2", "textvqa"):
         answers = [{"question_id": r["id"], "answer": r["answer"]} for r in rows]
         (out / "vqa_results.json").write_text(json.dumps(answers) + "\n")
     record = {**scores, "settings": settings, "counts": _counts(spec, rows, dataset)}
-    record |= {"model": model, "data": str(data), "time_s": round(elapsed, 3)}
+    record |= {"model": settings["model"], "data": settings["data"], "time_s": round(elapsed, 3)}
     record["examples_per_s"] = round(len(rows) / elapsed, 3) if elapsed > 0 else None
     (out / SCORES).write_text(json.dumps(record, indent=1) + "\n")
     write_report(out, spec, record, rows, dataset)

@@ -160,3 +160,26 @@ SCORE_KEYS = [  # the score table's rows, in order
     "segmentation_miou",
 ]
 PLAIN = ("detection_fp_per_image", "segmentation_miou")  # the others are percentages
+
+
+def test_evaluate_section_quotes_the_harness_runs():
+    """The "Evaluate" section's numbers are benchmarks/results/embedded_eval_harness.json's,
+    the scores of its commands run as written on the embedded model's 200 scenes per task."""
+    run = result("embedded_eval_harness.json")
+    det, seg, ref = run["coco-det"], run["coco-seg"], run["refcoco-seg"]
+    text = " ".join(README.split("\n## Evaluate\n", 1)[1].split("\n### ", 1)[0].split())
+    for quoted, value in (
+        ("mAP {:.3f}, mAP50", det["mAP"]),
+        ("mAP50 {:.3f};", det["mAP50"]),
+        ("mask mAP {:.3f}", seg["mAP"]),
+        ("matched mIoU {:.3f}", seg["matched_mIoU"]),
+        ("(the {} scenes whose", ref["counts"]["examples"]),
+        ("mIoU {:.3f}, cIoU", ref["mIoU"]),
+        ("cIoU {:.3f}", ref["cIoU"]),
+        ("box accuracy {:.1f}%", 100 * ref["accuracy"]),
+        ("VQAv2 accuracy {:.1f}%", run["vqav2"]["accuracy"]),
+        ("caption CIDEr {:.3f}", run["cococap"]["CIDEr"]),
+        ("(×100: {:.1f};", run["cococap"]["CIDEr_x100"]),
+        ("caption exact match {:.1f}%", 100 * run["exact-caption"]["exact_match"]),
+    ):  # fmt: skip
+        assert quoted.format(value) in text, quoted.format(value)

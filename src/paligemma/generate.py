@@ -57,11 +57,15 @@ class GenerationConfig:
 
 @dataclass
 class Output:
-    """What `generate` returns: per row the new ids (stop id excluded) and why it ended."""
+    """What `generate` returns: per row the new ids (stop id excluded), why it ended, and each
+    new id's log-probability (greedy / sampling: log-softmax of the model's logits over the
+    real ids, before repetition penalty, temperature, top-k, top-p; beams: the increments of
+    the beam score, i.e. after the repetition penalty)."""
 
     tokens: list[list[int]]
     finish_reasons: list[str]  # "stop" (a stop id or stop string) or "length"
     timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, steps
+    logprobs: list[list[float]] = field(default_factory=list)  # per row, one per new id
 
 
 def process_logits(
@@ -108,6 +112,12 @@ def _beam_logp(logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfi
     return drop_padding(logp, cfg.num_real_ids)
 
 
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, cfg: GenerationConfig):
+    """float32[B] log p(tokens) under float32[B, V] logits, ids >= num_real_ids excluded."""
+    logp = drop_padding(logits, cfg.num_real_ids).log_softmax(-1)
+    return logp.gather(1, tokens[:, None])[:, 0]
+
+
 def _pick(
     scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -145,9 +155,11 @@ def stream(
     stop_ids: set[int],
     should_stop: ShouldStop | None = None,
     timings: dict | None = None,
+    logprobs: list | None = None,
 ) -> Iterator[list[int | None]]:
     """Greedy or sampled decoding; yields per step each row's new id (None once it finished;
-    a stop id is yielded as the row's last item). inputs: the processor's dict of tensors."""
+    a stop id is yielded as the row's last item). inputs: the processor's dict of tensors.
+    `logprobs`, when given, gets per step a list of each row's log p(new id) (see Output)."""
     if cfg.num_beams > 1:
         raise ValueError("beam search does not stream; use generate()")
     timings = {} if timings is None else timings
@@ -165,6 +177,8 @@ def stream(
     for step in range(cfg.max_new_tokens):
         tokens = _pick(process_logits(logits, history, cfg), cfg, generator)
         tokens = tokens.masked_fill(done, filler)
+        if logprobs is not None:
+            logprobs.append(token_logprobs(logits, tokens, cfg).tolist())
         ended = torch.isin(tokens, stop) & ~done
         out: list[int | None] = [
             None if d else t for d, t in zip(done.tolist(), tokens.tolist(), strict=True)
@@ -205,14 +219,17 @@ def generate(
         return False
 
     timings: dict = {}
-    for out in stream(model, inputs, cfg, stop_ids, record, timings):
+    steps: list[list[float]] = []
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    for out in stream(model, inputs, cfg, stop_ids, record, timings, steps):
         for row, t in enumerate(out):
             if t in stop_ids:
                 stopped.add(row)
             elif t is not None:
                 tokens[row].append(t)
+                logprobs[row].append(steps[-1][row])
     reasons = ["stop" if row in stopped else "length" for row in range(rows)]
-    return Output(tokens, reasons, timings)
+    return Output(tokens, reasons, timings, logprobs)
 
 
 def _extend_row(
@@ -220,19 +237,22 @@ def _extend_row(
     top: tuple[list[float], list[int]],
     vocab: int,
     seqs: list[list[int]],
-    finished: list[tuple[float, list[int]]],
+    finished: list[tuple[float, list[int], list[float]]],
     stop_ids: set[int],
     cfg: GenerationConfig,
+    lps: list[list[float]],
 ) -> list[tuple[int, int, float]]:
     """Row r's next M beams from its candidates (best first): (source beam row, token, score).
-    A candidate ending in a stop id among the M best becomes a finished hypothesis instead."""
+    A candidate ending in a stop id among the M best becomes a finished hypothesis instead
+    (with `lps`, its tokens' log-probs)."""
     m, chosen = cfg.num_beams, []
     for rank, (s, i) in enumerate(zip(*top, strict=True)):
         beam, t = divmod(i, vocab)
         if t in stop_ids:
             if rank < m:  # only hypotheses among the M best may finish
                 seq = seqs[r * m + beam]
-                finished.append((s / (len(seq) + 1) ** cfg.length_penalty, seq))
+                score = s / (len(seq) + 1) ** cfg.length_penalty
+                finished.append((score, seq, lps[r * m + beam]))
             continue
         chosen.append((r * m + beam, t, s))
         if len(chosen) == m:
@@ -241,16 +261,17 @@ def _extend_row(
 
 
 def _best(
-    r: int, finished, done: bool, scores: list[float], seqs, cfg: GenerationConfig
-) -> tuple[list[int], str]:
-    """Row r's answer: the best finished hypothesis, or a running beam if the row never ended."""
+    r: int, finished, done: bool, scores: list[float], seqs, cfg: GenerationConfig, lps
+) -> tuple[list[int], str, list[float]]:
+    """Row r's answer: the best finished hypothesis, or a running beam if the row never ended:
+    (ids, finish reason, their log-probs)."""
     m, lp = cfg.num_beams, cfg.length_penalty
-    pool = [(f, s, "stop") for f, s in finished]
+    pool = [(f, s, "stop", p) for f, s, p in finished]
     if not done:
         beams = range(r * m, r * m + m)
-        pool += [(scores[j] / max(len(seqs[j]), 1) ** lp, seqs[j], "length") for j in beams]
-    _, seq, reason = max(pool, key=lambda x: x[0])
-    return seq, reason
+        pool += [(scores[j] / max(len(seqs[j]), 1) ** lp, seqs[j], "length", lps[j]) for j in beams]
+    _, seq, reason, logprobs = max(pool, key=lambda x: x[0])
+    return seq, reason, logprobs
 
 
 def beam_search(
@@ -275,7 +296,8 @@ def beam_search(
     beam_scores[:, 1:] = -math.inf  # all beams start equal: expand only the first
     scores: list[float] = beam_scores.view(-1).tolist()
     seqs: list[list[int]] = [[] for _ in range(b * m)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    lps: list[list[float]] = [[] for _ in range(b * m)]  # log p of each token of each beam
+    finished: list[list[tuple[float, list[int], list[float]]]] = [[] for _ in range(b)]
     done, filler = [False] * b, min(stop_ids, default=0)
     for step in range(cfg.max_new_tokens):
         timings["steps"] = step + 1
@@ -290,13 +312,15 @@ def beam_search(
                 picked += [(r * m, filler, 0.0)] * m
                 continue
             top = (top_scores[r].tolist(), top_index[r].tolist())
-            picked += _extend_row(r, top, vocab, seqs, finished[r], stop_ids, cfg)
+            picked += _extend_row(r, top, vocab, seqs, finished[r], stop_ids, cfg, lps)
             if len(finished[r]) >= m:
-                worst = sorted(f for f, _ in finished[r])[-m]
+                worst = sorted(f[0] for f in finished[r])[-m]
                 done[r] = picked[r * m][2] / (step + 1) ** lp <= worst
         if all(done):
             break
+        before = scores
         src, tok, scores = (list(x) for x in zip(*picked, strict=True))
+        lps = [lps[j] + [v - before[j]] for j, v in zip(src, scores, strict=True)]
         rows, tokens = torch.tensor(src, device=device), torch.tensor(tok, device=device)
         seqs = [seqs[s] + [t] for s, t in zip(src, tok, strict=True)]
         history = torch.cat([history[rows], tokens[:, None]], 1)
@@ -304,6 +328,6 @@ def beam_search(
             break
         cache.reorder_(rows)
         logits = _step(model, cache, tokens)
-    answers = [_best(r, finished[r], done[r], scores, seqs, cfg) for r in range(b)]
+    answers = [_best(r, finished[r], done[r], scores, seqs, cfg, lps) for r in range(b)]
     timings["decode_s"] = time.perf_counter() - start
-    return Output([a[0] for a in answers], [a[1] for a in answers], timings)
+    return Output(*([a[i] for a in answers] for i in range(2)), timings, [a[2] for a in answers])

@@ -24,11 +24,11 @@ from .config import MAX_SEQ_LEN
 from .lora.peft import load_adapter_
 from .model import PaliGemma
 from .processor import ImageTransform, Processor, Row, load_image
-from .tasks.objects import ObjectList, parse_objects, task_prompt
+from .tasks.objects import ObjectList, parse_objects, score_objects, task_prompt
 from .tasks.video import DEFAULT_FRAMES, read_frames
 from .tasks.vqvae import MaskVAE, load_mask_vae, paste_mask
 from .textstream import StopStrings, cut_at_stop, stop_list
-from .tokenizer import Tokenizer, TokenizerError, find_tokenizer
+from .tokenizer import NUM_LOC, Tokenizer, TokenizerError, find_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets"  # the demo model trained here (MODEL_CARD.md)
 EMBEDDED_NAMES = ("embedded", "paligemma-embedded")  # what --model / load() call it
@@ -44,6 +44,7 @@ class Result:
     token_ids: list[int]  # new tokens, <eos> excluded
     finish_reason: str  # "stop" (<eos> or a stop string) or "length" (max_new_tokens)
     timings: dict[str, float] = field(default_factory=dict)  # of the batch this row was in
+    logprobs: list[float] = field(default_factory=list)  # per token id (generate.Output)
 
 
 class Pipeline:
@@ -135,9 +136,9 @@ class Pipeline:
             inputs = self.processor.collate(chunk)
             stopper = StopStrings(self.tokenizer, stop, len(chunk)) if stop else None
             out = engine.generate(self.model, inputs, cfg, {self.tokenizer.eos_id}, stopper)
-            for ids, reason in zip(out.tokens, out.finish_reasons, strict=True):
+            for ids, reason, lps in zip(out.tokens, out.finish_reasons, out.logprobs, strict=True):
                 text = cut_at_stop(self.tokenizer.decode(ids), stop)
-                results.append(Result(text, ids, reason, dict(out.timings)))
+                results.append(Result(text, ids, reason, dict(out.timings), lps))
             if progress is not None:
                 progress(len(chunk))
         return results[0] if isinstance(prompts, str) else results
@@ -202,11 +203,20 @@ class Pipeline:
         return self._task("segment", image, labels, max_new_tokens, convention, options)
 
     def read_objects(
-        self, task: str, text: str, width: int, height: int, convention: str = "big_vision"
+        self,
+        task: str,
+        text: str,
+        width: int,
+        height: int,
+        convention: str = "big_vision",
+        result: Result | None = None,
     ) -> ObjectList:
         """The objects in a generated answer, in pixels of a (width, height) image; for
-        "segment", each valid object with codes also gets `.mask` and `.soft_mask`."""
+        "segment", each valid object with codes also gets `.mask` and `.soft_mask`. With the
+        `result` that generated `text`, each object gets `.score` (see `score_objects`)."""
         objects = parse_objects(text, width, height, convention)
+        if result is not None and len(result.logprobs) == len(result.token_ids):
+            score_objects(objects, self._loc_logprobs(result))
         todo = [o for o in objects if o.valid and o.seg_codes is not None]
         if task == "segment" and todo and self.mask_vae is not None:
             with torch.inference_mode():
@@ -219,7 +229,15 @@ class Pipeline:
         image = load_image(image)
         prompt = task_prompt(task, labels)
         result = self.generate(image, prompt, max_new_tokens=max_new_tokens, **options)
-        return self.read_objects(task, result.text, image.width, image.height, convention)
+        return self.read_objects(task, result.text, image.width, image.height, convention, result)
+
+    def _loc_logprobs(self, result: Result) -> list[float]:
+        """The log-probs of `result`'s <loc> tokens, in order."""
+        if not hasattr(self, "_loc_ids"):
+            ids = (self.tokenizer.token_to_id(f"<loc{k:04d}>") for k in range(NUM_LOC))
+            self._loc_ids = {i for i in ids if i is not None}
+        pairs = zip(result.token_ids, result.logprobs, strict=True)
+        return [lp for t, lp in pairs if t in self._loc_ids]
 
 
 def default_device() -> torch.device:

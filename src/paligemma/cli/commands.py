@@ -1,6 +1,6 @@
 """Command line: `paligemma demo | generate | detect | segment | finetune | data | serve |
-info | convert`. Each command is a module here (its flags and a thin call into the API); every
-expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
+info | convert | eval`. Each command is a module here (its flags and a thin call into the API);
+every expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from . import data, finetune, generate, info, serve, tasks
+from . import eval as eval_cmd
 from .common import set_threads
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parser(sub)
     info.add_parsers(sub)
     serve.add_parser(sub)
+    eval_cmd.add_parser(sub)
     return parser
 
 

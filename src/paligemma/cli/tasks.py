@@ -29,6 +29,9 @@ def add_parsers(sub) -> None:
             help="location-bin to pixel rule (default: big_vision's evaluator)",
         )
         task.add_argument("--mask-vae", help="vae-oid.npz, if not in the checkpoint directory")
+        task.add_argument(
+            "--image-id", type=int, default=0, help="image_id of the --json COCO results"
+        )
         add_model_flags(task)
         task.set_defaults(run=run_task)
 
@@ -42,11 +45,13 @@ def add_parsers(sub) -> None:
 def run_task(args: argparse.Namespace) -> None:
     from ..processor import load_image
     from ..tasks.draw import draw_objects
+    from ..tasks.objects import coco_categories
 
     image = load_image(args.image)
     pipe, load_s = load_pipeline(args)
     run = pipe.segment if args.command == "segment" else pipe.detect
     objects = run(image, args.label, max_new_tokens=args.max_new_tokens, convention=args.convention)
+    labels = {x.strip(): i + 1 for i, x in enumerate(dict.fromkeys(args.label))}  # stable ids
     if args.out:
         draw_objects(image, objects).save(args.out)
     if args.json:
@@ -55,7 +60,8 @@ def run_task(args: argparse.Namespace) -> None:
             "width": objects.width,
             "height": objects.height,
             "objects": [o.to_dict() for o in objects],
-            "coco": objects.to_coco(),
+            "coco": objects.to_coco(args.image_id, labels),
+            "categories": coco_categories(labels),
             "load_s": round(load_s, 3),
         }
         print(json.dumps(record, ensure_ascii=False))

@@ -13,6 +13,14 @@ the original width, each separately. Two conventions exist for bin -> coordinate
     "hf_demo":              v = k / 1024, pixel = round(v * size) (the Hugging Face demo)
 
 Parsing never raises: anything malformed becomes an object with `valid=False` and a `problem`.
+
+Confidence (`score_objects`): an object's score is the geometric mean of the probabilities of
+its four <loc> tokens, exp(mean log p), from the log-probs the generation engine returns. The
+box tokens carry both whether there is one more object (the first <loc> competes with <eos>)
+and where it is; the label that follows is nearly determined by the prompt's label list, and
+the <seg> codes describe the shape, not the object's existence. With exactly four tokens per
+valid object, the product of the four probabilities ranks objects the same (it is the fourth
+power), so COCO AP is the same with either; the geometric mean reads as a probability in [0, 1].
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class DetectedObject:
     seg_codes: list[int] | None  # 16 VQ-VAE codes for segmentation, else None
     valid: bool = True
     problem: str | None = None  # why it is not valid
+    score: float | None = None  # confidence in [0, 1] (score_objects), None when not known
     mask: np.ndarray | None = field(default=None, repr=False)  # bool[H, W], after segment()
     soft_mask: np.ndarray | None = field(default=None, repr=False)  # float32[H, W] in [0, 1]
 
@@ -52,6 +61,7 @@ class DetectedObject:
             "seg_codes": self.seg_codes,
             "valid": self.valid,
             "problem": self.problem,
+            "score": self.score,
         }
         if self.mask is not None:
             out["mask_rle"] = mask_to_rle(self.mask)
@@ -65,28 +75,54 @@ class ObjectList(list):
         super().__init__(objects)
         self.text, self.width, self.height = text, width, height
 
-    def to_coco(self, image_id: int = 0, categories: dict[str, int] | None = None) -> list[dict]:
-        """COCO-style annotations of the valid objects: bbox [x, y, w, h], segmentation as
-        uncompressed RLE. Labels map to category ids in order of first appearance unless given."""
+    def to_coco(
+        self, image_id: int = 0, categories: dict[str, int] | None = None, first_id: int = 1
+    ) -> list[dict]:
+        """COCO results for the valid objects, as `COCO.loadRes` + `COCOeval` take them:
+        image_id, category_id, bbox [x, y, w, h], score (1.0 when not known), segmentation as
+        compressed RLE. `categories` (label -> id, e.g. the dataset's or the prompt's labels)
+        keeps ids stable across images; objects with a label outside it are left out. Without
+        it, labels are numbered in order of first appearance (one image only)."""
+        given = categories is not None
         categories = dict(categories or {})
         out = []
-        for i, obj in enumerate(o for o in self if o.valid):
+        for obj in (o for o in self if o.valid):
             if obj.label not in categories:
+                if given:
+                    continue
                 categories[obj.label] = len(categories) + 1
             x0, y0, x1, y1 = obj.box
             ann = {
-                "id": i + 1,
+                "id": first_id + len(out),
                 "image_id": image_id,
                 "category_id": categories[obj.label],
                 "label": obj.label,
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": 1.0 if obj.score is None else obj.score,
                 "area": int(obj.mask.sum()) if obj.mask is not None else (x1 - x0) * (y1 - y0),
                 "iscrowd": 0,
             }
             if obj.mask is not None:
-                ann["segmentation"] = mask_to_rle(obj.mask)
+                ann["segmentation"] = mask_to_rle(obj.mask, compressed=True)
             out.append(ann)
         return out
+
+
+def coco_categories(labels: list[str] | dict[str, int]) -> list[dict]:
+    """COCO `categories` entries: [{"id", "name"}], ids 1.. in the list's order (or as given)."""
+    ids = labels if isinstance(labels, dict) else {x: i + 1 for i, x in enumerate(labels)}
+    return [{"id": i, "name": name} for name, i in ids.items()]
+
+
+def score_objects(objects: list[DetectedObject], loc_logprobs: list[float]) -> None:
+    """Set each object's `.score` from the log-probs of the answer's <loc> tokens (in order;
+    see the module docstring); objects whose tokens have none keep None."""
+    pos = 0
+    for obj in objects:
+        part = loc_logprobs[pos : pos + len(obj.locs)]
+        pos += len(obj.locs)
+        if part and len(part) == len(obj.locs):
+            obj.score = float(np.exp(np.mean(part)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,23 +250,61 @@ def objects_to_suffix(objects: list[dict], width: int, height: int) -> str:
 # masks <-> COCO run-length encoding
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO uncompressed RLE: column-major run lengths, starting with a run of zeros."""
+def mask_to_rle(mask: np.ndarray, compressed: bool = False) -> dict[str, Any]:
+    """COCO RLE: column-major run lengths, starting with a run of zeros; `compressed` gives
+    the counts as COCO's string (what pycocotools' `encode` writes), else as a list."""
     flat = np.asarray(mask, dtype=bool).flatten(order="F")
     change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
     bounds = np.concatenate([[0], change, [flat.size]])
     counts = np.diff(bounds).tolist()
     if flat.size and flat[0]:
         counts = [0, *counts]
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+    size = [int(mask.shape[0]), int(mask.shape[1])]
+    return {"size": size, "counts": _rle_string(counts) if compressed else counts}
+
+
+def _rle_string(counts: list[int]) -> str:
+    """COCO's compressed counts (maskApi.c rleToString): each count, less the one two before
+    it (from the third on), in 5-bit groups, low first, 0x20 = more follow, plus 48."""
+    out = []
+    for i, count in enumerate(counts):
+        x = count - counts[i - 2] if i > 2 else count
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
+
+
+def _rle_counts(text: str) -> list[int]:
+    """Inverse of `_rle_string` (maskApi.c rleFrString)."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(text[pos]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more, pos, k = bool(c & 0x20), pos + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        counts.append(x + counts[-2] if len(counts) > 2 else x)
+    return counts
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Inverse of `mask_to_rle`."""
+    """Inverse of `mask_to_rle` (counts as a list or COCO's string)."""
     h, w = rle["size"]
-    values = np.zeros(len(rle["counts"]), dtype=bool)
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode()
+    if isinstance(counts, str):
+        counts = _rle_counts(counts)
+    values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
-    flat = np.repeat(values, rle["counts"])
+    flat = np.repeat(values, counts)
     return flat.reshape((h, w), order="F")
 
 

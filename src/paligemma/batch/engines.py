@@ -28,7 +28,7 @@ def import_ray():
     """The ray module, or a clear error naming the extra to install."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise RuntimeError(RAY_MISSING) from None
     return ray
@@ -109,7 +109,9 @@ def _ray(predictor, args, kind, todo, batch_size, address, opts) -> Iterator[pa.
     if not ray.is_initialized():
         ray.init(address=address, **({} if address else {"include_dashboard": False}))
     if kind == "dir":
-        ds = ray.data.read_binary_files([r["path"] for r in todo], include_paths=True)
+        paths = [r["path"] for r in todo]  # reading bytes is I/O: no CPU slot (the actors
+        # hold them all when workers x threads = the cluster's CPUs; decoding is in the actors)
+        ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0)
     else:
         ds = ray.data.from_items(todo)
     ds = ds.map_batches(
@@ -117,7 +119,7 @@ def _ray(predictor, args, kind, todo, batch_size, address, opts) -> Iterator[pa.
         fn_constructor_kwargs=args,
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=opts["workers"],
+        compute=ray.data.ActorPoolStrategy(size=opts["workers"]),
         num_cpus=opts["threads"] or 1,
         num_gpus=opts["gpus"] or None,
         max_restarts=opts["max_restarts"],

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import torch
+from PIL import Image
 
-from ..processor import load_image
+from ..processor import ImageError, load_image
 from ..tasks.objects import task_prompt
 
+_BYTES_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 TASKS = ("caption", "detect", "segment", "answer", "prompt")
 MAX_NEW_TOKENS = {"caption": 32, "answer": 32, "prompt": 32, "detect": 128, "segment": 128}
 OUTPUT_SCHEMA = pa.schema(
@@ -94,7 +97,8 @@ class Predictor:
     def __call__(self, batch: Mapping[str, Any]) -> pa.Table:
         n = len(batch["path"])
         paths = [str(p) for p in batch["path"]]
-        ids = [str(i) if i is not None else p for i, p in zip(_column(batch, "id", n), paths)]
+        given = _column(batch, "id", n)
+        ids = [str(i) if i is not None else p for i, p in zip(given, paths, strict=True)]
         rows = {"id": ids, "path": paths, "prompt": [None] * n, "text": [None] * n}
         rows |= {"objects": [None] * n, "error": [None] * n}
         todo = []  # (row, image, prompt)
@@ -103,19 +107,25 @@ class Predictor:
         ):
             try:
                 rows["prompt"][i] = build_prompt(self.task, own or self.prompt)
-                todo.append((i, load_image(self._source(data, paths[i])), rows["prompt"][i]))
+                todo.append((i, self._image(data, paths[i]), rows["prompt"][i]))
             except Exception as e:  # a bad input is that row's error, never the batch's
                 rows["error"][i] = _message(e)
         for start in range(0, len(todo), self.batch_size):
             self._answer(todo[start : start + self.batch_size], rows)
         return pa.Table.from_pydict(rows, schema=OUTPUT_SCHEMA)
 
-    def _source(self, data: Any, path: str) -> Any:
-        if data is not None:
-            return bytes(data)
-        if self.base_dir and not os.path.isabs(path):
-            return os.path.join(self.base_dir, path)
-        return path
+    def _image(self, data: Any, path: str) -> Image.Image:
+        """The decoded image of a row: its bytes, else its file read here (so both engines
+        decode the same bytes and word a failure the same way, naming the path)."""
+        if data is None:
+            full = os.path.join(self.base_dir or "", path)
+            with open(full, "rb") as f:
+                data = f.read()
+        try:
+            return load_image(bytes(data))
+        except ImageError as e:
+            text = _BYTES_REPR.sub("", str(e).replace("image bytes", path, 1))
+            raise ImageError(text) from None
 
     def _answer(self, chunk: Sequence[tuple[int, Any, str]], rows: dict[str, list]) -> None:
         """Generate for a chunk at once; when that fails, row by row (each its own error)."""

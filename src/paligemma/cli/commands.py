@@ -1,13 +1,13 @@
 """Command line: `paligemma demo | generate | detect | segment | finetune | serve | info |
-convert`. Each command is a module here (its flags and a thin call into the API); every expected
-failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
+convert | batch`. Each command is a module here (its flags and a thin call into the API); every
+expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import finetune, generate, info, serve, tasks
+from . import batch, finetune, generate, info, serve, tasks
 from .common import set_threads
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_parser(sub)
     info.add_parsers(sub)
     serve.add_parser(sub)
+    batch.add_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ whichever engine (a row's answer does not depend on its batch), so their outputs
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,11 @@ def run_batch(
     one), with `workers` actors, each restarted up to `max_restarts` times on a crash."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected local or ray")
-    if prompt is not None or task == "caption":
-        build_prompt(task, prompt)  # a bad --prompt fails now, not as one error per row
     start = time.perf_counter()
     out_dir = Path(output)
     kind, records = read_inputs(input)
+    if kind == "dir" or prompt is not None:  # a bad --prompt fails now, not once per row
+        build_prompt(task, prompt)
     done = done_ids(out_dir)
     todo = [r for r in records if r["id"] not in done]
     args = {"task": task, "prompt": prompt, "load": dict(load or {}), "threads": threads}
@@ -114,15 +115,17 @@ def _ray(predictor, args, kind, todo, batch_size, address, opts) -> Iterator[pa.
         ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0)
     else:
         ds = ray.data.from_items(todo)
-    ds = ds.map_batches(
-        predictor,
-        fn_constructor_kwargs=args,
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=opts["workers"]),
-        num_cpus=opts["threads"] or 1,
-        num_gpus=opts["gpus"] or None,
-        max_restarts=opts["max_restarts"],
-        max_task_retries=opts["max_task_retries"],
-    )
+    with warnings.catch_warnings():  # Ray 2.60 has no named max_restarts / max_task_retries
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            predictor,
+            fn_constructor_kwargs=args,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=opts["workers"]),
+            num_cpus=opts["threads"] or 1,
+            num_gpus=opts["gpus"] or None,
+            max_restarts=opts["max_restarts"],
+            max_task_retries=opts["max_task_retries"],
+        )
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")

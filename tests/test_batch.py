@@ -122,6 +122,13 @@ def test_bad_flags_are_one_line_errors(tmp_path, scenes, capsys):
     assert capsys.readouterr().err.count("paligemma: error:") == 3
 
 
+def test_ray_missing_is_a_clear_error(monkeypatch, scenes, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    argv = ["batch", "--input", str(scenes), "--task", "caption", "--output", str(tmp_path)]
+    assert main([*argv, "--engine", "ray"]) == 1
+    assert "pip install 'paligemma[ray]'" in capsys.readouterr().err
+
+
 # -- Ray ---------------------------------------------------------------------------------------
 
 

@@ -60,6 +60,8 @@ def run_batch(
     one), with `workers` actors, each restarted up to `max_restarts` times on a crash."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected local or ray")
+    if engine == "ray":
+        import_ray()  # a clear message before anything is read or written
     start = time.perf_counter()
     out_dir = Path(output)
     kind, records = read_inputs(input)

@@ -40,7 +40,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import run_batch
+    try:
+        from ..batch import run_batch
+    except ImportError as e:
+        need = f"paligemma batch needs pyarrow ({e}): pip install 'paligemma[batch]'"
+        raise RuntimeError(need) from None
 
     for flag in ("workers", "batch_size", "rows_per_part"):
         if getattr(args, flag) < 1:

@@ -7,6 +7,7 @@ whichever engine (a row's answer does not depend on its batch), so their outputs
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -110,7 +111,8 @@ def _ray(predictor, args, kind, todo, batch_size, address, opts) -> Iterator[pa.
     (a JSONL / Parquet input), the predictor as an actor pool, results streamed back here."""
     ray = import_ray()
     if not ray.is_initialized():
-        ray.init(address=address, **({} if address else {"include_dashboard": False}))
+        local = not address and not os.environ.get("RAY_ADDRESS")  # else: join a cluster
+        ray.init(address=address, **({"include_dashboard": False} if local else {}))
     if kind == "dir":
         paths = [r["path"] for r in todo]  # reading bytes is I/O: no CPU slot (the actors
         # hold them all when workers x threads = the cluster's CPUs; decoding is in the actors)

@@ -93,6 +93,16 @@ def test_jsonl_input_segment_objects_with_rle_masks(tmp_path, scenes, embedded_p
         assert (rle_to_mask(o["mask_rle"]) == w.mask).all()
 
 
+def test_predictor_reads_ray_style_columns(scenes):
+    """As Ray Data hands batches over: numpy columns, an all-null column as float NaN."""
+    pred = Predictor("caption", threads=1)
+    paths = np.array([str(scenes / "scene00.png"), str(scenes / "corrupt.jpg")], dtype=object)
+    nan = np.full(2, np.nan, np.float32)
+    out = pred({"path": paths, "bytes": nan, "prompt": nan, "id": nan}).to_pylist()
+    assert [r["id"] for r in out] == list(paths) and out[0]["error"] is None
+    assert out[0]["text"] and "corrupt.jpg" in out[1]["error"]
+
+
 def test_resume_after_a_crash_skips_what_is_written(tmp_path, scenes, local_rows):
     class Crash(Predictor):
         calls = 0

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
@@ -58,8 +59,11 @@ def build_prompt(task: str, prompt: str | None) -> str:
 
 
 def _column(batch: Mapping[str, Any], name: str, n: int) -> list:
+    """A column as a list; missing values are None (Ray hands an all-null column over as NaN)."""
     values = batch.get(name)
-    return [None] * n if values is None else list(values)
+    if values is None:
+        return [None] * n
+    return [None if isinstance(v, (float, np.floating)) and v != v else v for v in values]
 
 
 class Predictor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,13 @@ def run_batch(
     max_restarts: int = 3,
     max_task_retries: int = 3,
     predictor: type = Predictor,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Answer every input not yet in `output`; returns counts and seconds. threads: torch CPU
     threads per worker. load: `paligemma.load` keyword arguments (dtype as a name). The Ray
     engine joins the running Ray instance, else `ray.init(address=address)` (None: a local
-    one), with `workers` actors, each restarted up to `max_restarts` times on a crash."""
+    one), with `workers` actors, each restarted up to `max_restarts` times on a crash.
+    progress: called with the number of new rows each time results arrive."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected local or ray")
     if engine == "ray":
@@ -87,6 +89,8 @@ def run_batch(
     for table in tables:
         kept = writer.add(table)
         errors += kept.num_rows - kept["error"].null_count
+        if progress is not None:
+            progress(kept.num_rows)
     writer.close()
     return {
         "inputs": len(records),
@@ -113,6 +117,12 @@ def _ray(predictor, args, kind, todo, batch_size, address, opts) -> Iterator[pa.
     if not ray.is_initialized():
         local = not address and not os.environ.get("RAY_ADDRESS")  # else: join a cluster
         ray.init(address=address, **({"include_dashboard": False} if local else {}))
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if local and opts["workers"] * (opts["threads"] or 1) > cpus:
+            raise ValueError(
+                f"{opts['workers']} workers x {opts['threads'] or 1} threads need more CPUs than "
+                f"this machine's Ray cluster has ({cpus:g}); use fewer --workers"
+            )
     if kind == "dir":
         paths = [r["path"] for r in todo]  # reading bytes is I/O: no CPU slot (the actors
         # hold them all when workers x threads = the cluster's CPUs; decoding is in the actors)

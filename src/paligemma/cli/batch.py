@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--threads-per-worker",
         type=int,
-        help="torch CPU threads per worker (default: the cores here / workers)",
+        help="torch CPU threads per worker (default: --threads or the cores here, / workers)",
     )
     p.add_argument("--num-gpus-per-worker", type=float, default=0, help="Ray GPUs per actor")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
     workers = args.workers if args.engine == "ray" else 1
-    threads = args.threads_per_worker or args.threads or max(1, available_cores() // workers)
+    total = args.threads or available_cores()  # --threads: all workers together
+    threads = args.threads_per_worker or max(1, total // workers)
     load = {"source": args.model, "dtype": args.dtype, "device": args.device}
     load |= {"tokenizer": args.tokenizer, "config": args.config, "quantize": args.quantize}
     load |= {"adapter": args.adapter, "reference": args.reference}

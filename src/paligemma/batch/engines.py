@@ -21,6 +21,7 @@ from .output import PartWriter, done_ids
 from .predictor import Predictor, build_prompt
 
 ENGINES = ("local", "ray")
+MAX_BLOCKS = 10_000
 RAY_MISSING = (
     "--engine ray needs Ray Data: pip install 'paligemma[ray]' (or: pip install 'ray[data]')"
 )
@@ -123,12 +124,17 @@ def _ray(predictor, args, kind, todo, batch_size, address, opts) -> Iterator[pa.
                 f"{opts['workers']} workers x {opts['threads'] or 1} threads need more CPUs than "
                 f"this machine's Ray cluster has ({cpus:g}); use fewer --workers"
             )
+    # About a block per batch: every actor gets work, results stream back as batches finish,
+    # and a crash redoes little (capped: millions of inputs make blocks of a few batches).
+    blocks = min(-(-len(todo) // batch_size), MAX_BLOCKS)
     if kind == "dir":
         paths = [r["path"] for r in todo]  # reading bytes is I/O: no CPU slot (the actors
         # hold them all when workers x threads = the cluster's CPUs; decoding is in the actors)
-        ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0)
+        ds = ray.data.read_binary_files(
+            paths, include_paths=True, num_cpus=0, override_num_blocks=blocks
+        )
     else:
-        ds = ray.data.from_items(todo)
+        ds = ray.data.from_items(todo, override_num_blocks=blocks)
     with warnings.catch_warnings():  # Ray 2.60 has no named max_restarts / max_task_retries
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         ds = ds.map_batches(

@@ -77,7 +77,6 @@ def run_batch(
     args |= {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
     if kind != "dir":
         args["base_dir"] = str(Path(input).parent.resolve())
-    writer = PartWriter(out_dir, rows_per_part, done)
     if todo and engine == "local":
         tables = _local(predictor(**args), todo, batch_size)
     elif todo:
@@ -86,20 +85,28 @@ def run_batch(
         tables = _ray(predictor, args, kind, todo, batch_size, address, ray_options)
     else:
         tables = iter(())
-    errors = 0
-    for table in tables:
-        kept = writer.add(table)
-        errors += kept.num_rows - kept["error"].null_count
-        if progress is not None:
-            progress(kept.num_rows)
-    writer.close()
+    written, errors = _write(tables, PartWriter(out_dir, rows_per_part, done), progress)
     return {
         "inputs": len(records),
         "skipped": len(records) - len(todo),
-        "written": writer.written,
+        "written": written,
         "errors": errors,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _write(tables: Iterator[pa.Table], writer: PartWriter, progress) -> tuple[int, int]:
+    """Hand every result table to the writer; (rows written, of which errors)."""
+    errors = 0
+    try:
+        for table in tables:
+            kept = writer.add(table)
+            errors += kept.num_rows - kept["error"].null_count
+            if progress is not None:
+                progress(kept.num_rows)
+    finally:  # rows already answered are kept, even when the run stops here
+        writer.close()
+    return writer.written, errors
 
 
 def _columns(records: list[dict[str, Any]]) -> dict[str, list]:

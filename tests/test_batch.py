@@ -93,6 +93,23 @@ def test_jsonl_input_segment_objects_with_rle_masks(tmp_path, scenes, embedded_p
         assert (rle_to_mask(o["mask_rle"]) == w.mask).all()
 
 
+def test_parquet_input_with_image_bytes_and_ids(tmp_path, scenes, local_rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ["scene03.png", "corrupt.jpg"]
+    table = pa.table({"image": [(scenes / n).read_bytes() for n in names], "id": names})
+    pq.write_table(table, tmp_path / "in.parquet")
+    run_batch(tmp_path / "in.parquet", "caption", tmp_path / "out")
+    out = {r["id"]: r for r in read_output(tmp_path / "out").to_pylist()}
+    want = {Path(r["path"]).name: r for r in local_rows}
+    assert out["scene03.png"]["text"] == want["scene03.png"]["text"]
+    assert out["corrupt.jpg"]["error"] and out["corrupt.jpg"]["path"] == "corrupt.jpg"
+    pq.write_table(pa.table({"image": ["a.png", "a.png"]}), tmp_path / "twice.parquet")
+    with pytest.raises(ValueError, match="appears twice"):
+        run_batch(tmp_path / "twice.parquet", "caption", tmp_path / "out2")
+
+
 def test_predictor_reads_ray_style_columns(scenes):
     """As Ray Data hands batches over: numpy columns, an all-null column as float NaN."""
     pred = Predictor("caption", threads=1)

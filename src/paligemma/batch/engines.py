@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .inputs import read_inputs
 from .output import PartWriter, done_ids
-from .predictor import Predictor, build_prompt
+from .predictor import TASKS, Predictor, build_prompt
 
 ENGINES = ("local", "ray")
 MAX_BLOCKS = 10_000
@@ -62,8 +62,8 @@ def run_batch(
     engine joins the running Ray instance, else `ray.init(address=address)` (None: a local
     one), with `workers` actors, each restarted up to `max_restarts` times on a crash.
     progress: called with the number of new rows each time results arrive."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected local or ray")
+    if engine not in ENGINES or task not in TASKS:
+        raise ValueError(f"unknown engine {engine!r} or task {task!r}; see paligemma batch -h")
     if engine == "ray":
         import_ray()  # a clear message before anything is read or written
     start = time.perf_counter()

@@ -86,6 +86,8 @@ class Predictor:
     ):
         from ..pipeline import load as load_pipeline
 
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if threads:
             torch.set_num_threads(threads)
         options = dict(load or {})
@@ -135,7 +137,9 @@ class Predictor:
         """Generate for a chunk at once; when that fails, row by row (each its own error)."""
         images, prompts = [[c[1]] for c in chunk], [c[2] for c in chunk]
         try:
-            results = self.pipe.generate(images, prompts, max_new_tokens=self.max_new_tokens)
+            results = self.pipe.generate(
+                images, prompts, max_new_tokens=self.max_new_tokens, batch_size=len(chunk)
+            )
         except Exception as e:
             if len(chunk) == 1:
                 rows["error"][chunk[0][0]] = _message(e)

@@ -9,7 +9,7 @@ import sys
 
 from .common import UsageError, add_model_flags, available_cores
 
-TASKS = ["caption", "detect", "segment", "answer", "prompt"]
+TASKS = ["caption", "detect", "segment", "answer", "prompt"]  # as paligemma.batch.TASKS
 
 
 def add_parser(sub) -> None:

@@ -148,7 +148,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, scenes, capsys):
     assert main(["batch", "--input", str(tmp_path / "nope"), "--task", "caption", "--output", "o"])
     assert main([*base, "--task", "caption", "--workers", "0"]) == 1
     assert capsys.readouterr().err.count("paligemma: error:") == 3
-    assert cli_batch.TASKS == list(TASKS)  # the parser's choices (kept free of pyarrow)
+    assert list(TASKS) == cli_batch.TASKS  # the parser's choices (kept free of pyarrow)
 
 
 def test_ray_missing_is_a_clear_error(monkeypatch, scenes, tmp_path, capsys):

@@ -1,13 +1,14 @@
 """Command line: `paligemma demo | generate | detect | segment | finetune | data | serve |
-info | convert | eval`. Each command is a module here (its flags and a thin call into the API);
-every expected failure (bad image, bad checkpoint, bad option) is one line on stderr, exit 1."""
+info | convert | eval | batch`. Each command is a module here (its flags and a thin call into
+the API); every expected failure (bad image, bad checkpoint, bad option) is one line on stderr,
+exit 1."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import data, finetune, generate, info, serve, tasks
+from . import batch, data, finetune, generate, info, serve, tasks
 from . import eval as eval_cmd
 from .common import set_threads
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parsers(sub)
     serve.add_parser(sub)
     eval_cmd.add_parser(sub)
+    batch.add_parser(sub)
     return parser
 
 

@@ -133,6 +133,7 @@ class Scheduler:
 
     # -- worker ----------------------------------------------------------------------------
     def start(self) -> None:
+        self._stopping = False
         name = f"paligemma-{type(self).__name__.lower()}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()

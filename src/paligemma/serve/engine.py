@@ -46,6 +46,7 @@ class Engine(Scheduler):
         max_n: int = 8,
         image_cache_mb: float = 256,
         prefill_tokens: int = 2048,
+        pool_len: int | None = None,
         metrics: Any = None,
         adapters: Any = None,
     ) -> None:
@@ -54,7 +55,7 @@ class Engine(Scheduler):
         self.prefill_tokens = prefill_tokens
         self.images = ImageCache(int(image_cache_mb * 2**20))
         cfg = pipe.model.cfg
-        span = 2 * (cfg.num_image_tokens + 64 + 64)  # grows with the first longer request
+        span = pool_len or 2 * (cfg.num_image_tokens + 64 + 64)  # grows for a longer request
         self.pool = SlotPool(pipe.model, max(max_batch, max_n), span)
         self.rows: list[Row] = []  # row i of the pool
         self._left: dict[Job, int] = {}  # rows still running, per job

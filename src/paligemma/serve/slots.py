@@ -29,6 +29,7 @@ class SlotPool:
         self.start = [0] * rows  # the first slot of each row's tokens
         self.end = [0] * rows  # the slot each row may reach: start + T + N
         self.active = 0  # rows 0 .. active-1 hold running requests
+        self.shifts = 0  # times the timeline moved
 
     @property
     def rows(self) -> int:
@@ -114,3 +115,4 @@ class SlotPool:
             self.start[r] -= by
             self.end[r] -= by
         c.length = g - by
+        self.shifts += 1

@@ -62,6 +62,7 @@ class Engine(Scheduler):
         self._results: dict[Job, list[Choice | None]] = {}
         self._since: dict[Job, float] = {}  # submit time, for time to first token
         self._lengths: dict[Job, int] = {}  # prompt tokens, images included
+        self._starting: list[Job] = []  # admitted, being prefilled
 
     def submit(self, job: Job, loop) -> Job:
         self._since[job] = time.perf_counter()
@@ -72,7 +73,7 @@ class Engine(Scheduler):
             raise
 
     def _running_jobs(self) -> list[Job]:
-        return list({r.job: None for r in list(self.rows)})
+        return list({j: None for j in [*self._starting, *(r.job for r in list(self.rows))]})
 
     def _complete(self, job: Job) -> None:
         for d in (self._since, self._lengths):
@@ -92,6 +93,7 @@ class Engine(Scheduler):
                 except Exception as e:  # a failure answers its request; the worker keeps on
                     job.error = e
                     self._drop(job)
+            self._starting = []
             try:
                 self._retire()
                 if self.rows:
@@ -129,6 +131,8 @@ class Engine(Scheduler):
                 self._waiting.popleft()
                 taken.append(job)
                 budget, seats = budget - t, seats - k
+            self._starting = taken
+            self.busy = self.max_batch - seats  # rows running or about to
             return taken
 
     def _prompt_length(self, job: Job) -> int:

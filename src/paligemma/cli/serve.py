@@ -17,11 +17,11 @@ def add_parser(sub) -> None:
     srv.add_argument(
         "--scheduler",
         choices=["continuous", "static"],
-        help="continuous (default): rows join and leave the batch at every step; static: a "
-        "batch runs to its last row (the old batcher, for comparison)",
+        help="continuous, the default: rows join and leave the batch at every step; static: "
+        "a batch runs to its last row (the old batcher, for comparison)",
     )
     srv.add_argument(
-        "--image-cache-mb", type=float, help="memory for cached image embeddings (default 256)"
+        "--image-cache-mb", type=float, help="MB of cached image embeddings; 256 unless given"
     )
     srv.add_argument("--max-queue", type=int, help="waiting requests before 503 (default 64)")
     srv.add_argument("--timeout", type=float, help="seconds per request (default 120)")

@@ -94,7 +94,9 @@ def test_staggered_requests_equal_alone_embedded(embedded_pipe, scenes):
     assert [j.choices[0].text for j in jobs] == alone
     assert engine.stats["max_rows"] > 1
     calls = metrics.calls
-    assert len(calls["prefill"]) == len(jobs) and len(calls["first_token"]) == len(jobs)
+    prompt_tokens = sum(len(embedded_pipe.processor.prompt_ids(p)) for _, p, _ in reqs)
+    assert sum(t for _, t in calls["prefill"]) == prompt_tokens  # each prompt prefilled once
+    assert len(calls["first_token"]) == len(jobs)
     assert len(calls["finished"]) == len(jobs) and calls["decode_step"]
     assert max(n for n, cap in calls["running_rows"]) <= 4
 
@@ -118,7 +120,8 @@ def test_a_seeded_request_alone_and_amid_traffic(embedded_pipe, scenes):
     jobs = [*traffic[:3], mine, *traffic[3:]]
     answer(Engine(embedded_pipe, max_batch=8, metrics=metrics), jobs, [0.005] * len(jobs))
     assert [c.text for c in mine.choices] == [c.text for c in alone.choices]
-    assert len(metrics.calls["prefill"]) == len(jobs)  # n = 3: one prefill for both rows
+    prompt_tokens = sum(len(embedded_pipe.processor.prompt_ids(j.prompt)) for j in jobs)
+    assert sum(t for _, t in metrics.calls["prefill"]) == prompt_tokens  # n = 3: prefilled once
     expected = embedded_pipe.generate(image, "caption en", max_new_tokens=16, do_sample=True, **kw)
     assert alone.choices[0].text == expected.text
     greedy = embedded_pipe.generate(image, "caption en", max_new_tokens=16).text

@@ -8,9 +8,10 @@ image, D text width, V vocabulary.
 One worker thread owns the model. Each iteration it
 
 1. admits waiting jobs, first come first served, while the pool has free rows and the
-   iteration's prefill budget (`prefill_tokens`, at least one job) lasts: a job's prefill runs
-   alone, as its own step, in a cache of its own (its image embeddings from the image cache
-   when the same pixels were seen), and is copied into free rows of the slot pool (`slots`):
+   iteration's prefill budget (`prefill_tokens`, at least one job) lasts: their prefill runs
+   as its own step, one left-padded batch in a cache of its own (image embeddings from the
+   image cache when the same pixels were seen), and each is copied into free rows of the
+   slot pool (`slots`):
    one row for a greedy job (its n choices are the same), n rows sharing the one prefill for a
    sampled one, each with its own generator (`rows`);
 2. runs one decode step over the running rows, `KVCache.narrow` of the pool, whose per-row
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..generate import drop_padding
 from ..kv_cache import KVCache
 from ..pipeline import Pipeline
 from ..textstream import TextStream
@@ -87,12 +89,13 @@ class Engine(Scheduler):
             jobs = self._admit()
             if jobs is None:
                 return
-            for job in jobs:
+            if jobs:
                 try:
-                    self._start(job)
-                except Exception as e:  # a failure answers its request; the worker keeps on
-                    job.error = e
-                    self._drop(job)
+                    self._start(jobs)
+                except Exception as e:  # a failure answers its requests; the worker keeps on
+                    for job in jobs:
+                        job.error = e
+                        self._drop(job)
             self._starting = []
             try:
                 self._retire()
@@ -114,6 +117,7 @@ class Engine(Scheduler):
             if self._stopping:
                 return None
             taken: list[Job] = []
+            wanted: list[tuple[int, int, int]] = []  # (prompt tokens, max_tokens, rows) each
             budget, seats = self.prefill_tokens, self.max_batch - len(self.rows)
             while self._waiting:
                 job = self._waiting[0]
@@ -124,9 +128,9 @@ class Engine(Scheduler):
                     continue
                 t = self._prompt_length(job)
                 k = 1 if job.greedy else job.n
-                alone = not self.rows and not taken
-                fits = k <= seats or alone
-                if not fits or (taken and t > budget) or not self.pool.fits(t, job.max_tokens, k):
+                seated = k <= seats or (not self.rows and not taken)
+                wanted.append((t, job.max_tokens, k))
+                if not seated or (taken and t > budget) or not self.pool.fits(wanted):
                     break
                 self._waiting.popleft()
                 taken.append(job)
@@ -141,59 +145,74 @@ class Engine(Scheduler):
             self._lengths[job] = len(ids)
         return self._lengths[job]
 
-    # -- a job joins -------------------------------------------------------------------------
-    def _start(self, job: Job) -> None:
-        """Prefill the job alone, copy it into its rows, pick each row's first token."""
+    # -- jobs join --------------------------------------------------------------------------
+    def _start(self, jobs: list[Job]) -> None:
+        """Prefill the jobs (one left-padded batch, its own step), copy each into its rows,
+        pick each row's first token."""
         start = time.perf_counter()
-        cache, logits, prompt = self._prefill(job)
-        self._metric("prefill", time.perf_counter() - start, cache.length)
-        k = 1 if job.greedy else job.n
-        cfg = self.pipe.generation_config(
-            max_new_tokens=job.max_tokens,
-            do_sample=not job.greedy,
-            temperature=job.temperature if not job.greedy else 1.0,
-            top_p=job.top_p,
+        cache, logits, prompts = self._prefill(jobs)
+        self._metric("prefill", time.perf_counter() - start, sum(map(len, prompts)))
+        rows = [1 if j.greedy else j.n for j in jobs]
+        self.pool.prepare(
+            [(len(p), j.max_tokens, k) for p, j, k in zip(prompts, jobs, rows, strict=True)]
         )
-        self._left[job], self._results[job] = k, [None] * k
-        self.pool.place(cache, job.max_tokens, k)
         tok = self.pipe.tokenizer
-        for i in range(k):
-            gen = None
-            if not job.greedy:
-                gen = torch.Generator(self.pipe.model.device).manual_seed(row_seed(job, i))
-            row = Row(job, i, TextStream(tok, job.stop), cfg, gen, list(prompt))
-            self.rows.append(row)
-            self._push(row, row.pick(logits))
-        self.stats["rows"] += k
-        self._metric("first_token", time.perf_counter() - self._since.get(job, start))
+        for i, (job, k) in enumerate(zip(jobs, rows, strict=True)):
+            cfg = self.pipe.generation_config(
+                max_new_tokens=job.max_tokens,
+                do_sample=not job.greedy,
+                temperature=job.temperature if not job.greedy else 1.0,
+                top_p=job.top_p,
+            )
+            self._left[job], self._results[job] = k, [None] * k
+            self.pool.place(cache, i, job.max_tokens, k)
+            for c in range(k):
+                gen = None
+                if not job.greedy:
+                    gen = torch.Generator(self.pipe.model.device).manual_seed(row_seed(job, c))
+                row = Row(job, c, TextStream(tok, job.stop), cfg, gen, list(prompts[i]))
+                self.rows.append(row)
+                self._push(row, row.pick(logits[i : i + 1]))
+            self.stats["rows"] += k
+            self._metric("first_token", time.perf_counter() - self._since.get(job, start))
 
-    def _prefill(self, job: Job) -> tuple[KVCache, torch.Tensor, list[int]]:
-        """The job's prompt alone: (its cache of T slots, float32[1, V] last logits, its ids)."""
+    def _prefill(self, jobs: list[Job]) -> tuple[KVCache, torch.Tensor, list[list[int]]]:
+        """The jobs' prompts, left-padded: (their cache, float32[B, V] last logits, each
+        one's real ids). Image embeddings come from the image cache where it has them."""
         model = self.pipe.model
-        inputs = self.pipe.processor(images=[job.images], text=[job.prompt])
-        ids = inputs["input_ids"].to(model.device)  # (1, T)
+        inputs = self.pipe.processor(images=[j.images for j in jobs], text=[j.prompt for j in jobs])
+        ids = inputs["input_ids"].to(model.device)  # (B, T)
+        mask = inputs["attention_mask"].to(model.device)  # (B, T)
         is_image = ids == model.cfg.image_token_id
-        x = model.embed_text(ids.masked_fill(is_image, 0))  # (1, T, D)
+        x = model.embed_text(ids.masked_fill(is_image, 0))  # (B, T, D)
         if int(is_image.sum()):
-            image = self._embed_images(inputs["pixel_values"], job.adapter)  # (I, L, D)
+            adapters = [j.adapter for j in jobs for _ in j.images]
+            image = self._embed_images(inputs["pixel_values"], adapters)  # (I, L, D)
             x = x.masked_scatter(is_image[..., None], image.reshape(-1, image.shape[-1]))
-        cache = model.new_cache(1, ids.shape[1])
-        self._select([job.adapter])
+        cache = model.new_cache(len(jobs), ids.shape[1])
+        self._select([j.adapter for j in jobs])
+        types = inputs["token_type_ids"].to(model.device)
         with torch.inference_mode():
-            types = inputs["token_type_ids"].to(model.device)
-            out = model(inputs_embeds=x, token_type_ids=types, cache=cache, num_logits=1)
-        return cache, out[:, -1].float(), ids[0].tolist()
+            out = model(
+                inputs_embeds=x,
+                attention_mask=mask,
+                token_type_ids=types,
+                cache=cache,
+                num_logits=1,
+            )
+        prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+        return cache, out[:, -1].float(), prompts
 
-    def _embed_images(self, pixels: torch.Tensor, adapter: str | None) -> torch.Tensor:
+    def _embed_images(self, pixels: torch.Tensor, adapters: list[str | None]) -> torch.Tensor:
         """float[I, 3, R, R] -> float[I, L, D], from the image cache where it holds them."""
         model = self.pipe.model
-        keys = [image_key(p, adapter) for p in pixels]
+        keys = [image_key(p, a) for p, a in zip(pixels, adapters, strict=True)]
         found = [self.images.get(k) for k in keys]
         for hit in found:
             self._metric("image_cache", hit is not None)
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
-            self._select([adapter] * len(missing))
+            self._select([adapters[i] for i in missing])
             with torch.inference_mode():
                 fresh = model.embed_image(pixels[missing].to(model.device, model.dtype))
             for i, e in zip(missing, fresh, strict=True):
@@ -213,8 +232,15 @@ class Engine(Scheduler):
             logits = model(tokens, attention_mask=one, token_type_ids=one, cache=view)
         self.pool.advance(view)
         logits = logits[:, -1].float()  # (B, V)
+        greedy = [i for i, r in enumerate(self.rows) if r.plain]
+        best = (
+            drop_padding(logits[greedy], self.pipe.num_real_ids).argmax(-1).tolist()
+            if greedy
+            else []
+        )
+        picks = dict(zip(greedy, best, strict=True))  # greedy rows at once: the same argmax
         for i, row in enumerate(self.rows):
-            self._push(row, row.pick(logits[i : i + 1]))
+            self._push(row, picks[i] if i in picks else row.pick(logits[i : i + 1]))
         self.stats["batches"] += 1
         seconds = time.perf_counter() - start
         self._metric("decode_step", seconds, len(self.rows))

@@ -37,6 +37,11 @@ class Row:
     reason: str | None = None  # "stop" | "length" | "cancelled" once it ended
 
     @property
+    def plain(self) -> bool:
+        """Greedy with no repetition penalty: the pick is the argmax over the real ids."""
+        return not self.cfg.do_sample and self.cfg.repetition_penalty == 1.0
+
+    @property
     def last(self) -> int:
         return self.history[-1]
 

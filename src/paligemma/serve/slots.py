@@ -5,7 +5,8 @@ k and v is the decoder's layer (depth).
 
 All rows share one timeline: slot j is the same decoding step for every row, and a decode step
 writes every running row's token at slot `length`. A request joins by copying its prefill (run
-alone, in a cache of its own) right-aligned to `length`, so it sits as if left-padded: the
+in a cache of its own, left-padded beside the requests admitted with it) right-aligned to
+`length`, so it sits as if left-padded: the
 core's cache records per row which slots are real and which are prefix, and `make_attn_mask`
 builds every row's prefix-LM block, causal suffix and sliding window from that alone; positions
 count each row's real tokens. A row therefore gets the keys, values, positions and mask it gets
@@ -39,40 +40,47 @@ class SlotPool:
     def max_len(self) -> int:
         return self.cache.max_len
 
-    def fits(self, tokens: int, new_tokens: int, copies: int = 1) -> bool:
-        """Can `copies` rows of `tokens` prompt tokens that may generate `new_tokens` join now?"""
-        if self.active + copies > self.rows:
+    def fits(self, requests: list[tuple[int, int, int]]) -> bool:
+        """Can these requests join together now? Each is (T prompt tokens, N new tokens at
+        most, rows): its rows need T + N slots of timeline, right-aligned at `length`."""
+        if self.active + sum(k for _, _, k in requests) > self.rows:
             return False
-        span = tokens + new_tokens
         if not self.active:
-            return True  # `place` grows an empty pool that is too short
+            return True  # `prepare` grows an empty pool that is too short
         g = self.cache.length
-        right = max(0, tokens - g)  # the timeline moves right to make room for the prompt
-        lo = min(min(self.start[: self.active]) + right, g + right - tokens)
-        hi = max(max(self.end[: self.active]) + right, g + right - tokens + span)
+        right = max(0, max(t for t, _, _ in requests) - g)  # the timeline moves right
+        g += right
+        lo = min([s + right for s in self.start[: self.active]] + [g - t for t, _, _ in requests])
+        hi = max([e + right for e in self.end[: self.active]] + [g + n for _, n, _ in requests])
         return hi - lo <= self.max_len
 
-    def place(self, src: KVCache, new_tokens: int, copies: int = 1) -> list[int]:
-        """Copy a prefilled one-row cache (length T) into `copies` free rows ending at the
-        timeline's `length`; returns their row numbers. Check `fits` first."""
-        t = src.length
+    def prepare(self, requests: list[tuple[int, int, int]]) -> None:
+        """Make room to `place` these requests (checked with `fits`): an empty pool starts its
+        timeline at the longest prompt (reallocated first if too short, the only time it is);
+        a running one moves right if a prompt is longer than the timeline so far."""
+        t = max(t for t, _, _ in requests)
         if not self.active:
-            if 2 * (t + new_tokens) > self.max_len:  # only an empty pool is reallocated
-                size = max(2 * (t + new_tokens), 2 * self.max_len)
-                self.cache = self.model.new_cache(self.rows, size)
+            span = max(t + n for t, n, _ in requests)
+            if 2 * span > self.max_len:
+                self.cache = self.model.new_cache(self.rows, max(2 * span, 2 * self.max_len))
             self.cache.length = t
         elif self.cache.length < t:
             self._shift(self.cache.length - t)
+
+    def place(self, src: KVCache, row: int, new_tokens: int, copies: int = 1) -> list[int]:
+        """Copy row `row` of a prefilled, left-padded cache into `copies` free rows, its real
+        tokens ending at the timeline's `length`; returns their row numbers. `prepare` first."""
+        t, w = int(src.num_real[row]), src.length
         c, g = self.cache, self.cache.length
         placed = []
         for _ in range(copies):
             r = self.active
             c.key_mask[r], c.key_prefix[r] = False, False
-            c.k[:, r, :, g - t : g] = src.k[:, 0]
-            c.v[:, r, :, g - t : g] = src.v[:, 0]
-            c.key_mask[r, g - t : g] = src.key_mask[0]
-            c.key_prefix[r, g - t : g] = src.key_prefix[0]
-            c.num_real[r] = src.num_real[0]
+            c.k[:, r, :, g - t : g] = src.k[:, row, :, w - t : w]
+            c.v[:, r, :, g - t : g] = src.v[:, row, :, w - t : w]
+            c.key_mask[r, g - t : g] = src.key_mask[row, w - t : w]
+            c.key_prefix[r, g - t : g] = src.key_prefix[row, w - t : w]
+            c.num_real[r] = src.num_real[row]
             self.start[r], self.end[r] = g - t, g + new_tokens
             self.active += 1
             placed.append(r)

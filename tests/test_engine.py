@@ -40,14 +40,17 @@ class Recorder:
         return lambda *args: self.calls.setdefault(name, []).append(args)
 
 
-def answer(engine: Engine, jobs: list[Job], gaps: list[float]) -> list[Job]:
-    """Submit the jobs `gaps` seconds apart (staggered arrivals); wait for all answers."""
+def answer(engine: Engine, jobs: list[Job], gaps: list[float], then=None) -> list[Job]:
+    """Submit the jobs `gaps` seconds apart (staggered arrivals), await `then(loop)` if given,
+    and wait for all answers."""
 
     async def main():
         loop = asyncio.get_running_loop()
         for job, gap in zip(jobs, gaps, strict=True):
             engine.submit(job, loop)
             await asyncio.sleep(gap)
+        if then is not None:
+            await then(loop)
         await asyncio.gather(*[j.done for j in jobs])
 
     engine.start()
@@ -200,21 +203,12 @@ def test_drain_finishes_or_cancels_and_refuses_new_work(embedded_pipe, scenes):
     engine = Engine(slow, max_batch=2)
     jobs = [Job([scenes[1].image], "segment circle ; square ; triangle", 64) for _ in range(2)]
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        for job in jobs:
-            engine.submit(job, loop)
-        await asyncio.sleep(0.3)
+    async def drain(loop):
         await asyncio.to_thread(engine.drain, 0.2)
         with pytest.raises(Draining):
             engine.submit(Job([scenes[0].image], "caption en"), loop)
-        await asyncio.gather(*[j.done for j in jobs])
 
-    engine.start()
-    try:
-        asyncio.run(main())
-    finally:
-        engine.stop()
+    answer(engine, jobs, [0, 0.3], drain)
     assert engine.busy == 0
     for job in jobs:
         assert job.choices[0].finish_reason == "cancelled" and isinstance(job.error, Draining)

@@ -17,6 +17,9 @@ One worker thread owns the model. Each iteration it
 2. runs one decode step over the running rows, `KVCache.narrow` of the pool, whose per-row
    masks (prefix-LM block, padding) and positions come from the core's cache and
    `make_attn_mask`;
+   Prefill is not chunked: image and prompt tokens form one bidirectional block, so no
+   chunk of it has final keys and values before the whole prefix is seen (a chunked prefill
+   would change the answer). The budget bounds the stall of the running rows instead.
 3. retires a row at once when it ends: <eos>, a stop string, max_tokens, its client gone,
    its deadline passed. A job is answered when its last row ends.
 """

@@ -30,8 +30,8 @@ class Draining(RuntimeError):
     """The server is shutting down: it takes no new requests."""
 
 
-class DeadlineExceeded(TimeoutError):
-    """The job's deadline (`Job.deadline`) passed before it finished."""
+class DeadlineExceeded(RuntimeError):
+    """The job's deadline passed before it was answered; its rows were retired."""
 
 
 @dataclass
@@ -62,6 +62,8 @@ class Job:
     cancelled: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     done: asyncio.Future | None = None
+    submitted: float = 0.0  # time.monotonic() when queued
+    first_token: float | None = None  # ... when its first piece of text went out
 
     @property
     def greedy(self) -> bool:
@@ -69,9 +71,11 @@ class Job:
 
     @property
     def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _send(self, kind: str, index: int | None = None, value: Any = None) -> None:
+        if kind == "piece" and self.first_token is None:
+            self.first_token = time.monotonic()
         if self.loop is not None and self.events is not None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, index, value))
 
@@ -106,6 +110,7 @@ class Scheduler:
     # -- asyncio side ----------------------------------------------------------------------
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Job:
         job.loop, job.events, job.done = loop, asyncio.Queue(), loop.create_future()
+        job.submitted = time.monotonic()
         with self._cond:
             if self._draining:
                 raise Draining("the server is shutting down")

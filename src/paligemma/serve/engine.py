@@ -65,24 +65,14 @@ class Engine(Scheduler):
         self.rows: list[Row] = []  # row i of the pool
         self._left: dict[Job, int] = {}  # rows still running, per job
         self._results: dict[Job, list[Choice | None]] = {}
-        self._since: dict[Job, float] = {}  # submit time, for time to first token
         self._lengths: dict[Job, int] = {}  # prompt tokens, images included
         self._starting: list[Job] = []  # admitted, being prefilled
-
-    def submit(self, job: Job, loop) -> Job:
-        self._since[job] = time.perf_counter()
-        try:
-            return super().submit(job, loop)
-        except Exception:
-            del self._since[job]
-            raise
 
     def _running_jobs(self) -> list[Job]:
         return list({j: None for j in [*self._starting, *(r.job for r in list(self.rows))]})
 
     def _complete(self, job: Job) -> None:
-        for d in (self._since, self._lengths):
-            d.pop(job, None)
+        self._lengths.pop(job, None)
         super()._complete(job)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -177,7 +167,7 @@ class Engine(Scheduler):
                 self.rows.append(row)
                 self._push(row, row.pick(logits[i : i + 1]))
             self.stats["rows"] += k
-            self._metric("first_token", time.perf_counter() - self._since.get(job, start))
+            self._metric("first_token", time.monotonic() - job.submitted)
 
     def _prefill(self, jobs: list[Job]) -> tuple[KVCache, torch.Tensor, list[list[int]]]:
         """The jobs' prompts, left-padded: (their cache, float32[B, V] last logits, each

@@ -212,3 +212,17 @@ def test_drain_finishes_or_cancels_and_refuses_new_work(embedded_pipe, scenes):
     assert engine.busy == 0
     for job in jobs:
         assert job.choices[0].finish_reason == "cancelled" and isinstance(job.error, Draining)
+
+
+def test_the_static_batcher_stays_selectable(embedded_pipe, scenes):
+    from paligemma.serve.app import make_scheduler
+    from paligemma.serve.static_batcher import Batcher
+
+    assert isinstance(make_scheduler(embedded_pipe, Settings()), Engine)
+    static = make_scheduler(embedded_pipe, Settings(scheduler="static", max_batch=4))
+    assert isinstance(static, Batcher)
+    jobs = answer(static, [Job([s.image], "caption en", 12) for s in scenes], [0, 0, 0])
+    alone = [embedded_pipe.generate(s.image, "caption en", max_new_tokens=12).text for s in scenes]
+    assert [j.choices[0].text for j in jobs] == alone
+    with pytest.raises(ValueError, match="scheduler"):
+        make_scheduler(embedded_pipe, Settings(scheduler="fifo"))

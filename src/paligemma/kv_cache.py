@@ -75,3 +75,12 @@ class KVCache:
         self.key_mask = self.key_mask.index_select(0, rows)
         self.key_prefix = self.key_prefix.index_select(0, rows)
         self.num_real = self.num_real.index_select(0, rows)
+
+    def narrow(self, rows: int) -> KVCache:
+        """The first `rows` rows as a cache that shares this one's tensors (what a model call
+        writes lands here too). Its `length` is its own: copy it back after the call."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, :rows], self.v[:, :rows]  # (depth, rows, K, S, H)
+        view.key_mask, view.key_prefix = self.key_mask[:rows], self.key_prefix[:rows]
+        view.num_real, view.length = self.num_real[:rows], self.length
+        return view

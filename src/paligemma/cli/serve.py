@@ -14,6 +14,15 @@ def add_parser(sub) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", help="require Authorization: Bearer KEY (all but /health)")
     srv.add_argument("--max-batch", type=int, help="requests decoded together (default 16)")
+    srv.add_argument(
+        "--scheduler",
+        choices=["continuous", "static"],
+        help="continuous, the default: rows join and leave the batch at every step; static: "
+        "a batch runs to its last row (the old batcher, for comparison)",
+    )
+    srv.add_argument(
+        "--image-cache-mb", type=float, help="MB of cached image embeddings; 256 unless given"
+    )
     srv.add_argument("--max-queue", type=int, help="waiting requests before 503 (default 64)")
     srv.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     srv.add_argument("--max-tokens", type=int, help="most tokens a request may ask (default 512)")
@@ -51,6 +60,8 @@ SERVE_SETTINGS = {
     "api_key": "api_key",
     "max_batch": "max_batch",
     "max_queue": "max_queue",
+    "scheduler": "scheduler",
+    "image_cache_mb": "image_cache_mb",
     "timeout": "timeout_s",
     "max_tokens": "max_tokens",
     "allow_dir": "allow_dir",

@@ -4,7 +4,7 @@ on `app.state`, adds the middleware and error handlers, and includes the routers
 Endpoints: POST /v1/chat/completions (OpenAI shape; `stream: true` for server-sent events),
 GET /v1/models, POST /v1/detect and /v1/segment (boxes, labels and masks as JSON), GET /health,
 GET / (the web page, /favicon.ico), GET /openapi.json, /docs and /redoc (their files served
-locally). Every request goes through one `Batcher`.
+locally). Every request goes through one scheduler (`Settings.scheduler`).
 
 Input is checked at the edge, and every bad input is a 4xx with an OpenAI-style JSON error
 ({"error": {"message", "type", "code"}}): body size, image bytes and pixel count, prompt
@@ -20,7 +20,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from ..pipeline import Pipeline
 from . import chat, detect, pages
-from .batcher import Batcher
+from .batcher import Scheduler
+from .engine import Engine
 from .errors import add_handlers
 from .middleware import BodyLimit, require_api_key
 from .settings import Settings
@@ -28,7 +29,7 @@ from .settings import Settings
 
 def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
-    batcher = Batcher(pipe, s.max_batch, s.max_queue)
+    batcher = make_scheduler(pipe, s)
     app = FastAPI(
         title="paligemma",
         version="1",
@@ -47,3 +48,15 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     pages.mount_docs_assets(app)
     return app
+
+
+def make_scheduler(pipe: Pipeline, s: Settings, metrics=None, adapters=None) -> Scheduler:
+    """The engine (continuous batching), or with `scheduler="static"` the static batcher."""
+    if s.scheduler == "static":
+        from .static_batcher import Batcher
+
+        return Batcher(pipe, s.max_batch, s.max_queue, metrics)
+    if s.scheduler != "continuous":
+        raise ValueError(f"scheduler must be 'continuous' or 'static', got {s.scheduler!r}")
+    options = {"max_n": s.max_n, "image_cache_mb": s.image_cache_mb}
+    return Engine(pipe, s.max_batch, s.max_queue, **options, metrics=metrics, adapters=adapters)

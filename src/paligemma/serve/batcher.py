@@ -1,15 +1,13 @@
-"""Request batching for the server: concurrent requests share the model, each answered alone.
+"""The server's request queue: `Job` (one request: prompt, images, limits; its events and
+result), `Choice`, the errors, and `Scheduler`, the base of both schedulers (a bounded queue,
+submit / cancel / drain, one worker thread that owns the model).
 
-One worker thread owns the model. Requests are `Job`s in a bounded queue; the worker takes the
-greedy jobs waiting (up to `max_batch` rows) and decodes them as one left-padded batch, each row
-stopping at its own `<eos>`, stop string or token limit, so every row gets exactly the tokens it
-gets alone (the engine's batching guarantee). A sampled job runs on its own (its `n` rows with
-its seed), so its result does not depend on what else is queued. Tokens go back to the asyncio
-side as they are decoded (for streaming); a cancelled job (client gone, timeout) stops at the
-next step and frees its rows.
+Two schedulers answer jobs: `engine.Engine` (iteration-level: rows join and leave the batch at
+every decode step; the default) and `static_batcher.Batcher` (one left-padded batch decoded to
+its last row; kept for comparison, `--scheduler static`).
 
-    batcher = Batcher(pipe, max_batch=8, max_queue=64); batcher.start()
-    job = batcher.submit(Job([image], "caption en", max_tokens=32), loop)   # raises QueueFull
+    sched = Engine(pipe, max_batch=8, max_queue=64); sched.start()
+    job = sched.submit(Job([image], "caption en", max_tokens=32), loop)   # raises QueueFull
     # the server awaits job.done, reads job.choices, or streams job.events
 """
 
@@ -23,15 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from .. import generate as engine
-from ..pipeline import Pipeline
-from ..textstream import TextStream
-
 
 class QueueFull(RuntimeError):
     """The queue holds `max_queue` jobs already; retry later."""
+
+
+class Draining(RuntimeError):
+    """The server is shutting down: it takes no new requests."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The job's deadline passed before it was answered; its rows were retired."""
 
 
 @dataclass
@@ -52,7 +52,9 @@ class Job:
     seed: int | None = None
     n: int = 1
     after: Callable[[str], Any] | None = None  # run on the worker with the text of choice 0
-    # Filled in by the batcher:
+    adapter: str | None = None  # the LoRA adapter's name; None = the base model
+    deadline: float | None = None  # time.monotonic() seconds; cancelled when it passes
+    # Filled in by the scheduler:
     events: asyncio.Queue | None = None  # ("piece", index, str) ... then ("done", None, None)
     choices: list[Choice] = field(default_factory=list)
     extra: Any = None  # what `after` returned
@@ -60,12 +62,20 @@ class Job:
     cancelled: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     done: asyncio.Future | None = None
+    submitted: float = 0.0  # time.monotonic() when queued
+    first_token: float | None = None  # ... when its first piece of text went out
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
     def _send(self, kind: str, index: int | None = None, value: Any = None) -> None:
+        if kind == "piece" and self.first_token is None:
+            self.first_token = time.monotonic()
         if self.loop is not None and self.events is not None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, index, value))
 
@@ -80,37 +90,47 @@ def _settle(future: asyncio.Future, value: Any) -> None:
         future.set_result(value)
 
 
-class Batcher:
-    def __init__(self, pipe: Pipeline, max_batch: int = 8, max_queue: int = 64) -> None:
+class Scheduler:
+    """A bounded queue of jobs and the worker thread that answers them (`_run`, in a subclass).
+
+    `stats` and `busy` are what /health shows; `drain` stops admitting, lets the work finish
+    until a deadline, and cancels the rest."""
+
+    def __init__(self, max_batch: int = 8, max_queue: int = 64) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
-        self.pipe, self.max_batch, self.max_queue = pipe, max_batch, max_queue
+        self.max_batch, self.max_queue = max_batch, max_queue
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._stopping = self._draining = False
         self.stats = {"batches": 0, "rows": 0, "max_rows": 0, "cancelled": 0}
-        self.busy = 0  # jobs being decoded now
+        self.busy = 0  # rows being decoded now
 
     # -- asyncio side ----------------------------------------------------------------------
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Job:
         job.loop, job.events, job.done = loop, asyncio.Queue(), loop.create_future()
+        job.submitted = time.monotonic()
         with self._cond:
+            if self._draining:
+                raise Draining("the server is shutting down")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting")
             self._waiting.append(job)
             self._cond.notify()
         return job
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, job: Job, error: BaseException | None = None) -> None:
         """Drop a waiting job, or stop a running one at its next token."""
         job.cancelled = True
+        job.error = job.error or error
         with self._cond:
             if job in self._waiting:
                 self._waiting.remove(job)
                 self.stats["cancelled"] += 1
                 job.choices = [Choice("", "cancelled", 0)]
                 job._finish()
+            self._cond.notify()
 
     @property
     def queued(self) -> int:
@@ -118,7 +138,9 @@ class Batcher:
 
     # -- worker ----------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="paligemma-batcher", daemon=True)
+        self._stopping = False
+        name = f"paligemma-{type(self).__name__.lower()}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -128,114 +150,35 @@ class Batcher:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _take(self) -> list[Job]:
-        """Block until there is work: the first job, plus (if greedy) the greedy jobs waiting
-        behind it, up to max_batch rows. A short pause lets concurrent requests arrive."""
-        while True:
-            with self._cond:
-                while not self._waiting and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return []
-            time.sleep(0.002)
-            with self._cond:
-                if not self._waiting:  # a cancel emptied it meanwhile
-                    continue
-                first = self._waiting.popleft()
-                batch = [first]
-                if first.greedy:
-                    for job in list(self._waiting):
-                        if len(batch) == self.max_batch:
-                            break
-                        if job.greedy:
-                            self._waiting.remove(job)
-                            batch.append(job)
-                return batch
+    def drain(self, deadline_s: float) -> None:
+        """Stop admitting (submit raises Draining); let queued and running jobs finish for up to
+        `deadline_s` seconds; cancel the rest (finish_reason "cancelled", error Draining);
+        return when nothing runs."""
+        with self._cond:
+            self._draining = True
+        end = time.monotonic() + deadline_s
+        while (self.queued or self.busy) and time.monotonic() < end:
+            time.sleep(0.01)
+        gone = Draining("the server shut down before this request finished")
+        for job in list(self._waiting) + self._running_jobs():
+            self.cancel(job, gone)
+        while self.busy and self._thread is not None and self._thread.is_alive():
+            time.sleep(0.005)
+
+    def _complete(self, job: Job) -> None:
+        """The job's rows are done: run its `after` (on this worker), then answer it."""
+        self.stats["cancelled"] += job.cancelled
+        if job.expired and job.cancelled and job.error is None:
+            job.error = DeadlineExceeded("the request's deadline passed")
+        if job.after is not None and job.error is None and not job.cancelled:
+            try:
+                job.extra = job.after(job.choices[0].text)
+            except Exception as e:
+                job.error = e
+        job._finish()
+
+    def _running_jobs(self) -> list[Job]:
+        return []
 
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        while True:
-            batch = self._take()
-            if not batch:
-                return
-            self.busy = len(batch)
-            try:
-                self._decode(batch)
-            except Exception as e:  # a failure answers its requests; the worker keeps serving
-                for job in batch:
-                    job.error = e
-            self.busy = 0
-            for job in batch:
-                self.stats["cancelled"] += job.cancelled
-                if job.after is not None and job.error is None and not job.cancelled:
-                    try:
-                        job.extra = job.after(job.choices[0].text)
-                    except Exception as e:
-                        job.error = e
-                job._finish()
-
-    def _decode(self, batch: list[Job]) -> None:
-        """Greedy: one row per job (n copies share it). Sampled: one job, n rows, its seed."""
-        rows = [job for job in batch for _ in range(1 if job.greedy else job.n)]
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(rows)
-        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
-        pipe, tok = self.pipe, self.pipe.tokenizer
-        inputs = pipe.processor(images=[j.images for j in rows], text=[j.prompt for j in rows])
-        first = batch[0]
-        options: dict[str, Any] = {"max_new_tokens": max(j.max_tokens for j in rows)}
-        if not first.greedy:
-            options |= {
-                "do_sample": True,
-                "temperature": first.temperature,
-                "top_p": first.top_p,
-                "seed": first.seed,
-            }
-        cfg = pipe.generation_config(**options)
-        streams = [TextStream(tok, j.stop) for j in rows]
-        reasons: list[str | None] = [None] * len(rows)
-        eos = tok.eos_id
-
-        def should_stop(row: int, ids: list[int]) -> bool:
-            job = rows[row]
-            if job.cancelled:
-                reasons[row] = "cancelled"
-            elif len(ids) >= job.max_tokens:
-                reasons[row] = "length"
-            elif streams[row].stopped:
-                reasons[row] = "stop"
-            return reasons[row] is not None
-
-        for step_ids in engine.stream(pipe.model, inputs, cfg, {eos}, None):
-            for row, t in enumerate(step_ids):
-                if t is None or reasons[row] is not None:
-                    continue
-                if t == eos:
-                    reasons[row] = "stop"
-                    continue
-                piece = streams[row].push(t)
-                if should_stop(row, streams[row].ids):
-                    piece += streams[row].flush()
-                if piece:
-                    self._piece(rows, row, piece)
-            if all(r is not None for r in reasons):
-                break
-        for row, s in enumerate(streams):
-            if reasons[row] is None:  # ran out of max_new_tokens of the batch
-                reasons[row] = "length"
-            if reasons[row] == "stop" and (rest := s.flush()):
-                self._piece(rows, row, rest)
-        for job in batch:
-            mine = [i for i, j in enumerate(rows) if j is job]
-            job.choices = [Choice(streams[i].text, reasons[i], len(streams[i].ids)) for i in mine]
-            if job.greedy and job.n > 1:
-                job.choices = job.choices * job.n
-
-    def _piece(self, rows: list[Job], row: int, piece: str) -> None:
-        job = rows[row]
-        index = sum(1 for j in rows[:row] if j is job)
-        if job.greedy and job.n > 1:
-            for i in range(job.n):
-                job._send("piece", i, piece)
-        else:
-            job._send("piece", index, piece)
+        raise NotImplementedError

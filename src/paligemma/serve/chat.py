@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..textstream import stop_list
-from .batcher import Batcher, Job
+from .batcher import Job, Scheduler
 from .checks import check_model, check_prompt
 from .errors import APIError, cancelled
 from .images import decode_image
@@ -122,7 +122,7 @@ def _usage(job: Job, prompt_tokens: int) -> dict[str, int]:
 
 
 async def _sse(
-    job: Job, head: dict, n: int, prompt_tokens: int, usage: bool, batcher: Batcher, s: Settings
+    job: Job, head: dict, n: int, prompt_tokens: int, usage: bool, batcher: Scheduler, s: Settings
 ) -> AsyncIterator[str]:
     """Server-sent events for a streamed chat completion, ending with "data: [DONE]"."""
 

@@ -26,18 +26,30 @@ def submit(job: Job, request: Request) -> Job:
 
 
 async def wait(job: Job, request: Request) -> bool:
-    """Until the job is done (True), or the client left (False); 504 after the timeout."""
+    """Until the job is done (True), or the client left (False: the job is cancelled and its
+    rows freed at the scheduler's next step); 504 after the timeout."""
     batcher, timeout_s = request.app.state.batcher, request.app.state.settings.timeout_s
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not job.done.done():
-        if loop.time() > deadline:
-            batcher.cancel(job)
-            raise APIError(504, f"no answer within {timeout_s:g} s", "timeout", "timeout")
-        await asyncio.wait([job.done], timeout=max(0.0, min(0.2, deadline - loop.time())))
-        if not job.done.done() and await request.is_disconnected():
-            batcher.cancel(job)
-            return False
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        finished, _ = await asyncio.wait(
+            [job.done, gone], timeout=timeout_s, return_when="FIRST_COMPLETED"
+        )
+    finally:
+        gone.cancel()
+    if not finished:
+        batcher.cancel(job)
+        raise APIError(504, f"no answer within {timeout_s:g} s", "timeout", "timeout")
+    if not job.done.done():
+        batcher.cancel(job)
+        return False
     if job.error is not None:
         raise APIError(500, f"generation failed: {job.error}", "server_error")
     return True
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client closes the connection. The body is read by now, so the next
+    ASGI message is the disconnect; awaiting it (instead of polling `is_disconnected`, which
+    a middleware's wrapped receive never answers at once) sees a closed socket at once."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -11,6 +11,8 @@ class Settings:
     api_key: str | None = None
     max_batch: int = 16  # 2.6x the one-by-one throughput on 2 cores (8: ~2x)
     max_queue: int = 64  # waiting requests; more get 503 + Retry-After
+    scheduler: str = "continuous"  # "continuous" (engine.py) | "static" (static_batcher.py)
+    image_cache_mb: float = 256.0  # cached image embeddings (engine only)
     timeout_s: float = 120.0  # per request, queueing included
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 16_000_000  # per image; stricter than processor.MAX_PIXELS (check_pixels)

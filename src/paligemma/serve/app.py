@@ -2,9 +2,10 @@
 on `app.state`, adds the middleware and error handlers, and includes the routers.
 
 Endpoints: POST /v1/chat/completions (OpenAI shape; `stream: true` for server-sent events),
-GET /v1/models, POST /v1/detect and /v1/segment (boxes, labels and masks as JSON), GET /health,
-GET / (the web page, /favicon.ico), GET /openapi.json, /docs and /redoc (their files served
-locally). Every request goes through one `Batcher`.
+GET /v1/models (the model and its LoRA adapters), POST /v1/detect and /v1/segment (boxes,
+labels and masks as JSON), GET /health, GET /metrics (Prometheus), GET / (the web page,
+/favicon.ico), GET /openapi.json, /docs and /redoc (their files served locally). Every request
+goes through one `Batcher` and gets one JSON line on the `paligemma.access` logger.
 
 Input is checked at the edge, and every bad input is a 4xx with an OpenAI-style JSON error
 ({"error": {"message", "type", "code"}}): body size, image bytes and pixel count, prompt
@@ -18,17 +19,25 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from ..lora.multi import Adapters
 from ..pipeline import Pipeline
 from . import chat, detect, pages
+from . import metrics as metrics_routes
+from .access import AccessLog
 from .batcher import Batcher
 from .errors import add_handlers
+from .metrics import ServerMetrics
 from .middleware import BodyLimit, require_api_key
 from .settings import Settings
 
 
-def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
+def create_app(
+    pipe: Pipeline, settings: Settings | None = None, adapters: Adapters | None = None
+) -> FastAPI:
+    """The app serving `pipe` (and, by name, the LoRA `adapters` installed on its model)."""
     s = settings or Settings()
-    batcher = Batcher(pipe, s.max_batch, s.max_queue)
+    metrics = ServerMetrics()
+    batcher = Batcher(pipe, s.max_batch, s.max_queue, metrics=metrics, adapters=adapters)
     app = FastAPI(
         title="paligemma",
         version="1",
@@ -40,10 +49,12 @@ def create_app(pipe: Pipeline, settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.pipe, app.state.batcher, app.state.settings = pipe, batcher, s
+    app.state.metrics, app.state.adapters = metrics, adapters
     add_handlers(app)
     app.add_middleware(BaseHTTPMiddleware, dispatch=require_api_key)
-    app.add_middleware(BodyLimit, limit=s.max_body_bytes)  # outermost: before the key check
-    for module in (pages, chat, detect):
+    app.add_middleware(BodyLimit, limit=s.max_body_bytes)  # before the key check
+    app.add_middleware(AccessLog)  # outermost: every request gets its line
+    for module in (pages, chat, detect, metrics_routes):
         app.include_router(module.router)
     pages.mount_docs_assets(app)
     return app

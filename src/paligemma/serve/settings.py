@@ -1,4 +1,5 @@
-"""The server's settings: its model name, API key, batching, and the limits checked at the edge."""
+"""The server's settings: its model name, API key, batching, shutdown, and the limits checked at
+the edge."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ class Settings:
     api_key: str | None = None
     max_batch: int = 16  # 2.6x the one-by-one throughput on 2 cores (8: ~2x)
     max_queue: int = 64  # waiting requests; more get 503 + Retry-After
-    timeout_s: float = 120.0  # per request, queueing included
+    timeout_s: float = 120.0  # per request, queueing included (a request may ask for less)
+    shutdown_timeout_s: float = 30.0  # SIGTERM: running rows get this long, then are cancelled
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 16_000_000  # per image; stricter than processor.MAX_PIXELS (check_pixels)
     max_images: int = 4  # per request

@@ -1,21 +1,24 @@
 """Many LoRA adapters on one base (lora/multi.py): each row answers as its adapter alone, and
-`paligemma serve --adapter NAME=DIR` serves them by the request's `model`."""
+`paligemma serve --adapter NAME=DIR` serves them by the request's `model` under concurrent load,
+then shuts down gracefully on SIGTERM."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
+import signal
+import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from server_util import chat_body, running
+from server_util import chat_body, serve_process
 
 import paligemma
 from paligemma.demo import synthetic
 from paligemma.lora import Adapters, apply_lora_, lora_modules, save_adapter
-from paligemma.serve import Settings, create_app  # noqa: F401
 
 
 def make_adapter(base, out_dir, seed: int, targets=None) -> str:
@@ -73,3 +76,58 @@ def test_per_row_adapters_answer_as_each_adapter_alone(adapter_dirs, scenes, alo
     assert got == alone["blue"]
     with pytest.raises(KeyError, match="unknown adapters"):
         adapters.select(["green"])
+
+
+def test_served_adapters_answer_as_alone_then_sigterm_drains(adapter_dirs, scenes, alone):
+    """`paligemma serve --adapter red=DIR --adapter blue=DIR`: threads fire requests at the base
+    and both names at once (rows of different adapters share batches); each answer equals
+    `paligemma.load(base, adapter=DIR)`'s. Then SIGTERM under load: every request the server
+    accepted is answered (200) or refused / cancelled with a clear 503 `shutting_down`, and
+    the process exits 0 within serve_process's 30 s (it raises otherwise)."""
+    flags = [f"--adapter={name}={d}" for name, d in adapter_dirs.items()]
+    flags += ["--max-batch", "8", "--shutdown-timeout", "0.2"]
+    statuses: list[tuple[int, str]] = []
+    with serve_process(*flags, stop=signal.SIGTERM) as base:
+        listed = httpx.get(base + "/v1/models").json()["data"]
+        assert [m["id"] for m in listed] == ["paligemma-embedded", "red", "blue"]
+        body = chat_body(scenes[0], "caption en", max_tokens=12)
+        wrong = httpx.post(base + "/v1/chat/completions", json={**body, "model": "green"})
+        assert wrong.status_code == 404 and "'red' 'blue'" in wrong.json()["error"]["message"]
+        asks = [(name, i) for _ in range(2) for name in (None, "red", "blue") for i in range(4)]
+
+        def ask(name, i):
+            body = {**chat_body(scenes[i], "caption en", max_tokens=12), "model": name}
+            r = httpx.post(base + "/v1/chat/completions", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == (name or "paligemma-embedded")
+            return r.json()["choices"][0]["message"]["content"]
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(lambda a: ask(*a), asks))
+        assert got == [alone[name][i] for name, i in asks]
+        assert httpx.get(base + "/health").json()["batches"]["max_rows"] > 1  # shared batches
+        threads = [threading.Thread(target=fire, args=(base, scenes, statuses)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 30
+        while len(statuses) < 6 and time.monotonic() < end:
+            time.sleep(0.05)
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert set(statuses) <= {(200, "ok"), (503, "shutting_down")}, statuses
+    assert (200, "ok") in statuses
+
+
+def fire(base: str, scenes, statuses: list) -> None:
+    """Requests at mixed adapters until the server's port closes; their (status, code)."""
+    with httpx.Client(timeout=60) as http:
+        for k in range(10_000):
+            body = chat_body(scenes[k % 4], "caption en", max_tokens=8 + 8 * (k % 3))
+            body["model"] = (None, "red", "blue")[k % 3]
+            try:
+                r = http.post(base + "/v1/chat/completions", json=body)
+            except httpx.TransportError:  # the port closed: nothing more is accepted
+                return
+            code = r.json().get("error", {}).get("code") if r.status_code != 200 else "ok"
+            statuses.append((r.status_code, code))

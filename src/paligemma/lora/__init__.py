@@ -8,8 +8,8 @@ from .multi import Adapters, MultiLoRALinear
 from .peft import load_adapter_, read_adapter, save_adapter
 
 __all__ = [
-    "Adapters",
     "DEFAULT_TARGETS",
+    "Adapters",
     "LoRALinear",
     "MultiLoRALinear",
     "apply_lora_",

@@ -237,9 +237,9 @@ class Batcher:
             except Exception as e:  # a failure answers its requests; the worker keeps serving
                 for job in batch:
                     job.error = e
-            self.busy = 0
             for job in batch:
                 self._complete(job)
+            self.busy = 0
             if self.metrics is not None:
                 self.metrics.running_rows(0, self.max_batch)
             with self._cond:

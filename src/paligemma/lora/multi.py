@@ -78,7 +78,12 @@ class MultiLoRALinear(nn.Module):
             )
         for name, rows in sel.groups:
             if (update := self.adapters.get(name)) is not None:
-                out = out.index_add(0, rows, update.delta(x[rows]).to(out.dtype))
+                delta = update.delta(x[rows]).to(out.dtype)
+                out = (
+                    out.index_add(0, rows, delta)
+                    if out.requires_grad
+                    else out.index_add_(0, rows, delta)
+                )
         return out
 
 

@@ -131,3 +131,18 @@ def fire(base: str, scenes, statuses: list) -> None:
                 return
             code = r.json().get("error", {}).get("code") if r.status_code != 200 else "ok"
             statuses.append((r.status_code, code))
+
+
+def test_adapter_flags_name_or_not():
+    """--adapter NAME=DIR (repeatable) names adapters; one bare DIR (a path may hold "=") keeps
+    its old meaning; mixing the two, two bare ones or a repeated NAME is a usage error."""
+    from paligemma.cli.common import UsageError
+    from paligemma.cli.serve import adapters_from
+
+    assert adapters_from([]) == (None, {})
+    assert adapters_from(["runs/a"]) == ("runs/a", {})
+    assert adapters_from(["x/y=z"]) == ("x/y=z", {})
+    assert adapters_from(["det=runs/a", "ocr=b=c"]) == (None, {"det": "runs/a", "ocr": "b=c"})
+    for bad in (["a", "b"], ["a", "det=b"], ["det=a", "det=b"], ["=a"], ["det="]):
+        with pytest.raises(UsageError):
+            adapters_from(bad)

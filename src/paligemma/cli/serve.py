@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     srv.add_argument(
         "--shutdown-timeout",
         type=float,
-        help="on SIGTERM, seconds the running requests get before they are cancelled (default 30)",
+        help="on SIGTERM, seconds running requests get before they are cancelled: 30 if not given",
     )
     srv.add_argument(
         "--served-model-name",

@@ -128,6 +128,20 @@ def test_load_test_table_is_its_json():
     assert one[4] == f"all {run['requests']}" and both[4].startswith(f"all {run['requests']}")
 
 
+def test_adapters_table_is_its_json():
+    """Many adapters: per-row LoRA in one batch vs one batch per adapter (best / median)."""
+    runs = result("adapters.json")["results"]
+    rows = table("| adapters | one mixed batch")
+    assert [int(label) for label, _ in rows] == [r["adapters"] for r in runs]
+    for (_, cells), run in zip(rows, runs, strict=True):
+        assert run["mixed_equals_grouped"]
+        parts = [cell.split(" / ") for cell in cells]
+        for (best, median), how in zip(parts[:3], ("mixed", "grouped", "base"), strict=True):
+            check_row([best, median], [run["best_s"][how], run["median_s"][how]], how)
+        want = [run["grouped_over_mixed_best"], run["grouped_over_mixed"]]
+        check_row(parts[3], want, "grouped / mixed")
+
+
 def test_demo_prints_what_the_quick_start_shows(embedded_pipe, tmp_path, monkeypatch, capsys):
     """`paligemma demo --out demo.png` (its run(), on the embedded model) prints the Quick
     start's output block, line for line."""

@@ -45,7 +45,19 @@ def add_parser(sub) -> None:
     )
     srv.add_argument("--dtype", choices=list(DTYPES))
     srv.add_argument("--quantize", choices=QUANT_CHOICES)
-    srv.add_argument("--adapter", help="LoRA adapter directory (ours or peft's) on the model")
+    srv.add_argument(
+        "--adapter",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="LoRA adapter directory (ours or peft's). NAME=DIR (repeatable) serves it on the "
+        "same base as the model NAME (a request's `model` field picks it; /v1/models lists "
+        "them); a bare DIR puts one adapter on the model itself",
+    )
+    srv.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="on SIGTERM, seconds running requests get before they are cancelled: 30 if not given",
+    )
     srv.add_argument(
         "--served-model-name",
         help="the model name clients send and /v1/models lists (default: the checkpoint "
@@ -63,6 +75,7 @@ SERVE_SETTINGS = {
     "scheduler": "scheduler",
     "image_cache_mb": "image_cache_mb",
     "timeout": "timeout_s",
+    "shutdown_timeout": "shutdown_timeout_s",
     "max_tokens": "max_tokens",
     "allow_dir": "allow_dir",
     "allow_remote_images": "allow_remote",
@@ -86,6 +99,7 @@ def run(args: argparse.Namespace) -> None:
     if args.allow_image_host and not args.allow_remote_images:
         raise UsageError("--allow-image-host needs --allow-remote-images")
     settings = settings_from(args)
+    bare, named = adapters_from(args.adapter or [])
     serve(
         args.model,
         args.host,
@@ -93,6 +107,23 @@ def run(args: argparse.Namespace) -> None:
         settings,
         DTYPES.get(args.dtype),
         args.quantize,
-        args.adapter,
+        bare,
         args.served_model_name,
+        named,
     )
+
+
+def adapters_from(flags: list[str]) -> tuple[str | None, dict[str, str]]:
+    """--adapter flags -> (the one bare DIR or None, {NAME: DIR})."""
+    named: dict[str, str] = {}
+    is_named = [("=" in f and "/" not in f.partition("=")[0]) for f in flags]
+    bare = [f for f, n in zip(flags, is_named, strict=True) if not n]
+    for flag, n in zip(flags, is_named, strict=True):
+        if n:
+            name, _, path = flag.partition("=")
+            if not name or not path or name in named:
+                raise UsageError(f"--adapter {flag!r}: NAME=DIR with a new, non-empty NAME")
+            named[name] = path
+    if len(bare) > 1 or (bare and named):
+        raise UsageError("--adapter: give every adapter a NAME=DIR, or one bare DIR")
+    return (bare[0] if bare else None), named

@@ -75,8 +75,11 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base: str | None 
     write_atomic(out / "adapter_config.json", lambda p: p.write_text(text))
 
 
-def load_adapter_(model: nn.Module, adapter_dir: str | os.PathLike) -> list[str]:
-    """In place: apply the PEFT LoRA adapter in `adapter_dir` (written by us or by peft)."""
+def read_adapter(
+    adapter_dir: str | os.PathLike, cfg: PaliGemmaConfig
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """A PEFT LoRA adapter directory (written by us or by peft) -> (its adapter_config.json,
+    {our module name: {"lora_A": [r, I], "lora_B": [O, r]}}), checked but applied to nothing."""
     from safetensors.torch import load_file
 
     d = Path(adapter_dir)
@@ -101,16 +104,24 @@ def load_adapter_(model: nn.Module, adapter_dir: str | os.PathLike) -> list[str]
         )
         if kind not in ("lora_A", "lora_B") or not stem:
             raise CheckpointError(f"{d}: unexpected tensor {key!r}")
-        ours = hf_name_to_ours(stem + ".weight", model.cfg)
+        ours = hf_name_to_ours(stem + ".weight", cfg)
         if ours is None:
             raise CheckpointError(f"{d}: adapter on the output head is not supported")
         weights.setdefault(ours.removesuffix(".weight"), {})[kind] = value
+    for name, pair in weights.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise CheckpointError(f"{d}: {name} lacks lora_A or lora_B")
+    return config, weights
+
+
+def load_adapter_(model: nn.Module, adapter_dir: str | os.PathLike) -> list[str]:
+    """In place: apply the PEFT LoRA adapter in `adapter_dir` (written by us or by peft)."""
+    d = Path(adapter_dir)
+    config, weights = read_adapter(d, model.cfg)
     rank, alpha = int(config["r"]), float(config["lora_alpha"])
     for name, pair in weights.items():
         if not isinstance(model.get_submodule(name), BASES):
             raise CheckpointError(f"{d}: {name} is not a linear layer")
-        if set(pair) != {"lora_A", "lora_B"}:
-            raise CheckpointError(f"{d}: {name} lacks lora_A or lora_B")
         module = wrap_(model, name, rank, alpha, float(config.get("lora_dropout", 0.0)))
         if (
             pair["lora_A"].shape != module.lora_A.shape

@@ -76,11 +76,11 @@ class Job:
     def _send(self, kind: str, index: int | None = None, value: Any = None) -> None:
         if kind == "piece" and self.first_token is None:
             self.first_token = time.monotonic()
-        if self.loop is not None and self.events is not None:
+        if self.loop is not None and self.events is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, index, value))
 
     def _finish(self) -> None:
-        if self.loop is not None and self.done is not None:
+        if self.loop is not None and self.done is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(_settle, self.done, None)
         self._send("done")
 

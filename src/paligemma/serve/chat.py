@@ -19,7 +19,7 @@ from .batcher import Job, Scheduler
 from .checks import check_model, check_prompt
 from .errors import APIError, cancelled
 from .images import decode_image
-from .jobs import submit, wait
+from .jobs import deadline, failure, submit, timed_out, wait
 from .schemas import ChatRequest, ContentPart, Message
 from .settings import Settings
 from .video import VideoPart, decode_video
@@ -29,15 +29,18 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict:
-    name = request.app.state.settings.model_name
-    entry = {"id": name, "object": "model", "created": 0, "owned_by": "paligemma"}
-    return {"object": "list", "data": [entry]}
+    """The served model, then each LoRA adapter served on it (a request's `model` picks one)."""
+    state = request.app.state
+    names = [state.settings.model_name, *(state.adapters.names if state.adapters else [])]
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "paligemma"} for n in names]
+    return {"object": "list", "data": data}
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatRequest, request: Request):
     s: Settings = request.app.state.settings
-    check_model(body.model, s)
+    adapter = check_model(body.model, s, request.app.state.adapters)
+    until = deadline(request, body.timeout)
     prompt, urls, video = _prompt_and_urls(body.messages, s)
     stop = stop_list(body.stop)
     if len(stop) > 4 or any(not x or len(x) > 64 for x in stop):
@@ -51,11 +54,12 @@ async def chat(body: ChatRequest, request: Request):
     images += await asyncio.to_thread(decode_video, video, s) if video else []
     temperature, top_p = body.temperature or 0.0, body.top_p or 1.0
     job = Job(images, prompt, max_tokens, stop, temperature, top_p, body.seed, body.n)
-    job = submit(job, request)
+    job.adapter, job.deadline = adapter, until
+    job = submit(job, request, prompt_tokens)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "created": int(time.time()),
-        "model": s.model_name,
+        "model": adapter or s.model_name,
     }
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
@@ -133,25 +137,24 @@ async def _sse(
     def error(message: str, kind: str) -> str:
         return f"data: {json.dumps({'error': {'message': message, 'type': kind}})}\n\n"
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + s.timeout_s
     try:
         start = {"role": "assistant", "content": ""}
         yield event([{"index": i, "delta": start, "finish_reason": None} for i in range(n)])
         while True:
             try:
                 kind, index, piece = await asyncio.wait_for(
-                    job.events.get(), max(0.01, deadline - loop.time())
+                    job.events.get(), max(0.01, job.deadline - time.monotonic())
                 )
             except TimeoutError:
                 batcher.cancel(job)
-                yield error(f"no answer within {s.timeout_s:g} s", "timeout")
+                yield error(timed_out(job).message, "timeout")
                 return
             if kind == "done":
                 break
             yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
         if job.error is not None:
-            yield error(f"generation failed: {job.error}", "server_error")
+            e = failure(job)
+            yield error(e.message, e.kind)
             return
         ends = enumerate(job.choices)
         yield event([{"index": i, "delta": {}, "finish_reason": c.finish_reason} for i, c in ends])

@@ -16,7 +16,7 @@ from .batcher import Job
 from .checks import check_model, check_prompt
 from .errors import APIError, cancelled
 from .images import decode_image
-from .jobs import submit, wait
+from .jobs import deadline, submit, wait
 from .schemas import TaskRequest
 
 router = APIRouter()
@@ -38,23 +38,25 @@ async def segment(body: TaskRequest, request: Request) -> dict:
 
 async def _task(kind: str, body: TaskRequest, request: Request) -> dict:
     s, pipe = request.app.state.settings, request.app.state.pipe
-    check_model(body.model, s)
+    adapter = check_model(body.model, s, request.app.state.adapters)
+    until = deadline(request, body.timeout)
     try:
         labels = body.labels.split(";") if isinstance(body.labels, str) else body.labels
         prompt = task_prompt(kind, labels)
     except ValueError as e:
         raise APIError(400, str(e)) from None
     max_tokens = body.max_tokens or min(256, s.max_tokens)
-    check_prompt(prompt, 1, max_tokens, pipe, s)
+    prompt_tokens = check_prompt(prompt, 1, max_tokens, pipe, s)
     image = await asyncio.to_thread(decode_image, body.image, s)
     w, h = image.size
     after = lambda text: pipe.read_objects(kind, text, w, h)  # noqa: E731
-    job = submit(Job([image], prompt, max_tokens, after=after), request)
+    job = Job([image], prompt, max_tokens, after=after, adapter=adapter, deadline=until)
+    job = submit(job, request, prompt_tokens)
     if not await wait(job, request):
         return cancelled()
     objects = job.extra
     return {
-        "model": s.model_name,
+        "model": adapter or s.model_name,
         "prompt": prompt,
         "text": objects.text,
         "width": w,

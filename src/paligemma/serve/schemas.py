@@ -48,6 +48,7 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    timeout: Float | None = Field(None, gt=0, description="seconds; capped by the server's")
 
 
 class TaskRequest(BaseModel):
@@ -56,6 +57,7 @@ class TaskRequest(BaseModel):
     image: str = Field(description="a data: URL, plain base64, or a file:// URL in --allow-dir")
     labels: str | list[str] = Field(description='"cat ; dog" or ["cat", "dog"]')
     max_tokens: int | None = Field(None, ge=1, description="default: 256 or the server's cap")
+    timeout: Float | None = Field(None, gt=0, description="seconds; capped by the server's")
     mask_format: Literal["rle", "png", "both", "none"] = Field(
         "rle", description="segment: masks as COCO RLE, PNG data URL, both, or none"
     )

@@ -1,4 +1,5 @@
-"""The server's settings: its model name, API key, batching, and the limits checked at the edge."""
+"""The server's settings: its model name, API key, batching, shutdown, and the limits checked at
+the edge."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ class Settings:
     max_queue: int = 64  # waiting requests; more get 503 + Retry-After
     scheduler: str = "continuous"  # "continuous" (engine.py) | "static" (static_batcher.py)
     image_cache_mb: float = 256.0  # cached image embeddings (engine only)
-    timeout_s: float = 120.0  # per request, queueing included
+    timeout_s: float = 120.0  # per request, queueing included (a request may ask for less)
+    shutdown_timeout_s: float = 30.0  # SIGTERM: running rows get this long, then are cancelled
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 16_000_000  # per image; stricter than processor.MAX_PIXELS (check_pixels)
     max_images: int = 4  # per request

@@ -26,10 +26,15 @@ class Batcher(Scheduler):
     """Static batching: a batch runs to its last row before the next one starts."""
 
     def __init__(
-        self, pipe: Pipeline, max_batch: int = 8, max_queue: int = 64, metrics: Any = None
+        self,
+        pipe: Pipeline,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        metrics: Any = None,
+        adapters: Any = None,
     ) -> None:
         super().__init__(max_batch, max_queue)
-        self.pipe, self.metrics = pipe, metrics
+        self.pipe, self.metrics, self.adapters = pipe, metrics, adapters
         self._batch: list[Job] = []
 
     def _running_jobs(self) -> list[Job]:
@@ -82,6 +87,8 @@ class Batcher(Scheduler):
         self.stats["rows"] += len(rows)
         self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
         pipe, tok = self.pipe, self.pipe.tokenizer
+        if self.adapters is not None:  # per-row LoRA: each row runs its job's adapter
+            self.adapters.select([j.adapter for j in rows])
         inputs = pipe.processor(images=[j.images for j in rows], text=[j.prompt for j in rows])
         first = batch[0]
         options: dict[str, Any] = {"max_new_tokens": max(j.max_tokens for j in rows)}

@@ -80,7 +80,8 @@ def coco_detection_scores(ground_truth: dict, results: list[dict], iou_type: str
     coco_cls, eval_cls, mask_utils = _pycocotools()
     gt = _ground_truth(coco_cls, ground_truth)
     if not results:
-        return {name: 0.0 for name in STAT_NAMES} | {"per_class": {}}
+        present = [c for c in gt.dataset.get("categories", []) if gt.getAnnIds(catIds=[c["id"]])]
+        return {name: 0.0 for name in STAT_NAMES} | {"per_class": {c["name"]: 0.0 for c in present}}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(_compressed(results, gt, mask_utils))
         evaluator = eval_cls(gt, dt, iou_type)

@@ -8,9 +8,9 @@ Int4Head, tensors `decoder.head.weight` and `.scale`). store.py says how such a 
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
-    up to KERNEL_ROWS rows of x, int8: our kernel (kernels.cpp, float32 accumulation),
-        when it could be built; up to PACKED_ROWS rows: PyTorch's packed int8 / int4 kernels
-        (bfloat16 activations);
+    up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
+        group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
+        packed int8 / int4 kernels (bfloat16 activations);
     more rows (prefill, training batches): CHUNK output rows at a time are dequantised to the
         activation dtype for a dense GEMM, which is compute-bound there anyway.
 Elsewhere (GPU, autograd for QLoRA) the weight is dequantised to the activation dtype.
@@ -31,7 +31,7 @@ from torch import nn
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
 
-KERNEL_ROWS = 8  # our int8 kernel: at most this many rows of x (it streams the weight once)
+KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
 CHUNK = 4096  # output rows dequantised at a time for larger inputs
 
@@ -85,7 +85,9 @@ class Int8Linear(_QuantizedLinear):
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
         if len(flat) <= KERNEL_ROWS and cpu_kernels.available():
-            return torch.ops.paligemma_cpu.int8_matmul(flat, self.weight, self.scale)
+            return torch.ops.paligemma_cpu.int8_matmul(
+                flat, self.weight, self.scale, cpu_kernels.isa()
+            )
         if not _HAS_KERNELS:
             return None
         flat = flat.to(torch.bfloat16).contiguous()
@@ -150,6 +152,9 @@ class Int4Linear(_QuantizedLinear):
         return self._cache
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
+        if len(flat) <= KERNEL_ROWS and self.group % 32 == 0 and cpu_kernels.available():
+            ops = torch.ops.paligemma_cpu
+            return ops.int4_matmul(flat, self.weight, self.scale, self.group, cpu_kernels.isa())
         if not _HAS_KERNELS or self.out_features % 16:  # (the packing needs 16 | out_features)
             return None
         packed, scales_and_zeros = self._packed()

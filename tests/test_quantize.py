@@ -321,19 +321,3 @@ def test_quantize_weight_without_the_kernels_gives_the_same_codes(monkeypatch):
         monkeypatch.undo()
         for a, b in zip(ours, portable, strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b), mode
-
-
-def test_quantising_at_load_peaks_below_a_bfloat16_load(tmp_path):
-    """Peak resident memory of a load in its own process (benchmarks/bench_quant_load.py) on a
-    checkpoint shaped like the 3B model's decoder: quantising as the tensors are read stays well
-    under a bfloat16 load (measured 0.92x int8 and 0.70-0.76x int4 at this small size, where the
-    process's own allocations weigh more; quantising after loading peaked at 1.54x)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    import bench_quant_load as bench
-
-    bench.write_checkpoint(tmp_path, bench.mid_size_config(depth=3))
-    base = bench.measure(tmp_path, None)["peak_bytes"]
-    assert bench.measure(tmp_path, "int4")["peak_bytes"] < 0.85 * base

@@ -127,9 +127,9 @@ at::Tensor int8_matmul(const at::Tensor& x_, const at::Tensor& q_, const at::Ten
   const float* sp = scale.data_ptr<float>();
   float* op = out.data_ptr<float>();
   by_rows(M, [&](int64_t m0, int64_t mb) {
+    const float* xm = xp + m0 * I;
+    float* om = op + m0 * O;
     at::parallel_for(0, O, 64, [&](int64_t o0, int64_t o1) {
-      const float* xm = xp + m0 * I;
-      float* om = op + m0 * O;
 #ifdef PG_HAS_X86
       if (isa == 2) return pg_avx512::int8_rows(mb, xm, I, qp, sp, om, O, o0, o1);
       if (isa == 1) return pg_avx2::int8_rows(mb, xm, I, qp, sp, om, O, o0, o1);
@@ -139,7 +139,6 @@ at::Tensor int8_matmul(const at::Tensor& x_, const at::Tensor& q_, const at::Ten
   });
   return out;
 }
-
 
 at::Tensor int4_matmul(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
                        int64_t group, int64_t isa) {
@@ -165,9 +164,9 @@ at::Tensor int4_matmul(const at::Tensor& x_, const at::Tensor& q_, const at::Ten
   const void* sp = scale.data_ptr();
   float* op = out.data_ptr<float>();
   by_rows(M, [&](int64_t m0, int64_t mb) {
+    const float* const xm = xp + m0 * I;
+    float* const om = op + m0 * O;
     at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-      const float* xm = xp + m0 * I;
-      float* om = op + m0 * O;
 #ifdef PG_HAS_X86
       if (isa == 2) return pg_avx512::int4_rows(mb, xm, I, qp, sp, bf16, group, om, O, o0, o1);
       if (isa == 1) return pg_avx2::int4_rows(mb, xm, I, qp, sp, bf16, group, om, O, o0, o1);

@@ -31,9 +31,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))  # stored as w; applied as (1 + w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + self.weight.float())).type_as(x)
+        # One fused op, the same float32 arithmetic as x * rsqrt(mean(x^2) + eps) * (1 + w).
+        y = F.rms_norm(x.float(), (x.shape[-1],), 1.0 + self.weight.float(), self.eps)
+        return y.type_as(x)
 
 
 def rope_angles(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -186,15 +187,34 @@ def build_hf(cfg, device: str):
     return model.eval()
 
 
-def attempt(results: dict, name: str, fn) -> None:
-    try:
-        results[name] = fn()
-    except Exception as e:  # reported, not raised: the run goes on
-        results[name] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+class OutOfTime(Exception):
+    pass
+
+
+def _out_of_time(signum, frame):
+    raise OutOfTime("time budget spent during this attempt")
+
+
+def attempt(results: dict, name: str, fn, deadline: float) -> None:
+    """results[name] = fn(), or what stopped it: an error, or the deadline (SIGALRM, Unix)."""
+    left = int(deadline - time.monotonic())
+    if left <= 0:
+        results[name] = {"skipped": "time budget spent"}
+    else:
+        old = signal.signal(signal.SIGALRM, _out_of_time)
+        signal.alarm(left)
+        try:
+            results[name] = fn()
+        except Exception as e:  # reported, not raised: the run goes on
+            results[name] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
     print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
 
 def check_big(device: str, preset: str, deadline: float) -> dict:
+    """Plain decoding of both first (the figures that matter), then the compiled attempts."""
     import bench_generate
 
     import paligemma
@@ -203,39 +223,31 @@ def check_big(device: str, preset: str, deadline: float) -> dict:
     x1 = bench_generate.inputs(cfg, 1, 10)
     xb = bench_generate.inputs(cfg, BIG_BATCH, 10)
     out: dict = {"preset": preset, "batch": BIG_BATCH, "new_tokens": BIG_NEW_TOKENS}
-    model = bench_generate.build(preset, torch.bfloat16, device)
-    attempt(out, "ours bfloat16", lambda: speed(ours_generate(model), device, x1, xb))
-    if time.monotonic() < deadline:
-        compiled = torch.compile(model, mode="reduce-overhead", dynamic=True)
-        attempt(
-            out,
+    ours = bench_generate.build(preset, torch.bfloat16, device)
+    hf = build_hf(cfg, device)  # two 3B bfloat16 copies: 12 GB, fits one GPU
+    runs = [
+        ("ours bfloat16", ours_generate(ours)),
+        ("transformers bfloat16 sdpa", hf_generate(hf, device)),
+        (
             "ours bfloat16 compile reduce-overhead",
-            lambda: speed(ours_generate(compiled), device, x1, xb),
-        )
-    model = compiled = None  # free the device memory for transformers' copy
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    if time.monotonic() < deadline:
-        hf = build_hf(cfg, device)
-        attempt(
-            out,
-            "transformers bfloat16 sdpa",
-            lambda: speed(hf_generate(hf, device), device, x1, xb),
-        )
-        if time.monotonic() < deadline:
-            static = hf_generate(hf, device, cache_implementation="static")
-            attempt(
-                out,
-                "transformers bfloat16 static cache (compiled)",
-                lambda: speed(static, device, x1, xb),
-            )
+            ours_generate(torch.compile(ours, mode="reduce-overhead", dynamic=True)),
+        ),
+        (
+            "transformers bfloat16 static cache (compiled)",
+            hf_generate(hf, device, cache_implementation="static"),
+        ),
+    ]
+    for name, generate in runs:
+        attempt(out, name, lambda g=generate: speed(g, device, x1, xb), deadline)
     return out
 
 
 # -- driver ------------------------------------------------------------------------------------
 
 
-def section(results: dict, name: str, deadline: float, fn) -> None:
+def section(results: dict, name: str, deadline: float, fn, out: Path) -> None:
+    """results[name] = fn() unless the deadline has passed; the JSON is rewritten after each
+    section, so a run stopped from outside keeps what it measured."""
     if time.monotonic() >= deadline:
         results[name] = {"skipped": "time budget spent"}
         print(f"{name}: skipped (time budget spent)", flush=True)
@@ -245,6 +257,7 @@ def section(results: dict, name: str, deadline: float, fn) -> None:
     results[name] = fn()
     results[name + "_s"] = round(time.monotonic() - start, 1)
     print(f"{name}: {json.dumps(results[name])}", flush=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -258,24 +271,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--time-budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--json", default="gpu_check.json")
     args = ap.parse_args(argv)
-    deadline = time.monotonic() + args.time_budget
+    deadline, out = time.monotonic() + args.time_budget, Path(args.json)
     set_tf32(False)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results: dict = {"device": args.device, "device_name": name, "torch": torch.__version__}
     print(f"device {args.device} ({name}), torch {torch.__version__}", flush=True)
-    section(results, "tiny_greedy", deadline, lambda: check_tiny(args.device))
+    section(results, "tiny_greedy", deadline, lambda: check_tiny(args.device), out)
     scenes = args.scenes or (2 if args.quick else 24)
-    section(results, "embedded_eval", deadline, lambda: check_embedded(args.device, scenes))
+    section(results, "embedded_eval", deadline, lambda: check_embedded(args.device, scenes), out)
     if not args.quick:
         # the 3B section may start only with 4 of its ~5 minutes left
-        section(
-            results, "big", deadline - 240, lambda: check_big(args.device, args.preset, deadline)
-        )
+        big = lambda: check_big(args.device, args.preset, deadline)  # noqa: E731
+        section(results, "big", deadline - 240, big, out)
     tiny = results["tiny_greedy"] if isinstance(results["tiny_greedy"], list) else [{}]
     ok = all(r.get("tokens_equal") for r in tiny if not r.get("tf32_allowed"))
     results["all_equal"] = ok and results.get("embedded_eval", {}).get("equal", False)
     print(f"ALL EQUAL: {results['all_equal']}", flush=True)
-    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.json}")
     return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -43,3 +44,18 @@ def test_gpu_check_time_budget_skips(tmp_path):
     )
     assert result["tiny_greedy"] == result["embedded_eval"] == result["big"]
     assert result["big"] == {"skipped": "time budget spent"} and result["all_equal"] is False
+
+
+def test_an_attempt_past_the_deadline_is_stopped_and_reported():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(BENCH))
+    r: dict = {}
+    gpu_check.attempt(r, "slow", lambda: time.sleep(5), time.monotonic() + 1.2)
+    gpu_check.attempt(r, "late", lambda: 1, time.monotonic() - 1)
+    gpu_check.attempt(r, "bad", lambda: 1 / 0, time.monotonic() + 60)
+    assert r["slow"] == {"failed": "OutOfTime: time budget spent during this attempt"}
+    assert r["late"] == {"skipped": "time budget spent"}
+    assert r["bad"]["failed"].startswith("ZeroDivisionError")

@@ -5,7 +5,9 @@
 
 1. Creates (once, cached on disk) a full-size checkpoint with deterministic random weights in
    bfloat16, in the transformers layout.
-2. Measures the machine's memory read bandwidth (a streaming sum over 1 GiB, best of 3).
+2. Measures the machine's memory read bandwidth (a streaming sum over 1 GiB, best of 3), and
+   each matrix-vector path's own GB/s on one decoder-sized weight (bench_kernels.py: int8 and
+   int4, ours on each instruction set and torch's; `--kernels-only` prints just this and exits).
 3. Runs each configuration in its own process (so peak RSS is its own): transformers in
    float32 and bfloat16 (eager attention), ours in bfloat16 (the default), float32, int8, int4.
    Each reports load time, time to first token (vision + prefill, batch 1), decode tokens/s at
@@ -34,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_generate
+import bench_kernels
 
 PROMPT_TOKENS = 10
 
@@ -246,6 +249,9 @@ def main() -> None:
     )
     ap.add_argument("--json", default="bench_vs_transformers.json")
     ap.add_argument(
+        "--kernels-only", action="store_true", help="only the kernel-level GB/s table, then exit"
+    )
+    ap.add_argument(
         "--worker", nargs=4, metavar=("KIND", "DTYPE", "QUANT", "QUALITY"), help=argparse.SUPPRESS
     )
     ap.add_argument("--path", help=argparse.SUPPRESS)
@@ -268,10 +274,13 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    cfg = preset_config(args.preset, args.depth)
-    make_checkpoint(cfg, path)
     bw = bandwidth_gbs()
     print(f"memory read bandwidth: {bw:.1f} GB/s; {torch.get_num_threads()} threads", flush=True)
+    kernel_gbs = bench_kernels.kernel_table()  # each path's GB/s on one decoder-sized weight
+    if args.kernels_only:
+        return
+    cfg = preset_config(args.preset, args.depth)
+    make_checkpoint(cfg, path)
     quality_file = Path(tempfile.mkdtemp()) / "reference.safetensors"
     results = {}
     for name, kind, dtype, quant in RUNS:
@@ -365,6 +374,7 @@ def main() -> None:
             {
                 "preset": args.preset,
                 "bandwidth_gbs": bw,
+                "kernel_gbs": kernel_gbs,
                 "threads": torch.get_num_threads(),
                 "new_tokens": args.new_tokens,
                 "batch": args.batch,

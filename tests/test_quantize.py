@@ -59,6 +59,57 @@ def test_cpu_kernels_build_here_and_match_float64():
         ops.int8_matmul(torch.randn(1, 64), codes[:, :64], torch.rand(3))
 
 
+def int4_reference(x, packed, scale, group):
+    """float64 x @ W.T for int4 codes in the portable layout (low nibble first)."""
+    codes = torch.stack([packed & 15, packed >> 4], -1).view(len(packed), -1).double() - 8
+    w = (codes.view(len(packed), -1, group) * scale.double()[..., None]).view(len(packed), -1)
+    return x.double() @ w.T
+
+
+def test_int4_and_int8_kernels_match_float64_on_every_instruction_set():
+    """Each path the CPU has (AVX-512, AVX2 + FMA, scalar: chosen at run time, forced here) equals
+    a float64 product to float32 rounding, for every row count, group size and scale dtype."""
+    if not cpu_kernels.available():
+        pytest.skip(cpu_kernels.why_not())  # (the test above checks that it builds here)
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    paths = range(int(ops.cpu_isa()) + 1)
+    assert max(paths) == cpu_kernels.isa()
+    for isa, rows in ((isa, rows) for isa in paths for rows in (1, 2, 3, 4, 8, 9, 16)):
+        for in_features, group in ((64, 32), (128, 64), (384, 128), (192, 64)):
+            x = torch.randn(rows, in_features)
+            packed = torch.randint(0, 256, (40, in_features // 2), dtype=torch.uint8)
+            for dtype in (torch.float32, torch.bfloat16):
+                scale = torch.rand(40, in_features // group).to(dtype)
+                got = ops.int4_matmul(x, packed, scale, group, isa)
+                assert rel_err(got, int4_reference(x, packed, scale, group)) < 1e-6, (isa, rows)
+        codes = torch.randint(-127, 128, (70, 200), dtype=torch.int8)
+        scale = torch.rand(70)
+        want = x.double() @ (codes.double() * scale.double()[:, None]).T[:192]
+        got = ops.int8_matmul(x, codes[:, :192], scale, isa)
+        assert rel_err(got, want) < 1e-6, (isa, rows)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.int4_matmul(x, packed, scale, 48, -1)
+    with pytest.raises(RuntimeError, match="has no path"):
+        ops.int4_matmul(x, packed, torch.rand(40, 3), 64, 3)
+
+
+def test_a_lower_instruction_set_can_be_forced(monkeypatch):
+    if not cpu_kernels.available():
+        pytest.skip(cpu_kernels.why_not())
+    layer = q.Int4Linear.from_linear(nn.Linear(128, 48))
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        want = nn.functional.linear(x, layer.dequantize(), layer.bias)
+        for name, path in cpu_kernels.ISAS.items():
+            monkeypatch.setenv(cpu_kernels.ENV_ISA, name)
+            assert cpu_kernels.isa() == min(path, int(torch.ops.paligemma_cpu.cpu_isa()))
+            assert rel_err(layer(x), want) < 1e-6
+    monkeypatch.setenv(cpu_kernels.ENV_ISA, "sse9")
+    with pytest.raises(ValueError, match="must be one of"):
+        cpu_kernels.isa()
+
+
 @pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
 def test_every_cpu_path_gives_the_dequantised_product(cls, monkeypatch):
     """Decoding rows (our kernel / PyTorch's packed kernels) and prefill rows (dequantised in
@@ -237,3 +288,36 @@ def test_quant_store_describes_and_rebuilds_a_model():
     q.quantize_(model, "int8", include="vision.blocks.*")
     with pytest.raises(ValueError, match="mixes int8 and int4"):
         store.describe(model)
+
+
+# -- quantising at load: tensor by tensor, never the whole model in 16 or 32 bits ----------------
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantising_at_load_equals_quantising_after_load(tmp_path, mode):
+    from paligemma.checkpoints import load as checkpoint_load
+
+    torch.manual_seed(0)
+    paligemma.save_model(paligemma.PaliGemma(paligemma.TINY).to(torch.bfloat16), tmp_path)
+    after = checkpoint_load._load_any(tmp_path, None, None, None, None)
+    q.quantize_(after, mode)
+    at_load = paligemma.load_model(tmp_path, quantize=mode)
+    want, got = after.state_dict(), at_load.state_dict()
+    assert want.keys() == got.keys()
+    for name, t in want.items():
+        assert t.dtype == got[name].dtype and torch.equal(t, got[name]), name
+    with pytest.raises(ValueError, match="int8' or 'int4"):
+        paligemma.load_model(tmp_path, quantize="int3")
+
+
+def test_quantize_weight_without_the_kernels_gives_the_same_codes(monkeypatch):
+    torch.manual_seed(0)
+    w = (torch.randn(300, 256) * torch.rand(300, 1)).to(torch.bfloat16)
+    w[3] = 0
+    for mode in ("int8", "int4"):
+        ours = q.quantize_weight(w, mode)
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+        portable = q.quantize_weight(w, mode, elements=1000)  # (in blocks of 3 rows)
+        monkeypatch.undo()
+        for a, b in zip(ours, portable, strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b), mode

@@ -261,11 +261,11 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 def _prepare_kernels(model: PaliGemma) -> None:
-    """Build (once per machine) or load our int8 CPU kernel now, not in the first request."""
+    """Build (once per machine) or load our CPU kernels now, not in the first request."""
     from .quant import kernels as cpu_kernels
-    from .quant.linear import Int8Linear
+    from .quant.linear import QUANTIZED
 
-    if model.device.type == "cpu" and any(type(m) is Int8Linear for m in model.modules()):
+    if model.device.type == "cpu" and any(type(m) in QUANTIZED for m in model.modules()):
         cpu_kernels.available()
 
 
@@ -299,10 +299,13 @@ def load(
     path = resolve_source(source)
     directory = path if path.is_dir() else path.parent
     tok = Tokenizer(_tokenizer_path(directory, tokenizer, source))
-    model = load_model(path, dtype=dtype, device=device, config=config, reference=reference)
+    at_load = quantize if adapter is None else None  # tensor by tensor, as they are read
+    model = load_model(
+        path, dtype=dtype, device=device, config=config, reference=reference, quantize=at_load
+    )
     if adapter is not None:
         load_adapter_(model, adapter)
-    if quantize is not None:
+    if quantize is not None and at_load is None:  # an adapter goes in before quantising
         from .quant.linear import quantize_
 
         quantize_(model, quantize)

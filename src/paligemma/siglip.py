@@ -22,6 +22,8 @@ from .config import SiglipConfig
 class Attention(nn.Module):
     """Bidirectional multi-head attention; softmax in float32 as the reference does."""
 
+    fused = False  # opt-in: PyTorch's fused attention (not bit-exact; see gemma.Attention)
+
     def __init__(self, cfg: SiglipConfig) -> None:
         super().__init__()
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
@@ -41,6 +43,9 @@ class Attention(nn.Module):
         v = (
             self.v_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
         )  # (B, N, L, H)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
+            return self.o_proj(out.transpose(1, 2).reshape(b, seq, -1))  # (B, L, D)
         scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, N, L, L)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = (probs @ v).transpose(1, 2).reshape(b, seq, -1)  # (B, L, D)

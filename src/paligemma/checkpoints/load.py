@@ -101,7 +101,7 @@ def _majority_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
     return max(set(floats), key=floats.count) if floats else torch.float32
 
 
-def _load_hf_dir(path: Path, cfg, dtype, device, reference) -> PaliGemma:
+def _load_hf_dir(path: Path, cfg, dtype, device, reference, quantize=None) -> PaliGemma:
     if cfg is None:
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path} has no config.json (pass config=)")
@@ -123,8 +123,7 @@ def _load_hf_dir(path: Path, cfg, dtype, device, reference) -> PaliGemma:
         items = [(r.nbytes(n), n, r) for r in readers for n in r.entries]
         if dtype is None:
             dtype = _majority_dtype([r.entries[n][0] for _, n, r in items])
-        with torch.device("meta"):
-            model = PaliGemma(cfg)
+        model, spec = _skeleton(cfg, quantize)
         state: dict[str, torch.Tensor] = {}
         for _, name, reader in sorted(items, key=lambda x: -x[0]):  # largest first
             ours = hf_name_to_ours(name, cfg)
@@ -132,9 +131,10 @@ def _load_hf_dir(path: Path, cfg, dtype, device, reference) -> PaliGemma:
                 continue
             if ours in state:
                 raise CheckpointError(f"tensor {ours!r} appears twice (as {name!r})")
-            state[ours] = reader.read(name, dtype, device)
-            if not state[ours].is_floating_point():
-                raise CheckpointError(f"{name!r} is {state[ours].dtype}, not floating point")
+            t = reader.read(name, dtype, device)
+            if not t.is_floating_point():
+                raise CheckpointError(f"{name!r} is {t.dtype}, not floating point")
+            state.update(quant_store.entries(ours, t, spec))
     finally:
         for r in readers:
             r.close()
@@ -163,7 +163,7 @@ def _npz_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _load_npz(path: Path, cfg, dtype, device, reference) -> PaliGemma:
+def _load_npz(path: Path, cfg, dtype, device, reference, quantize=None) -> PaliGemma:
     try:
         meta = _npz_shapes(path)
     except (zipfile.BadZipFile, ValueError, OSError) as e:
@@ -177,8 +177,7 @@ def _load_npz(path: Path, cfg, dtype, device, reference) -> PaliGemma:
             for _, d in meta.values()
         ]
         dtype = _majority_dtype(dtypes)
-    with torch.device("meta"):
-        model = PaliGemma(cfg)
+    model, spec = _skeleton(cfg, quantize)
     state: dict[str, torch.Tensor] = {}
     sizes = {k: math.prod(s) * d.itemsize for k, (s, d) in meta.items()}
     with np.load(path, allow_pickle=False) as npz:
@@ -187,9 +186,18 @@ def _load_npz(path: Path, cfg, dtype, device, reference) -> PaliGemma:
             for name, t in npz_to_ours(key, array, cfg):
                 if name in state:
                     raise CheckpointError(f"tensor {name!r} appears twice in {path}")
-                state[name] = _materialise(t, dtype, device)
+                state.update(quant_store.entries(name, _materialise(t, dtype, device), spec))
             del array
     return _assign(model, state)
+
+
+def _skeleton(cfg, quantize: str | None) -> tuple[PaliGemma, dict | None]:
+    """The model on the meta device, and with `quantize` its quantised layers and their spec
+    (each float tensor is then quantised as it is read: quant_store.entries)."""
+    with torch.device("meta"):
+        model = PaliGemma(cfg)
+        spec = None if quantize is None else quant_store.plan(model, quantize)
+        return (model if spec is None else quant_store.build_(model, spec)), spec
 
 
 def _load_quantized(path: Path, dtype, device, reference) -> PaliGemma:
@@ -228,23 +236,22 @@ def load_model(
     config: overrides config.json; for an .npz (which holds none) a preset name, config.json path,
     dict or PaliGemmaConfig, else inferred from the tensor shapes where they determine it.
     dtype: defaults to the stored weights' dtype. device: defaults to the CPU.
-    quantize: "int8" | "int4" quantises the decoder's linear layers after loading (weight-only);
-    a checkpoint saved from a quantised model loads quantised without it. On the CPU the float
-    linears and the tied head take the matrix-vector path for single rows (quant/matvec.py).
+    quantize: "int8" | "int4" quantises the decoder's linear layers (weight-only) tensor by
+    tensor as they are read; a checkpoint saved from a quantised model loads quantised without
+    it. On the CPU the float linears and the tied head take the matrix-vector path for single
+    rows (quant/matvec.py).
     reference: "transformers" | "big_vision", whose computation to reproduce where the two
     differ (PaliGemma 2 only; see `config.with_reference`): transformers keeps Gemma 2's
     sliding window and final logit soft-cap, big_vision (where PaliGemma 2 was trained) has
     neither. Default: big_vision for an .npz, transformers for everything else.
     """
-    model = _load_any(source, dtype, device, config, reference)
-    if quantize is not None:
-        from ..quant.linear import quantize_
-
-        quantize_(model, quantize)
+    if quantize not in (None, *quant_store.MODES):
+        raise ValueError(f"quantize must be 'int8' or 'int4', got {quantize!r}")
+    model = _load_any(source, dtype, device, config, reference, quantize)
     return install_matvec_(model) if model.device.type == "cpu" else model
 
 
-def _load_any(source, dtype, device, config, reference) -> PaliGemma:
+def _load_any(source, dtype, device, config, reference, quantize=None) -> PaliGemma:
     device = torch.device(device or "cpu")
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(_DTYPE_NAMES)}, got {dtype}")
@@ -258,12 +265,12 @@ def _load_any(source, dtype, device, config, reference) -> PaliGemma:
     if path.is_dir():
         npz = sorted(path.glob("*.npz"))
         if not any(path.glob("*.safetensors")) and len(npz) == 1:
-            return _load_npz(npz[0], cfg, dtype, device, reference)
-        return _load_hf_dir(path, cfg, dtype, device, reference)
+            return _load_npz(npz[0], cfg, dtype, device, reference, quantize)
+        return _load_hf_dir(path, cfg, dtype, device, reference, quantize)
     if path.suffix == ".npz":
-        return _load_npz(path, cfg, dtype, device, reference)
+        return _load_npz(path, cfg, dtype, device, reference, quantize)
     if path.name == "config.json" or path.suffix == ".safetensors":
-        return _load_hf_dir(path.parent, cfg, dtype, device, reference)
+        return _load_hf_dir(path.parent, cfg, dtype, device, reference, quantize)
     raise CheckpointError(f"{path}: expected a directory, an .npz or a .safetensors file")
 
 

@@ -1,12 +1,15 @@
 """Our CPU kernels for quantised decoding (kernels.cpp), built once per machine on first use.
 
-`available()` compiles the C++ source with the system's C++ compiler (-O3 -march=native, against
+`available()` compiles the C++ source with the system's C++ compiler (-O3 -mtune=native, against
 the installed torch) into a cache directory and loads it; the ops then live under
 `torch.ops.paligemma_cpu`. No compiler, a failed build, or PALIGEMMA_CPU_KERNELS=0: `available()`
 is False and the quantised layers use PyTorch's own kernels (same results, slower decoding).
+The source holds an AVX-512, an AVX2 + FMA and a scalar loop, chosen at run time from the CPU's
+flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs).
 
     if cpu_kernels.available():
-        y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale)   # f32[M, O]
+        y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
+        y = torch.ops.paligemma_cpu.int4_matmul(x, q, scale, group, cpu_kernels.isa())
 
 Cache: $PALIGEMMA_CACHE or ~/.cache/paligemma, keyed by the source, torch's version and build
 flags, and the CPU's model and flags, so a copied home directory never loads a foreign build.
@@ -29,6 +32,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
+ENV_ISA = "PALIGEMMA_CPU_ISA"
+ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path
@@ -53,7 +58,7 @@ def _command(compiler: str, out: Path) -> list[str]:
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     cmd = [compiler, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-std=c++17", "-O3"]
-    cmd += ["-march=native", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    cmd += ["-mtune=native", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
     cmd += ["-I" + p for p in cpp_extension.include_paths()]
     cmd += ["-I" + sysconfig.get_paths()["include"]]
     for lib in cpp_extension.library_paths():
@@ -109,6 +114,18 @@ def available() -> bool:
                         file=sys.stderr,
                     )
     return bool(_state["ok"])
+
+
+def isa() -> int:
+    """The kernels' path to run: the best this CPU has (2 AVX-512, 1 AVX2 + FMA, 0 scalar), or
+    a lower one that PALIGEMMA_CPU_ISA names (for tests and comparisons). Needs available()."""
+    if "best" not in _state:
+        _state["best"] = int(torch.ops.paligemma_cpu.cpu_isa())
+    best = int(_state["best"])
+    name = os.environ.get(ENV_ISA, "")
+    if name and name not in ISAS:
+        raise ValueError(f"{ENV_ISA} must be one of {', '.join(ISAS)}, got {name!r}")
+    return min(ISAS[name], best) if name else best
 
 
 def why_not() -> str | None:

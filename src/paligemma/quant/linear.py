@@ -8,9 +8,9 @@ Int4Head, tensors `decoder.head.weight` and `.scale`). store.py says how such a 
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
-    up to KERNEL_ROWS rows of x, int8: our kernel (kernels.cpp, float32 accumulation),
-        when it could be built; up to PACKED_ROWS rows: PyTorch's packed int8 / int4 kernels
-        (bfloat16 activations);
+    up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
+        group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
+        packed int8 / int4 kernels (bfloat16 activations);
     more rows (prefill, training batches): CHUNK output rows at a time are dequantised to the
         activation dtype for a dense GEMM, which is compute-bound there anyway.
 Elsewhere (GPU, autograd for QLoRA) the weight is dequantised to the activation dtype.
@@ -31,7 +31,7 @@ from torch import nn
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
 
-KERNEL_ROWS = 8  # our int8 kernel: at most this many rows of x (it streams the weight once)
+KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
 CHUNK = 4096  # output rows dequantised at a time for larger inputs
 
@@ -67,16 +67,10 @@ class Int8Linear(_QuantizedLinear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(1).clamp(min=1e-12) / 127  # (O,)
         q = cls(
             linear.in_features, linear.out_features, linear.bias is not None, linear.weight.dtype
         )
-        q.weight.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        q.scale.copy_(scale.to(q.scale.dtype))
-        if linear.bias is not None:
-            q.bias.data.copy_(linear.bias.detach())
-        return q.to(linear.weight.device)
+        return _filled(q, linear, quantize_weight(linear.weight.detach(), "int8"))
 
     def dequantize(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """The float weight (rows start:end), in the scale's dtype."""
@@ -85,7 +79,9 @@ class Int8Linear(_QuantizedLinear):
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
         if len(flat) <= KERNEL_ROWS and cpu_kernels.available():
-            return torch.ops.paligemma_cpu.int8_matmul(flat, self.weight, self.scale)
+            return torch.ops.paligemma_cpu.int8_matmul(
+                flat, self.weight, self.scale, cpu_kernels.isa()
+            )
         if not _HAS_KERNELS:
             return None
         flat = flat.to(torch.bfloat16).contiguous()
@@ -117,14 +113,7 @@ class Int4Linear(_QuantizedLinear):
     def from_linear(cls, linear: nn.Linear, group: int = 64) -> Int4Linear:
         o, i = linear.weight.shape
         q = cls(i, o, linear.bias is not None, group, linear.weight.dtype)
-        w = linear.weight.detach().float().view(o, i // group, group)
-        scale = w.abs().amax(-1).clamp(min=1e-12) / 7  # (O, G)
-        codes = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8).view(o, i)
-        q.weight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
-        q.scale.copy_(scale.to(q.scale.dtype))
-        if linear.bias is not None:
-            q.bias.data.copy_(linear.bias.detach())
-        return q.to(linear.weight.device)
+        return _filled(q, linear, quantize_weight(linear.weight.detach(), "int4", group))
 
     def codes(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """uint8[O, I] codes 0..15 (value + 8), low nibble first (rows start:end)."""
@@ -150,6 +139,9 @@ class Int4Linear(_QuantizedLinear):
         return self._cache
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
+        if len(flat) <= KERNEL_ROWS and self.group % 32 == 0 and cpu_kernels.available():
+            ops = torch.ops.paligemma_cpu
+            return ops.int4_matmul(flat, self.weight, self.scale, self.group, cpu_kernels.isa())
         if not _HAS_KERNELS or self.out_features % 16:  # (the packing needs 16 | out_features)
             return None
         packed, scales_and_zeros = self._packed()
@@ -170,6 +162,50 @@ class Int4Head(Int4Linear):
 
     def forward(self, h: torch.Tensor, tied: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(h)
+
+
+def quantize_weight(
+    w: torch.Tensor, mode: str, group: int = 64, elements: int = 2**18
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The integer codes and scales (in w's dtype) of a float weight w (O, I), a block of rows
+    of about `elements` weights at a time, so the float32 working copies stay small and in cache
+    (quantising at load never holds a whole matrix in float32).
+    int8: (int8[O, I], [O]); int4: (uint8[O, I / 2], [O, I / group])."""
+    o, i = w.shape
+    cpu = w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
+    if cpu and cpu_kernels.available():  # one pass in C++, the same arithmetic
+        bits = 8 if mode == "int8" else 4
+        codes, scale = torch.ops.paligemma_cpu.quantize(w, bits, group)
+        return codes, scale.to(w.dtype)
+    rows = max(1, elements // i)
+    if mode == "int8":
+        codes = torch.empty(o, i, dtype=torch.int8, device=w.device)
+        scale = torch.empty(o, dtype=w.dtype, device=w.device)
+    else:
+        codes = torch.empty(o, i // 2, dtype=torch.uint8, device=w.device)
+        scale = torch.empty(o, i // group, dtype=w.dtype, device=w.device)
+    for start in range(0, o, rows):
+        part = w[start : start + rows].float()
+        if mode == "int8":
+            s = part.abs().amax(1).clamp(min=1e-12) / 127  # (rows,)
+            c = torch.round(part / s[:, None]).clamp(-127, 127).to(torch.int8)
+        else:
+            part = part.view(len(part), i // group, group)
+            s = part.abs().amax(-1).clamp(min=1e-12) / 7  # (rows, G)
+            c = (torch.round(part / s[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
+            c = c.view(len(part), i)
+            c = c[:, 0::2] | (c[:, 1::2] << 4)
+        codes[start : start + rows], scale[start : start + rows] = c, s.to(w.dtype)
+    return codes, scale
+
+
+def _filled(layer: nn.Module, linear: nn.Linear, codes_scale: tuple) -> nn.Module:
+    """`layer` holding the codes and scales, and the linear's bias, on its device."""
+    layer.weight.copy_(codes_scale[0])
+    layer.scale.copy_(codes_scale[1])
+    if linear.bias is not None:
+        layer.bias.data.copy_(linear.bias.detach())
+    return layer.to(linear.weight.device)
 
 
 def _on_cpu_inference(x: torch.Tensor) -> bool:
@@ -217,9 +253,9 @@ def quantize_(
     head is a third of the bytes read."""
     if mode not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
-    patterns = (include,) if isinstance(include, str) else tuple(include)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and any(fnmatch.fnmatch(name, p) for p in patterns):
+    for name in targets(model, include):
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Linear):
             model.set_submodule(name, _quantized(module, mode, group))
     decoder = getattr(model, "decoder", None)
     if head and decoder is not None and isinstance(decoder.head, TiedHead):
@@ -228,6 +264,16 @@ def quantize_(
         tied.weight = weight  # no copy: from_linear reads it once
         decoder.head = _quantized(tied, mode, group, head=True)
     return model
+
+
+def targets(model: nn.Module, include: str | tuple[str, ...] = DECODER_LINEARS) -> list[str]:
+    """Names of the float linears (nn.Linear or a subclass) that match `include`."""
+    patterns = (include,) if isinstance(include, str) else tuple(include)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(fnmatch.fnmatch(name, p) for p in patterns)
+    ]
 
 
 def _quantized(linear: nn.Linear, mode: str, group: int, head: bool = False) -> nn.Module:

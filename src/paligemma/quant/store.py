@@ -8,16 +8,23 @@ dict under our tensor names (integer codes as they are) beside QUANT_FILE, which
 `describe(model)` gives that dict (None for a float model); `build_(model, spec)` turns a float
 skeleton (e.g. on the meta device) into one whose named modules are the quantised layers, ready
 for `load_state_dict`. `decoder.head` names the quantised copy of the tied output head.
+
+Quantising a float checkpoint as it is read (checkpoints/ calls these; the whole model never
+exists in 16 or 32 bits): `plan(skeleton, mode)` is the spec that `linear.quantize_` would
+produce, and `entries(name, tensor, spec)` turns one float tensor into the tensors the quantised
+model holds under that name (codes and scales; the embedding also yields the head's copy).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..gemma import TiedHead
-from .linear import QUANTIZED, Int4Head, Int4Linear, Int8Head, Int8Linear
+from .linear import QUANTIZED, Int4Head, Int4Linear, Int8Head, Int8Linear, quantize_weight, targets
 
 QUANT_FILE = "quantization.json"  # marks a checkpoint of a quantised model (our tensor names)
+HEAD, EMBED = "decoder.head", "decoder.embed.weight"  # the tied head and the matrix it copies
 MODES = {"int8": (Int8Linear, Int8Head), "int4": (Int4Linear, Int4Head)}  # (layer, head)
 
 
@@ -54,3 +61,31 @@ def build_(model: nn.Module, spec: dict) -> nn.Module:
             new = layer_cls(old.in_features, old.out_features, old.bias is not None, **options)
         model.set_submodule(name, new)
     return model
+
+
+def plan(model: nn.Module, mode: str, group: int = 64) -> dict:
+    """The spec of `linear.quantize_(model, mode, group=group)` (defaults: the decoder's linears
+    and the tied head), read from a float skeleton without touching a tensor."""
+    if mode not in MODES:
+        raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
+    names = targets(model)
+    if isinstance(getattr(getattr(model, "decoder", None), "head", None), TiedHead):
+        names.append(HEAD)
+    return {"mode": mode, "group": group if mode == "int4" else None, "modules": sorted(names)}
+
+
+def entries(name: str, t: torch.Tensor, spec: dict | None) -> dict[str, torch.Tensor]:
+    """The quantised model's tensors for the float tensor `name` (our tensor names): a quantised
+    layer's weight becomes its codes and scale, the embedding stays and also gives the head's
+    codes and scale; anything else (or spec None) stays as it is."""
+    if spec is None:
+        return {name: t}
+    module, _, leaf = name.rpartition(".")
+    group = spec["group"] or 64
+    if leaf == "weight" and module in spec["modules"]:
+        codes, scale = quantize_weight(t, spec["mode"], group)
+        return {name: codes, f"{module}.scale": scale}
+    out = {name: t}
+    if name == EMBED and HEAD in spec["modules"]:
+        out[f"{HEAD}.weight"], out[f"{HEAD}.scale"] = quantize_weight(t, spec["mode"], group)
+    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -109,6 +110,14 @@ def make_dataset(out: Path, train: int, val: int, seed: int = 0) -> dict[str, Pa
     return paths
 
 
+def machine() -> str:
+    """The CPU's model name and core count, as the benchmarks name their host."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line]
+    return f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores"
+
+
 def run(cmd: list[str]) -> float:
     """Run a `paligemma` command as a user would; its wall time in seconds."""
     print("$", " ".join(cmd), flush=True)
@@ -152,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         k: json.loads((out / f"eval_{k}" / "scores.json").read_text()) for k in ("before", "after")
     }
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "settings": vars(args),
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "make_only")},
         "mAP50": {k: scores[k]["mAP50"] for k in scores},
         "mAP": {k: scores[k]["mAP"] for k in scores},
         "seconds": {"eval_before": t_before, "finetune": t_train, "eval_after": t_after},

@@ -148,3 +148,23 @@ def test_without_pyav_the_message_names_the_extra(monkeypatch, clips):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(ImportError, match=r"pip install 'paligemma\[video\]'"):
         read_frames(clips / "clip.mp4", 2)
+
+
+def test_eval_reads_a_file_that_names_videos(clips, tmp_path, embedded_pipe):
+    """`paligemma eval` on a QA file whose records name videos: each video becomes its sampled
+    frames, and the answers are those `pipe.generate(video=...)` gives."""
+    data = tmp_path / "clips.jsonl"
+    rows = [
+        {"image": str(clips / "clip.mp4"), "prefix": "caption en", "suffix": "x"},
+        {"image": str(clips / "short.mp4"), "prefix": "answer en what is it?", "suffix": "y"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    args = ["--data", str(data), "--out", str(out), "--frames", "3", "--max-new-tokens", "16"]
+    main(["eval", "--task", "exact", *args])
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    for row, prediction in zip(rows, map(json.loads, lines), strict=True):
+        video = {"video": row["image"], "frames": 3}
+        alone = embedded_pipe.generate(None, row["prefix"], **video, max_new_tokens=16)
+        assert prediction["text"] == alone.text
+    assert json.loads((out / "settings.json").read_text())["frames"] == 3

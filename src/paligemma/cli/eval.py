@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="default: the task's")
     p.add_argument("--beams", type=int, help="beam count (default: the task's)")
     p.add_argument("--mask-vae", help="vae-oid.npz, if not in the checkpoint directory")
+    p.add_argument(
+        "--frames", type=int, default=16, help="frames sampled from each video (default: 16)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_flags(p)
     p.set_defaults(run=run)
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         prompt=args.prompt,
+        frames=args.frames,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.beams,
         progress=not args.quiet,

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..data import read_dataset
 from ..processor import load_image
+from ..tasks.video import DEFAULT_FRAMES, is_video, read_frames
 from . import objects as obj_tasks
 from .report import write_report
 from .tasks import TASKS, EvalTask
@@ -42,9 +43,12 @@ def evaluate_dataset(
     prompt: str | None = None,
     max_new_tokens: int | None = None,
     num_beams: int | None = None,
+    frames: int = DEFAULT_FRAMES,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score `pipe` on `data` for `task` (a TASKS name); returns what scores.json holds."""
+    """Score `pipe` on `data` for `task` (a TASKS name); returns what scores.json holds. A
+    record's video file (an image path with a video suffix: .mp4, .webm, ...) is read as
+    `frames` frames sampled uniformly, each an image of the prompt (tasks/video.py)."""
     spec = TASKS[task]
     if spec.masks and pipe.mask_vae is None:
         raise ValueError(
@@ -70,6 +74,7 @@ def evaluate_dataset(
         "prompt": prompt or spec.prompt,
         "max_new_tokens": max_new_tokens or spec.max_new_tokens,
         "num_beams": num_beams or spec.num_beams,
+        "frames": frames,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +171,7 @@ def task_prompt(spec: EvalTask, template: str, record, dataset, own: dict) -> st
 def predict(pipe, spec: EvalTask, dataset, indices: list[int], settings: dict) -> list[dict]:
     """One batch: generate, then each row's parsed answer and per-example score."""
     records = [dataset[i] for i in indices]
-    images = [[load_image(im) for im in r.images] for r in records]
+    images = [record_images(r, settings.get("frames", DEFAULT_FRAMES)) for r in records]
     own = obj_tasks.image_labels(dataset) if spec.kind in ("detect", "segment") else {}
     prompts = [task_prompt(spec, settings["prompt"], r, dataset, own) for r in records]
     results = pipe.generate(
@@ -185,6 +190,14 @@ def predict(pipe, spec: EvalTask, dataset, indices: list[int], settings: dict) -
         row.update(_score_row(pipe, spec, record, ims[0], result, categories))
         rows.append(row)
     return rows
+
+
+def record_images(record, frames: int) -> list:
+    """A record's images (PIL), a video among them as its `frames` sampled frames."""
+    out = []
+    for image in record.images:
+        out += read_frames(image, frames) if is_video(image) else [load_image(image)]
+    return out
 
 
 def _score_row(pipe, spec: EvalTask, record, image, result, categories: dict) -> dict:

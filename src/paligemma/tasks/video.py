@@ -22,6 +22,14 @@ MAX_DECODED_FRAMES = 20_000  # a "short video" guard: frames decoded to count a 
 _INSTALL = "reading videos needs PyAV: pip install 'paligemma[video]'"
 
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
+
+
+def is_video(path: Any) -> bool:
+    """Whether `path` (a str / Path; bytes are never taken for one) names a video file."""
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
 class VideoError(ValueError):
     """A video that cannot be read, or a frame request that cannot be met."""
 

@@ -574,3 +574,28 @@ def test_lora_linear_wraps_a_layer_as_the_issue_writes_it():
     x = torch.randn(3, 16)
     assert torch.equal(layer(x), base(x))
     assert type(layer.merged()) is torch.nn.Linear
+
+
+def test_a_checkpoint_from_before_the_data_formats_still_resumes(pipeline_dir, task, tmp_path):
+    """Settings added later (--data-format, --images, --annotations, --task) are left out of the
+    fingerprint at their defaults: a checkpoint written without them resumes, and one of a run
+    that set them is still told apart."""
+    from paligemma.cli.commands import build_parser
+
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(pipeline_dir), "--data", task[0], "--out", str(out)]
+    argv += ["--steps", "2", "--batch-size", "2", "--save-every", "1", "--optimizer", "sgd"]
+    args = build_parser().parse_args(argv)
+    args.run(args)
+    state = out / "checkpoints" / (out / "checkpoints" / "latest").read_text() / "state.json"
+    meta = json.loads(state.read_text())
+    assert not {"data_format", "images", "annotations", "task"} & meta["config"].keys()
+    for key in ("data_format", "images", "annotations", "task"):  # as an older version wrote it
+        meta.get("settings", {}).pop(key, None)
+    state.write_text(json.dumps(meta))
+    args = build_parser().parse_args(["finetune", "--out", str(out), "--resume", "--steps", "3"])
+    args.run(args)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    changed = finetune.TrainConfig(data="x", out="y", task="caption").fingerprint()
+    assert changed["task"] == "caption"

@@ -126,12 +126,15 @@ class TrainConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with the run it continues."""
-        return fingerprint(self, FREE_ON_RESUME)
+        return fingerprint(self, FREE_ON_RESUME, later=ADDED_LATER)
 
     def lr_at(self, step: int) -> float:
         return learning_rate(step, self.lr, self.steps, self.warmup_steps, decay=self.schedule)
 
 
+# Settings added after checkpoints existed without them: left out of the fingerprint while at
+# their defaults, so those checkpoints resume.
+ADDED_LATER = ("data_format", "images", "annotations", "task")
 # Settings that may change when a run is resumed (--steps may grow).
 FREE_ON_RESUME = (
     "out",

@@ -57,11 +57,18 @@ def learning_rate(
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def fingerprint(settings: Any, ignore: Iterable[str]) -> dict[str, Any]:
+def fingerprint(settings: Any, ignore: Iterable[str], later: Iterable[str] = ()) -> dict[str, Any]:
     """The fields of a settings dataclass that a resumed run must share with the run it
-    continues: all but `ignore` (run length, cadences, output places)."""
-    skip = set(ignore)
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in skip}
+    continues: all but `ignore` (run length, cadences, output places). A field in `later`
+    (added after checkpoints were written without it) is left out while it holds its default,
+    so such a checkpoint still resumes, and one that sets it is still told apart."""
+    skip, later = set(ignore), set(later)
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(settings).items()
+        if k not in skip and not (k in later and v == defaults[k])
+    }
 
 
 def refuse_to_overwrite(out: Path, resume: bool) -> None:

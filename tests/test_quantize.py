@@ -69,8 +69,7 @@ def int4_reference(x, packed, scale, group):
 def test_int4_and_int8_kernels_match_float64_on_every_instruction_set():
     """Each path the CPU has (AVX-512, AVX2 + FMA, scalar: chosen at run time, forced here) equals
     a float64 product to float32 rounding, for every row count, group size and scale dtype."""
-    if not cpu_kernels.available():
-        pytest.skip(cpu_kernels.why_not())  # (the test above checks that it builds here)
+    assert cpu_kernels.available(), cpu_kernels.why_not()  # the kernels build on every CI host
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     paths = range(int(ops.cpu_isa()) + 1)
@@ -95,8 +94,7 @@ def test_int4_and_int8_kernels_match_float64_on_every_instruction_set():
 
 
 def test_a_lower_instruction_set_can_be_forced(monkeypatch):
-    if not cpu_kernels.available():
-        pytest.skip(cpu_kernels.why_not())
+    assert cpu_kernels.available(), cpu_kernels.why_not()
     layer = q.Int4Linear.from_linear(nn.Linear(128, 48))
     x = torch.randn(2, 128)
     with torch.no_grad():

@@ -24,10 +24,6 @@ from .records import (
 )
 
 PICKLES = (".p", ".pkl", ".pickle")
-TO_JSON = (
-    "python -c \"import json, pickle; json.dump(pickle.load(open('refs(unc).p', 'rb')), "
-    "open('refs.json', 'w'))\""
-)
 
 
 def read_refcoco(
@@ -45,7 +41,7 @@ def read_refcoco(
         raise DataFormatError(
             f"{path} is a pickle, which we never load (unpickling can run any code): give the "
             "refs as JSON, the same list of records (ref_id, image_id, ann_id, category_id, "
-            f"sentences [{{sent}}], split); if you trust the file, convert it once with {TO_JSON}"
+            "sentences [{sent}], split), or the Hugging Face parquet copies (lmms-lab/RefCOCO)"
         )
     if path.is_dir() or path.suffix.lower() == ".parquet":
         return _read_parquet(path, images, split, limit)

@@ -141,7 +141,8 @@ def test_refcoco_seg_and_vqav2_write_their_contract_keys(scenes, cli_pipe, tmp_p
 
 def test_engine_returns_log_probs_and_objects_get_scores(pipe, scenes):
     image = str(scenes["detect"].parent / "images" / "detect_00000.png")
-    greedy = pipe.generate(image, "caption en")
+    greedy = pipe.generate(image, "caption en", logprobs=True)
+    assert pipe.generate(image, "caption en").logprobs == []  # not computed unless asked
     assert len(greedy.logprobs) == len(greedy.token_ids) > 0
     inputs = pipe.processor(images=[image], text=["caption en"])
     with torch.no_grad():

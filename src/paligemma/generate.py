@@ -65,7 +65,7 @@ class Output:
     tokens: list[list[int]]
     finish_reasons: list[str]  # "stop" (a stop id or stop string) or "length"
     timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, steps
-    logprobs: list[list[float]] = field(default_factory=list)  # per row, one per new id
+    logprobs: list[list[float]] = field(default_factory=list)  # per row, per new id (if asked)
 
 
 def process_logits(
@@ -204,8 +204,11 @@ def generate(
     cfg: GenerationConfig,
     stop_ids: set[int],
     should_stop: ShouldStop | None = None,
+    logprobs: bool = False,
 ) -> Output:
-    """All rows to the end: new ids per row (stop id excluded) and the reason each ended."""
+    """All rows to the end: new ids per row (stop id excluded) and the reason each ended; with
+    `logprobs`, each new id's log-probability too (a softmax over the vocabulary per step: not
+    done unless asked; beam search has them from its scores at no cost)."""
     if cfg.num_beams > 1:
         return beam_search(model, inputs, cfg, stop_ids)
     rows = inputs["input_ids"].shape[0]
@@ -219,17 +222,18 @@ def generate(
         return False
 
     timings: dict = {}
-    steps: list[list[float]] = []
-    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    steps: list[list[float]] | None = [] if logprobs else None
+    lps: list[list[float]] = [[] for _ in range(rows)]
     for out in stream(model, inputs, cfg, stop_ids, record, timings, steps):
         for row, t in enumerate(out):
             if t in stop_ids:
                 stopped.add(row)
             elif t is not None:
                 tokens[row].append(t)
-                logprobs[row].append(steps[-1][row])
+                if steps is not None:
+                    lps[row].append(steps[-1][row])
     reasons = ["stop" if row in stopped else "length" for row in range(rows)]
-    return Output(tokens, reasons, timings, logprobs)
+    return Output(tokens, reasons, timings, lps)
 
 
 def _extend_row(

@@ -115,6 +115,7 @@ class Pipeline:
         stop: str | list[str] | None = None,
         batch_size: int = 8,
         progress: Callable[[int], None] | None = None,
+        logprobs: bool = False,
         **options: Any,
     ) -> Result | list[Result]:
         """Answer one prompt (-> Result) or a list of prompts (-> list of Results, same order).
@@ -125,6 +126,7 @@ class Pipeline:
         row and are cut from its text. Rows are processed `batch_size` at a time; `progress`
         is called with the number of rows finished in each batch. video (a file or its bytes;
         instead of images): `frames` frames (default 16) sampled uniformly, fed as images.
+        `logprobs`: each Result also gets its tokens' log-probabilities (always with beams).
         """
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         images = self._with_video(images, prompts, video, frames, max_new_tokens)
@@ -135,7 +137,8 @@ class Pipeline:
             chunk = rows[i : i + batch_size]
             inputs = self.processor.collate(chunk)
             stopper = StopStrings(self.tokenizer, stop, len(chunk)) if stop else None
-            out = engine.generate(self.model, inputs, cfg, {self.tokenizer.eos_id}, stopper)
+            eos = {self.tokenizer.eos_id}
+            out = engine.generate(self.model, inputs, cfg, eos, stopper, logprobs)
             for ids, reason, lps in zip(out.tokens, out.finish_reasons, out.logprobs, strict=True):
                 text = cut_at_stop(self.tokenizer.decode(ids), stop)
                 results.append(Result(text, ids, reason, dict(out.timings), lps))
@@ -228,7 +231,8 @@ class Pipeline:
     def _task(self, task, image, labels, max_new_tokens, convention, options) -> ObjectList:
         image = load_image(image)
         prompt = task_prompt(task, labels)
-        result = self.generate(image, prompt, max_new_tokens=max_new_tokens, **options)
+        options = {"max_new_tokens": max_new_tokens, "logprobs": True, **options}  # the scores
+        result = self.generate(image, prompt, **options)
         return self.read_objects(task, result.text, image.width, image.height, convention, result)
 
     def _loc_logprobs(self, result: Result) -> list[float]:

@@ -103,7 +103,10 @@ def _object_examples(
         return []
     if record.prompt:  # a referring expression names the object(s): it is their label
         labels = [record.prompt.strip()]
-        kept = [Target(labels[0], t.box, t.mask, t.category_id, False, t.decode) for t in kept]
+        kept = [  # a lazy mask stays lazy: copying it would decode it here
+            Target(labels[0], t.box, None if t.decode else t.mask, t.category_id, False, t.decode)
+            for t in kept
+        ]
     else:
         labels = list(dict.fromkeys(t.label for t in kept))
         absent = sorted(set(categories) - {t.label for t in record.objects})

@@ -90,9 +90,10 @@ def _cell(row: dict, record) -> Image.Image:
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     for t in record.objects:
-        if t.mask is not None:
-            tint = np.zeros((*t.mask.shape, 4), dtype=np.uint8)
-            tint[t.mask] = (255, 255, 255, 90)
+        mask = t.mask  # decoded once (a reader's mask may be lazy)
+        if mask is not None:
+            tint = np.zeros((*mask.shape, 4), dtype=np.uint8)
+            tint[mask] = (255, 255, 255, 90)
             overlay = Image.alpha_composite(overlay, Image.fromarray(tint, "RGBA"))
             draw = ImageDraw.Draw(overlay)
         x0, y0, x1, y1 = t.box

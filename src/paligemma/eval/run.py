@@ -180,6 +180,7 @@ def predict(pipe, spec: EvalTask, dataset, indices: list[int], settings: dict) -
         max_new_tokens=settings["max_new_tokens"],
         num_beams=settings["num_beams"],
         batch_size=len(records),
+        logprobs=spec.kind != "text",  # object scores (COCO AP ranks by them)
     )
     categories = {name: k for k, name in dataset.categories.items()}
     rows = []

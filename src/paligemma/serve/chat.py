@@ -53,8 +53,8 @@ async def chat(body: ChatRequest, request: Request):
     images = await asyncio.to_thread(lambda: [decode_image(u, s) for u in urls])
     images += await asyncio.to_thread(decode_video, video, s) if video else []
     temperature, top_p = body.temperature or 0.0, body.top_p or 1.0
-    job = Job(images, prompt, max_tokens, stop, temperature, top_p, body.seed, body.n)
-    job.adapter, job.deadline = adapter, until
+    sampling = {"temperature": temperature, "top_p": top_p, "seed": body.seed, "n": body.n}
+    job = Job(images, prompt, max_tokens, stop, **sampling, adapter=adapter, deadline=until)
     job = submit(job, request, prompt_tokens)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from ..eval import evaluate_dataset
-from ..eval.matching import mask_iou, match
-from ..metrics import box_iou
+from ..eval.matching import match
+from ..metrics import box_iou, mask_iou
 from .export import EVAL_SEED, export_scenes
 
 __all__ = ["EVAL_SEED", "box_iou", "evaluate", "mask_iou", "match"]

@@ -9,14 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two bool[H, W] masks; 0 when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
 
 def match(
     truth: list[tuple[str, Any]], preds: list[tuple[str, Any]], iou: Callable[[Any, Any], float]

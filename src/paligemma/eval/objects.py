@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics import box_iou, coco_detection_scores, evaluator_mask, refexp_scores
+from ..metrics import box_iou, coco_detection_scores, evaluator_mask, mask_iou, refexp_scores
 from ..tasks.objects import mask_to_rle, rle_to_mask
-from .matching import mask_iou, match
+from .matching import match
 
 
 def image_labels(dataset) -> dict:

@@ -9,7 +9,7 @@ Imports: numpy, pycocotools / pycocoevalcap (the `eval` extra), and the core and
 
 from .caption import cider, cider_scores, ptb_tokenize, ptb_tokenize_python
 from .coco import coco_detection_scores
-from .refexp import box_iou, evaluator_mask, refexp_scores
+from .refexp import box_iou, evaluator_mask, mask_iou, refexp_scores
 from .text import anls, relaxed_accuracy
 from .vqa import exact_match, normalize_vqa, pope_scores, vqa_accuracy
 
@@ -21,6 +21,7 @@ __all__ = [
     "coco_detection_scores",
     "evaluator_mask",
     "exact_match",
+    "mask_iou",
     "normalize_vqa",
     "pope_scores",
     "ptb_tokenize",

@@ -43,6 +43,12 @@ def evaluator_mask(
     return mask
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool[H, W] masks; 0 when both are empty."""
+    inter, union = _mask_counts(a, b)
+    return inter / union if union else 0.0
+
+
 def _mask_counts(pred: np.ndarray | None, true: np.ndarray) -> tuple[int, int]:
     true = np.asarray(true, dtype=bool)
     if pred is None:

@@ -86,7 +86,9 @@ def alone(pipe: Pipeline, reqs: list[dict]) -> tuple[list[str], float]:
     texts, start = [], time.perf_counter()
     for r in reqs:
         options = {"do_sample": True, "temperature": 1.0, "seed": r["seed"]} if r["seed"] else {}
-        res = pipe.generate(r["image"], r["prompt"], max_new_tokens=r["max_tokens"], **options)
+        res = pipe.generate(
+            r["image"], r["prompt"], max_new_tokens=r["max_tokens"], ignore_eos=True, **options
+        )
         texts.append(res.text)
     return texts, (time.perf_counter() - start) / len(reqs)
 
@@ -99,6 +101,7 @@ def run_load(scheduler, reqs: list[dict], rate: float, seed: int = 0) -> list[di
     async def one(r: dict, delay: float, loop) -> dict:
         await asyncio.sleep(delay)
         job = Job([r["image"]], r["prompt"], r["max_tokens"], [], r["temperature"], 1.0, r["seed"])
+        job.ignore_eos = True  # every answer is max_tokens long, as vLLM's benchmark does
         t0 = time.perf_counter()
         scheduler.submit(job, loop)
         first = None

@@ -226,3 +226,35 @@ def test_the_static_batcher_stays_selectable(embedded_pipe, scenes):
     assert [j.choices[0].text for j in jobs] == alone
     with pytest.raises(ValueError, match="scheduler"):
         make_scheduler(embedded_pipe, Settings(scheduler="fifo"))
+
+
+def test_ignore_eos_gives_fixed_lengths_in_both_schedulers(embedded_pipe, scenes):
+    """`ignore_eos` (the load test's fixed answer lengths): the embedded model stops at <eos>
+    after a few tokens; with the option every row runs to its max_tokens, in the engine and in
+    the static batcher, mixed with rows that stop at <eos>, and equals the pipeline alone."""
+    from paligemma.serve.static_batcher import Batcher
+
+    image, n = scenes[0].image, 40
+    stopped = embedded_pipe.generate(image, "caption en", max_new_tokens=n)
+    assert len(stopped.token_ids) < n and stopped.finish_reason == "stop"
+    full = embedded_pipe.generate(image, "caption en", max_new_tokens=n, ignore_eos=True)
+    assert len(full.token_ids) == n and full.finish_reason == "length"
+    assert full.token_ids[: len(stopped.token_ids)] == stopped.token_ids
+    streamed = "".join(embedded_pipe.stream(image, "caption en", max_new_tokens=n, ignore_eos=True))
+    assert streamed == full.text
+    sampled = dict(temperature=1.0, seed=7)
+    alone_sampled = embedded_pipe.generate(
+        image, "caption en", max_new_tokens=n, ignore_eos=True, do_sample=True, **sampled
+    )
+    for make in (lambda: Engine(embedded_pipe, max_batch=4), lambda: Batcher(embedded_pipe, 4)):
+        jobs = [
+            Job([image], "caption en", n, ignore_eos=True),
+            Job([image], "caption en", n),
+            Job([image], "caption en", n, ignore_eos=True, **sampled),
+        ]
+        answer(make(), jobs, [0, 0, 0])
+        assert [(c.text, c.tokens, c.finish_reason) for j in jobs for c in j.choices] == [
+            (full.text, n, "length"),
+            (stopped.text, len(stopped.token_ids), "stop"),
+            (alone_sampled.text, n, "length"),
+        ]

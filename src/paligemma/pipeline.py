@@ -116,6 +116,7 @@ class Pipeline:
         batch_size: int = 8,
         progress: Callable[[int], None] | None = None,
         logprobs: bool = False,
+        ignore_eos: bool = False,
         **options: Any,
     ) -> Result | list[Result]:
         """Answer one prompt (-> Result) or a list of prompts (-> list of Results, same order).
@@ -127,6 +128,8 @@ class Pipeline:
         is called with the number of rows finished in each batch. video (a file or its bytes;
         instead of images): `frames` frames (default 16) sampled uniformly, fed as images.
         `logprobs`: each Result also gets its tokens' log-probabilities (always with beams).
+        `ignore_eos`: <eos> does not end a row (it decodes on to max_new_tokens or a stop
+        string; the fixed answer lengths a load test wants, as vLLM's `ignore_eos`).
         """
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         images = self._with_video(images, prompts, video, frames, max_new_tokens)
@@ -137,7 +140,7 @@ class Pipeline:
             chunk = rows[i : i + batch_size]
             inputs = self.processor.collate(chunk)
             stopper = StopStrings(self.tokenizer, stop, len(chunk)) if stop else None
-            eos = {self.tokenizer.eos_id}
+            eos = set() if ignore_eos else {self.tokenizer.eos_id}
             out = engine.generate(self.model, inputs, cfg, eos, stopper, logprobs)
             for ids, reason, lps in zip(out.tokens, out.finish_reasons, out.logprobs, strict=True):
                 text = cut_at_stop(self.tokenizer.decode(ids), stop)
@@ -155,20 +158,22 @@ class Pipeline:
         frames: int | None = None,
         max_new_tokens: int = 32,
         stop: str | list[str] | None = None,
+        ignore_eos: bool = False,
         **options: Any,
     ) -> Iterator[str]:
         """Text of one prompt's answer, piece by piece as tokens arrive; the pieces join to
-        `generate(...).text`."""
+        `generate(...).text` (with the same options)."""
         cfg = self.generation_config(max_new_tokens=max_new_tokens, **options)
         images = self._with_video(images, prompt, video, frames, max_new_tokens)
         stop = stop_list(stop)
         inputs = self.processor.collate(self._rows(images, prompt, max_new_tokens))
         eos = self.tokenizer.eos_id
         text = StopStrings(self.tokenizer, stop, 1)  # fed by the engine, token by token
-        for out in engine.stream(self.model, inputs, cfg, {eos}, text):
+        stops = set() if ignore_eos else {eos}
+        for out in engine.stream(self.model, inputs, cfg, stops, text):
             if piece := text.take(0):
                 yield piece
-            if out[0] is None or out[0] == eos:
+            if out[0] is None or out[0] in stops:
                 break
         if piece := text.take(0, final=True):
             yield piece

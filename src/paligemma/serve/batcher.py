@@ -54,6 +54,7 @@ class Job:
     after: Callable[[str], Any] | None = None  # run on the worker with the text of choice 0
     adapter: str | None = None  # the LoRA adapter's name; None = the base model
     deadline: float | None = None  # time.monotonic() seconds; cancelled when it passes
+    ignore_eos: bool = False  # <eos> does not end its rows (load tests: fixed lengths)
     # Filled in by the scheduler:
     events: asyncio.Queue | None = None  # ("piece", index, str) ... then ("done", None, None)
     choices: list[Choice] = field(default_factory=list)

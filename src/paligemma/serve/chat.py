@@ -54,6 +54,7 @@ async def chat(body: ChatRequest, request: Request):
     images += await asyncio.to_thread(decode_video, video, s) if video else []
     temperature, top_p = body.temperature or 0.0, body.top_p or 1.0
     sampling = {"temperature": temperature, "top_p": top_p, "seed": body.seed, "n": body.n}
+    sampling["ignore_eos"] = body.ignore_eos
     job = Job(images, prompt, max_tokens, stop, **sampling, adapter=adapter, deadline=until)
     job = submit(job, request, prompt_tokens)
     head = {

@@ -56,9 +56,9 @@ class Row:
 
     def take(self, token: int, eos: int) -> str:
         """Record a picked id; return the text it settles (stop strings cut) and set `reason`
-        once the row is done (<eos>, a stop string, max_tokens)."""
+        once the row is done (<eos> unless the job ignores it, a stop string, max_tokens)."""
         self.history.append(token)
-        if token == eos:
+        if token == eos and not self.job.ignore_eos:
             self.reason = "stop"
             return self.stream.flush()
         piece = self.stream.push(token)

@@ -49,6 +49,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     timeout: Float | None = Field(None, gt=0, description="seconds; capped by the server's")
+    ignore_eos: bool = Field(False, description="decode past <eos> to max_tokens (load tests)")
 
 
 class TaskRequest(BaseModel):

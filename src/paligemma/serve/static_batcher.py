@@ -115,11 +115,12 @@ class Batcher(Scheduler):
                 reasons[row] = "stop"
             return reasons[row] is not None
 
-        for step_ids in engine.stream(pipe.model, inputs, cfg, {eos}, None):
+        stops = set() if any(j.ignore_eos for j in rows) else {eos}  # then per row below
+        for step_ids in engine.stream(pipe.model, inputs, cfg, stops, None):
             for row, t in enumerate(step_ids):
                 if t is None or reasons[row] is not None:
                     continue
-                if t == eos:
+                if t == eos and not rows[row].ignore_eos:
                     reasons[row] = "stop"
                     continue
                 piece = streams[row].push(t)

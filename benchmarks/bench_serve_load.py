@@ -39,8 +39,10 @@ RESULTS = Path(__file__).parent / "results"
 PROMPTS = ["caption en", "answer en how many shapes are there?", "detect circle ; square"]
 
 
-def mid_model(width: int, depth: int, mlp: int) -> Pipeline:
-    """A random PaliGemma at 448 px (1024 image tokens) with the embedded tokenizer."""
+def mid_model(width: int, depth: int, mlp: int, vocab: int, dtype: torch.dtype) -> Pipeline:
+    """A random PaliGemma at 448 px (1024 image tokens) with the embedded tokenizer and the
+    published checkpoints' vocabulary size (257,216 rows: the head's cost per decoded token is
+    the real one; ids past the tokenizer's are never picked, like the padding rows)."""
     embedded = paligemma.load()
     cfg = PaliGemmaConfig(
         vision=SiglipConfig(width=384, depth=6, num_heads=6, mlp_dim=1536, patch_size=14),
@@ -51,24 +53,29 @@ def mid_model(width: int, depth: int, mlp: int) -> Pipeline:
             num_kv_heads=1,
             head_dim=128,
             mlp_dim=mlp,
-            vocab_size=embedded.model.cfg.text.vocab_size,
+            vocab_size=max(vocab, embedded.model.cfg.text.vocab_size),
         ),
         image_size=448,
         image_token_id=embedded.model.cfg.image_token_id,
     )
     model = new_model(cfg, seed=0).eval()
+    with torch.no_grad():  # std 0.12, not 0.02: greedy answers then vary with image and prompt
+        for m in model.decoder.modules():  # (at 0.02 every answer repeats one token), so
+            if isinstance(m, torch.nn.Linear):  # "equal to the answer alone" tests something
+                m.weight.mul_(6)
+    model = model.to(dtype)
     tok = embedded.tokenizer
     return Pipeline(model, Processor(tok, ImageTransform(448), cfg.num_image_tokens))
 
 
-def make_requests(n: int, seed: int = 0) -> list[dict]:
-    """Mixed requests: distinct scenes (a few asked twice), max_tokens 4..64, one in four
-    sampled with its own seed."""
+def make_requests(n: int, sampled_every: int = 4, seed: int = 0) -> list[dict]:
+    """Mixed requests: distinct scenes (a few asked twice), max_tokens 4..64, one in
+    `sampled_every` sampled with its own seed."""
     rng = np.random.default_rng([seed, 23])
     scenes = [synthetic.make_scene(rng).image for _ in range(max(1, n * 3 // 4))]
     out = []
     for i in range(n):
-        sampled = i % 4 == 3
+        sampled = i % sampled_every == sampled_every - 1
         out.append(
             {
                 "image": scenes[int(rng.integers(len(scenes)))],
@@ -154,7 +161,7 @@ def summarize(got: list[dict], expected: list[str]) -> dict:
 
 
 def bench_model(name: str, pipe: Pipeline, args) -> dict:
-    reqs = make_requests(args.requests)
+    reqs = make_requests(args.requests, args.sampled_every)
     expected, per_request = alone(pipe, reqs)
     capacity = 1 / per_request
     out = {"alone_s_per_request": round(per_request, 4), "rates": []}
@@ -208,6 +215,9 @@ def main() -> None:
     p.add_argument("--mid-width", type=int, default=1024)
     p.add_argument("--mid-depth", type=int, default=8)
     p.add_argument("--mid-mlp", type=int, default=8192)
+    p.add_argument("--mid-vocab", type=int, default=257_216, help="the published size")
+    p.add_argument("--mid-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--sampled-every", type=int, default=4, help="1 request in N is sampled")
     p.add_argument("--models", default="embedded,mid")
     p.add_argument("--quick", action="store_true", help="a short run that proves it works")
     args = p.parse_args()
@@ -227,7 +237,8 @@ def main() -> None:
     if "embedded" in args.models:
         pipes["embedded"] = paligemma.load()
     if "mid" in args.models:
-        pipes["mid"] = mid_model(args.mid_width, args.mid_depth, args.mid_mlp)
+        shape = args.mid_width, args.mid_depth, args.mid_mlp, args.mid_vocab
+        pipes["mid"] = mid_model(*shape, getattr(torch, args.mid_dtype))
         n = sum(x.numel() for x in pipes["mid"].model.parameters())
         result["mid_params"] = n
     for name, pipe in pipes.items():

@@ -258,3 +258,20 @@ def test_ignore_eos_gives_fixed_lengths_in_both_schedulers(embedded_pipe, scenes
             (stopped.text, len(stopped.token_ids), "stop"),
             (alone_sampled.text, n, "length"),
         ]
+
+
+def test_ignore_eos_over_http(embedded_pipe, scenes):
+    """The chat API's `ignore_eos` field reaches the engine: the answer runs to max_tokens."""
+    image = scenes[2].image
+    expected = embedded_pipe.generate(image, "caption en", max_new_tokens=24, ignore_eos=True)
+    with running(embedded_pipe, Settings(max_batch=2)) as base:
+        body = chat_body(image, "caption en", max_tokens=24, ignore_eos=True)
+        got = httpx.post(base + "/v1/chat/completions", json=body, timeout=60).json()
+        plain = httpx.post(
+            base + "/v1/chat/completions", json=chat_body(image, "caption en", max_tokens=24)
+        ).json()
+    assert got["choices"][0]["message"]["content"] == expected.text
+    assert (
+        got["usage"]["completion_tokens"] == 24 and got["choices"][0]["finish_reason"] == "length"
+    )
+    assert plain["usage"]["completion_tokens"] < 24

@@ -1,0 +1,304 @@
+// Quantised prefill without an expanded weight: int8 / int4 codes dequantised a tile of output
+// rows at a time into a reused scratch buffer that feeds PyTorch's GEMM (bfloat16 on AMX goes
+// through oneDNN), so a prefill never allocates or writes the whole float matrix. Built into
+// the same library as kernels.cpp (kernels.py compiles both); ops under torch.ops.paligemma_cpu.
+//
+//   dequantize_rows(q, scale, bits, group, out f32|bf16[R, I], start, isa=-1) -> ()
+//       out[r] = weight row start + r, exactly as linear.py's dequantize(start, start + R)
+//       .to(out.dtype): code (int8; int4: nibble - 8) * scale in float32, rounded (to nearest
+//       even) to the scale's dtype, then to out's
+//   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1) -> x.dtype[M, O]
+//       x @ W.T with W dequantised `tile` output rows at a time into one [tile, I] buffer
+//
+//   q: int8[O, I] (bits 8, scale f32|bf16[O]) or uint8[O, I/2] (bits 4, two codes per byte,
+//   low nibble first, scale f32|bf16[O, I/group]); isa: 2 AVX-512, 1 AVX2, 0 scalar, -1 best.
+//
+// The row loops live in the PG_DQ_BODY section at the end, included three times under GCC
+// target pragmas (as in kernels.cpp); int4 groups that are not a multiple of 32 take the
+// element loop on every path.
+
+#ifndef PG_DQ_BODY
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define PG_DQ_X86 1
+#endif
+
+namespace {
+
+// float -> bfloat16 bits, round to nearest even (PyTorch's conversion; NaN stays NaN)
+inline uint16_t bf16_bits(float f) {
+  if (f != f) return 0x7fc0;
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return uint16_t((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+}
+
+// One weight value to dst[i]: rounded to bfloat16 first when `round` (a bfloat16 scale).
+inline void put1(void* dst, int64_t i, float f, bool round, bool out_bf16) {
+  if (out_bf16) {
+    static_cast<uint16_t*>(dst)[i] = bf16_bits(f);
+    return;
+  }
+  if (round) {
+    const uint32_t b = uint32_t(bf16_bits(f)) << 16;
+    std::memcpy(&f, &b, 4);
+  }
+  static_cast<float*>(dst)[i] = f;
+}
+
+inline float scale_of(const void* s, bool bf16, int64_t i) {
+  if (!bf16) return static_cast<const float*>(s)[i];
+  const uint32_t b = uint32_t(static_cast<const uint16_t*>(s)[i]) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// What every path needs to know about one call: where the codes, scales and output live.
+struct Job {
+  const void* q;
+  const void* scale;
+  bool scale_bf16, out_bf16;
+  int64_t bits, group, I;
+  void* dst;  // row r of the weight goes to dst + (r - r0) * I elements
+  int64_t r0;
+};
+
+}  // namespace
+
+#define PG_DQ_BODY 1
+#ifdef PG_DQ_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+namespace pg_dq_avx512 {
+#define PG_DQ_ISA 2
+#include __FILE__
+#undef PG_DQ_ISA
+}  // namespace pg_dq_avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace pg_dq_avx2 {
+#define PG_DQ_ISA 1
+#include __FILE__
+#undef PG_DQ_ISA
+}  // namespace pg_dq_avx2
+#pragma GCC pop_options
+#endif
+namespace pg_dq_scalar {
+#define PG_DQ_ISA 0
+#include __FILE__
+#undef PG_DQ_ISA
+}  // namespace pg_dq_scalar
+#undef PG_DQ_BODY
+
+namespace {
+
+int64_t resolved_isa(int64_t isa) {
+  int64_t best = 0;
+#ifdef PG_DQ_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) best = 2;
+#endif
+  TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
+  return isa < 0 ? best : isa;
+}
+
+void check_codes(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
+                 int64_t I) {
+  const int64_t O = q.size(0);
+  TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && scale.is_contiguous(), "dequant: layout");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
+              "dequant: the scale must be float32 or bfloat16");
+  if (bits == 8) {
+    TORCH_CHECK(q.scalar_type() == at::kChar && q.size(1) == I && scale.numel() == O,
+                "dequant: int8 codes [O, I] and one scale per output row");
+  } else {
+    TORCH_CHECK(bits == 4 && group > 0 && group % 2 == 0 && I % group == 0, "dequant: group");
+    TORCH_CHECK(q.scalar_type() == at::kByte && q.size(1) * 2 == I &&
+                    scale.numel() == O * (I / group),
+                "dequant: int4 codes [O, I/2] and one scale per output row and group");
+  }
+}
+
+// Rows [r0, r1) of the weight into dst, in parallel over rows.
+void run_rows(Job job, int64_t r1, int64_t isa) {
+  at::parallel_for(job.r0, r1, 4, [&](int64_t a, int64_t b) {
+#ifdef PG_DQ_X86
+    if (isa == 2) return pg_dq_avx512::rows(job, a, b);
+    if (isa == 1) return pg_dq_avx2::rows(job, a, b);
+#endif
+    pg_dq_scalar::rows(job, a, b);
+  });
+}
+
+Job job_for(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
+            int64_t I, const at::Tensor& out, int64_t start) {
+  const bool out_bf16 = out.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(out_bf16 || out.scalar_type() == at::kFloat, "dequant: out float32 or bfloat16");
+  return Job{q.data_ptr(), scale.data_ptr(), scale.scalar_type() == at::kBFloat16, out_bf16,
+             bits, group, I, out.data_ptr(), start};
+}
+
+void dequantize_rows(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
+                     at::Tensor out, int64_t start, int64_t isa) {
+  const int64_t I = out.size(1);
+  check_codes(q, scale, bits, group, I);
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous(), "dequantize_rows: out [R, I], contiguous");
+  TORCH_CHECK(start >= 0 && start + out.size(0) <= q.size(0), "dequantize_rows: rows");
+  run_rows(job_for(q, scale, bits, group, I, out, start), start + out.size(0),
+           resolved_isa(isa));
+}
+
+at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q, const at::Tensor& scale,
+                      int64_t bits, int64_t group, int64_t tile, int64_t isa) {
+  TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
+  const int64_t M = x_.size(0), I = x_.size(1), O = q.size(0);
+  check_codes(q, scale, bits, group, I);
+  TORCH_CHECK(tile > 0, "dequant_mm: tile > 0");
+  isa = resolved_isa(isa);
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = at::empty({M, O}, x.options());
+  at::Tensor buf = at::empty({std::min(tile, O), I}, x.options());  // the reused scratch
+  for (int64_t s = 0; s < O; s += tile) {
+    const int64_t n = std::min(tile, O - s);
+    at::Tensor w = buf.narrow(0, 0, n);
+    run_rows(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+    at::Tensor o = out.narrow(1, s, n);  // strided (leading dimension O): the GEMM writes it
+    at::mm_out(o, x, w.t());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
+  m.def("dequantize_rows(Tensor q, Tensor scale, int bits, int group, Tensor(a!) out, "
+        "int start, int isa=-1) -> ()",
+        &dequantize_rows);
+  m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
+        "int isa=-1) -> Tensor",
+        &dequant_mm);
+}
+
+#else  // PG_DQ_BODY: the row loops for one instruction set (PG_DQ_ISA 2, 1 or 0)
+
+#if PG_DQ_ISA == 2
+constexpr int W = 16;  // floats per vector
+using vf = __m512;
+inline vf vset(float a) { return _mm512_set1_ps(a); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vsub8(vf a) { return _mm512_sub_ps(a, _mm512_set1_ps(8.f)); }
+inline vf from_s8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+inline vf from_u8(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
+// 32 codes in order (two 16-byte halves) -> 32 / W float vectors
+inline void widen32(const __m128i* c, vf* w) { w[0] = from_u8(c[0]), w[1] = from_u8(c[1]); }
+// the float32 bits rounded to nearest even at bit 16 (the bfloat16 value in the high half)
+inline __m512i rounded(vf f) {
+  const __m512i b = _mm512_castps_si512(f);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+}
+inline void put(void* dst, int64_t i, vf f, bool round, bool out_bf16) {
+  if (out_bf16) {
+    const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded(f), 16));
+    _mm256_storeu_si256((__m256i*)(static_cast<uint16_t*>(dst) + i), h);
+  } else {
+    if (round) f = _mm512_castsi512_ps(_mm512_and_si512(rounded(f), _mm512_set1_epi32(-65536)));
+    _mm512_storeu_ps(static_cast<float*>(dst) + i, f);
+  }
+}
+#elif PG_DQ_ISA == 1
+constexpr int W = 8;
+using vf = __m256;
+inline vf vset(float a) { return _mm256_set1_ps(a); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vsub8(vf a) { return _mm256_sub_ps(a, _mm256_set1_ps(8.f)); }
+inline vf from_s8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+inline vf from_u8(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
+inline void widen32(const __m128i* c, vf* w) {
+  w[0] = from_u8(c[0]), w[1] = from_u8(_mm_srli_si128(c[0], 8));
+  w[2] = from_u8(c[1]), w[3] = from_u8(_mm_srli_si128(c[1], 8));
+}
+inline __m256i rounded(vf f) {
+  const __m256i b = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+}
+inline void put(void* dst, int64_t i, vf f, bool round, bool out_bf16) {
+  if (out_bf16) {
+    const __m256i h = _mm256_srli_epi32(rounded(f), 16);  // 8 values < 2^16 in 32-bit lanes
+    const __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    _mm_storeu_si128((__m128i*)(static_cast<uint16_t*>(dst) + i), p);
+  } else {
+    if (round) f = _mm256_castsi256_ps(_mm256_and_si256(rounded(f), _mm256_set1_epi32(-65536)));
+    _mm256_storeu_ps(static_cast<float*>(dst) + i, f);
+  }
+}
+#else
+constexpr int W = 1;  // portable scalar code
+#endif
+
+// int8 row r: code * scale[r]
+inline void int8_row(const Job& j, int64_t r, void* dst) {
+  const int8_t* q = static_cast<const int8_t*>(j.q) + r * j.I;
+  const float s = scale_of(j.scale, j.scale_bf16, r);
+  const bool round = j.scale_bf16;
+  int64_t i = 0;
+#if PG_DQ_ISA > 0
+  const vf vs = vset(s);
+  for (; i + W <= j.I; i += W) put(dst, i, vmul(from_s8(q + i), vs), round, j.out_bf16);
+#endif
+  for (; i < j.I; ++i) put1(dst, i, float(q[i]) * s, round, j.out_bf16);
+}
+
+// int4 row r: (nibble - 8) * scale[r, i / group], 32 codes (16 bytes) at a time
+inline void int4_row(const Job& j, int64_t r, void* dst) {
+  const uint8_t* q = static_cast<const uint8_t*>(j.q) + r * (j.I / 2);
+  const int64_t G = j.I / j.group;
+  const bool round = j.scale_bf16;
+  for (int64_t g = 0; g < G; ++g) {
+    const float s = scale_of(j.scale, j.scale_bf16, r * G + g);
+    int64_t i = g * j.group;
+    const int64_t end = i + j.group;
+#if PG_DQ_ISA > 0
+    const vf vs = vset(s);
+    for (; j.group % 32 == 0 && i < end; i += 32) {
+      const __m128i b = _mm_loadu_si128((const __m128i*)(q + i / 2)), mask = _mm_set1_epi8(15);
+      const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+      const __m128i c[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};  // in order
+      vf w[32 / W];
+      widen32(c, w);
+      for (int k = 0; k < 32 / W; ++k) put(dst, i + k * W, vmul(vsub8(w[k]), vs), round, j.out_bf16);
+    }
+#endif
+    for (; i < end; ++i) {
+      const int code = i % 2 ? q[i / 2] >> 4 : q[i / 2] & 15;
+      put1(dst, i, float(code - 8) * s, round, j.out_bf16);
+    }
+  }
+}
+
+void rows(const Job& j, int64_t a, int64_t b) {
+  const int64_t size = j.out_bf16 ? 2 : 4;
+  for (int64_t r = a; r < b; ++r) {
+    void* dst = static_cast<char*>(j.dst) + (r - j.r0) * j.I * size;
+    if (j.bits == 8) int8_row(j, r, dst);
+    else int4_row(j, r, dst);
+  }
+}
+
+#endif  // PG_DQ_BODY

@@ -20,6 +20,7 @@
 #ifndef PG_DQ_BODY
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -159,6 +160,17 @@ void dequantize_rows(const at::Tensor& q, const at::Tensor& scale, int64_t bits,
            resolved_isa(isa));
 }
 
+// Rows [r0, r1) of the weight into dst on the calling thread.
+void rows_here(const Job& job, int64_t r1, int64_t isa) {
+#ifdef PG_DQ_X86
+  if (isa == 2) return pg_dq_avx512::rows(job, job.r0, r1);
+  if (isa == 1) return pg_dq_avx2::rows(job, job.r0, r1);
+#endif
+  pg_dq_scalar::rows(job, job.r0, r1);
+}
+
+// One parallel region: each thread takes whole tiles (dequantise into its own buffer, then a
+// GEMM on that thread), so nothing waits on a barrier between the two steps.
 at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q, const at::Tensor& scale,
                       int64_t bits, int64_t group, int64_t tile, int64_t isa) {
   TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
@@ -168,14 +180,20 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q, const at::Tenso
   isa = resolved_isa(isa);
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty({M, O}, x.options());
-  at::Tensor buf = at::empty({std::min(tile, O), I}, x.options());  // the reused scratch
-  for (int64_t s = 0; s < O; s += tile) {
-    const int64_t n = std::min(tile, O - s);
-    at::Tensor w = buf.narrow(0, 0, n);
-    run_rows(job_for(q, scale, bits, group, I, w, s), s + n, isa);
-    at::Tensor o = out.narrow(1, s, n);  // strided (leading dimension O): the GEMM writes it
-    at::mm_out(o, x, w.t());
-  }
+  const int64_t share = (O + at::get_num_threads() - 1) / at::get_num_threads();
+  tile = std::min(tile, (share + 15) / 16 * 16);  // every thread gets a tile when O is small
+  const at::ThreadLocalState caller;  // (inference mode, grad mode: the GEMMs run as called)
+  at::parallel_for(0, (O + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
+    const at::ThreadLocalStateGuard as_caller(caller);
+    at::Tensor buf = at::empty({tile, I}, x.options());  // reused for this thread's tiles
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t s = t * tile, n = std::min(tile, O - s);
+      at::Tensor w = buf.narrow(0, 0, n);
+      rows_here(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+      at::Tensor o = out.narrow(1, s, n);  // strided (leading dimension O): the GEMM writes it
+      at::mm_out(o, x, w.t());
+    }
+  });
   return out;
 }
 
@@ -253,23 +271,24 @@ constexpr int W = 1;  // portable scalar code
 #endif
 
 // int8 row r: code * scale[r]
+template <bool RD, bool B16>
 inline void int8_row(const Job& j, int64_t r, void* dst) {
   const int8_t* q = static_cast<const int8_t*>(j.q) + r * j.I;
   const float s = scale_of(j.scale, j.scale_bf16, r);
-  const bool round = j.scale_bf16;
   int64_t i = 0;
 #if PG_DQ_ISA > 0
   const vf vs = vset(s);
-  for (; i + W <= j.I; i += W) put(dst, i, vmul(from_s8(q + i), vs), round, j.out_bf16);
+#pragma GCC unroll 4
+  for (; i + W <= j.I; i += W) put(dst, i, vmul(from_s8(q + i), vs), RD, B16);
 #endif
-  for (; i < j.I; ++i) put1(dst, i, float(q[i]) * s, round, j.out_bf16);
+  for (; i < j.I; ++i) put1(dst, i, float(q[i]) * s, RD, B16);
 }
 
 // int4 row r: (nibble - 8) * scale[r, i / group], 32 codes (16 bytes) at a time
+template <bool RD, bool B16>
 inline void int4_row(const Job& j, int64_t r, void* dst) {
   const uint8_t* q = static_cast<const uint8_t*>(j.q) + r * (j.I / 2);
   const int64_t G = j.I / j.group;
-  const bool round = j.scale_bf16;
   for (int64_t g = 0; g < G; ++g) {
     const float s = scale_of(j.scale, j.scale_bf16, r * G + g);
     int64_t i = g * j.group;
@@ -282,23 +301,29 @@ inline void int4_row(const Job& j, int64_t r, void* dst) {
       const __m128i c[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};  // in order
       vf w[32 / W];
       widen32(c, w);
-      for (int k = 0; k < 32 / W; ++k) put(dst, i + k * W, vmul(vsub8(w[k]), vs), round, j.out_bf16);
+      for (int k = 0; k < 32 / W; ++k) put(dst, i + k * W, vmul(vsub8(w[k]), vs), RD, B16);
     }
 #endif
     for (; i < end; ++i) {
       const int code = i % 2 ? q[i / 2] >> 4 : q[i / 2] & 15;
-      put1(dst, i, float(code - 8) * s, round, j.out_bf16);
+      put1(dst, i, float(code - 8) * s, RD, B16);
     }
   }
 }
 
-void rows(const Job& j, int64_t a, int64_t b) {
-  const int64_t size = j.out_bf16 ? 2 : 4;
+// (RD: round to bfloat16, a bfloat16 scale; B16: bfloat16 out), known at compile time
+template <bool RD, bool B16>
+void rows_as(const Job& j, int64_t a, int64_t b) {
   for (int64_t r = a; r < b; ++r) {
-    void* dst = static_cast<char*>(j.dst) + (r - j.r0) * j.I * size;
-    if (j.bits == 8) int8_row(j, r, dst);
-    else int4_row(j, r, dst);
+    void* dst = static_cast<char*>(j.dst) + (r - j.r0) * j.I * (B16 ? 2 : 4);
+    if (j.bits == 8) int8_row<RD, B16>(j, r, dst);
+    else int4_row<RD, B16>(j, r, dst);
   }
+}
+
+void rows(const Job& j, int64_t a, int64_t b) {
+  if (j.out_bf16) return j.scale_bf16 ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
+  j.scale_bf16 ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
 }
 
 #endif  // PG_DQ_BODY

@@ -117,7 +117,7 @@ int64_t resolved_isa(int64_t isa) {
 void check_codes(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
                  int64_t I) {
   const int64_t O = q.size(0);
-  TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && scale.is_contiguous(), "dequant: layout");
+  TORCH_CHECK(q.dim() == 2, "dequant: q [O, I] or [O, I/2]");
   TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
               "dequant: the scale must be float32 or bfloat16");
   if (bits == 8) {
@@ -150,8 +150,9 @@ Job job_for(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t 
              bits, group, I, out.data_ptr(), start};
 }
 
-void dequantize_rows(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
-                     at::Tensor out, int64_t start, int64_t isa) {
+void dequantize_rows(const at::Tensor& q_, const at::Tensor& scale_, int64_t bits,
+                     int64_t group, at::Tensor out, int64_t start, int64_t isa) {
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
   const int64_t I = out.size(1);
   check_codes(q, scale, bits, group, I);
   TORCH_CHECK(out.dim() == 2 && out.is_contiguous(), "dequantize_rows: out [R, I], contiguous");
@@ -171,8 +172,9 @@ void rows_here(const Job& job, int64_t r1, int64_t isa) {
 
 // One parallel region: each thread takes whole tiles (dequantise into its own buffer, then a
 // GEMM on that thread), so nothing waits on a barrier between the two steps.
-at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q, const at::Tensor& scale,
+at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
                       int64_t bits, int64_t group, int64_t tile, int64_t isa) {
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
   TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
   const int64_t M = x_.size(0), I = x_.size(1), O = q.size(0);
   check_codes(q, scale, bits, group, I);

@@ -146,9 +146,10 @@ def _load_hf_dir(path: Path, cfg, dtype, device, reference, quantize=None) -> Pa
 
 
 def _scratch(buf: torch.Tensor | None, shape, dtype, device) -> torch.Tensor:
-    """`buf`, or a new flat uint8 buffer when a tensor of `shape` and `dtype` does not fit."""
+    """`buf`, or a new flat uint8 buffer when a tensor of `shape` and `dtype` does not fit or
+    needs under a quarter of it (the last, small tensors: the big buffer goes)."""
     need = math.prod(shape) * dtype.itemsize
-    if buf is None or buf.numel() < need:
+    if buf is None or not need <= buf.numel() < 4 * need:
         buf = torch.empty(need, dtype=torch.uint8, device=device)
     return buf
 

@@ -100,3 +100,18 @@ def test_dequant_ops_check_their_arguments():
         ops.dequantize_rows(m.weight, m.scale, 4, 64, torch.empty(4, 128), 6)
     with pytest.raises(RuntimeError, match="has no path"):
         ops.dequant_mm(torch.randn(3, 128), m.weight, m.scale, 4, 64, 8, 3)
+
+
+def test_vectorised_quantiser_gives_the_codes_of_the_scalar_one_on_every_path():
+    """quantize_isa (dequant.cpp: AVX-512 / AVX2 / scalar, what loading uses) equals kernels.cpp's
+    quantize, which tests/test_quantize.py holds to the Python reference."""
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = (torch.randn(70, 448) * torch.rand(70, 1) * 3).to(dtype)
+        w[3], w[5, 7] = 0, 1e30 if dtype == torch.float32 else 0  # an all-zero row, an outlier
+        for bits, group in ((8, 64), (4, 64), (4, 14), (4, 32), (4, 448)):
+            want = ops.quantize(w[:, 3:] if bits == 8 else w, bits, group)
+            for isa in paths():
+                got = ops.quantize_isa(w[:, 3:] if bits == 8 else w, bits, group, isa)
+                assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), (bits, isa)

@@ -25,7 +25,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#include <tuple>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -199,6 +202,33 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> quantize_isa(const at::Tensor& w_, int64_t bits, int64_t group,
+                                               int64_t isa) {
+  TORCH_CHECK(w_.dim() == 2 && (bits == 8 || (bits == 4 && group > 0 && group % 2 == 0)),
+              "quantize_isa: w [O, I], bits 8 or 4 with an even group");
+  const bool bf16 = w_.scalar_type() == at::kBFloat16;
+  const at::Tensor w = bf16 ? w_.contiguous() : w_.to(at::kFloat).contiguous();
+  const int64_t O = w.size(0), I = w.size(1), G = bits == 8 ? 1 : I / group;
+  TORCH_CHECK(bits == 8 || I % group == 0, "quantize_isa: the group must divide in_features");
+  isa = resolved_isa(isa);
+  at::Tensor codes = at::empty({O, bits == 8 ? I : I / 2}, w.options().dtype(bits == 8 ? at::kChar : at::kByte));
+  at::Tensor scale = at::empty({O, G}, w.options().dtype(at::kFloat));
+  auto* cp = static_cast<uint8_t*>(codes.data_ptr());
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
+    auto run = [&](const auto* wp) {
+#ifdef PG_DQ_X86
+      if (isa == 2) return pg_dq_avx512::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+      if (isa == 1) return pg_dq_avx2::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+#endif
+      pg_dq_scalar::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+    };
+    if (bf16) run(w.data_ptr<c10::BFloat16>());
+    else run(w.data_ptr<float>());
+  });
+  return {codes, bits == 8 ? scale.view({O}) : scale};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -208,6 +238,8 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
         "int isa=-1) -> Tensor",
         &dequant_mm);
+  m.def("quantize_isa(Tensor w, int bits, int group, int isa=-1) -> (Tensor, Tensor)",
+        &quantize_isa);
 }
 
 #else  // PG_DQ_BODY: the row loops for one instruction set (PG_DQ_ISA 2, 1 or 0)
@@ -222,6 +254,18 @@ inline vf from_s8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
 inline vf from_u8(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vf vload(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256((const __m256i*)p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline vf vabs(vf a) { return _mm512_abs_ps(a); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+inline float vhmax(vf a) { return _mm512_reduce_max_ps(a); }
+inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline vf vround(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline void vstore_i32(int32_t* p, vf a) { _mm512_storeu_si512(p, _mm512_cvtps_epi32(a)); }
 // 32 codes in order (two 16-byte halves) -> 32 / W float vectors
 inline void widen32(const __m128i* c, vf* w) { w[0] = from_u8(c[0]), w[1] = from_u8(c[1]); }
 // the float32 bits rounded to nearest even at bit 16 (the bfloat16 value in the high half)
@@ -249,6 +293,22 @@ inline vf from_s8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
 inline vf from_u8(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vf vload(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128((const __m128i*)p);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline vf vabs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+inline float vhmax(vf a) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, a);
+  return *std::max_element(t, t + 8);
+}
+inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+inline vf vround(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline void vstore_i32(int32_t* p, vf a) { _mm256_storeu_si256((__m256i*)p, _mm256_cvtps_epi32(a)); }
 inline void widen32(const __m128i* c, vf* w) {
   w[0] = from_u8(c[0]), w[1] = from_u8(_mm_srli_si128(c[0], 8));
   w[2] = from_u8(c[1]), w[3] = from_u8(_mm_srli_si128(c[1], 8));
@@ -326,6 +386,51 @@ void rows_as(const Job& j, int64_t a, int64_t b) {
 void rows(const Job& j, int64_t a, int64_t b) {
   if (j.out_bf16) return j.scale_bf16 ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
   j.scale_bf16 ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
+}
+
+
+// Quantising (linear.quantize_weight's arithmetic, as kernels.cpp's quantize): n values of one
+// row or group from w (float32 or bfloat16) -> their scale max(amax, 1e-12) / top and the codes
+// min(max(nearbyint(w / s), lo), top) as int32 into c.
+template <typename T>
+inline float load1(const T* w, int64_t i) { return float(w[i]); }
+
+template <typename T>
+float quantize_span(const T* w, int64_t n, float top, float lo, int32_t* c) {
+  float amax = 0.f;
+  int64_t i = 0;
+#if PG_DQ_ISA > 0
+  vf m = vset(0.f);
+  for (; i + W <= n; i += W) m = vmax(m, vabs(vload(w + i)));
+  amax = vhmax(m);
+#endif
+  for (; i < n; ++i) amax = std::max(amax, std::abs(load1(w, i)));
+  const float s = std::max(amax, 1e-12f) / top;
+  i = 0;
+#if PG_DQ_ISA > 0
+  const vf vs = vset(s), vlo = vset(lo), vtop = vset(top);
+  for (; i + W <= n; i += W) vstore_i32(c + i, vmin(vmax(vround(vdiv(vload(w + i), vs)), vlo), vtop));
+#endif
+  for (; i < n; ++i) c[i] = int32_t(std::min(std::max(std::nearbyint(load1(w, i) / s), lo), top));
+  return s;
+}
+
+template <typename T>
+void quantize_rows(const T* w, int64_t I, int64_t bits, int64_t group, uint8_t* codes,
+                   float* scale, int64_t o0, int64_t o1) {
+  const int64_t n = bits == 8 ? I : group, G = I / n, row = bits == 8 ? I : I / 2;
+  std::vector<int32_t> c(n);
+  for (int64_t o = o0; o < o1; ++o) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float top = bits == 8 ? 127.f : 7.f, lo = bits == 8 ? -127.f : -8.f;
+      scale[o * G + g] = quantize_span(w + o * I + g * n, n, top, lo, c.data());
+      uint8_t* out = codes + o * row + (bits == 8 ? g * n : g * n / 2);
+      if (bits == 8)
+        for (int64_t i = 0; i < n; ++i) out[i] = uint8_t(int8_t(c[i]));
+      else
+        for (int64_t i = 0; i < n; i += 2) out[i / 2] = uint8_t((c[i] + 8) | ((c[i + 1] + 8) << 4));
+    }
+  }
 }
 
 #endif  // PG_DQ_BODY

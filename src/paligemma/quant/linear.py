@@ -179,7 +179,7 @@ def quantize_weight(
     cpu = w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
     if cpu and cpu_kernels.available():  # one pass in C++, the same arithmetic
         bits = 8 if mode == "int8" else 4
-        codes, scale = torch.ops.paligemma_cpu.quantize(w, bits, group)
+        codes, scale = torch.ops.paligemma_cpu.quantize_isa(w, bits, group, cpu_kernels.isa())
         return codes, scale.to(w.dtype)
     rows = max(1, elements // i)
     if mode == "int8":

@@ -32,6 +32,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"))  # one library; dequant.cpp: prefill tiles
+HEADERS = (SOURCE.with_name("dequant_isa.h"),)  # (in the cache key too)
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
@@ -68,7 +69,7 @@ def _command(compiler: str, out: Path) -> list[str]:
 
 
 def _key(cmd: list[str]) -> str:
-    h = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES))
+    h = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS))
     flags = " ".join(cmd[len(SOURCES) + 4 :])  # (not the output path)
     for part in (torch.__version__, torch.__config__.show(), flags, _cpu_id()):
         h.update(part.encode())

@@ -1,6 +1,7 @@
 """Quantised prefill against bfloat16, A/B in ONE process (not a test):
 
     python benchmarks/bench_quant_prefill.py [--repeats 7] [--depth 2] [--threads N] [--json F]
+    python benchmarks/bench_quant_prefill.py --depth 2,4 --threads 1 --clock cpu  # + 3B estimate
     python benchmarks/bench_quant_prefill.py --variants bf16,int8,int4 --tiles 128,256,512
 
 One prefill (vision + decoder over the 256 image tokens and a 12-token prompt, one logit row) of
@@ -17,7 +18,10 @@ order so a noisy (shared) host hits them alike; medians and their ratios to bf16
   int8-int_mm   alternative (b): activations quantised per row to int8 on the fly and
                 torch._int_mm (int8 x int8 -> int32, AMX-INT8 through oneDNN where the host has
                 it), then both scales; not exact against the dequantised product
-`--clock cpu` times CPU seconds instead of wall seconds (use it with --threads 1).
+`--depth 2,4` also extrapolates to the 3B model's depth: the fixed costs (above all the head
+over the 257k vocabulary, which int8 / int4 read in half / a quarter of the bytes) weigh far
+more at depth 2 than in the real model. `--clock cpu` times CPU seconds instead of wall
+seconds (use it with --threads 1).
 `--tiles` adds int8@T / int4@T for each tile size T (output rows per GEMM call; the default is
 linear.TILE). `--isa avx2|scalar` forces a lower instruction set for the dequantiser.
 """
@@ -140,7 +144,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--depth", type=int, default=2, help="layers per tower (3B: 27 and 26)")
+    ap.add_argument(
+        "--depth", default="2", help="layers per tower (3B: 27, 26); two (2,4): extrapolate"
+    )
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--variants", default="bf16,int8,int4,int8-python,int4-python,int8-int_mm")
     ap.add_argument("--tiles", default="", help="comma-separated tile sizes to compare")
@@ -157,7 +163,20 @@ def main() -> None:
     names = ["bf16"] + [n for n in args.variants.split(",") if n and n != "bf16"]
     tiles = [int(t) for t in args.tiles.split(",") if t]
     assert cpu_kernels.available(), cpu_kernels.why_not()
-    cfg = config(args.depth)
+    depths = [int(d) for d in args.depth.split(",")]
+    results = {f"depth {d}": run_depth(d, names, tiles, args.repeats) for d in depths}
+    if len(depths) == 2:
+        results["3B extrapolated"] = extrapolate(*depths, *results.values())
+        print("3B extrapolated (fixed + 26.5 x per-layer):")
+        for name, r in results["3B extrapolated"].items():
+            print(f"{name:12} {r['median_s'] * 1000:8.1f} ms  {r['x_bf16']:.3f}x bf16")
+    if args.json:
+        meta = {"threads": torch.get_num_threads(), "isa": cpu_kernels.isa(), "clock": args.clock}
+        Path(args.json).write_text(json.dumps(meta | {"results": results}, indent=1) + "\n")
+
+
+def run_depth(depth: int, names: list[str], tiles: list[int], repeats: int) -> dict:
+    cfg = config(depth)
     models = {"bf16": float_model(cfg)}
     for mode in ("int8", "int4"):
         if any(n.startswith(mode) for n in names) or tiles:
@@ -165,17 +184,27 @@ def main() -> None:
     x = bench_generate.inputs(cfg, 1, PROMPT_TOKENS)
     x["pixel_values"] = x["pixel_values"].to(torch.bfloat16)
     print(
-        f"{torch.get_num_threads()} threads, isa {cpu_kernels.isa()}, depth {args.depth}, "
-        f"{x['input_ids'].shape[1]} tokens; medians of {args.repeats} interleaved rounds",
+        f"{torch.get_num_threads()} threads, isa {cpu_kernels.isa()}, depth {depth}, "
+        f"{x['input_ids'].shape[1]} tokens; medians of {repeats} interleaved rounds",
         flush=True,
     )
-    results = measure(variants(models, names, tiles), x, args.repeats)
+    results = measure(variants(models, names, tiles), x, repeats)
     for name, r in results.items():
-        print(f"{name:12} {r['median_s'] * 1000:8.1f} ms  {r['x_bf16']:.3f}x bf16")
-    if args.json:
-        meta = {"threads": torch.get_num_threads(), "isa": cpu_kernels.isa(), "clock": args.clock}
-        meta["depth"] = args.depth
-        Path(args.json).write_text(json.dumps(meta | {"results": results}, indent=1) + "\n")
+        print(f"{name:12} {r['median_s'] * 1000:8.1f} ms  {r['x_bf16']:.3f}x bf16", flush=True)
+    return results
+
+
+def extrapolate(d1: int, d2: int, r1: dict, r2: dict, layers: float = 26.5) -> dict:
+    """The full model's prefill from two depths: what does not grow with depth (the head over
+    the 257k vocabulary, the embedding, patchify) plus `layers` x the cost of one layer of each
+    tower (3B: 27 SigLIP, 26 Gemma layers)."""
+    full = {}
+    for name in r1:
+        per = (r2[name]["median_s"] - r1[name]["median_s"]) / (d2 - d1)
+        full[name] = r1[name]["median_s"] - d1 * per + layers * per
+    return {
+        n: {"median_s": round(v, 3), "x_bf16": round(v / full["bf16"], 3)} for n, v in full.items()
+    }
 
 
 if __name__ == "__main__":

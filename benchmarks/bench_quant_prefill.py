@@ -15,6 +15,8 @@ order so a noisy (shared) host hits them alike; medians and their ratios to bf16
   int8, int4    quantised: the C++ tile dequantiser feeding the GEMM (quant/dequant.cpp)
   int8-python   ... the previous path: CHUNK rows dequantised in Python, then F.linear
   int4-python
+  int8-team     the tiles dequantised by all threads, then one GEMM on all threads
+  int4-team     (TEAM_TILE rows at a time; the default gives each thread its own tiles)
   int8-int_mm   alternative (b): activations quantised per row to int8 on the fly and
                 torch._int_mm (int8 x int8 -> int32, AMX-INT8 through oneDNN where the host has
                 it), then both scales; not exact against the dequantised product
@@ -107,6 +109,7 @@ def prefill_s(model, x: dict, path=TILED_CHUNKED, tile: int = q.TILE) -> float:
 
 
 TILE_DEFAULT = q.TILE
+TEAM_TILE = 2048  # rows per step of the -team variants (tile < 0 tells dequant_mm)
 CLOCK = [time.perf_counter]  # --clock cpu: time.process_time (with --threads 1: what one core
 # spends, which other processes on a shared host disturb less than the wall clock)
 
@@ -117,7 +120,8 @@ def variants(models: dict, names: list[str], tiles: list[int]) -> dict:
     out = {}
     for name in names:
         mode, _, how = name.partition("-")
-        out[name] = (models[mode], paths.get(how, TILED_CHUNKED), TILE_DEFAULT)
+        tile = -TEAM_TILE if how == "team" else TILE_DEFAULT
+        out[name] = (models[mode], paths.get(how, TILED_CHUNKED), tile)
     for tile in tiles:
         for mode in ("int8", "int4"):
             out[f"{mode}@{tile}"] = (models[mode], TILED_CHUNKED, tile)

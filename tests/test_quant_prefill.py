@@ -68,7 +68,8 @@ def test_tiled_product_equals_the_dequantised_product(cls):
                     m = layer(cls, in_features, out_features, group, dtype)
                     x = torch.randn(19, in_features, dtype=dtype)
                     want = x.double() @ m.dequantize().to(dtype).double().T
-                    for tile, mode in ((4, torch.inference_mode), (16, torch.no_grad), (64, None)):
+                    tiles = ((4, torch.inference_mode), (16, torch.no_grad), (64, None))
+                    for tile, mode in (*tiles, (-16, torch.inference_mode)):  # (-: all threads)
                         with mode() if mode else torch.enable_grad():
                             got = ops.dequant_mm(x, m.weight, m.scale, *bits_group(m), tile, isa)
                         assert got.dtype == dtype and got.shape == (19, out_features)

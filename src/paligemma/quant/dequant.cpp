@@ -8,7 +8,9 @@
 //       .to(out.dtype): code (int8; int4: nibble - 8) * scale in float32, rounded (to nearest
 //       even) to the scale's dtype, then to out's
 //   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1) -> x.dtype[M, O]
-//       x @ W.T with W dequantised `tile` output rows at a time into one [tile, I] buffer
+//       x @ W.T with W dequantised `tile` output rows at a time into a [tile, I] buffer per
+//       thread, each thread running the GEMMs of its own tiles; tile < 0: |tile| rows at a time
+//       by all threads, then one GEMM on all threads (an A/B alternative: bench_quant_prefill)
 //
 //   quantize_isa(w f32|bf16[O, I], bits, group, isa=-1) -> (codes, scale f32): kernels.cpp's
 //       quantize (linear.quantize_weight's codes) with the amax, divide and round in vectors
@@ -180,6 +182,8 @@ void rows_here(const Job& job, int64_t r1, int64_t isa) {
 // GEMM on that thread), so nothing waits on a barrier between the two steps.
 at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
                       int64_t bits, int64_t group, int64_t tile, int64_t isa) {
+  const bool team = tile < 0;
+  tile = std::abs(tile);
   const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
   TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
   const int64_t M = x_.size(0), I = x_.size(1), O = q.size(0);
@@ -188,6 +192,17 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   isa = resolved_isa(isa);
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty({M, O}, x.options());
+  if (team) {  // all threads dequantise a tile, then all run its GEMM (a barrier per step)
+    at::Tensor buf = at::empty({std::min(tile, O), I}, x.options());
+    for (int64_t s = 0; s < O; s += tile) {
+      const int64_t n = std::min(tile, O - s);
+      at::Tensor w = buf.narrow(0, 0, n);
+      run_rows(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+      at::Tensor o = out.narrow(1, s, n);
+      at::mm_out(o, x, w.t());
+    }
+    return out;
+  }
   const int64_t share = (O + at::get_num_threads() - 1) / at::get_num_threads();
   tile = std::min(tile, (share + 15) / 16 * 16);  // every thread gets a tile when O is small
   const at::ThreadLocalState caller;  // (inference mode, grad mode: the GEMMs run as called)

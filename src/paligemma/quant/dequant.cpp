@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -178,8 +179,9 @@ void rows_here(const Job& job, int64_t r1, int64_t isa) {
   pg_dq_scalar::rows(job, job.r0, r1);
 }
 
-// One parallel region: each thread takes whole tiles (dequantise into its own buffer, then a
-// GEMM on that thread), so nothing waits on a barrier between the two steps.
+// One parallel region: each thread takes whole tiles, the next free one each time (dequantise
+// into its own buffer, then a GEMM on that thread), so nothing waits on a barrier between the
+// two steps.
 at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
                       int64_t bits, int64_t group, int64_t tile, int64_t isa) {
   const bool team = tile < 0;
@@ -206,10 +208,12 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   const int64_t share = (O + at::get_num_threads() - 1) / at::get_num_threads();
   tile = std::min(tile, (share + 15) / 16 * 16);  // every thread gets a tile when O is small
   const at::ThreadLocalState caller;  // (inference mode, grad mode: the GEMMs run as called)
-  at::parallel_for(0, (O + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t tiles = (O + tile - 1) / tile;
+  std::atomic<int64_t> next{0};  // tiles taken as threads come free (a busy host stalls one)
+  at::parallel_for(0, std::min(tiles, int64_t(at::get_num_threads())), 1, [&](int64_t, int64_t) {
     const at::ThreadLocalStateGuard as_caller(caller);
     at::Tensor buf = at::empty({tile, I}, x.options());  // reused for this thread's tiles
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t t = next++; t < tiles; t = next++) {
       const int64_t s = t * tile, n = std::min(tile, O - s);
       at::Tensor w = buf.narrow(0, 0, n);
       rows_here(job_for(q, scale, bits, group, I, w, s), s + n, isa);

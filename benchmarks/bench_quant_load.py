@@ -22,6 +22,11 @@ import json, re, sys, time, torch, paligemma
 def rss(field):
     text = open("/proc/self/status").read()
     return int(re.search(field + r":\\s+(\\d+) kB", text).group(1)) * 1024
+with torch.device("meta"):  # torch's one-time imports for meta tensors (~75 MiB), as any load
+    paligemma.PaliGemma(paligemma.TINY)
+if sys.argv[2]:  # the CPU kernels loaded (once per process; decoding needs them anyway)
+    from paligemma.quant import kernels
+    kernels.available()
 base = rss("VmRSS")
 start = time.perf_counter()
 model = paligemma.load_model(sys.argv[1], dtype=torch.bfloat16, quantize=sys.argv[2] or None)

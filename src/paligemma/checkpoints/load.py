@@ -125,13 +125,17 @@ def _load_hf_dir(path: Path, cfg, dtype, device, reference, quantize=None) -> Pa
             dtype = _majority_dtype([r.entries[n][0] for _, n, r in items])
         model, spec = _skeleton(cfg, quantize)
         state: dict[str, torch.Tensor] = {}
+        scratch = None  # one buffer for the tensors read only to be quantised (the largest)
         for _, name, reader in sorted(items, key=lambda x: -x[0]):  # largest first
             ours = hf_name_to_ours(name, cfg)
             if ours is None:  # the tied output head is the embedding; the reference ignores it
                 continue
             if ours in state:
                 raise CheckpointError(f"tensor {ours!r} appears twice (as {name!r})")
-            t = reader.read(name, dtype, device)
+            into = None  # (no tensor of its own: memory freed and taken again stays resident)
+            if quant_store.dropped(ours, spec):
+                into = scratch = _scratch(scratch, reader.entries[name][1], dtype, device)
+            t = reader.read(name, dtype, device, scratch=into)
             if not t.is_floating_point():
                 raise CheckpointError(f"{name!r} is {t.dtype}, not floating point")
             state.update(quant_store.entries(ours, t, spec))
@@ -139,6 +143,15 @@ def _load_hf_dir(path: Path, cfg, dtype, device, reference, quantize=None) -> Pa
         for r in readers:
             r.close()
     return _assign(model, state)
+
+
+def _scratch(buf: torch.Tensor | None, shape, dtype, device) -> torch.Tensor:
+    """`buf`, or a new flat uint8 buffer when a tensor of `shape` and `dtype` does not fit or
+    needs under a quarter of it (the last, small tensors: the big buffer goes)."""
+    need = math.prod(shape) * dtype.itemsize
+    if buf is None or not need <= buf.numel() < 4 * need:
+        buf = torch.empty(need, dtype=torch.uint8, device=device)
+    return buf
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

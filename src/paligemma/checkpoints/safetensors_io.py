@@ -103,15 +103,21 @@ class SafetensorsReader:
         _, _, begin, end = self.entries[name]
         return end - begin
 
-    def read(self, name: str, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-        """Tensor `name`, converted to `dtype` and `device` on the way in.
+    def read(
+        self, name: str, dtype: torch.dtype | None = None, device=None, scratch=None
+    ) -> torch.Tensor:
+        """Tensor `name`, converted to `dtype` and `device` on the way in; with `scratch` (a
+        flat uint8 buffer at least that large) the tensor is a view of it, not a new one.
 
         A conversion goes through a small reusable staging buffer, chunk by chunk, so a
         float32 file loads into bfloat16 without ever holding the float32 tensor whole.
         """
         src, shape, begin, _ = self.entries[name]
         dtype = dtype or src
-        out = torch.empty(shape, dtype=dtype, device=device)
+        if scratch is None:
+            out = torch.empty(shape, dtype=dtype, device=device)
+        else:
+            out = scratch[: math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
         self._file.seek(self._base + begin)
         if dtype == src and out.device.type == "cpu":
             self._read_exactly(out.reshape(-1).view(torch.uint8), name)

@@ -11,8 +11,10 @@ never an expanded copy):
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
-    more rows (prefill, training batches): CHUNK output rows at a time are dequantised to the
-        activation dtype for a dense GEMM, which is compute-bound there anyway.
+    more rows (prefill, training batches): TILE output rows at a time are dequantised to the
+        activation dtype by our C++ (dequant.cpp) into one reused buffer feeding a dense GEMM
+        (bfloat16 on AMX: oneDNN), so the whole float matrix never exists; without the kernels,
+        CHUNK rows at a time in Python.
 Elsewhere (GPU, autograd for QLoRA) the weight is dequantised to the activation dtype.
 
     int8: w ~= q * scale[o],            q int8[O, I],          scale float[O]
@@ -33,7 +35,9 @@ from . import kernels as cpu_kernels
 
 KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
-CHUNK = 4096  # output rows dequantised at a time for larger inputs
+CHUNK = 4096  # output rows dequantised at a time for larger inputs (in Python)
+TILE = 256  # ... in C++ (dequant.cpp), per GEMM call: the fastest measured (bench_quant_prefill)
+_TILED = {torch.float32, torch.bfloat16}  # the dtypes dequant.cpp reads and writes
 
 
 class _QuantizedLinear(nn.Module):
@@ -175,7 +179,7 @@ def quantize_weight(
     cpu = w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
     if cpu and cpu_kernels.available():  # one pass in C++, the same arithmetic
         bits = 8 if mode == "int8" else 4
-        codes, scale = torch.ops.paligemma_cpu.quantize(w, bits, group)
+        codes, scale = torch.ops.paligemma_cpu.quantize_isa(w, bits, group, cpu_kernels.isa())
         return codes, scale.to(w.dtype)
     rows = max(1, elements // i)
     if mode == "int8":
@@ -214,7 +218,14 @@ def _on_cpu_inference(x: torch.Tensor) -> bool:
 
 
 def _chunked(layer: _QuantizedLinear, flat: torch.Tensor) -> torch.Tensor:
-    """flat @ W.T with W dequantised CHUNK rows at a time (bounded extra memory)."""
+    """flat @ W.T with W dequantised a tile of output rows at a time: TILE rows in C++ into one
+    reused buffer that feeds the GEMM (dequant.cpp), else CHUNK rows in Python (bounded extra
+    memory either way)."""
+    if _TILED.issuperset((flat.dtype, layer.scale.dtype)) and cpu_kernels.available():
+        bits, group = (8, 0) if isinstance(layer, Int8Linear) else (4, layer.group)
+        return torch.ops.paligemma_cpu.dequant_mm(
+            flat, layer.weight, layer.scale, bits, group, TILE, cpu_kernels.isa()
+        )
     out = flat.new_empty(len(flat), layer.out_features)
     for start in range(0, layer.out_features, CHUNK):
         w = layer.dequantize(start, start + CHUNK).to(flat.dtype)

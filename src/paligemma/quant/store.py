@@ -74,15 +74,22 @@ def plan(model: nn.Module, mode: str, group: int = 64) -> dict:
     return {"mode": mode, "group": group if mode == "int4" else None, "modules": sorted(names)}
 
 
+def dropped(name: str, spec: dict | None) -> bool:
+    """The float tensor `name` is read only to be quantised (entries() keeps none of it), so a
+    loader may read it into a reused buffer."""
+    module, _, leaf = name.rpartition(".")
+    return spec is not None and leaf == "weight" and module in spec["modules"]
+
+
 def entries(name: str, t: torch.Tensor, spec: dict | None) -> dict[str, torch.Tensor]:
     """The quantised model's tensors for the float tensor `name` (our tensor names): a quantised
     layer's weight becomes its codes and scale, the embedding stays and also gives the head's
     codes and scale; anything else (or spec None) stays as it is."""
     if spec is None:
         return {name: t}
-    module, _, leaf = name.rpartition(".")
+    module = name.rpartition(".")[0]
     group = spec["group"] or 64
-    if leaf == "weight" and module in spec["modules"]:
+    if dropped(name, spec):
         codes, scale = quantize_weight(t, spec["mode"], group)
         return {name: codes, f"{module}.scale": scale}
     out = {name: t}

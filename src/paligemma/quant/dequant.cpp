@@ -1,0 +1,372 @@
+// Quantised prefill without an expanded weight: int8 / int4 codes dequantised a tile of output
+// rows at a time into a reused scratch buffer that feeds PyTorch's GEMM (bfloat16 on AMX goes
+// through oneDNN), so a prefill never allocates or writes the whole float matrix. Built into
+// the same library as kernels.cpp (kernels.py compiles both); ops under torch.ops.paligemma_cpu.
+//
+//   dequantize_rows(q, scale, bits, group, out f32|bf16[R, I], start, isa=-1) -> ()
+//       out[r] = weight row start + r, exactly as linear.py's dequantize(start, start + R)
+//       .to(out.dtype): code (int8; int4: nibble - 8) * scale in float32, rounded (to nearest
+//       even) to the scale's dtype, then to out's
+//   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1) -> x.dtype[M, O]
+//       x @ W.T with W dequantised `tile` output rows at a time into a [tile, I] buffer per
+//       thread, each thread running the GEMMs of its own tiles; tile < 0: |tile| rows at a time
+//       by all threads, then one GEMM on all threads (an A/B alternative: bench_quant_prefill)
+//
+//   quantize_isa(w f32|bf16[O, I], bits, group, isa=-1) -> (codes, scale f32): kernels.cpp's
+//       quantize (linear.quantize_weight's codes) with the amax, divide and round in vectors
+//
+//   q: int8[O, I] (bits 8, scale f32|bf16[O]) or uint8[O, I/2] (bits 4, two codes per byte,
+//   low nibble first, scale f32|bf16[O, I/group]); isa: 2 AVX-512, 1 AVX2, 0 scalar, -1 best.
+//
+// The row loops live in the PG_DQ_BODY section at the end, included three times under GCC
+// target pragmas (as in kernels.cpp; dequant_isa.h has each path's vector helpers); int4 groups that are not a multiple of 32 take the
+// element loop on every path.
+
+#ifndef PG_DQ_BODY
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define PG_DQ_X86 1
+#endif
+
+namespace {
+
+// float -> bfloat16 bits, round to nearest even (PyTorch's conversion; NaN stays NaN)
+inline uint16_t bf16_bits(float f) {
+  if (f != f) return 0x7fc0;
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return uint16_t((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+}
+
+// One weight value to dst[i]: rounded to bfloat16 first when `round` (a bfloat16 scale).
+inline void put1(void* dst, int64_t i, float f, bool round, bool out_bf16) {
+  if (out_bf16) {
+    static_cast<uint16_t*>(dst)[i] = bf16_bits(f);
+    return;
+  }
+  if (round) {
+    const uint32_t b = uint32_t(bf16_bits(f)) << 16;
+    std::memcpy(&f, &b, 4);
+  }
+  static_cast<float*>(dst)[i] = f;
+}
+
+inline float scale_of(const void* s, bool bf16, int64_t i) {
+  if (!bf16) return static_cast<const float*>(s)[i];
+  const uint32_t b = uint32_t(static_cast<const uint16_t*>(s)[i]) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// What every path needs to know about one call: where the codes, scales and output live.
+struct Job {
+  const void* q;
+  const void* scale;
+  bool scale_bf16, out_bf16;
+  int64_t bits, group, I;
+  void* dst;  // row r of the weight goes to dst + (r - r0) * I elements
+  int64_t r0;
+};
+
+}  // namespace
+
+#define PG_DQ_BODY 1
+#ifdef PG_DQ_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+namespace pg_dq_avx512 {
+#define PG_DQ_ISA 2
+#include __FILE__
+#undef PG_DQ_ISA
+}  // namespace pg_dq_avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace pg_dq_avx2 {
+#define PG_DQ_ISA 1
+#include __FILE__
+#undef PG_DQ_ISA
+}  // namespace pg_dq_avx2
+#pragma GCC pop_options
+#endif
+namespace pg_dq_scalar {
+#define PG_DQ_ISA 0
+#include __FILE__
+#undef PG_DQ_ISA
+}  // namespace pg_dq_scalar
+#undef PG_DQ_BODY
+
+namespace {
+
+int64_t resolved_isa(int64_t isa) {
+  int64_t best = 0;
+#ifdef PG_DQ_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) best = 2;
+#endif
+  TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
+  return isa < 0 ? best : isa;
+}
+
+void check_codes(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
+                 int64_t I) {
+  const int64_t O = q.size(0);
+  TORCH_CHECK(q.dim() == 2, "dequant: q [O, I] or [O, I/2]");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
+              "dequant: the scale must be float32 or bfloat16");
+  if (bits == 8) {
+    TORCH_CHECK(q.scalar_type() == at::kChar && q.size(1) == I && scale.numel() == O,
+                "dequant: int8 codes [O, I] and one scale per output row");
+  } else {
+    TORCH_CHECK(bits == 4 && group > 0 && group % 2 == 0 && I % group == 0, "dequant: group");
+    TORCH_CHECK(q.scalar_type() == at::kByte && q.size(1) * 2 == I &&
+                    scale.numel() == O * (I / group),
+                "dequant: int4 codes [O, I/2] and one scale per output row and group");
+  }
+}
+
+// Rows [r0, r1) of the weight into dst, in parallel over rows.
+void run_rows(Job job, int64_t r1, int64_t isa) {
+  at::parallel_for(job.r0, r1, 4, [&](int64_t a, int64_t b) {
+#ifdef PG_DQ_X86
+    if (isa == 2) return pg_dq_avx512::rows(job, a, b);
+    if (isa == 1) return pg_dq_avx2::rows(job, a, b);
+#endif
+    pg_dq_scalar::rows(job, a, b);
+  });
+}
+
+Job job_for(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
+            int64_t I, const at::Tensor& out, int64_t start) {
+  const bool out_bf16 = out.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(out_bf16 || out.scalar_type() == at::kFloat, "dequant: out float32 or bfloat16");
+  return Job{q.data_ptr(), scale.data_ptr(), scale.scalar_type() == at::kBFloat16, out_bf16,
+             bits, group, I, out.data_ptr(), start};
+}
+
+void dequantize_rows(const at::Tensor& q_, const at::Tensor& scale_, int64_t bits,
+                     int64_t group, at::Tensor out, int64_t start, int64_t isa) {
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
+  const int64_t I = out.size(1);
+  check_codes(q, scale, bits, group, I);
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous(), "dequantize_rows: out [R, I], contiguous");
+  TORCH_CHECK(start >= 0 && start + out.size(0) <= q.size(0), "dequantize_rows: rows");
+  run_rows(job_for(q, scale, bits, group, I, out, start), start + out.size(0),
+           resolved_isa(isa));
+}
+
+// Rows [r0, r1) of the weight into dst on the calling thread.
+void rows_here(const Job& job, int64_t r1, int64_t isa) {
+#ifdef PG_DQ_X86
+  if (isa == 2) return pg_dq_avx512::rows(job, job.r0, r1);
+  if (isa == 1) return pg_dq_avx2::rows(job, job.r0, r1);
+#endif
+  pg_dq_scalar::rows(job, job.r0, r1);
+}
+
+// One parallel region: each thread takes whole tiles, the next free one each time (dequantise
+// into its own buffer, then a GEMM on that thread), so nothing waits on a barrier between the
+// two steps.
+at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
+                      int64_t bits, int64_t group, int64_t tile, int64_t isa) {
+  const bool team = tile < 0;
+  tile = std::abs(tile);
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
+  TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
+  const int64_t M = x_.size(0), I = x_.size(1), O = q.size(0);
+  check_codes(q, scale, bits, group, I);
+  TORCH_CHECK(tile > 0, "dequant_mm: tile > 0");
+  isa = resolved_isa(isa);
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = at::empty({M, O}, x.options());
+  if (team) {  // all threads dequantise a tile, then all run its GEMM (a barrier per step)
+    at::Tensor buf = at::empty({std::min(tile, O), I}, x.options());
+    for (int64_t s = 0; s < O; s += tile) {
+      const int64_t n = std::min(tile, O - s);
+      at::Tensor w = buf.narrow(0, 0, n);
+      run_rows(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+      at::Tensor o = out.narrow(1, s, n);
+      at::mm_out(o, x, w.t());
+    }
+    return out;
+  }
+  const int64_t share = (O + at::get_num_threads() - 1) / at::get_num_threads();
+  tile = std::min(tile, (share + 15) / 16 * 16);  // every thread gets a tile when O is small
+  const at::ThreadLocalState caller;  // (inference mode, grad mode: the GEMMs run as called)
+  const int64_t tiles = (O + tile - 1) / tile;
+  std::atomic<int64_t> next{0};  // tiles taken as threads come free (a busy host stalls one)
+  at::parallel_for(0, std::min(tiles, int64_t(at::get_num_threads())), 1, [&](int64_t, int64_t) {
+    const at::ThreadLocalStateGuard as_caller(caller);
+    at::Tensor buf = at::empty({tile, I}, x.options());  // reused for this thread's tiles
+    for (int64_t t = next++; t < tiles; t = next++) {
+      const int64_t s = t * tile, n = std::min(tile, O - s);
+      at::Tensor w = buf.narrow(0, 0, n);
+      rows_here(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+      at::Tensor o = out.narrow(1, s, n);  // strided (leading dimension O): the GEMM writes it
+      at::mm_out(o, x, w.t());
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_isa(const at::Tensor& w_, int64_t bits, int64_t group,
+                                               int64_t isa) {
+  TORCH_CHECK(w_.dim() == 2 && (bits == 8 || (bits == 4 && group > 0 && group % 2 == 0)),
+              "quantize_isa: w [O, I], bits 8 or 4 with an even group");
+  const bool bf16 = w_.scalar_type() == at::kBFloat16;
+  const at::Tensor w = bf16 ? w_.contiguous() : w_.to(at::kFloat).contiguous();
+  const int64_t O = w.size(0), I = w.size(1), G = bits == 8 ? 1 : I / group;
+  TORCH_CHECK(bits == 8 || I % group == 0, "quantize_isa: the group must divide in_features");
+  isa = resolved_isa(isa);
+  at::Tensor codes = at::empty({O, bits == 8 ? I : I / 2}, w.options().dtype(bits == 8 ? at::kChar : at::kByte));
+  at::Tensor scale = at::empty({O, G}, w.options().dtype(at::kFloat));
+  auto* cp = static_cast<uint8_t*>(codes.data_ptr());
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
+    auto run = [&](const auto* wp) {
+#ifdef PG_DQ_X86
+      if (isa == 2) return pg_dq_avx512::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+      if (isa == 1) return pg_dq_avx2::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+#endif
+      pg_dq_scalar::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+    };
+    if (bf16) run(w.data_ptr<c10::BFloat16>());
+    else run(w.data_ptr<float>());
+  });
+  return {codes, bits == 8 ? scale.view({O}) : scale};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
+  m.def("dequantize_rows(Tensor q, Tensor scale, int bits, int group, Tensor(a!) out, "
+        "int start, int isa=-1) -> ()",
+        &dequantize_rows);
+  m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
+        "int isa=-1) -> Tensor",
+        &dequant_mm);
+  m.def("quantize_isa(Tensor w, int bits, int group, int isa=-1) -> (Tensor, Tensor)",
+        &quantize_isa);
+}
+
+#else  // PG_DQ_BODY: the row loops for one instruction set (PG_DQ_ISA 2, 1 or 0)
+
+#include "dequant_isa.h"  // vf, W and the vector helpers of this path
+
+// int8 row r: code * scale[r]
+template <bool RD, bool B16>
+inline void int8_row(const Job& j, int64_t r, void* dst) {
+  const int8_t* q = static_cast<const int8_t*>(j.q) + r * j.I;
+  const float s = scale_of(j.scale, j.scale_bf16, r);
+  int64_t i = 0;
+#if PG_DQ_ISA > 0
+  const vf vs = vset(s);
+#pragma GCC unroll 4
+  for (; i + W <= j.I; i += W) put(dst, i, vmul(from_s8(q + i), vs), RD, B16);
+#endif
+  for (; i < j.I; ++i) put1(dst, i, float(q[i]) * s, RD, B16);
+}
+
+// int4 row r: (nibble - 8) * scale[r, i / group], 32 codes (16 bytes) at a time
+template <bool RD, bool B16>
+inline void int4_row(const Job& j, int64_t r, void* dst) {
+  const uint8_t* q = static_cast<const uint8_t*>(j.q) + r * (j.I / 2);
+  const int64_t G = j.I / j.group;
+  for (int64_t g = 0; g < G; ++g) {
+    const float s = scale_of(j.scale, j.scale_bf16, r * G + g);
+    int64_t i = g * j.group;
+    const int64_t end = i + j.group;
+#if PG_DQ_ISA > 0
+    const vf vs = vset(s);
+    for (; j.group % 32 == 0 && i < end; i += 32) {
+      const __m128i b = _mm_loadu_si128((const __m128i*)(q + i / 2)), mask = _mm_set1_epi8(15);
+      const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+      const __m128i c[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};  // in order
+      vf w[32 / W];
+      widen32(c, w);
+      for (int k = 0; k < 32 / W; ++k) put(dst, i + k * W, vmul(vsub8(w[k]), vs), RD, B16);
+    }
+#endif
+    for (; i < end; ++i) {
+      const int code = i % 2 ? q[i / 2] >> 4 : q[i / 2] & 15;
+      put1(dst, i, float(code - 8) * s, RD, B16);
+    }
+  }
+}
+
+// (RD: round to bfloat16, a bfloat16 scale; B16: bfloat16 out), known at compile time
+template <bool RD, bool B16>
+void rows_as(const Job& j, int64_t a, int64_t b) {
+  for (int64_t r = a; r < b; ++r) {
+    void* dst = static_cast<char*>(j.dst) + (r - j.r0) * j.I * (B16 ? 2 : 4);
+    if (j.bits == 8) int8_row<RD, B16>(j, r, dst);
+    else int4_row<RD, B16>(j, r, dst);
+  }
+}
+
+void rows(const Job& j, int64_t a, int64_t b) {
+  if (j.out_bf16) return j.scale_bf16 ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
+  j.scale_bf16 ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
+}
+
+
+// Quantising (linear.quantize_weight's arithmetic, as kernels.cpp's quantize): n values of one
+// row or group from w (float32 or bfloat16) -> their scale max(amax, 1e-12) / top and the codes
+// min(max(nearbyint(w / s), lo), top) as int32 into c.
+template <typename T>
+inline float load1(const T* w, int64_t i) { return float(w[i]); }
+
+template <typename T>
+float quantize_span(const T* w, int64_t n, float top, float lo, int32_t* c) {
+  float amax = 0.f;
+  int64_t i = 0;
+#if PG_DQ_ISA > 0
+  vf m = vset(0.f);
+  for (; i + W <= n; i += W) m = vmax(m, vabs(vload(w + i)));
+  amax = vhmax(m);
+#endif
+  for (; i < n; ++i) amax = std::max(amax, std::abs(load1(w, i)));
+  const float s = std::max(amax, 1e-12f) / top;
+  i = 0;
+#if PG_DQ_ISA > 0
+  const vf vs = vset(s), vlo = vset(lo), vtop = vset(top);
+  for (; i + W <= n; i += W) vstore_i32(c + i, vmin(vmax(vround(vdiv(vload(w + i), vs)), vlo), vtop));
+#endif
+  for (; i < n; ++i) c[i] = int32_t(std::min(std::max(std::nearbyint(load1(w, i) / s), lo), top));
+  return s;
+}
+
+template <typename T>
+void quantize_rows(const T* w, int64_t I, int64_t bits, int64_t group, uint8_t* codes,
+                   float* scale, int64_t o0, int64_t o1) {
+  const int64_t n = bits == 8 ? I : group, G = I / n, row = bits == 8 ? I : I / 2;
+  std::vector<int32_t> c(n);
+  for (int64_t o = o0; o < o1; ++o) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float top = bits == 8 ? 127.f : 7.f, lo = bits == 8 ? -127.f : -8.f;
+      scale[o * G + g] = quantize_span(w + o * I + g * n, n, top, lo, c.data());
+      uint8_t* out = codes + o * row + (bits == 8 ? g * n : g * n / 2);
+      if (bits == 8)
+        for (int64_t i = 0; i < n; ++i) out[i] = uint8_t(int8_t(c[i]));
+      else
+        for (int64_t i = 0; i < n; i += 2) out[i / 2] = uint8_t((c[i] + 8) | ((c[i + 1] + 8) << 4));
+    }
+  }
+}
+
+#endif  // PG_DQ_BODY

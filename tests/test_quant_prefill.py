@@ -1,0 +1,118 @@
+"""The quantised prefill path (quant/dequant.cpp): the C++ dequantiser is bit-exact with the
+Python reference (`dequantize(start, end).to(dtype)`) on every instruction set, and the tiled
+product it feeds equals x @ dequantize().T without dequantising the matrix in Python."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import linear as q
+
+# (in, out, group): odd widths (tails shorter than a vector), int4 groups that are and are not
+# multiples of 32 (the element loop), a row count that no tile divides
+SHAPES = [(200, 37, 40), (96, 17, 32), (60, 9, 6), (256, 40, 128), (2048, 3, 64), (352, 5, 32)]
+
+
+def layer(cls, in_features: int, out_features: int, group: int, dtype) -> q._QuantizedLinear:
+    torch.manual_seed(in_features + out_features)
+    linear = nn.Linear(in_features, out_features, bias=True).to(dtype)
+    with torch.no_grad():  # rows of very different sizes: scales far apart
+        linear.weight.mul_(torch.rand(out_features, 1, dtype=dtype) * 4)
+    if cls is q.Int8Linear:
+        return cls.from_linear(linear)
+    return cls.from_linear(linear, group)
+
+
+def bits_group(m) -> tuple[int, int]:
+    return (8, 0) if isinstance(m, q.Int8Linear) else (4, m.group)
+
+
+def paths() -> range:
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    return range(int(torch.ops.paligemma_cpu.cpu_isa()) + 1)
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
+def test_dequantiser_is_bit_exact_with_the_python_reference_on_every_path(cls, scale_dtype):
+    ops = torch.ops.paligemma_cpu
+    for isa in paths():
+        for in_features, out_features, group in SHAPES:
+            m = layer(cls, in_features, out_features, group, scale_dtype)
+            bits, group = bits_group(m)
+            for out_dtype in (torch.float32, torch.bfloat16):
+                for start, end in ((0, out_features), (1, out_features - 1)):
+                    want = m.dequantize(start, end).to(out_dtype)
+                    got = torch.full((end - start, in_features), float("nan"), dtype=out_dtype)
+                    ops.dequantize_rows(m.weight, m.scale, bits, group, got, start, isa)
+                    same = torch.equal(
+                        got.view(torch.int16 if got.itemsize == 2 else torch.int32),
+                        want.view(torch.int16 if want.itemsize == 2 else torch.int32),
+                    )
+                    assert same, (isa, in_features, out_features, group, out_dtype, start)
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_tiled_product_equals_the_dequantised_product(cls):
+    """Every path and dtype, tiles that do and do not divide the rows, 1 and 2 threads, in
+    inference mode (the worker threads write inference tensors) and out of it."""
+    ops, threads = torch.ops.paligemma_cpu, torch.get_num_threads()
+    try:
+        for isa, n_threads in ((isa, n) for isa in paths() for n in (1, 2)):
+            torch.set_num_threads(n_threads)
+            for in_features, out_features, group in SHAPES[:3]:
+                for dtype, bound in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+                    m = layer(cls, in_features, out_features, group, dtype)
+                    x = torch.randn(19, in_features, dtype=dtype)
+                    want = x.double() @ m.dequantize().to(dtype).double().T
+                    tiles = ((4, torch.inference_mode), (16, torch.no_grad), (64, None))
+                    for tile, mode in (*tiles, (-16, torch.inference_mode)):  # (-: all threads)
+                        with mode() if mode else torch.enable_grad():
+                            got = ops.dequant_mm(x, m.weight, m.scale, *bits_group(m), tile, isa)
+                        assert got.dtype == dtype and got.shape == (19, out_features)
+                        err = ((got.double() - want).norm() / want.norm()).item()
+                        assert err < bound, (isa, n_threads, in_features, dtype, tile, err)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_prefill_rows_take_the_tiles_never_a_python_dequantisation(cls, monkeypatch):
+    m = layer(cls, 128, 96, 64, torch.bfloat16)
+    x = torch.randn(2, q.PACKED_ROWS, 128, dtype=torch.bfloat16)  # > PACKED_ROWS rows in all
+    with torch.no_grad():
+        want = nn.functional.linear(x.float(), m.dequantize().to(x.dtype).float(), m.bias.float())
+    monkeypatch.setattr(q, "TILE", 32)
+    monkeypatch.setattr(m, "dequantize", lambda *a: pytest.fail("dequantised in Python"))
+    with torch.inference_mode():
+        got = m(x)
+    assert got.dtype == x.dtype and got.shape == (2, q.PACKED_ROWS, 96)
+    assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+
+
+def test_dequant_ops_check_their_arguments():
+    ops, m = torch.ops.paligemma_cpu, layer(q.Int4Linear, 128, 8, 64, torch.float32)
+    with pytest.raises(RuntimeError, match="one scale per output row and group"):
+        ops.dequant_mm(torch.randn(3, 128), m.weight, m.scale[:, :1].contiguous(), 4, 64, 8)
+    with pytest.raises(RuntimeError, match="rows"):
+        ops.dequantize_rows(m.weight, m.scale, 4, 64, torch.empty(4, 128), 6)
+    with pytest.raises(RuntimeError, match="has no path"):
+        ops.dequant_mm(torch.randn(3, 128), m.weight, m.scale, 4, 64, 8, 3)
+
+
+def test_vectorised_quantiser_gives_the_codes_of_the_scalar_one_on_every_path():
+    """quantize_isa (dequant.cpp: AVX-512 / AVX2 / scalar, what loading uses) equals kernels.cpp's
+    quantize, which tests/test_quantize.py holds to the Python reference."""
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = (torch.randn(70, 448) * torch.rand(70, 1) * 3).to(dtype)
+        w[3], w[5, 7] = 0, 1e30 if dtype == torch.float32 else 0  # an all-zero row, an outlier
+        for bits, group in ((8, 64), (4, 64), (4, 14), (4, 32), (4, 448)):
+            want = ops.quantize(w[:, 3:] if bits == 8 else w, bits, group)
+            for isa in paths():
+                got = ops.quantize_isa(w[:, 3:] if bits == 8 else w, bits, group, isa)
+                assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), (bits, isa)

@@ -160,7 +160,10 @@ class TiedHead(nn.Module):
 
     def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """h (B, T, D), weight (V, D) -> logits (B, T, V)."""
-        return F.linear(h, weight)
+        # As rows (B*T, D): given a strided h (such as the slice of the last position), F.linear
+        # takes a batched product that copies the whole (V, D) matrix (1 GB for Gemma's
+        # vocabulary) whenever the weight does not require grad (frozen, or inference).
+        return F.linear(h.reshape(-1, h.shape[-1]), weight).view(*h.shape[:-1], -1)
 
 
 class GemmaDecoder(nn.Module):

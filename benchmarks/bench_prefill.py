@@ -19,11 +19,10 @@ of the per-layer work and the same vocabulary product).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,28 +47,15 @@ def run(model, name: str, fn, x: dict) -> float:
 
 
 def measure(variants: dict, x: dict, repeats: int) -> dict:
-    names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats + 1):  # round 0 warms up
-        for n in names[r % len(names) :] + names[: r % len(names)]:
-            fn, model = variants[n]
-            t = run(model, n, fn, x)
-            if r:
-                times[n].append(t)
-    med = {n: statistics.median(t) for n, t in times.items()}
+    runs = {n: partial(run, model, n, fn, x) for n, (fn, model) in variants.items()}
+    med = pp.interleaved(runs, repeats)
     out = {f"{n}_s": round(v, 4) for n, v in med.items()}
-    out |= {f"{n}/before": round(med[n] / med["before"], 3) for n in names[1:]}
-    return out | {f"after/{n}": round(med["after"] / med[n], 3) for n in names if "hf" in n}
+    out |= {f"{n}/before": round(v / med["before"], 3) for n, v in med.items() if n != "before"}
+    return out | {f"after/{n}": round(med["after"] / v, 3) for n, v in med.items() if "hf" in n}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--size", type=int, nargs="+", default=[224, 448])
-    ap.add_argument("--layers", type=int, default=2, help="Gemma layers")
-    ap.add_argument("--vision-layers", type=int, default=2, help="SigLIP layers")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap = pp.parser(__doc__, 7)
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()

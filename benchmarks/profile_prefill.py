@@ -18,6 +18,8 @@ import dataclasses
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -122,15 +124,34 @@ def profile_table(fn, model, x: dict, top: int) -> str:
     )
 
 
-def main() -> None:
+def parser(doc: str, repeats: int) -> argparse.ArgumentParser:
+    """The options shared with bench_prefill.py: sizes, layers, rounds."""
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--size", type=int, nargs="+", default=[224, 448])
     ap.add_argument("--layers", type=int, default=2, help="Gemma layers")
     ap.add_argument("--vision-layers", type=int, default=2, help="SigLIP layers")
+    ap.add_argument("--repeats", type=int, default=repeats)
+    return ap
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run over `repeats` rounds after a warm-up round; the order
+    rotates round by round so that a noisy, shared machine hits every run alike."""
+    names = list(runs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats + 1):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            t = runs[n]()
+            if r:  # round 0 warms up
+                times[n].append(t)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def main() -> None:
+    ap = parser(__doc__, 5)
     ap.add_argument("--attn", nargs="+", default=["eager", "sdpa"], help="transformers' attention")
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--top", type=int, default=25, help="profiler rows (0: no profile)")
     args = ap.parse_args()
     print(f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds")
@@ -143,17 +164,10 @@ def main() -> None:
             want = prefill_hf(runs[f"hf-{args.attn[0]}"][1], x).float()
             got = prefill_ours(model, x).float()
         print(f"{size} px: |ours - hf-{args.attn[0]}| max {(got - want).abs().max().item():.3g}")
-        times: dict[str, list[float]] = {n: [] for n in runs}
-        names = list(runs)
-        for r in range(args.repeats + 1):
-            for n in names[r % len(names) :] + names[: r % len(names)]:
-                t = timed(*runs[n], x)
-                if r:  # round 0 warms up
-                    times[n].append(t)
-        med = {n: statistics.median(t) for n, t in times.items()}
+        med = interleaved({n: partial(timed, *r, x) for n, r in runs.items()}, args.repeats)
         print(f"{size} px: " + ", ".join(f"{n} {v:.3f} s" for n, v in med.items()))
-        print(f"{size} px: " + ", ".join(f"ours/{n} {med['ours'] / med[n]:.3f}" for n in names[1:]))
-        for n in names if args.top else []:
+        print(f"{size} px: " + ", ".join(f"ours/{n} {med['ours'] / v:.3f}" for n, v in med.items()))
+        for n in runs if args.top else []:
             print(f"--- {size} px, {n}")
             print(profile_table(*runs[n], x, args.top))
 

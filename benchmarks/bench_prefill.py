@@ -2,7 +2,8 @@
 process, against transformers on the same tensors (not a test):
 
     python benchmarks/bench_prefill.py [--size 224 448] [--repeats 7] [--json out.json]
-    python benchmarks/bench_prefill.py --size 896 --layers 1 --no-transformers   # 4,096 patches
+    python benchmarks/bench_prefill.py --size 896 --repeats 3        # 4,096 patches
+    python benchmarks/bench_prefill.py --threads 1 --cpu-time        # on a busy, shared machine
 
 Variants, interleaved round by round (the order rotating) so that a noisy, shared machine hits
 them alike; medians:
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -40,10 +40,10 @@ def run(model, name: str, fn, x: dict) -> float:
     if name in SETTINGS:
         set_fused_attention_(model, SETTINGS[name])
     mode = torch.enable_grad() if name == "before" else torch.inference_mode()
-    start = time.perf_counter()
+    start = pp.CLOCK["clock"]()
     with mode:
         fn(model, x)
-    return time.perf_counter() - start
+    return pp.CLOCK["clock"]() - start
 
 
 def measure(variants: dict, x: dict, repeats: int) -> dict:
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
-    print(f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds")
+    pp.setup(args)
     results = {}
     for size in args.size:
         model = pp.random_model(pp.shaped_config(size, args.layers, args.vision_layers))
@@ -72,7 +72,9 @@ def main() -> None:
                 for a in ("eager", "sdpa")
             }
         x = bench_generate.inputs(model.cfg, 1, 10)
-        name = f"3B-shaped {size} px ({args.layers} + {args.vision_layers} layers) bfloat16"
+        clock = "CPU s" if args.cpu_time else "wall s"
+        name = f"{size} px ({args.layers} + {args.vision_layers} layers, "
+        name += f"{torch.get_num_threads()} threads, {clock})"
         results[name] = measure(variants, x, args.repeats)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
         del variants, model

@@ -104,11 +104,14 @@ def prefill_hf(hf, x: dict) -> torch.Tensor:
     return out.logits[:, -1]
 
 
+CLOCK = {"clock": time.perf_counter}  # --cpu-time: time.process_time
+
+
 def timed(fn, *args) -> float:
-    start = time.perf_counter()
+    start = CLOCK["clock"]()
     with torch.inference_mode():
         fn(*args)
-    return time.perf_counter() - start
+    return CLOCK["clock"]() - start
 
 
 def profile_table(fn, model, x: dict, top: int) -> str:
@@ -133,7 +136,24 @@ def parser(doc: str, repeats: int) -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=2, help="Gemma layers")
     ap.add_argument("--vision-layers", type=int, default=2, help="SigLIP layers")
     ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by this process's CPU seconds, not the wall clock: with --threads 1, the "
+        "work done whatever else the machine runs (a shared machine's other jobs stretch the "
+        "wall clock of multi-threaded runs by 2x and more)",
+    )
     return ap
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Apply --threads and --cpu-time; print what the numbers are."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    CLOCK["clock"] = time.process_time if args.cpu_time else time.perf_counter
+    clock = "CPU" if args.cpu_time else "wall"
+    print(f"{torch.get_num_threads()} threads; {clock} seconds, medians of {args.repeats} rounds")
 
 
 def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -154,7 +174,7 @@ def main() -> None:
     ap.add_argument("--attn", nargs="+", default=["eager", "sdpa"], help="transformers' attention")
     ap.add_argument("--top", type=int, default=25, help="profiler rows (0: no profile)")
     args = ap.parse_args()
-    print(f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds")
+    setup(args)
     for size in args.size:
         model = random_model(shaped_config(size, args.layers, args.vision_layers))
         runs = {"ours": (prefill_ours, model)}

@@ -101,10 +101,13 @@ class Attention(nn.Module):
             out = self._eager(q, k, v, mask)  # (B, K, G*T, H)
         return self.o_proj(out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h))
 
-    def _eager(self, q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    def _eager(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """The reference's arithmetic: q (B, K, G*T, H), k, v (B, K, S, H), mask (B, 1, T, S)
-        -> (B, K, G*T, H). Scores in the model dtype, softmax in float32. Without autograd the
-        element-wise steps run in place (the same values, no (B, N, T, S) temporaries)."""
+        -> (B, K, G*T, H). Scores in the model dtype, softmax in float32. The scale and the mask
+        are applied in place (autograd allows it), the soft-cap too without autograd: the same
+        values with fewer (B, N, T, S) temporaries."""
         b, t, s = mask.shape[0], mask.shape[2], k.shape[2]
         scores = (q @ k.transpose(-1, -2)).view(b, -1, t, s).mul_(self.scale)  # (B, N, T, S)
         if self.softcap is not None and torch.is_grad_enabled():

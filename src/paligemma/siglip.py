@@ -42,9 +42,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
         if use_fused_attention(self.fused, seq):
             out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
-        else:  # in place without autograd: the same values, one (B, N, L, L) buffer fewer
-            scores = q @ k.transpose(-1, -2)  # (B, N, L, L)
-            scores = scores.mul_(self.head_dim**-0.5)
+        else:  # the reference's arithmetic; the scale in place (autograd allows it)
+            scores = (q @ k.transpose(-1, -2)).mul_(self.head_dim**-0.5)  # (B, N, L, L)
             out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
         return self.o_proj(out.transpose(1, 2).reshape(b, seq, -1))  # (B, L, D)
 

@@ -1,116 +1,83 @@
-"""Prefill (vision + decoder over the prompt, one logit row) A/B in ONE process (not a test):
+"""Prefill (vision + decoder over the prompt through a KV cache, one logit row) A/B in ONE
+process, against transformers on the same tensors (not a test):
 
-    python benchmarks/bench_prefill.py [--repeats 7] [--json out.json]
+    python benchmarks/bench_prefill.py [--size 224 448] [--repeats 7] [--json out.json]
+    python benchmarks/bench_prefill.py --size 896 --repeats 3        # 4,096 patches
+    python benchmarks/bench_prefill.py --threads 1 --cpu-time        # on a busy, shared machine
 
-Variants, interleaved round by round so that a noisy (shared) machine hits them alike, medians:
-  before  RMSNorm as three passes (x * rsqrt(mean(x^2) + eps), then * (1 + w)), eager attention
-  after   RMSNorm through F.rms_norm (the default now; bit-identical), eager attention
-  fused   after + the opt-in fused attention (`set_fused_attention_`; not bit-exact)
-Models: the embedded demo model (float32, its 224 px scenes) and a mid-size random model
-(SigLIP 768 x 6 at 224 px = 256 image tokens; Gemma 1024 x 8, 8 heads, MQA; bfloat16 and
-float32).
+Variants, interleaved round by round (the order rotating) so that a noisy, shared machine hits
+them alike; medians:
+  before     the eager attention everywhere with out-of-place element-wise steps: the code
+             before fused-by-default (`set_fused_attention_(model, False)`, run with autograd
+             on but no tensor requiring grad, which takes the out-of-place branches)
+  in-place   eager attention, element-wise steps in place (no autograd)
+  after      the default: fused attention for calls of >= 128 queries, in place
+  hf-eager, hf-sdpa   transformers' PaliGemma holding the same tensors, attention eager / SDPA
+Model: PaliGemma-3B-shaped (profile_prefill.py: real widths, a few layers) in bfloat16; the
+per-layer costs are the full model's, so ratios carry over (the 18 + 27 layer model has more
+of the per-layer work and the same vocabulary product).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-import paligemma
-from paligemma import gemma
-from paligemma.model import set_fused_attention_
-
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_generate
+import profile_prefill as pp
 
-FUSED_RMS = gemma.RMSNorm.forward
+from paligemma.model import set_fused_attention_
 
-
-def three_pass_rms(self, x: torch.Tensor) -> torch.Tensor:
-    """The RMSNorm before this change (three passes over x in float32)."""
-    y = x.float()
-    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-    return (y * (1.0 + self.weight.float())).type_as(x)
+SETTINGS = {"before": False, "in-place": False, "after": None}
 
 
-def mid_config() -> paligemma.PaliGemmaConfig:
-    base = paligemma.CONFIGS["paligemma-3b-224"]
-    vision = dataclasses.replace(base.vision, width=768, depth=6, num_heads=12, mlp_dim=3072)
-    text = dataclasses.replace(base.text, width=1024, depth=8, head_dim=128, mlp_dim=4096)
-    return dataclasses.replace(base, vision=vision, text=text)
+def run(model, name: str, fn, x: dict) -> float:
+    if name in SETTINGS:
+        set_fused_attention_(model, SETTINGS[name])
+    mode = torch.enable_grad() if name == "before" else torch.inference_mode()
+    start = pp.CLOCK["clock"]()
+    with mode:
+        fn(model, x)
+    return pp.CLOCK["clock"]() - start
 
 
-def random_model(cfg, dtype: torch.dtype) -> paligemma.PaliGemma:
-    torch.manual_seed(0)
-    model = paligemma.PaliGemma(cfg).to(dtype).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
-    return model
-
-
-def variant(model, name: str) -> None:
-    gemma.RMSNorm.forward = three_pass_rms if name == "before" else FUSED_RMS
-    set_fused_attention_(model, name == "fused")
-
-
-def prefill_s(model, x: dict) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model(
-            x["input_ids"],
-            x["pixel_values"].to(model.dtype),
-            x["attention_mask"],
-            x["token_type_ids"],
-            num_logits=1,
-        )
-    return time.perf_counter() - start
-
-
-def measure(model, x: dict, repeats: int) -> dict:
-    names = ("before", "after", "fused")
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for n in names:  # warm-up
-        variant(model, n)
-        prefill_s(model, x)
-    for r in range(repeats):
-        for n in names[r % 3 :] + names[: r % 3]:  # rotate the order too
-            variant(model, n)
-            times[n].append(prefill_s(model, x))
-    variant(model, "after")
-    med = {n: statistics.median(t) for n, t in times.items()}
-    return {f"{n}_s": round(v, 4) for n, v in med.items()} | {
-        "after/before": round(med["after"] / med["before"], 3),
-        "fused/before": round(med["fused"] / med["before"], 3),
-    }
+def measure(variants: dict, x: dict, repeats: int) -> dict:
+    runs = {n: partial(run, model, n, fn, x) for n, (fn, model) in variants.items()}
+    med = pp.interleaved(runs, repeats)
+    out = {f"{n}_s": round(v, 4) for n, v in med.items()}
+    out |= {f"{n}/before": round(v / med["before"], 3) for n, v in med.items() if n != "before"}
+    return out | {f"after/{n}": round(med["after"] / v, 3) for n, v in med.items() if "hf" in n}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--repeats", type=int, default=7)
+    ap = pp.parser(__doc__, 7)
+    ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
-    embedded = paligemma.load(dtype=torch.float32, device="cpu").model
-    mid = mid_config()
-    runs = [("embedded float32", embedded)]
-    runs += [("mid bfloat16", torch.bfloat16), ("mid float32", torch.float32)]
-    print(f"{torch.get_num_threads()} threads; medians of {args.repeats} interleaved rounds")
+    pp.setup(args)
     results = {}
-    for name, model in runs:
-        if isinstance(model, torch.dtype):
-            model = random_model(mid, model)
+    for size in args.size:
+        model = pp.random_model(pp.shaped_config(size, args.layers, args.vision_layers))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        variants = {n: (pp.prefill_ours, model) for n in SETTINGS}
+        if not args.no_transformers:
+            variants |= {
+                f"hf-{a}": (pp.prefill_hf, pp.transformers_twin(model, a))
+                for a in ("eager", "sdpa")
+            }
         x = bench_generate.inputs(model.cfg, 1, 10)
-        results[name] = measure(model, x, args.repeats)
-        print(f"{name:18} {json.dumps(results[name])}", flush=True)
+        clock = "CPU s" if args.cpu_time else "wall s"
+        name = f"{size} px ({args.layers} + {args.vision_layers} layers, "
+        name += f"{torch.get_num_threads()} threads, {clock})"
+        results[name] = measure(variants, x, args.repeats)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        del variants, model
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

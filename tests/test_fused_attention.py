@@ -1,6 +1,8 @@
-"""The opt-in fused attention (model.set_fused_attention_): close to the exact eager path on the
-tiny oracle models, left padding included (fully masked padding rows give no NaN), and off by
-default; soft-capped Gemma 2 layers keep the eager path."""
+"""Fused attention (model.set_fused_attention_): close to the exact eager path on the tiny oracle
+models, left padding included (fully masked padding rows give no NaN); by default only for calls
+of at least config.FUSED_ATTENTION_MIN_TOKENS queries (prefill), so short calls and decode steps
+stay bit-exact; soft-capped Gemma 2 layers keep the eager path. The eager path's in-place
+element-wise steps (without autograd) give the same bits as the out-of-place ones."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from conftest import make_batch, tiny_hf_model
 
 import paligemma
+from paligemma import config
 from paligemma.model import set_fused_attention_
 
 
@@ -28,3 +31,49 @@ def test_fused_attention_matches_the_eager_path(tmp_path, v2):
     assert torch.isfinite(fused).all()
     diff = (fused - eager)[mask.bool()].abs().max().item()
     assert 0 < diff < 1e-4, diff  # not bit-exact (hence off by default), but close
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
+def test_default_fuses_long_calls_only(tmp_path, monkeypatch, v2):
+    """With the threshold lowered below the prompt length, the default prefill is the fused one
+    (for SigLIP too: 4 patches) and a batch row still equals the row alone; a decode step (one
+    query) stays eager, bit for bit."""
+    tiny_hf_model(v2, seed=3, lively=True).save_pretrained(tmp_path)
+    model = paligemma.load_model(tmp_path, dtype=torch.float32)
+    ids, mask, types, pixels = make_batch(0)
+    one = torch.ones(3, 1, dtype=torch.long)
+    with torch.inference_mode():
+        eager = set_fused_attention_(model, False)(ids, pixels, mask, types)
+        fused = set_fused_attention_(model, True)(ids, pixels, mask, types)
+        set_fused_attention_(model, None)
+        assert torch.equal(model(ids, pixels, mask, types), eager)  # 15 queries < 128
+        monkeypatch.setattr(config, "FUSED_ATTENTION_MIN_TOKENS", 4)
+        assert torch.equal(model(ids, pixels, mask, types), fused)
+        assert not torch.equal(fused, eager)
+        real = mask[1].bool()
+        alone = model(ids[1:2, real], pixels[1:2], None, types[1:2, real])[0]
+        assert (alone - fused[1, real]).abs().max() < 1e-5
+        steps = {}
+        for setting in (None, False, True):  # the same (fused) prefill, then one decode step
+            cache = model.new_cache(3, ids.shape[1] + 1)
+            set_fused_attention_(model, True)(ids, pixels, mask, types, cache=cache)
+            set_fused_attention_(model, setting)
+            steps[setting] = model(
+                torch.full((3, 1), 7), attention_mask=one, token_type_ids=one, cache=cache
+            )
+    assert torch.equal(steps[None], steps[False])
+    assert torch.equal(steps[None], steps[True]) == v2  # Gemma 2: every layer soft-capped
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_in_place_steps_change_no_bit(hf_checkpoint, dtype):
+    """The eager path without autograd (in-place scale, soft-cap, mask, GELU, product) gives
+    exactly the logits of the same path with autograd recording (out of place)."""
+    model = set_fused_attention_(paligemma.load_model(hf_checkpoint[1], dtype=dtype), False)
+    ids, mask, types, pixels = make_batch(0)
+    with torch.inference_mode():
+        in_place = model(ids, pixels.to(dtype), mask, types)
+    with torch.enable_grad():
+        recorded = model(ids, pixels.to(dtype), mask, types)
+    assert recorded.requires_grad
+    assert torch.equal(in_place, recorded.detach())

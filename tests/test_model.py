@@ -286,3 +286,28 @@ def test_resampling_the_position_table_keeps_its_grid():
         by_row, by_col = grid[..., 0], grid[..., 1]
         assert torch.allclose(by_row, by_row[:, :1]) and torch.allclose(by_col, by_col[:1, :])
         assert (by_row[1:, 0] > by_row[:-1, 0]).all() and (by_col[0, 1:] > by_col[0, :-1]).all()
+
+
+def test_last_position_logits_never_copy_the_head():
+    """Prefill logits for the last position of a batch (a strided slice of the hidden states)
+    with frozen weights: no op produces a tensor as large as the (V, D) head (F.linear on a
+    strided 3-D input would copy the matrix per row: 1 GB a row for Gemma's vocabulary)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    model = tiny(False).requires_grad_(False)
+    ids, am, tt, px = make_batch()
+    with torch.inference_mode(), Largest() as seen:
+        got = model(ids, px, am, tt, num_logits=1)
+    assert seen.largest < model.decoder.embed.weight.numel() and got.shape == (3, 1, 300)
+    with torch.inference_mode():
+        assert torch.equal(got, model(ids, px, am, tt)[:, -1:])

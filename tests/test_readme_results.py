@@ -197,3 +197,12 @@ def test_evaluate_section_quotes_the_harness_runs():
         ("caption exact match {:.1f}%", 100 * run["exact-caption"]["exact_match"]),
     ):  # fmt: skip
         assert quoted.format(value) in text, quoted.format(value)
+
+
+def test_prefill_table_is_its_json():
+    runs = result("cpu2-prefill-fused-default.json") | result("cpu2-prefill-896.json")
+    rows = runs_table("| Prefill, bfloat16 | before |", runs)
+    for name, r in runs.items():
+        keys = ("before_s", "in-place_s", "after_s", "hf-eager_s", "hf-sdpa_s", "after/before")
+        keys += ("after/hf-eager", "after/hf-sdpa")
+        check_row(rows[name], [r.get(k) for k in keys], name)

@@ -11,6 +11,16 @@ from dataclasses import dataclass, replace
 
 MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the weights know
 
+# Attention over at least this many query tokens (every prefill of a published model: >= 256
+# image tokens) goes through PyTorch's fused scaled_dot_product_attention unless a layer is set
+# otherwise; shorter calls (decode steps, short text) keep the reference's eager float32 softmax.
+FUSED_ATTENTION_MIN_TOKENS = 128
+
+
+def use_fused_attention(setting: bool | None, queries: int) -> bool:
+    """A layer's `fused` setting (True, False, or None = by length) for `queries` query tokens."""
+    return queries >= FUSED_ATTENTION_MIN_TOKENS if setting is None else setting
+
 
 class ConfigError(ValueError):
     """A config.json (or config value) that does not describe a PaliGemma we can build exactly."""

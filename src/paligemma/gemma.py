@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import GemmaConfig
+from .config import GemmaConfig, use_fused_attention
 from .kv_cache import KVCache
 
 
@@ -55,9 +55,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    # Opt-in: PyTorch's fused scaled_dot_product_attention for layers without a soft-cap (not
-    # bit-exact with the reference's eager softmax: ~1e-7 in float32; see README "Speed").
-    fused = False
+    # PyTorch's fused scaled_dot_product_attention for layers without a soft-cap: None (default)
+    # = for calls of at least FUSED_ATTENTION_MIN_TOKENS queries (prefill), True / False = always /
+    # never (`model.set_fused_attention_`). Fused is not bit-exact with the reference's eager
+    # softmax (~1e-6 on float32 logits; see README "Speed"); the eager path is.
+    fused: bool | None = None
 
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
@@ -90,21 +92,31 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
-        s = k.shape[2]
         # Kv head g serves query heads g*G ... g*G+G-1: group the queries instead of copying k, v.
         q = q.reshape(b, kv, (n // kv) * t, h)  # (B, K, G*T, H)
-        if self.fused and self.softcap is None:
+        if self.softcap is None and use_fused_attention(self.fused, t):
             rows = mask.repeat(1, 1, n // kv, 1)  # (B, 1, G*T, S): row g*T + t is query t
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=self.scale)
-            return self.o_proj(out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h))
-        scores = (q @ k.transpose(-1, -2)).view(b, n, t, s) * self.scale  # (B, N, T, S)
-        if self.softcap is not None:
+        else:
+            out = self._eager(q, k, v, mask)  # (B, K, G*T, H)
+        return self.o_proj(out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h))
+
+    def _eager(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The reference's arithmetic: q (B, K, G*T, H), k, v (B, K, S, H), mask (B, 1, T, S)
+        -> (B, K, G*T, H). Scores in the model dtype, softmax in float32. The scale and the mask
+        are applied in place (autograd allows it), the soft-cap too without autograd: the same
+        values with fewer (B, N, T, S) temporaries."""
+        b, t, s = mask.shape[0], mask.shape[2], k.shape[2]
+        scores = (q @ k.transpose(-1, -2)).view(b, -1, t, s).mul_(self.scale)  # (B, N, T, S)
+        if self.softcap is not None and torch.is_grad_enabled():
             scores = torch.tanh(scores / self.softcap) * self.softcap
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        elif self.softcap is not None:
+            scores.div_(self.softcap).tanh_().mul_(self.softcap)
+        scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        out = probs.view(b, kv, -1, s) @ v  # (B, K, G*T, H)
-        out = out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h)  # (B, T, N*H)
-        return self.o_proj(out)
+        return probs.view(b, k.shape[1], -1, s) @ v  # (B, K, G*T, H)
 
 
 class MLP(nn.Module):
@@ -117,8 +129,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = F.gelu(self.gate_proj(x), approximate="tanh")
-        return self.down_proj(gate * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, F) each
+        if torch.is_grad_enabled():
+            return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        # Without autograd: the same arithmetic in place, no third (B, T, F) buffer.
+        return self.down_proj(torch.ops.aten.gelu_(gate, approximate="tanh").mul_(up))
 
 
 class Block(nn.Module):
@@ -148,7 +163,10 @@ class TiedHead(nn.Module):
 
     def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """h (B, T, D), weight (V, D) -> logits (B, T, V)."""
-        return F.linear(h, weight)
+        # As rows (B*T, D): given a strided h (such as the slice of the last position), F.linear
+        # takes a batched product that copies the whole (V, D) matrix (1 GB for Gemma's
+        # vocabulary) whenever the weight does not require grad (frozen, or inference).
+        return F.linear(h.reshape(-1, h.shape[-1]), weight).view(*h.shape[:-1], -1)
 
 
 class GemmaDecoder(nn.Module):

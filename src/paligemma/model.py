@@ -277,11 +277,12 @@ def _given_masks(
     return mask, local_mask
 
 
-def set_fused_attention_(model: nn.Module, on: bool = True) -> nn.Module:
+def set_fused_attention_(model: nn.Module, on: bool | None = True) -> nn.Module:
     """In place: attention through PyTorch's fused `scaled_dot_product_attention` (SigLIP, and
-    the decoder's layers without a soft-cap) instead of the reference's eager float32 softmax.
-    Off by default: not bit-exact with the reference (~1e-6 on float32 logits), but it never
-    builds the (N, T, S) score matrix, which matters at 448 / 896 px."""
+    the decoder's layers without a soft-cap) always (True), never (False: the reference's eager
+    float32 softmax, bit for bit), or by length (None, the default: calls of at least
+    `config.FUSED_ATTENTION_MIN_TOKENS` query tokens, i.e. prefill). Fused is ~1e-6 off on
+    float32 logits and never builds the (N, T, S) score matrix, which matters at 448 / 896 px."""
     for m in model.modules():
         if isinstance(m, (TextAttention, VisionAttention)):
             m.fused = on

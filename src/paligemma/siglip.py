@@ -1,7 +1,7 @@
 """SigLIP ViT image encoder as PaliGemma uses it (So400m/14: no CLS token, no pooling head).
 
 Axes (the package's legend): B images, R image side in pixels, L patches (= image tokens),
-D width, N heads, H head dim.
+D width, N heads, H head dim, F MLP width.
 
     pixels (B, 3, R, R) -> conv patch embed (B, D, R/p, R/p) -> (B, L, D) + learned position table
     -> depth x pre-LN blocks [x += attn(LN(x)); x += mlp(LN(x))] -> final LayerNorm -> (B, L, D)
@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import SiglipConfig
+from .config import SiglipConfig, use_fused_attention
 
 
 class Attention(nn.Module):
     """Bidirectional multi-head attention; softmax in float32 as the reference does."""
 
-    fused = False  # opt-in: PyTorch's fused attention (not bit-exact; see gemma.Attention)
+    # PyTorch's fused attention: None (default) = for at least FUSED_ATTENTION_MIN_TOKENS patches
+    # (every published model: 256 and more), True / False = always / never (see gemma.Attention).
+    fused: bool | None = None
 
     def __init__(self, cfg: SiglipConfig) -> None:
         super().__init__()
@@ -34,22 +36,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, seq, _ = x.shape  # seq = L
-        q = (
-            self.q_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        )  # (B, N, L, H)
-        k = (
-            self.k_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        )  # (B, N, L, H)
-        v = (
-            self.v_proj(x).view(b, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        )  # (B, N, L, H)
-        if self.fused:
+        shape = (b, seq, self.num_heads, self.head_dim)
+        q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
+        k = self.k_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
+        v = self.v_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
+        if use_fused_attention(self.fused, seq):
             out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
-            return self.o_proj(out.transpose(1, 2).reshape(b, seq, -1))  # (B, L, D)
-        scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, N, L, L)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = (probs @ v).transpose(1, 2).reshape(b, seq, -1)  # (B, L, D)
-        return self.o_proj(out)
+        else:  # the reference's arithmetic; the scale in place (autograd allows it)
+            scores = (q @ k.transpose(-1, -2)).mul_(self.head_dim**-0.5)  # (B, N, L, L)
+            out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+        return self.o_proj(out.transpose(1, 2).reshape(b, seq, -1))  # (B, L, D)
 
 
 class MLP(nn.Module):
@@ -59,7 +55,10 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        hidden = self.fc1(x)  # (B, L, F)
+        if torch.is_grad_enabled():
+            return self.fc2(F.gelu(hidden, approximate="tanh"))
+        return self.fc2(torch.ops.aten.gelu_(hidden, approximate="tanh"))  # the same, in place
 
 
 class Block(nn.Module):

@@ -50,9 +50,15 @@ def test_default_fuses_long_calls_only(tmp_path, monkeypatch, v2):
         monkeypatch.setattr(config, "FUSED_ATTENTION_MIN_TOKENS", 4)
         assert torch.equal(model(ids, pixels, mask, types), fused)
         assert not torch.equal(fused, eager)
-        real = mask[1].bool()
-        alone = model(ids[1:2, real], pixels[1:2], None, types[1:2, real])[0]
-        assert (alone - fused[1, real]).abs().max() < 1e-5
+        for row in range(3):  # rows 0 and 2 are padded: they run on their real span, as alone
+            real = mask[row].bool()
+            alone = model(
+                ids[row : row + 1, real], pixels[row : row + 1], None, types[row : row + 1, real]
+            )
+            diff = (alone[0] - fused[row, real]).abs().max().item()
+            # Gemma 1: fused, padded rows on their real span: the bits alone. Gemma 2's layers
+            # are soft-capped, so eager: a padded row is within float rounding of alone.
+            assert diff < 1e-6 if v2 else diff == 0, diff
         steps = {}
         for setting in (None, False, True):  # the same (fused) prefill, then one decode step
             cache = model.new_cache(3, ids.shape[1] + 1)

@@ -92,14 +92,47 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
+        if self.softcap is None and use_fused_attention(self.fused, t):
+            out = self._fused(q, k, v, mask)
+        else:
+            out = self._attend(q, k, v, mask, fused=False)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, n * h))
+
+    def _fused(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The fused path, row by row where rows carry left padding: q (B, N, T, H), k, v
+        (B, K, S, H), mask (B, 1, T, S) -> (B, N, T, H). The fused kernel's sums depend on
+        where the real keys start, so a padded row of a prefill (from slot 0) runs on its real
+        span alone, fused or eager as that span's length decides: each row then gets the bits
+        it gets alone (the engine's batching guarantee). Padding queries' outputs are zeros."""
+        t = q.shape[2]
+        lead = (~mask[:, 0].any(1)).int().cumprod(-1).sum(-1).tolist()  # leading pad keys, (B,)
+        if t != k.shape[2] or not any(lead):
+            return self._attend(q, k, v, mask, fused=True)
+        out = q.new_zeros(q.shape)
+        for row, p in enumerate(lead):
+            r = slice(row, row + 1)
+            fused = use_fused_attention(self.fused, t - p)
+            out[r, :, p:] = self._attend(
+                q[r, :, p:], k[r, :, p:], v[r, :, p:], mask[r, :, p:, p:], fused
+            )
+        return out
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, fused: bool
+    ) -> torch.Tensor:
+        """q (B, N, T, H), k, v (B, K, S, H), mask (B, 1, T, S) -> (B, N, T, H), fused or eager."""
+        b, n, t, h = q.shape
+        kv = k.shape[1]
         # Kv head g serves query heads g*G ... g*G+G-1: group the queries instead of copying k, v.
         q = q.reshape(b, kv, (n // kv) * t, h)  # (B, K, G*T, H)
-        if self.softcap is None and use_fused_attention(self.fused, t):
+        if fused:
             rows = mask.repeat(1, 1, n // kv, 1)  # (B, 1, G*T, S): row g*T + t is query t
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=self.scale)
         else:
             out = self._eager(q, k, v, mask)  # (B, K, G*T, H)
-        return self.o_proj(out.view(b, n, t, h).transpose(1, 2).reshape(b, t, n * h))
+        return out.view(b, n, t, h)
 
     def _eager(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor

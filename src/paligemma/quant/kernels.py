@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
+SOURCES = (SOURCE, SOURCE.with_name("int4_dot.cpp"))  # compiled into one library
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
@@ -57,7 +58,7 @@ def _command(compiler: str, out: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [compiler, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-std=c++17", "-O3"]
+    cmd = [compiler, *map(str, SOURCES), "-o", str(out), "-shared", "-fPIC", "-std=c++17", "-O3"]
     cmd += ["-mtune=native", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
     cmd += ["-I" + p for p in cpp_extension.include_paths()]
     cmd += ["-I" + sysconfig.get_paths()["include"]]
@@ -67,8 +68,9 @@ def _command(compiler: str, out: Path) -> list[str]:
 
 
 def _key(cmd: list[str]) -> str:
-    h = hashlib.sha256(SOURCE.read_bytes())
-    for part in (torch.__version__, torch.__config__.show(), " ".join(cmd[5:]), _cpu_id()):
+    h = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES))
+    flags = " ".join(cmd[len(SOURCES) + 4 :])  # after compiler, sources, -o out, -shared
+    for part in (torch.__version__, torch.__config__.show(), flags, _cpu_id()):
         h.update(part.encode())
     return h.hexdigest()[:16]
 

@@ -1,0 +1,49 @@
+"""The int4 kernel's own weight layout (int4_dot.cpp, "tiles"), packed from linear.py's portable one.
+
+Int4Linear saves and loads the portable layout (codes uint8[O, I / 2], low nibble first; scales
+[O, G]); for the int8-activation kernel it keeps a packed copy, built once at first use:
+
+    tiles uint8[T, I / 8, 64]   T = ceil(O / 16) tiles of 16 output rows (the last padded with
+                                code 8, i.e. 0); in block b, byte 4l + k holds code[16t + l, 8b + k]
+                                in its low nibble and code[16t + l, 8b + 4 + k] in its high one
+    scale bfloat16[T, G, 16]    scale[16t + l, g] at [t, g, l] (padding rows 0)
+
+bfloat16 scales halve what the scales cost per token (4 -> 2 bytes per 64 weights); their
+rounding (2^-9 relative) is far below int4's own step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LANES = 16  # output rows per tile
+
+
+def pack(codes: torch.Tensor, scale: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, ...]:
+    """(tiles, scales) of the portable codes uint8[O, I / 2] and scales [O, G], `rows` output rows
+    at a time (the unpacked codes are a byte per weight)."""
+    o, half = codes.shape
+    t = -(-o // LANES)
+    tiles = torch.empty(t, half // 4, 64, dtype=torch.uint8)
+    rows -= rows % LANES
+    for start in range(0, o, rows):
+        part = codes[start : start + rows]
+        c = torch.stack([part & 15, part >> 4], -1).view(len(part), 2 * half)  # (r, I)
+        pad = -len(part) % LANES
+        c = torch.cat([c, c.new_full((pad, 2 * half), 8)]) if pad else c
+        c = c.view(-1, LANES, half // 4, 2, 4)  # (tile, lane, block, nibble, k)
+        byte = c[:, :, :, 0] | (c[:, :, :, 1] << 4)  # (tile, lane, block, k)
+        tiles[start // LANES : (start + len(part) + pad) // LANES] = byte.transpose(1, 2).reshape(
+            -1, half // 4, 64
+        )
+    s = torch.zeros(t * LANES, scale.shape[1], dtype=torch.bfloat16)
+    s[:o] = scale.to(torch.bfloat16)
+    return tiles, s.view(t, LANES, -1).transpose(1, 2).contiguous()
+
+
+def unpack(tiles: torch.Tensor, scales: torch.Tensor, out_features: int) -> tuple[torch.Tensor, ...]:
+    """The inverse of pack: (codes uint8[O, I] 0..15, scales bfloat16[O, G])."""
+    t, blocks, _ = tiles.shape
+    b = tiles.view(t, blocks, LANES, 4).transpose(1, 2)  # (tile, lane, block, k)
+    c = torch.stack([b & 15, b >> 4], 3).reshape(t * LANES, blocks * 8)
+    return c[:out_features], scales.transpose(1, 2).reshape(t * LANES, -1)[:out_features]

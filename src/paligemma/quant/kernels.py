@@ -5,11 +5,14 @@ the installed torch) into a cache directory and loads it; the ops then live unde
 `torch.ops.paligemma_cpu`. No compiler, a failed build, or PALIGEMMA_CPU_KERNELS=0: `available()`
 is False and the quantised layers use PyTorch's own kernels (same results, slower decoding).
 The source holds an AVX-512, an AVX2 + FMA and a scalar loop, chosen at run time from the CPU's
-flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs).
+flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs). The int4 x
+int8-activation kernel (int4_dot.cpp) also uses VNNI where the CPU has it: PALIGEMMA_CPU_ISA=
+avx512 | avx2 forces it off, avx512vnni | avxvnni names the VNNI levels (`vnni()`).
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
         y = torch.ops.paligemma_cpu.int4_matmul(x, q, scale, group, cpu_kernels.isa())
+        y = torch.ops.paligemma_cpu.int4_dot(x, tiles, tile_scale, group, O, isa(), vnni())
 
 Cache: $PALIGEMMA_CACHE or ~/.cache/paligemma, keyed by the source, torch's version and build
 flags, and the CPU's model and flags, so a copied home directory never loads a foreign build.
@@ -35,6 +38,7 @@ SOURCES = (SOURCE, SOURCE.with_name("int4_dot.cpp"))  # compiled into one librar
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
+VNNI = {"avxvnni": 1, "avx512vnni": 2}  # int4_dot's VNNI levels: name -> path
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path
@@ -125,9 +129,16 @@ def isa() -> int:
         _state["best"] = int(torch.ops.paligemma_cpu.cpu_isa())
     best = int(_state["best"])
     name = os.environ.get(ENV_ISA, "")
-    if name and name not in ISAS:
-        raise ValueError(f"{ENV_ISA} must be one of {', '.join(ISAS)}, got {name!r}")
-    return min(ISAS[name], best) if name else best
+    levels = ISAS | VNNI
+    if name and name not in levels:
+        raise ValueError(f"{ENV_ISA} must be one of {', '.join(levels)}, got {name!r}")
+    return min(levels[name], best) if name else best
+
+
+def vnni() -> int:
+    """int4_dot's dot product: -1 the CPU's (VNNI where it has it), 0 without VNNI (when
+    PALIGEMMA_CPU_ISA names a level below the VNNI ones). Needs available()."""
+    return 0 if os.environ.get(ENV_ISA, "") in ISAS else -1
 
 
 def why_not() -> str | None:

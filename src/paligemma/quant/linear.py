@@ -8,6 +8,9 @@ Int4Head, tensors `decoder.head.weight` and `.scale`). store.py says how such a 
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
+    int4, up to DOT_ROWS rows of x in an INT8_ACTIVATIONS dtype (bfloat16, float16: decoding):
+        our int4 x int8-activation kernel (int4_dot.cpp: x quantised per row and group, integer
+        dot products, one pass over the weight for all rows; a tiled copy of the weight, tiles.py);
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
@@ -30,8 +33,13 @@ from torch import nn
 
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
+from . import tiles
 
 KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
+DOT_ROWS = 16  # int4_dot: at most this many rows (one pass over the weight for all)
+# Activation dtypes whose int4 products quantise x to int8: they carry 8 significant bits at most,
+# as int8 does per group; float32 activations keep float products (exact to float32 rounding).
+INT8_ACTIVATIONS = (torch.bfloat16, torch.float16)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
 CHUNK = 4096  # output rows dequantised at a time for larger inputs
 
@@ -138,7 +146,21 @@ class Int4Linear(_QuantizedLinear):
             self._cache_key = key
         return self._cache
 
+    def _tiles(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int4_dot's tiled copy of (weight, scale), built once (never saved; tiles.py)."""
+        w, s = self.weight, self.scale
+        key = (w.data_ptr(), w._version, s.data_ptr(), s._version)
+        if getattr(self, "_tiles_key", None) != key:
+            self._tiles_cache, self._tiles_key = tiles.pack(w, s), key
+        return self._tiles_cache
+
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
+        dot = flat.dtype in INT8_ACTIVATIONS and len(flat) <= DOT_ROWS
+        if dot and self.group % 32 == 0 and cpu_kernels.available():
+            isa, vnni = cpu_kernels.isa(), cpu_kernels.vnni()
+            return torch.ops.paligemma_cpu.int4_dot(
+                flat, *self._tiles(), self.group, self.out_features, isa, vnni
+            )
         if len(flat) <= KERNEL_ROWS and self.group % 32 == 0 and cpu_kernels.available():
             ops = torch.ops.paligemma_cpu
             return ops.int4_matmul(flat, self.weight, self.scale, self.group, cpu_kernels.isa())

@@ -1,4 +1,4 @@
-"""The int4 kernel's own weight layout (int4_dot.cpp, "tiles"), packed from linear.py's portable one.
+"""The int4 kernel's weight layout (int4_dot.cpp, "tiles"), packed from linear.py's portable one.
 
 Int4Linear saves and loads the portable layout (codes uint8[O, I / 2], low nibble first; scales
 [O, G]); for the int8-activation kernel it keeps a packed copy, built once at first use:
@@ -41,7 +41,9 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, rows: int = 4096) -> tuple[to
     return tiles, s.view(t, LANES, -1).transpose(1, 2).contiguous()
 
 
-def unpack(tiles: torch.Tensor, scales: torch.Tensor, out_features: int) -> tuple[torch.Tensor, ...]:
+def unpack(
+    tiles: torch.Tensor, scales: torch.Tensor, out_features: int
+) -> tuple[torch.Tensor, ...]:
     """The inverse of pack: (codes uint8[O, I] 0..15, scales bfloat16[O, G])."""
     t, blocks, _ = tiles.shape
     b = tiles.view(t, blocks, LANES, 4).transpose(1, 2)  # (tile, lane, block, k)

@@ -199,7 +199,7 @@ at::Tensor int4_dot(const at::Tensor& x_, const at::Tensor& tiles_, const at::Te
   at::Tensor out = at::empty({M, O}, x.options());
   for (int64_t m0 = 0; m0 < M; m0 += kDotRows) {
     const int64_t mb = std::min(kDotRows, M - m0), rows = padded_rows(mb);
-    at::Tensor xq, xs, off, part = at::empty({rows, O}, x.options());
+    at::Tensor xq, xs, off, part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
     quantize_x(x.narrow(0, m0, mb), rows, group, xq, xs, off);
     const Dot d{(const int32_t*)xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
                 off.data_ptr<int32_t>(), tiles.data_ptr<uint8_t>(),
@@ -207,7 +207,7 @@ at::Tensor int4_dot(const at::Tensor& x_, const at::Tensor& tiles_, const at::Te
     at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
       dot_rows(isa, use_vnni, rows, d, t0, t1);
     });
-    out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
+    if (rows != mb) out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
   }
   return out;
 }

@@ -227,64 +227,52 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
 constexpr int L = 16;  // output lanes per vector
 using vi = __m512i;
 using vf = __m512;
-inline vi izero() { return _mm512_setzero_si512(); }
-inline vi iload(const uint8_t* p) { return _mm512_loadu_si512(p); }
-inline vi lo4(vi v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
-inline vi hi4(vi v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
-inline vi iadd(vi a, vi b) { return _mm512_add_epi32(a, b); }
-#if PG_VNNI
-inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {
-  acc = _mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(x[0]));
-  return _mm512_dpbusd_epi32(acc, hi, _mm512_set1_epi32(x[1]));
-}
-#else
-inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {  // |pair sums| <= 2 * 15 * 127: no saturation
-  const vi p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, _mm512_set1_epi32(x[0])),
-                                _mm512_maddubs_epi16(hi, _mm512_set1_epi32(x[1])));
-  return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
-}
-#endif
+#define PG_V(op) _mm512_##op
+#define PG_SI(op) _mm512_##op##_si512
+inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
 inline vf scales(const c10::BFloat16* s) {  // 16 bfloat16 -> float32
   const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)s));
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
-inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) {
-  const vf v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(off)));
-  return _mm512_fmadd_ps(v, _mm512_mul_ps(sc, _mm512_set1_ps(xs)), f);
-}
-inline vf fzero() { return _mm512_setzero_ps(); }
-inline void fstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
 #elif PG_ISA == 1
 constexpr int L = 8;
 using vi = __m256i;
 using vf = __m256;
-inline vi izero() { return _mm256_setzero_si256(); }
-inline vi iload(const uint8_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
-inline vi lo4(vi v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
-inline vi hi4(vi v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
-inline vi iadd(vi a, vi b) { return _mm256_add_epi32(a, b); }
+#define PG_V(op) _mm256_##op
+#define PG_SI(op) _mm256_##op##_si256
 #if PG_VNNI
-inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {
-  acc = _mm256_dpbusd_avx_epi32(acc, lo, _mm256_set1_epi32(x[0]));
-  return _mm256_dpbusd_avx_epi32(acc, hi, _mm256_set1_epi32(x[1]));
-}
-#else
-inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {
-  const vi p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[0])),
-                                _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[1])));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
+inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 #endif
 inline vf scales(const c10::BFloat16* s) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
-inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) {
-  const vf v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_set1_epi32(off)));
-  return _mm256_fmadd_ps(v, _mm256_mul_ps(sc, _mm256_set1_ps(xs)), f);
+#endif
+#if PG_ISA >= 1  // the vector code of both, in PG_V's / PG_SI's width
+inline vi izero() { return PG_SI(setzero)(); }
+inline vi iload(const uint8_t* p) { return PG_SI(loadu)((const vi*)p); }
+inline vi lo4(vi v) { return PG_SI(and)(v, PG_V(set1_epi8)(15)); }
+inline vi hi4(vi v) { return PG_SI(and)(PG_V(srli_epi16)(v, 4), PG_V(set1_epi8)(15)); }
+inline vi iadd(vi a, vi b) { return PG_V(add_epi32)(a, b); }
+#if PG_VNNI
+inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {
+  return dpbusd(dpbusd(acc, lo, PG_V(set1_epi32)(x[0])), hi, PG_V(set1_epi32)(x[1]));
 }
-inline vf fzero() { return _mm256_setzero_ps(); }
-inline void fstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+#else
+inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {  // |pair sums| <= 2 * 15 * 127 < 2^15
+  const vi p = PG_V(add_epi16)(PG_V(maddubs_epi16)(lo, PG_V(set1_epi32)(x[0])),
+                               PG_V(maddubs_epi16)(hi, PG_V(set1_epi32)(x[1])));
+  return PG_V(add_epi32)(acc, PG_V(madd_epi16)(p, PG_V(set1_epi16)(1)));
+}
+#endif
+inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) {
+  const vf v = PG_V(cvtepi32_ps)(PG_V(sub_epi32)(acc, PG_V(set1_epi32)(off)));
+  return PG_V(fmadd_ps)(v, PG_V(mul_ps)(sc, PG_V(set1_ps)(xs)), f);
+}
+inline vf fzero() { return PG_V(setzero_ps)(); }
+inline void fstore(float* p, vf v) { PG_V(storeu_ps)(p, v); }
+#undef PG_V
+#undef PG_SI
 #else
 constexpr int L = 1;  // portable scalar code: one output lane, its 4 bytes of a block
 using vi = int32_t;

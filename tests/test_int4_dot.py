@@ -1,6 +1,6 @@
-"""The int4 x int8-activation kernel (quant/int4_dot.cpp) and its tiled layout (quant/tiles.py):
-every instruction-set path equals a float64 product of the same quantised activations, and the
-int4 layers take it for bfloat16 decoding rows."""
+"""The int4 / int8 x int8-activation kernels (quant/int4_dot.cpp) and their tiled layouts
+(quant/tiles.py): every instruction-set path equals a float64 product of the same quantised
+activations, and the layers take them for bfloat16 decoding rows."""
 
 from __future__ import annotations
 
@@ -23,16 +23,20 @@ def portable_codes(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 15, packed >> 4], -1).view(len(packed), -1)
 
 
-def reference(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, group: int):
-    """float64 x @ W.T after x is quantised as the kernel does: per row and group, symmetric,
-    scale max|x| / 127, round half to even (in float32, as the kernel)."""
+def dequantized_x(x: torch.Tensor, group: int) -> torch.Tensor:
+    """float64 x after it is quantised as the kernels do: per row and group, symmetric, scale
+    max|x| / 127, round half to even (in float32, as the kernels)."""
     m, i = x.shape
     xg = x.float().view(m, i // group, group)
     xs = xg.abs().amax(-1, keepdim=True) / 127  # (M, G, 1)
     xq = torch.where(xs > 0, torch.round(xg / xs.clamp_min(1e-30)), 0.0).clamp(-127, 127)
-    xd = (xq.double() * xs.double()).view(m, i)
+    return (xq.double() * xs.double()).view(m, i)
+
+
+def reference(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, group: int):
+    """float64 x @ W.T for int4 codes uint8[O, I] (0..15) and scales [O, G], x quantised."""
     w = (codes.double() - 8).view(len(codes), -1, group) * scale.double()[..., None]
-    return xd @ w.view(len(codes), i).T
+    return dequantized_x(x, group) @ w.view(len(codes), -1).T
 
 
 def variants() -> list[tuple[int, int]]:
@@ -84,6 +88,10 @@ def test_int4_dot_matches_float64_on_every_path():
                 assert rel_err(got, want) < 1e-6, (isa, vnni, rows, o, i)
     with pytest.raises(RuntimeError, match="multiple of 32"):
         ops.int4_dot(x, t, s, 48, o, -1, -1)
+    with pytest.raises(RuntimeError, match="int8_dot: scale"):  # int4's scales for int8 tiles
+        ops.int8_dot(
+            x, tiles.pack8(torch.zeros(o, i, dtype=torch.int8), torch.ones(o))[0], s, 64, o
+        )
     with pytest.raises(RuntimeError, match="has no VNNI"):
         ops.int4_dot(x, t, s, group, o, 0, 1)
 
@@ -112,3 +120,41 @@ def test_int4_layers_take_the_dot_kernel_for_bfloat16_rows(monkeypatch):
         layer.scale.mul_(2)  # changed in place: the tiles follow
         got = layer(x.to(torch.bfloat16))
     assert len(calls) == 2 and rel_err(got, 2 * exact - layer.bias) < 0.01
+
+
+def test_int8_dot_matches_float64_on_every_path():
+    """int8 codes (one scale per row), the same odd shapes; the tiles round-trip."""
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    for (isa, vnni), rows in ((p, r) for p in variants() for r in (1, 2, 5, 16, 17)):
+        for o, i, group in ((40, 64, 32), (33, 128, 64), (70, 192, 64)):
+            x = torch.randn(rows, i).to(torch.bfloat16)
+            x[0, :group] = 0
+            codes = torch.randint(-127, 128, (o, i), dtype=torch.int8)
+            scale = torch.rand(o)
+            t, s = tiles.pack8(codes, scale)
+            back, back_scale = tiles.unpack8(t, s, o)
+            assert torch.equal(back, codes) and torch.equal(back_scale, scale)
+            assert (
+                t.shape == (-(-o // 16), i // 4, 64)
+                and int(t[0, 2, 4 * 5 + 1]) == codes[5, 9] + 128
+            )
+            got = ops.int8_dot(x, t, s, group, o, isa, vnni)
+            want = dequantized_x(x, group) @ (codes.double() * scale.double()[:, None]).T
+            assert rel_err(got, want) < 1e-6, (isa, vnni, rows, o, i)
+
+
+def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
+    """One row keeps the float kernel (it streams at the bandwidth limit, no tiled copy); 2 to
+    DOT_ROWS bfloat16 rows take int8_dot; both within int8 activations' error."""
+    torch.manual_seed(0)
+    layer = q.Int8Linear.from_linear(nn.Linear(256, 40, bias=True))
+    calls = []
+    monkeypatch.setattr(tiles, "pack8", lambda *a, _f=tiles.pack8: calls.append(1) or _f(*a))
+    w = layer.dequantize()
+    with torch.no_grad():
+        for rows, packs in ((1, 0), (2, 1), (q.DOT_ROWS, 1), (q.DOT_ROWS + 1, 1)):
+            x = torch.randn(rows, 256).to(torch.bfloat16)
+            got = layer(x)
+            want = nn.functional.linear(x.float(), w, layer.bias)
+            assert rel_err(got, want) < 0.01 and len(calls) == packs, rows

@@ -18,6 +18,7 @@ from conftest import make_batch, tiny_hf_model
 
 import paligemma
 from paligemma.quant import linear as q
+from paligemma.quant import tiles
 
 BOUNDS = {"int8": (1e-4, 0.8), "int4": (6e-3, 0.2)}  # mode: (max KL, min agreement)
 
@@ -77,24 +78,36 @@ def test_the_bounds_fail_on_a_broken_kernel(oracle, mode, break_):
 
 
 @pytest.mark.parametrize(
-    "break_",
-    [None, lambda m: m.scale.copy_(m.scale.roll(1, 0)), swap_nibbles],
-    ids=["int4-dot", "int4-dot-scales-rolled", "int4-dot-nibbles-swapped"],
+    "mode, break_",
+    [
+        ("int4", None),
+        ("int4", lambda m: m.scale.copy_(m.scale.roll(1, 0))),
+        ("int4", swap_nibbles),
+        ("int8", None),
+        ("int8", lambda m: m.scale.mul_(1.25)),
+    ],
+    ids=[
+        "int4-dot",
+        "int4-dot-scales-rolled",
+        "int4-dot-nibbles-swapped",
+        "int8-dot",
+        "int8-dot-off",
+    ],
 )
-def test_int4_bounds_hold_with_int8_activations(oracle, break_, monkeypatch):
-    """The same int4 bounds through int4_dot (activations quantised to int8 per row and group, as
-    bfloat16 decoding runs), here for every row of the float32 oracle batch; measured (seeds 3-5):
-    KL 3.4e-3 .. 6.6e-3, as the float kernels; the broken kernels >= 1.1e-2."""
+def test_bounds_hold_with_int8_activations(oracle, mode, break_, monkeypatch):
+    """The same bounds through int4_dot / int8_dot (activations quantised to int8 per row and
+    group, as bfloat16 decoding runs), here for every row of the float32 oracle batch; measured
+    (seeds 3-5): int4 KL 3.4e-3 .. 6.6e-3, as the float kernels; the broken kernels >= 1.1e-2."""
     monkeypatch.setattr(q, "INT8_ACTIVATIONS", (torch.float32,))
     monkeypatch.setattr(q, "PACKED_ROWS", 10**6)  # every row through the kernels
-    monkeypatch.setattr(q, "DOT_ROWS", 10**6)  # (int4_dot runs 16 rows a pass)
+    monkeypatch.setattr(q, "DOT_ROWS", 10**6)  # (the kernels run 16 rows a pass)
     calls = []
-    monkeypatch.setattr(
-        q.Int4Linear, "_tiles", lambda m, _f=q.Int4Linear._tiles: calls.append(m) or _f(m)
-    )
-    kl, agree = kl_and_agreement(oracle, "int4", break_)
-    max_kl, min_agree = BOUNDS["int4"]
-    assert calls, "int4_dot did not run"
+    name = "pack" if mode == "int4" else "pack8"
+    pack = getattr(tiles, name)
+    monkeypatch.setattr(tiles, name, lambda *a: calls.append(1) or pack(*a))
+    kl, agree = kl_and_agreement(oracle, mode, break_)
+    max_kl, min_agree = BOUNDS[mode]
+    assert calls, "the dot kernel did not run"
     if break_ is None:
         assert 0 < kl <= max_kl and agree >= min_agree, (kl, agree)
     else:

@@ -1,5 +1,6 @@
-// int4 weights times int8 activations with integer dot products, for 1..16 rows of x (decoding,
-// beams, the serving engine's batches), on the CPU. Built with kernels.cpp into one library.
+// int4 (and int8) weights times int8 activations with integer dot products, for 1..16 rows of x
+// (decoding, beams, the serving engine's batches), on the CPU. Built with kernels.cpp into one
+// library.
 //
 // kernels.cpp's int4 loop widens every code to float and is compute-bound (~14 GB/s on 2 cores
 // where int8 streams ~50). Here the activations are quantised per (row, group) to int8 (symmetric,
@@ -17,6 +18,9 @@
 //            isa=-1, vnni=-1) -> f32[M, O]          (T = ceil(O / 16), G = I / group)
 //       out[m, o] = sum_g scale[o, g] * xs[m, g] * sum_{i in g} (code[o, i] - 8) * xq[m, i]
 //       xs[m, g] = max_{i in g} |x[m, i]| / 127,  xq[m, i] = round_half_even(x[m, i] / xs[m, g])
+//   int8_dot(x, tiles uint8[T, I/4, 64], scale f32[T, 16], group, O, isa=-1, vnni=-1) -> f32[M, O]
+//       the same for int8 weights (one scale per output row; `group`: the activations' groups):
+//       block b of tile t holds code[16t + l, 4b + k] + 128 at byte 4l + k
 //   cpu_vnni() -> int: 1 when this CPU has AVX-VNNI, 2 AVX-512-VNNI, 3 both, 0 neither
 // isa: as kernels.cpp (2 AVX-512, 1 AVX2, 0 scalar); vnni: 1 / 0 forces the dot product with /
 // without VNNI (for tests and comparisons), -1 the CPU's.
@@ -49,7 +53,8 @@ struct Dot {
   const float* xs;     // [M, G] activation scales
   const int32_t* off;  // [M, G]: 8 * sum of the group's xq (the codes' offset of 8)
   const uint8_t* q;    // tiles [T, I / 8, 64]
-  const c10::BFloat16* s;  // [T, G, 16]
+  const c10::BFloat16* s;  // int4: [T, G, 16]
+  const float* rs;         // int8: [T, 16], one scale per output row
   int64_t I, G, group, O;
   float* out;  // [M, O]
 };
@@ -139,8 +144,9 @@ int64_t cpu_vnni() {
 }
 
 // x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
-void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, at::Tensor& xq, at::Tensor& xs,
-                at::Tensor& off) {
+// off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations.
+void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, at::Tensor& xq,
+                at::Tensor& xs, at::Tensor& off) {
   const int64_t M = x.size(0), I = x.size(1), G = I / group;
   xq = at::zeros({rows, I}, x.options().dtype(at::kChar));
   xs = at::zeros({rows, G}, x.options().dtype(at::kFloat));
@@ -160,33 +166,38 @@ void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, at::Tensor& xq
         const float c = std::min(std::max(std::nearbyint(v[i] / s), -127.f), 127.f);
         qp[m * I + g * group + i] = int8_t(c), sum += int32_t(c);
       }
-      sp[m * G + g] = s, op[m * G + g] = 8 * sum;
+      sp[m * G + g] = s, op[m * G + g] = zero * sum;
     }
   }
 }
 
-void dot_rows(int64_t isa, bool vnni, int64_t mb, const Dot& d, int64_t t0, int64_t t1) {
+void dot_rows(int64_t isa, bool vnni, int64_t mb, int bits, const Dot& d, int64_t t0,
+              int64_t t1) {
 #ifdef PG_DOT_X86
-  if (isa == 2 && vnni) return pg_dot_avx512vnni::dot_tiles(mb, d, t0, t1);
-  if (isa == 2) return pg_dot_avx512::dot_tiles(mb, d, t0, t1);
-  if (isa == 1 && vnni) return pg_dot_avxvnni::dot_tiles(mb, d, t0, t1);
-  if (isa == 1) return pg_dot_avx2::dot_tiles(mb, d, t0, t1);
+  if (isa == 2 && vnni) return pg_dot_avx512vnni::dot_tiles(mb, bits, d, t0, t1);
+  if (isa == 2) return pg_dot_avx512::dot_tiles(mb, bits, d, t0, t1);
+  if (isa == 1 && vnni) return pg_dot_avxvnni::dot_tiles(mb, bits, d, t0, t1);
+  if (isa == 1) return pg_dot_avx2::dot_tiles(mb, bits, d, t0, t1);
 #endif
-  pg_dot_scalar::dot_tiles(mb, d, t0, t1);
+  pg_dot_scalar::dot_tiles(mb, bits, d, t0, t1);
 }
 
-at::Tensor int4_dot(const at::Tensor& x_, const at::Tensor& tiles_, const at::Tensor& scale_,
-                    int64_t group, int64_t O, int64_t isa, int64_t vnni) {
-  const int64_t I = x_.size(-1), T = (O + 15) / 16;
+at::Tensor dot(const at::Tensor& x_, const at::Tensor& tiles_, const at::Tensor& scale_,
+               int64_t group, int64_t O, int64_t isa, int64_t vnni, int bits) {
+  const int64_t I = x_.size(-1), T = (O + 15) / 16, per_block = bits == 4 ? 8 : 4;
   TORCH_CHECK(x_.dim() == 2 && tiles_.dim() == 3 && tiles_.size(0) == T &&
-                  tiles_.size(1) * 8 == I && tiles_.size(2) == 64,
-              "int4_dot: tiles must be uint8[ceil(O/16), I/8, 64]");
-  TORCH_CHECK(tiles_.scalar_type() == at::kByte, "int4_dot: tiles must be uint8");
+                  tiles_.size(1) * per_block == I && tiles_.size(2) == 64,
+              "int", bits, "_dot: tiles must be uint8[ceil(O/16), I/", per_block, ", 64]");
+  TORCH_CHECK(tiles_.scalar_type() == at::kByte, "int", bits, "_dot: tiles must be uint8");
   TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
-              "int4_dot: the group size must be a multiple of 32 dividing in_features");
-  TORCH_CHECK(scale_.dim() == 3 && scale_.size(0) == T && scale_.size(1) == I / group &&
-                  scale_.size(2) == 16 && scale_.scalar_type() == at::kBFloat16,
+              "int", bits, "_dot: the group size must be a multiple of 32 dividing in_features");
+  TORCH_CHECK(bits == 8 || (scale_.dim() == 3 && scale_.size(0) == T &&
+                            scale_.size(1) == I / group && scale_.size(2) == 16 &&
+                            scale_.scalar_type() == at::kBFloat16),
               "int4_dot: scale must be bfloat16[ceil(O/16), I/group, 16]");
+  TORCH_CHECK(bits == 4 || (scale_.dim() == 2 && scale_.size(0) == T && scale_.size(1) == 16 &&
+                            scale_.scalar_type() == at::kFloat),
+              "int8_dot: scale must be float32[ceil(O/16), 16]");
   const int64_t best = pg_cpu_isa(), has = cpu_vnni();
   TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
   isa = isa < 0 ? best : isa;
@@ -200,16 +211,30 @@ at::Tensor int4_dot(const at::Tensor& x_, const at::Tensor& tiles_, const at::Te
   for (int64_t m0 = 0; m0 < M; m0 += kDotRows) {
     const int64_t mb = std::min(kDotRows, M - m0), rows = padded_rows(mb);
     at::Tensor xq, xs, off, part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
-    quantize_x(x.narrow(0, m0, mb), rows, group, xq, xs, off);
-    const Dot d{(const int32_t*)xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
-                off.data_ptr<int32_t>(), tiles.data_ptr<uint8_t>(),
-                scale.data_ptr<c10::BFloat16>(), I, G, group, O, part.data_ptr<float>()};
+    quantize_x(x.narrow(0, m0, mb), rows, group, bits == 4 ? 8 : 128, xq, xs, off);
+    const Dot d{(const int32_t*)xq.data_ptr<int8_t>(),
+                xs.data_ptr<float>(),
+                off.data_ptr<int32_t>(),
+                tiles.data_ptr<uint8_t>(),
+                bits == 4 ? scale.data_ptr<c10::BFloat16>() : nullptr,
+                bits == 8 ? scale.data_ptr<float>() : nullptr,
+                I, G, group, O, part.data_ptr<float>()};
     at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
-      dot_rows(isa, use_vnni, rows, d, t0, t1);
+      dot_rows(isa, use_vnni, rows, bits, d, t0, t1);
     });
     if (rows != mb) out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
   }
   return out;
+}
+
+at::Tensor int4_dot(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale,
+                    int64_t group, int64_t O, int64_t isa, int64_t vnni) {
+  return dot(x, tiles, scale, group, O, isa, vnni, 4);
+}
+
+at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale,
+                    int64_t group, int64_t O, int64_t isa, int64_t vnni) {
+  return dot(x, tiles, scale, group, O, isa, vnni, 8);
 }
 
 }  // namespace
@@ -218,6 +243,9 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("int4_dot(Tensor x, Tensor tiles, Tensor scale, int group, int out_features, int isa=-1, "
         "int vnni=-1) -> Tensor",
         &int4_dot);
+  m.def("int8_dot(Tensor x, Tensor tiles, Tensor scale, int group, int out_features, int isa=-1, "
+        "int vnni=-1) -> Tensor",
+        &int8_dot);
   m.def("cpu_vnni() -> int", &cpu_vnni);
 }
 
@@ -258,7 +286,14 @@ inline vi iadd(vi a, vi b) { return PG_V(add_epi32)(a, b); }
 inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {
   return dpbusd(dpbusd(acc, lo, PG_V(set1_epi32)(x[0])), hi, PG_V(set1_epi32)(x[1]));
 }
+inline vi dot8(vi acc, vi u8, const int32_t* x) { return dpbusd(acc, u8, PG_V(set1_epi32)(x[0])); }
 #else
+inline vi dot8(vi acc, vi u8, const int32_t* x) {  // u8 = 16 hi + lo: two products in range
+  const vi xb = PG_V(set1_epi32)(x[0]);
+  const vi lo = PG_V(madd_epi16)(PG_V(maddubs_epi16)(lo4(u8), xb), PG_V(set1_epi16)(1));
+  const vi hi = PG_V(madd_epi16)(PG_V(maddubs_epi16)(hi4(u8), xb), PG_V(set1_epi16)(16));
+  return PG_V(add_epi32)(acc, PG_V(add_epi32)(lo, hi));
+}
 inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {  // |pair sums| <= 2 * 15 * 127 < 2^15
   const vi p = PG_V(add_epi16)(PG_V(maddubs_epi16)(lo, PG_V(set1_epi32)(x[0])),
                                PG_V(maddubs_epi16)(hi, PG_V(set1_epi32)(x[1])));
@@ -270,6 +305,8 @@ inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) {
   return PG_V(fmadd_ps)(v, PG_V(mul_ps)(sc, PG_V(set1_ps)(xs)), f);
 }
 inline vf fzero() { return PG_V(setzero_ps)(); }
+inline vf fone() { return PG_V(set1_ps)(1.f); }
+inline vf fmul(vf a, const float* p) { return PG_V(mul_ps)(a, PG_V(loadu_ps)(p)); }
 inline void fstore(float* p, vf v) { PG_V(storeu_ps)(p, v); }
 #undef PG_V
 #undef PG_SI
@@ -287,22 +324,26 @@ inline vi dot1(vi acc, vi c, int32_t x) {
   return acc;
 }
 inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) { return dot1(dot1(acc, lo, x[0]), hi, x[1]); }
+inline vi dot8(vi acc, vi u8, const int32_t* x) { return dot1(acc, u8, x[0]); }
 inline vf scales(const c10::BFloat16* s) { return float(s[0]); }
 inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) { return float(acc - off) * (sc * xs) + f; }
 inline vf fzero() { return 0.f; }
+inline vf fone() { return 1.f; }
+inline vf fmul(vf a, const float* p) { return a * *p; }
 inline void fstore(float* p, vf v) { *p = v; }
 #endif
 
 // Tiles [t0, t1) for MB rows of x: per tile, 16 / L passes of L output lanes (one for AVX-512;
 // the second pass of AVX2 re-reads the tile from cache). Per group, U int32 accumulators per
 // row (independent dot-product chains for few rows), then one float32 step per group and row.
-template <int MB>
+// BITS 4: a block holds 8 inputs (x words 2b, 2b + 1); BITS 8: 4 inputs (x word b).
+template <int MB, int BITS>
 void dot_block(const Dot& d, int64_t t0, int64_t t1) {
   constexpr int U = MB == 1 ? 4 : (MB == 2 ? 2 : 1);
-  constexpr int NV = 16 / L;
-  const int64_t B = d.group / 8, words = d.I / 4;  // blocks per group; x words per row
+  constexpr int NV = 16 / L, IB = BITS == 4 ? 8 : 4;  // passes per tile; inputs per block
+  const int64_t B = d.group / IB, words = d.I / 4;    // blocks per group; x words per row
   for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* tile = d.q + t * (d.I / 8) * 64;
+    const uint8_t* tile = d.q + t * (d.I / IB) * 64;
     for (int h = 0; h < NV; ++h) {
       vf f[MB];
       for (int m = 0; m < MB; ++m) f[m] = fzero();
@@ -314,12 +355,17 @@ void dot_block(const Dot& d, int64_t t0, int64_t t1) {
           if (h == 0) __builtin_prefetch(tile + b * 64 + kDotAhead);
           for (int u = 0; u < U; ++u) {
             const vi v = iload(tile + (b + u) * 64 + h * (64 / NV));
-            const vi lo = lo4(v), hi = hi4(v);
-            for (int m = 0; m < MB; ++m)
-              acc[u][m] = dot2(acc[u][m], lo, hi, d.x4 + m * words + 2 * (b + u));
+            if constexpr (BITS == 8) {
+              for (int m = 0; m < MB; ++m)
+                acc[u][m] = dot8(acc[u][m], v, d.x4 + m * words + b + u);
+            } else {
+              const vi lo = lo4(v), hi = hi4(v);
+              for (int m = 0; m < MB; ++m)
+                acc[u][m] = dot2(acc[u][m], lo, hi, d.x4 + m * words + 2 * (b + u));
+            }
           }
         }
-        const vf sc = scales(d.s + (t * d.G + g) * 16 + h * L);
+        const vf sc = BITS == 4 ? scales(d.s + (t * d.G + g) * 16 + h * L) : fone();
         for (int m = 0; m < MB; ++m) {
           for (int u = 1; u < U; ++u) acc[0][m] = iadd(acc[0][m], acc[u][m]);
           f[m] = group_sum(acc[0][m], d.off[m * d.G + g], sc, d.xs[m * d.G + g], f[m]);
@@ -328,15 +374,19 @@ void dot_block(const Dot& d, int64_t t0, int64_t t1) {
       const int64_t o = t * 16 + h * L, n = std::min<int64_t>(L, d.O - o);
       for (int m = 0; m < MB && n > 0; ++m) {
         float buf[L];
-        fstore(buf, f[m]);
+        fstore(buf, BITS == 8 ? fmul(f[m], d.rs + o) : f[m]);
         std::memcpy(d.out + m * d.O + o, buf, n * sizeof(float));
       }
     }
   }
 }
 
-void dot_tiles(int64_t mb, const Dot& d, int64_t t0, int64_t t1) {
-  DOT_DISPATCH(mb, dot_block<MB>(d, t0, t1));
+void dot_tiles(int64_t mb, int bits, const Dot& d, int64_t t0, int64_t t1) {
+  if (bits == 8) {
+    DOT_DISPATCH(mb, (dot_block<MB, 8>(d, t0, t1)));
+  } else {
+    DOT_DISPATCH(mb, (dot_block<MB, 4>(d, t0, t1)));
+  }
 }
 
 #endif  // PG_DOT_BODY

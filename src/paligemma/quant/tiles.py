@@ -1,4 +1,4 @@
-"""The int4 kernel's weight layout (int4_dot.cpp, "tiles"), packed from linear.py's portable one.
+"""The dot kernels' weight layouts (int4_dot.cpp, "tiles"), packed from linear.py's portable ones.
 
 Int4Linear saves and loads the portable layout (codes uint8[O, I / 2], low nibble first; scales
 [O, G]); for the int8-activation kernel it keeps a packed copy, built once at first use:
@@ -9,7 +9,8 @@ Int4Linear saves and loads the portable layout (codes uint8[O, I / 2], low nibbl
     scale bfloat16[T, G, 16]    scale[16t + l, g] at [t, g, l] (padding rows 0)
 
 bfloat16 scales halve what the scales cost per token (4 -> 2 bytes per 64 weights); their
-rounding (2^-9 relative) is far below int4's own step.
+rounding (2^-9 relative) is far below int4's own step. Int8Linear's copy for int8_dot (pack8):
+the same tiles of 16 rows, 4 inputs per block (a byte each, code + 128), float32 scales [T, 16].
 """
 
 from __future__ import annotations
@@ -49,3 +50,26 @@ def unpack(
     b = tiles.view(t, blocks, LANES, 4).transpose(1, 2)  # (tile, lane, block, k)
     c = torch.stack([b & 15, b >> 4], 3).reshape(t * LANES, blocks * 8)
     return c[:out_features], scales.transpose(1, 2).reshape(t * LANES, -1)[:out_features]
+
+
+def pack8(codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8_dot's layout of int8 codes [O, I] and scales [O]: (tiles uint8[T, I / 4, 64] holding
+    code + 128, byte 4l + k of block b = row 16t + l, input 4b + k; scales float32[T, 16])."""
+    o, i = codes.shape
+    pad = -o % LANES
+    u = (codes.to(torch.int16) + 128).to(torch.uint8)
+    u = torch.cat([u, u.new_full((pad, i), 128)]) if pad else u
+    tiles = u.view(-1, LANES, i // 4, 4).transpose(1, 2).reshape(-1, i // 4, 64)
+    s = torch.cat([scale.float(), scale.new_zeros(pad, dtype=torch.float32)])
+    return tiles, s.view(-1, LANES)
+
+
+def unpack8(
+    tiles: torch.Tensor, scales: torch.Tensor, out_features: int
+) -> tuple[torch.Tensor, ...]:
+    """The inverse of pack8: (codes int8[O, I], scales float32[O])."""
+    t, blocks, _ = tiles.shape
+    u = tiles.view(t, blocks, LANES, 4).transpose(1, 2).reshape(t * LANES, blocks * 4)
+    return (u.to(torch.int16) - 128).to(torch.int8)[:out_features], scales.reshape(-1)[
+        :out_features
+    ]

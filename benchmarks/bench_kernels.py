@@ -8,7 +8,7 @@ rows in bfloat16; the paths run interleaved, one call each per round, and each p
 product is the median of `--calls` rounds (a shared host adds noise to every path alike); GB/s
 counts the bytes the path must read (codes + scales, or the bfloat16 matrix). Paths: torch's
 bfloat16 F.linear; int8 ours on every instruction set this CPU has (quant/kernels.cpp) and
-torch's _weight_int8pack_mm; int4 ours likewise (float products), "int4 dot ours" (int8
+torch's _weight_int8pack_mm; int4 ours likewise (float products), "int4 / int8 dot ours" (int8
 activations, integer dot products: quant/int4_dot.cpp, each instruction set with and without
 VNNI) and torch's _weight_int4pack_mm_for_cpu (its own packed layout). A path this build lacks
 is reported as such. With several --rows, a summary follows: int4 dot's time per product over
@@ -67,7 +67,7 @@ def paths(o: int, i: int, rows: int, group: int = 64) -> dict:
                 lambda isa=isa: ops.int4_matmul(x, i4.weight, i4.scale, group, isa),
                 nbytes(i4.weight, i4.scale),
             )
-        out |= dot_paths(x, i4)
+        out |= dot_paths(x, i4) | dot_paths(x, i8)
     if hasattr(torch, "_weight_int8pack_mm"):
         scale = i8.scale.to(torch.bfloat16)
         out["int8 torch _weight_int8pack_mm"] = (
@@ -83,20 +83,21 @@ def paths(o: int, i: int, rows: int, group: int = 64) -> dict:
     return out
 
 
-def dot_paths(x: torch.Tensor, layer: q.Int4Linear) -> dict:
-    """int4_dot on every (instruction set, VNNI) this CPU has: name -> (product, bytes)."""
+def dot_paths(x: torch.Tensor, layer: q.Int4Linear | q.Int8Linear) -> dict:
+    """int4_dot / int8_dot on every (instruction set, VNNI) this CPU has: name -> (product,
+    bytes)."""
     ops, out = torch.ops.paligemma_cpu, {}
-    packed = tiles.pack(layer.weight, layer.scale)
+    int4 = isinstance(layer, q.Int4Linear)
+    packed = (tiles.pack if int4 else tiles.pack8)(layer.weight, layer.scale)
+    op, group = (ops.int4_dot, layer.group) if int4 else (ops.int8_dot, q.INT8_DOT_GROUP)
     levels = {**kernels.ISAS, **kernels.VNNI}
     has = int(ops.cpu_vnni())
     for name, isa in sorted(levels.items(), key=lambda kv: (-kv[1], kv[0] in kernels.ISAS)):
         vnni = int(name in kernels.VNNI)
         if isa > kernels.isa() or (vnni and not has & isa):
             continue
-        out[f"int4 dot ours {name}"] = (
-            lambda isa=isa, vnni=vnni: ops.int4_dot(
-                x, *packed, layer.group, layer.out_features, isa, vnni
-            ),
+        out[f"int{4 if int4 else 8} dot ours {name}"] = (
+            lambda isa=isa, vnni=vnni: op(x, *packed, group, layer.out_features, isa, vnni),
             nbytes(*packed),
         )
     return out
@@ -126,8 +127,8 @@ def kernel_table(o: int = 16_384, i: int = 2_048, rows: int = 1, calls: int = 20
 
 def summary(tables: dict[int, dict]) -> dict:
     """The default int4 dot path's time (the CPU's best instruction set, VNNI where it has it)
-    over int8 ours' (best instruction set) per row count, and its throughput (rows per second)
-    at each row count over 1 row."""
+    over int8 ours' (best instruction set, float products) per row count, its throughput (rows
+    per second) at each row count over 1 row, and int8 dot's throughput likewise."""
 
     def first(table: dict, prefix: str, last: bool = False) -> float:
         times = [r["ms"] for n, r in table.items() if n.startswith(prefix)]
@@ -135,14 +136,19 @@ def summary(tables: dict[int, dict]) -> dict:
 
     out = {}
     one = first(tables.get(1, {}), "int4 dot ours")
+    one8 = first(tables.get(1, {}), "int8 dot ours")
     for rows, table in tables.items():
         dot, int8 = first(table, "int4 dot ours"), first(table, "int8 ours", last=True)
+        dot8 = first(table, "int8 dot ours")
         if dot and int8:
             out[rows] = {"int4_dot_over_int8": dot / int8}
-            if one:
-                out[rows]["throughput_over_1_row"] = rows * one / dot
             print(f"  {rows:2} row(s): int4 dot / int8 time {dot / int8:.2f}", end="")
-            print(f", throughput {rows * one / dot:.2f}x 1 row" if one else "")
+            if one and one8:
+                out[rows]["int4_dot_throughput_over_1_row"] = rows * one / dot
+                out[rows]["int8_dot_throughput_over_1_row"] = rows * one8 / dot8
+                print(f", throughput over 1 row: int4 dot {rows * one / dot:.2f}x", end="")
+                print(f", int8 dot {rows * one8 / dot8:.2f}x", end="")
+            print()
     return out
 
 

@@ -109,14 +109,17 @@ def nn_linear(w: torch.Tensor) -> torch.nn.Linear:
     return linear
 
 
-def kernel_table(o: int = 16_384, i: int = 2_048, rows: int = 1, calls: int = 20) -> dict:
-    """Prints and returns {path: {"ms": per call, "gb_s": bytes read / time}}."""
+def kernel_table(
+    o: int = 16_384, i: int = 2_048, rows: int = 1, calls: int = 20, only: list | None = None
+) -> dict:
+    """Prints and returns {path: {"ms": per call, "gb_s": bytes read / time}} (the paths whose
+    name holds one of `only`'s strings, when given)."""
     result = {}
     why = kernels.why_not()
     print(f"kernels: {o} x {i} weight, {rows} row(s), {torch.get_num_threads()} threads")
     if why:
         print(f"  (our C++ kernels unavailable: {why})")
-    timed = paths(o, i, rows)
+    timed = {n: p for n, p in paths(o, i, rows).items() if not only or any(s in n for s in only)}
     seconds = per_call_s({name: fn for name, (fn, _) in timed.items()}, calls)
     for name, (_, size) in timed.items():
         s = seconds[name]
@@ -161,10 +164,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="rounds (median)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", help="write the tables and the summary here")
+    ap.add_argument("--only", nargs="+", help='paths whose name holds one of these, e.g. "avx512"')
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = {rows: kernel_table(*args.shape, rows, args.calls) for rows in args.rows}
+    tables = {rows: kernel_table(*args.shape, rows, args.calls, args.only) for rows in args.rows}
     result = {"shape": args.shape, "threads": torch.get_num_threads(), "tables": tables}
     result["summary"] = summary(tables)
     if args.json:

@@ -39,7 +39,7 @@ from . import tiles
 KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
 DOT_ROWS = 16  # int4_dot / int8_dot: at most this many rows (one pass over the weight for all)
 INT8_DOT_GROUP = 64  # int8_dot: inputs per activation scale (int4_dot uses the weight's group)
-# Activation dtypes whose int4 products quantise x to int8: they carry 8 significant bits at most,
+# Activation dtypes that the dot kernels quantise to int8: they carry 8 significant bits at most,
 # as int8 does per group; float32 activations keep float products (exact to float32 rounding).
 INT8_ACTIVATIONS = (torch.bfloat16, torch.float16)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
@@ -50,6 +50,19 @@ class _QuantizedLinear(nn.Module):
     """What Int8Linear and Int4Linear share: the choice of matrix product (module docstring).
     Subclasses give `dequantize(start, end)` and `_few_rows(flat)` (a kernel's product for up to
     PACKED_ROWS rows, or None when none applies)."""
+
+    in_features: int
+    out_features: int
+    bias: nn.Parameter | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _on_cpu_inference(x):
+            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        out = self._few_rows(flat) if len(flat) <= PACKED_ROWS else None
+        if out is None:
+            out = _chunked(self, flat)
+        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
 
     def _cached(self, name: str, build) -> tuple[torch.Tensor, ...]:
         """build(weight, scale), kept until either tensor changes (a kernel's own layout; never
@@ -72,19 +85,6 @@ class _QuantizedLinear(nn.Module):
         packed = self._cached(f"tiles{bits}", tiles.pack if bits == 4 else tiles.pack8)
         isa, vnni = cpu_kernels.isa(), cpu_kernels.vnni()
         return op(flat, *packed, group, self.out_features, isa, vnni)
-
-    in_features: int
-    out_features: int
-    bias: nn.Parameter | None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _on_cpu_inference(x):
-            return _finish(F.linear(x, self.dequantize().to(x.dtype)), self.bias, x.dtype)
-        flat = x.reshape(-1, self.in_features)
-        out = self._few_rows(flat) if len(flat) <= PACKED_ROWS else None
-        if out is None:
-            out = _chunked(self, flat)
-        return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
 
 
 class Int8Linear(_QuantizedLinear):

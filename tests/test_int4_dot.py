@@ -96,15 +96,22 @@ def test_int4_dot_matches_float64_on_every_path():
         ops.int4_dot(x, t, s, group, o, 0, 1)
 
 
+def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
+    """A quantised 256 -> 72 layer, the list that each packing of its tiles appends to, and its
+    dequantised weight."""
+    torch.manual_seed(0)
+    layer = cls.from_linear(nn.Linear(256, 72, bias=True))
+    name = "pack" if cls is q.Int4Linear else "pack8"
+    pack, calls = getattr(tiles, name), []
+    monkeypatch.setattr(tiles, name, lambda *a: calls.append(1) or pack(*a))
+    return layer, calls, layer.dequantize()
+
+
 def test_int4_layers_take_the_dot_kernel_for_bfloat16_rows(monkeypatch):
     """bfloat16 decoding rows (1..DOT_ROWS) go through int4_dot, on every path the environment
     can force, within int8 activations' error of the float product; float32 rows keep the float
     kernel (exact)."""
-    torch.manual_seed(0)
-    layer = q.Int4Linear.from_linear(nn.Linear(256, 72, bias=True))
-    calls = []
-    monkeypatch.setattr(tiles, "pack", lambda *a, _f=tiles.pack: calls.append(1) or _f(*a))
-    w = layer.dequantize()
+    layer, calls, w = spied(q.Int4Linear, monkeypatch)
     with torch.no_grad():
         for name in ["", *cpu_kernels.ISAS, *cpu_kernels.VNNI]:
             monkeypatch.setenv(cpu_kernels.ENV_ISA, name)
@@ -147,11 +154,7 @@ def test_int8_dot_matches_float64_on_every_path():
 def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
     """One row keeps the float kernel (it streams at the bandwidth limit, no tiled copy); 2 to
     DOT_ROWS bfloat16 rows take int8_dot; both within int8 activations' error."""
-    torch.manual_seed(0)
-    layer = q.Int8Linear.from_linear(nn.Linear(256, 40, bias=True))
-    calls = []
-    monkeypatch.setattr(tiles, "pack8", lambda *a, _f=tiles.pack8: calls.append(1) or _f(*a))
-    w = layer.dequantize()
+    layer, calls, w = spied(q.Int8Linear, monkeypatch)
     with torch.no_grad():
         for rows, packs in ((1, 0), (2, 1), (q.DOT_ROWS, 1), (q.DOT_ROWS + 1, 1)):
             x = torch.randn(rows, 256).to(torch.bfloat16)

@@ -8,19 +8,21 @@
 // vpdpbusd, AVX-VNNI on AVX2 hosts that have it, maddubs + madd on plain AVX2 / AVX-512, or a
 // scalar loop. Sums stay int32 within a group; each group is then scaled in float32.
 //
-// Layout ("tiles"; tiles.py packs it from linear.py's portable one): 16 output rows per tile, the
-// tile's bytes in blocks of 64 = 16 outputs x 8 inputs. In block b of tile t, byte 4l + k holds
-//     low nibble:  code[16t + l, 8b + k],    high nibble: code[16t + l, 8b + 4 + k]    (k < 4)
-// (codes 0..15 for -8..7), so one 512-bit load is 16 output lanes of 4 + 4 inputs, the shape of
-// vpdpbusd (u8 x s8, 4 products per 32-bit lane); AVX2 takes the block's two halves in turn.
+// The weights are read in linear.py's saved layout, never copied: int4 q uint8[O, I/2] (byte j of
+// row o: code[o, 2j] low nibble, code[o, 2j + 1] high; codes 0..15 for -8..7), int8 q int8[O, I].
+// A pass loads L rows x L dwords (L = 16 output lanes for AVX-512, 8 for AVX2) and transposes
+// the dwords in registers, so vector j holds dword j of each row: 8 int4 inputs (4 int8) per
+// lane, the shape of vpdpbusd (u8 x s8, 4 products per 32-bit lane). Its low nibbles are the
+// even inputs of the 8, its high nibbles the odd ones; x is permuted within each group of 8 to
+// [0, 2, 4, 6, 1, 3, 5, 7] when it is quantised, so the two x words of dword j meet them. int8
+// codes are flipped to code + 128 (unsigned) in the register, the offset removed per group.
 //
-//   int4_dot(x f32|bf16[M, I], tiles uint8[T, I/8, 64], scale bf16[T, G, 16], group, O,
-//            isa=-1, vnni=-1) -> f32[M, O]          (T = ceil(O / 16), G = I / group)
+//   int4_dot(x f32|bf16[M, I], q uint8[O, I/2], scale f32|bf16|f16[O, G], group, isa=-1,
+//            vnni=-1) -> f32[M, O]                                        (G = I / group)
 //       out[m, o] = sum_g scale[o, g] * xs[m, g] * sum_{i in g} (code[o, i] - 8) * xq[m, i]
 //       xs[m, g] = max_{i in g} |x[m, i]| / 127,  xq[m, i] = round_half_even(x[m, i] / xs[m, g])
-//   int8_dot(x, tiles uint8[T, I/4, 64], scale f32[T, 16], group, O, isa=-1, vnni=-1) -> f32[M, O]
-//       the same for int8 weights (one scale per output row; `group`: the activations' groups):
-//       block b of tile t holds code[16t + l, 4b + k] + 128 at byte 4l + k
+//   int8_dot(x, q int8[O, I], scale f32|bf16|f16[O], group, isa=-1, vnni=-1) -> f32[M, O]
+//       the same for int8 weights (one scale per output row; `group`: the activations' groups)
 //   cpu_vnni() -> int: 1 when this CPU has AVX-VNNI, 2 AVX-512-VNNI, 3 both, 0 neither
 // isa: as kernels.cpp (2 AVX-512, 1 AVX2, 0 scalar); vnni: 1 / 0 forces the dot product with /
 // without VNNI (for tests and comparisons), -1 the CPU's.
@@ -44,20 +46,28 @@ int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's
 
 namespace {
 
-constexpr int64_t kDotRows = 16;     // rows of x per pass over the weights
-constexpr int64_t kDotAhead = 4096;  // bytes of weights requested ahead of use
+constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights
+constexpr int64_t kDotAhead = 512;  // bytes of each weight row requested ahead of use
 
 // What one call reads: x quantised (xq as 4-byte words), its scales and sums, the weights.
 struct Dot {
-  const int32_t* x4;   // [M, I / 4]: 4 int8 activations per word
+  const int32_t* x4;   // [M, I / 4]: 4 int8 activations per word (int4: permuted in 8s)
   const float* xs;     // [M, G] activation scales
-  const int32_t* off;  // [M, G]: 8 * sum of the group's xq (the codes' offset of 8)
-  const uint8_t* q;    // tiles [T, I / 8, 64]
-  const c10::BFloat16* s;  // int4: [T, G, 16]
-  const float* rs;         // int8: [T, 16], one scale per output row
+  const int32_t* off;  // [M, G]: 8 (int4) or 128 (int8) * sum of the group's xq
+  const uint8_t* q;    // [O, I / 2] (int4) or [O, I] (int8)
+  const void* s;       // int4: [O, G]; int8: [O]
+  int stype;           // the scales' dtype: 0 float32, 1 bfloat16, 2 float16
   int64_t I, G, group, O;
   float* out;  // [M, O]
 };
+
+alignas(64) constexpr float kOnes[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
+inline float scale_at(const Dot& d, int64_t i) {
+  if (d.stype == 1) return float(static_cast<const c10::BFloat16*>(d.s)[i]);
+  if (d.stype == 2) return float(static_cast<const c10::Half*>(d.s)[i]);
+  return static_cast<const float*>(d.s)[i];
+}
 
 #define DOT_DISPATCH(mb, CALL)                                 \
   switch (mb) {                                                \
@@ -145,6 +155,7 @@ int64_t cpu_vnni() {
 
 // x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
 // off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations.
+// int4 (zero 8): input 8k + p lands at 8k + [0, 4, 1, 5, 2, 6, 3, 7][p], the nibbles' order.
 void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, at::Tensor& xq,
                 at::Tensor& xs, at::Tensor& off) {
   const int64_t M = x.size(0), I = x.size(1), G = I / group;
@@ -155,96 +166,103 @@ void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, 
   int8_t* qp = xq.data_ptr<int8_t>();
   float* sp = xs.data_ptr<float>();
   int32_t* op = off.data_ptr<int32_t>();
+  static constexpr int kPlace[8] = {0, 4, 1, 5, 2, 6, 3, 7};
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t g = 0; g < G; ++g) {
       const float* v = xp + m * I + g * group;
+      int8_t* to = qp + m * I + g * group;
       float amax = 0.f;
       for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
       const float s = amax / 127.f;
       int32_t sum = 0;
       for (int64_t i = 0; s > 0.f && i < group; ++i) {
         const float c = std::min(std::max(std::nearbyint(v[i] / s), -127.f), 127.f);
-        qp[m * I + g * group + i] = int8_t(c), sum += int32_t(c);
+        to[zero == 8 ? (i & ~int64_t(7)) + kPlace[i & 7] : i] = int8_t(c), sum += int32_t(c);
       }
       sp[m * G + g] = s, op[m * G + g] = zero * sum;
     }
   }
 }
 
-void dot_rows(int64_t isa, bool vnni, int64_t mb, int bits, const Dot& d, int64_t t0,
-              int64_t t1) {
+// The output rows [o0, o1) (o0, o1 multiples of the path's lanes, or o1 = O) for mb rows.
+void dot_rows(int64_t isa, bool vnni, int64_t mb, int bits, const Dot& d, int64_t o0,
+              int64_t o1) {
 #ifdef PG_DOT_X86
-  if (isa == 2 && vnni) return pg_dot_avx512vnni::dot_tiles(mb, bits, d, t0, t1);
-  if (isa == 2) return pg_dot_avx512::dot_tiles(mb, bits, d, t0, t1);
-  if (isa == 1 && vnni) return pg_dot_avxvnni::dot_tiles(mb, bits, d, t0, t1);
-  if (isa == 1) return pg_dot_avx2::dot_tiles(mb, bits, d, t0, t1);
+  if (isa == 2 && vnni) return pg_dot_avx512vnni::dot_tiles(mb, bits, d, o0, o1);
+  if (isa == 2) return pg_dot_avx512::dot_tiles(mb, bits, d, o0, o1);
+  if (isa == 1 && vnni) return pg_dot_avxvnni::dot_tiles(mb, bits, d, o0, o1);
+  if (isa == 1) return pg_dot_avx2::dot_tiles(mb, bits, d, o0, o1);
 #endif
-  pg_dot_scalar::dot_tiles(mb, bits, d, t0, t1);
+  pg_dot_scalar::dot_tiles(mb, bits, d, o0, o1);
 }
 
-at::Tensor dot(const at::Tensor& x_, const at::Tensor& tiles_, const at::Tensor& scale_,
-               int64_t group, int64_t O, int64_t isa, int64_t vnni, int bits) {
-  const int64_t I = x_.size(-1), T = (O + 15) / 16, per_block = bits == 4 ? 8 : 4;
-  TORCH_CHECK(x_.dim() == 2 && tiles_.dim() == 3 && tiles_.size(0) == T &&
-                  tiles_.size(1) * per_block == I && tiles_.size(2) == 64,
-              "int", bits, "_dot: tiles must be uint8[ceil(O/16), I/", per_block, ", 64]");
-  TORCH_CHECK(tiles_.scalar_type() == at::kByte, "int", bits, "_dot: tiles must be uint8");
-  TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
-              "int", bits, "_dot: the group size must be a multiple of 32 dividing in_features");
-  TORCH_CHECK(bits == 8 || (scale_.dim() == 3 && scale_.size(0) == T &&
-                            scale_.size(1) == I / group && scale_.size(2) == 16 &&
-                            scale_.scalar_type() == at::kBFloat16),
-              "int4_dot: scale must be bfloat16[ceil(O/16), I/group, 16]");
-  TORCH_CHECK(bits == 4 || (scale_.dim() == 2 && scale_.size(0) == T && scale_.size(1) == 16 &&
-                            scale_.scalar_type() == at::kFloat),
-              "int8_dot: scale must be float32[ceil(O/16), 16]");
+// The instruction set (2, 1, 0) and whether its VNNI runs, from the caller's isa and vnni.
+std::pair<int64_t, bool> path(int64_t isa, int64_t vnni) {
   const int64_t best = pg_cpu_isa(), has = cpu_vnni();
   TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
   isa = isa < 0 ? best : isa;
   const bool can = (isa == 2 && (has & 2)) || (isa == 1 && (has & 1));
   TORCH_CHECK(vnni <= 0 || can, "paligemma_cpu: this CPU has no VNNI for path ", isa);
-  const bool use_vnni = vnni < 0 ? can : vnni == 1;
+  return {isa, vnni < 0 ? can : vnni == 1};
+}
+
+int scale_type(const at::Tensor& s) {
+  const auto t = s.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
+              "int4_dot / int8_dot: scale must be float32, bfloat16 or float16");
+  return t == at::kBFloat16 ? 1 : (t == at::kHalf ? 2 : 0);
+}
+
+at::Tensor dot(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
+               int64_t group, int64_t isa_, int64_t vnni, int bits) {
+  const int64_t I = x_.size(-1), O = q_.size(0);
+  TORCH_CHECK(x_.dim() == 2 && q_.dim() == 2 && q_.size(1) * (bits == 4 ? 2 : 1) == I,
+              "int", bits, "_dot: q must be ", bits == 4 ? "uint8[O, I/2]" : "int8[O, I]");
+  TORCH_CHECK(q_.scalar_type() == (bits == 4 ? at::kByte : at::kChar), "int", bits,
+              "_dot: q must be ", bits == 4 ? "uint8" : "int8");
+  TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
+              "int", bits, "_dot: the group size must be a multiple of 32 dividing in_features");
+  TORCH_CHECK(bits == 8 || (scale_.dim() == 2 && scale_.size(0) == O &&
+                            scale_.size(1) == I / group),
+              "int4_dot: scale must be [O, I/group]");
+  TORCH_CHECK(bits == 4 || (scale_.dim() == 1 && scale_.size(0) == O),
+              "int8_dot: scale must be [O]");
+  const auto [isa, use_vnni] = path(isa_, vnni);
   const at::Tensor x = x_.to(at::kFloat).contiguous();
-  const at::Tensor tiles = tiles_.contiguous(), scale = scale_.contiguous();
-  const int64_t M = x.size(0), G = I / group;
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
+  const int64_t M = x.size(0), G = I / group, lanes = isa == 2 ? 16 : (isa == 1 ? 8 : 1);
   at::Tensor out = at::empty({M, O}, x.options());
-  for (int64_t m0 = 0; m0 < M; m0 += kDotRows) {
+  for (int64_t m0 = 0; m0 < M && O > 0; m0 += kDotRows) {
     const int64_t mb = std::min(kDotRows, M - m0), rows = padded_rows(mb);
     at::Tensor xq, xs, off, part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
     quantize_x(x.narrow(0, m0, mb), rows, group, bits == 4 ? 8 : 128, xq, xs, off);
-    const Dot d{(const int32_t*)xq.data_ptr<int8_t>(),
-                xs.data_ptr<float>(),
-                off.data_ptr<int32_t>(),
-                tiles.data_ptr<uint8_t>(),
-                bits == 4 ? scale.data_ptr<c10::BFloat16>() : nullptr,
-                bits == 8 ? scale.data_ptr<float>() : nullptr,
-                I, G, group, O, part.data_ptr<float>()};
-    at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
-      dot_rows(isa, use_vnni, rows, bits, d, t0, t1);
+    const Dot d{(const int32_t*)xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
+                off.data_ptr<int32_t>(), (const uint8_t*)q.data_ptr(), scale.data_ptr(),
+                scale_type(scale), I, G, group, O, part.data_ptr<float>()};
+    at::parallel_for(0, (O + lanes - 1) / lanes, 64 / lanes, [&](int64_t t0, int64_t t1) {
+      dot_rows(isa, use_vnni, rows, bits, d, t0 * lanes, std::min(O, t1 * lanes));
     });
     if (rows != mb) out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
   }
   return out;
 }
 
-at::Tensor int4_dot(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale,
-                    int64_t group, int64_t O, int64_t isa, int64_t vnni) {
-  return dot(x, tiles, scale, group, O, isa, vnni, 4);
+at::Tensor int4_dot(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                    int64_t group, int64_t isa, int64_t vnni) {
+  return dot(x, q, scale, group, isa, vnni, 4);
 }
 
-at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale,
-                    int64_t group, int64_t O, int64_t isa, int64_t vnni) {
-  return dot(x, tiles, scale, group, O, isa, vnni, 8);
+at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                    int64_t group, int64_t isa, int64_t vnni) {
+  return dot(x, q, scale, group, isa, vnni, 8);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
-  m.def("int4_dot(Tensor x, Tensor tiles, Tensor scale, int group, int out_features, int isa=-1, "
-        "int vnni=-1) -> Tensor",
+  m.def("int4_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
         &int4_dot);
-  m.def("int8_dot(Tensor x, Tensor tiles, Tensor scale, int group, int out_features, int isa=-1, "
-        "int vnni=-1) -> Tensor",
+  m.def("int8_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
         &int8_dot);
   m.def("cpu_vnni() -> int", &cpu_vnni);
 }
@@ -258,9 +276,32 @@ using vf = __m512;
 #define PG_V(op) _mm512_##op
 #define PG_SI(op) _mm512_##op##_si512
 inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
-inline vf scales(const c10::BFloat16* s) {  // 16 bfloat16 -> float32
-  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)s));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+// r[l] = 16 dwords of row l -> r[j] = dword j of rows 0..15 (in-lane unpacks, then 128-bit
+// lanes: after the unpacks r'[4q + c] lane k holds column 4k + c of rows 4q..4q + 3).
+inline void transpose(vi* r) {
+  vi t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44);
+    t[4 + c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
+    t[8 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+    t[12 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0xDD);
+  }
 }
 #elif PG_ISA == 1
 constexpr int L = 8;
@@ -271,14 +312,29 @@ using vf = __m256;
 #if PG_VNNI
 inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 #endif
-inline vf scales(const c10::BFloat16* s) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+inline void transpose(vi* r) {  // 8 x 8 dwords, as the AVX-512 one
+  vi t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm256_permute2x128_si256(r[c], r[4 + c], 0x20);
+    t[4 + c] = _mm256_permute2x128_si256(r[c], r[4 + c], 0x31);
+  }
+  for (int j = 0; j < 8; ++j) r[j] = t[j];
 }
 #endif
 #if PG_ISA >= 1  // the vector code of both, in PG_V's / PG_SI's width
 inline vi izero() { return PG_SI(setzero)(); }
 inline vi iload(const uint8_t* p) { return PG_SI(loadu)((const vi*)p); }
+inline vi flip(vi v) { return PG_SI(xor)(v, PG_V(set1_epi8)(-128)); }  // int8 -> code + 128
 inline vi lo4(vi v) { return PG_SI(and)(v, PG_V(set1_epi8)(15)); }
 inline vi hi4(vi v) { return PG_SI(and)(PG_V(srli_epi16)(v, 4), PG_V(set1_epi8)(15)); }
 inline vi iadd(vi a, vi b) { return PG_V(add_epi32)(a, b); }
@@ -305,17 +361,19 @@ inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) {
   return PG_V(fmadd_ps)(v, PG_V(mul_ps)(sc, PG_V(set1_ps)(xs)), f);
 }
 inline vf fzero() { return PG_V(setzero_ps)(); }
-inline vf fone() { return PG_V(set1_ps)(1.f); }
-inline vf fmul(vf a, const float* p) { return PG_V(mul_ps)(a, PG_V(loadu_ps)(p)); }
+inline vf fload(const float* p) { return PG_V(loadu_ps)(p); }
+inline vf fmul(vf a, vf b) { return PG_V(mul_ps)(a, b); }
 inline void fstore(float* p, vf v) { PG_V(storeu_ps)(p, v); }
 #undef PG_V
 #undef PG_SI
 #else
-constexpr int L = 1;  // portable scalar code: one output lane, its 4 bytes of a block
+constexpr int L = 1;  // portable scalar code: one output lane, a dword of one row
 using vi = int32_t;
 using vf = float;
+inline void transpose(vi*) {}
 inline vi izero() { return 0; }
 inline vi iload(const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
+inline vi flip(vi v) { return int32_t(uint32_t(v) ^ 0x80808080u); }
 inline vi lo4(vi v) { return int32_t(uint32_t(v) & 0x0F0F0F0Fu); }
 inline vi hi4(vi v) { return int32_t((uint32_t(v) >> 4) & 0x0F0F0F0Fu); }
 inline vi iadd(vi a, vi b) { return a + b; }
@@ -325,67 +383,97 @@ inline vi dot1(vi acc, vi c, int32_t x) {
 }
 inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) { return dot1(dot1(acc, lo, x[0]), hi, x[1]); }
 inline vi dot8(vi acc, vi u8, const int32_t* x) { return dot1(acc, u8, x[0]); }
-inline vf scales(const c10::BFloat16* s) { return float(s[0]); }
 inline vf group_sum(vi acc, int32_t off, vf sc, float xs, vf f) { return float(acc - off) * (sc * xs) + f; }
 inline vf fzero() { return 0.f; }
-inline vf fone() { return 1.f; }
-inline vf fmul(vf a, const float* p) { return a * *p; }
+inline vf fload(const float* p) { return *p; }
+inline vf fmul(vf a, vf b) { return a * b; }
 inline void fstore(float* p, vf v) { *p = v; }
 #endif
 
-// Tiles [t0, t1) for MB rows of x: per tile, 16 / L passes of L output lanes (one for AVX-512;
-// the second pass of AVX2 re-reads the tile from cache). Per group, U int32 accumulators per
-// row (independent dot-product chains for few rows), then one float32 step per group and row.
-// BITS 4: a block holds 8 inputs (x words 2b, 2b + 1); BITS 8: 4 inputs (x word b).
+// n dwords from `off` of each of the L rows (n <= L; past n: zeros), transposed: v[j] = dword j
+// of every row, lane l from row l.
+inline void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v) {
+  if (n == L) {
+    for (int l = 0; l < L; ++l) {
+      __builtin_prefetch(row[l] + off + kDotAhead);
+      v[l] = iload(row[l] + off);
+    }
+  } else {
+    alignas(64) uint8_t buf[L][4 * L] = {};
+    for (int l = 0; l < L; ++l) std::memcpy(buf[l], row[l] + off, n * 4);
+    for (int l = 0; l < L; ++l) v[l] = iload(buf[l]);
+  }
+  transpose(v);
+}
+
+// L scales of the rows o..o + L (clamped to O - 1) at `stride`, from index `at` on.
+inline vf row_scales(const Dot& d, int64_t o, int64_t stride, int64_t at) {
+  float buf[L];
+  for (int l = 0; l < L; ++l) buf[l] = scale_at(d, std::min(o + l, d.O - 1) * stride + at);
+  return fload(buf);
+}
+
+// Output rows [o0, o1) (o0 a multiple of L) for MB rows of x, L rows at a time: per L dwords
+// of the rows, one transposition; per group, U int32 accumulators per row of x (independent
+// dot-product chains for few rows), then one float32 step per group and row. Rows past O read
+// row O - 1 and are not stored. BITS 4: a dword holds 8 inputs (x words 2b, 2b + 1, permuted);
+// BITS 8: 4 inputs (x word b).
 template <int MB, int BITS>
-void dot_block(const Dot& d, int64_t t0, int64_t t1) {
-  constexpr int U = MB == 1 ? 4 : (MB == 2 ? 2 : 1);
-  constexpr int NV = 16 / L, IB = BITS == 4 ? 8 : 4;  // passes per tile; inputs per block
-  const int64_t B = d.group / IB, words = d.I / 4;    // blocks per group; x words per row
-  for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* tile = d.q + t * (d.I / IB) * 64;
-    for (int h = 0; h < NV; ++h) {
-      vf f[MB];
-      for (int m = 0; m < MB; ++m) f[m] = fzero();
-      for (int64_t g = 0; g < d.G; ++g) {
-        vi acc[U][MB];
-        for (int u = 0; u < U; ++u)
-          for (int m = 0; m < MB; ++m) acc[u][m] = izero();
-        for (int64_t b = g * B; b < (g + 1) * B; b += U) {
-          if (h == 0) __builtin_prefetch(tile + b * 64 + kDotAhead);
-          for (int u = 0; u < U; ++u) {
-            const vi v = iload(tile + (b + u) * 64 + h * (64 / NV));
-            if constexpr (BITS == 8) {
-              for (int m = 0; m < MB; ++m)
-                acc[u][m] = dot8(acc[u][m], v, d.x4 + m * words + b + u);
-            } else {
-              const vi lo = lo4(v), hi = hi4(v);
-              for (int m = 0; m < MB; ++m)
-                acc[u][m] = dot2(acc[u][m], lo, hi, d.x4 + m * words + 2 * (b + u));
-            }
+void dot_block(const Dot& d, int64_t o0, int64_t o1) {
+  constexpr int U = L == 1 ? 1 : (MB == 1 ? 4 : (MB == 2 ? 2 : 1));
+  constexpr int IB = BITS == 4 ? 8 : 4;                // inputs per dword
+  const int64_t B = d.group / IB, words = d.I / 4;      // dwords per group; x words per row
+  const int64_t nd = d.I / IB, stride = nd * 4;         // dwords, bytes per weight row
+  for (int64_t o = o0; o < o1; o += L) {
+    const uint8_t* row[L];
+    for (int l = 0; l < L; ++l) row[l] = d.q + std::min(o + l, d.O - 1) * stride;
+    vf f[MB];
+    vi acc[U][MB];
+    for (int m = 0; m < MB; ++m) f[m] = fzero();
+    for (int u = 0; u < U; ++u)
+      for (int m = 0; m < MB; ++m) acc[u][m] = izero();
+    int64_t g = 0, left = B;  // the group; its dwords still to come
+    for (int64_t c = 0; c < nd; c += L) {
+      vi v[L];
+      const int64_t n = std::min<int64_t>(L, nd - c);
+      load_rows(row, c * 4, n, v);
+      for (int64_t j = 0; j < n; j += U) {
+        for (int u = 0; u < U; ++u) {
+          const int64_t b = c + j + u;
+          if constexpr (BITS == 8) {
+            const vi w = flip(v[j + u]);
+            for (int m = 0; m < MB; ++m) acc[u][m] = dot8(acc[u][m], w, d.x4 + m * words + b);
+          } else {
+            const vi lo = lo4(v[j + u]), hi = hi4(v[j + u]);
+            for (int m = 0; m < MB; ++m)
+              acc[u][m] = dot2(acc[u][m], lo, hi, d.x4 + m * words + 2 * b);
           }
         }
-        const vf sc = BITS == 4 ? scales(d.s + (t * d.G + g) * 16 + h * L) : fone();
+        if ((left -= U) > 0) continue;
+        const vf sc = BITS == 4 ? row_scales(d, o, d.G, g) : fload(kOnes);
         for (int m = 0; m < MB; ++m) {
           for (int u = 1; u < U; ++u) acc[0][m] = iadd(acc[0][m], acc[u][m]);
           f[m] = group_sum(acc[0][m], d.off[m * d.G + g], sc, d.xs[m * d.G + g], f[m]);
+          for (int u = 0; u < U; ++u) acc[u][m] = izero();
         }
+        ++g, left = B;
       }
-      const int64_t o = t * 16 + h * L, n = std::min<int64_t>(L, d.O - o);
-      for (int m = 0; m < MB && n > 0; ++m) {
-        float buf[L];
-        fstore(buf, BITS == 8 ? fmul(f[m], d.rs + o) : f[m]);
-        std::memcpy(d.out + m * d.O + o, buf, n * sizeof(float));
-      }
+    }
+    const vf rs = BITS == 8 ? row_scales(d, o, 1, 0) : fload(kOnes);
+    const int64_t n = std::min<int64_t>(L, d.O - o);
+    for (int m = 0; m < MB; ++m) {
+      float buf[L];
+      fstore(buf, fmul(f[m], rs));
+      std::memcpy(d.out + m * d.O + o, buf, n * sizeof(float));
     }
   }
 }
 
-void dot_tiles(int64_t mb, int bits, const Dot& d, int64_t t0, int64_t t1) {
+void dot_tiles(int64_t mb, int bits, const Dot& d, int64_t o0, int64_t o1) {
   if (bits == 8) {
-    DOT_DISPATCH(mb, (dot_block<MB, 8>(d, t0, t1)));
+    DOT_DISPATCH(mb, (dot_block<MB, 8>(d, o0, o1)));
   } else {
-    DOT_DISPATCH(mb, (dot_block<MB, 4>(d, t0, t1)));
+    DOT_DISPATCH(mb, (dot_block<MB, 4>(d, o0, o1)));
   }
 }
 

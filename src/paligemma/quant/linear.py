@@ -10,8 +10,8 @@ Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 
 never an expanded copy):
     up to DOT_ROWS rows of x in an INT8_ACTIVATIONS dtype (bfloat16, float16: decoding): our
         int4 / int8 x int8-activation kernels (int4_dot.cpp: x quantised per row and group,
-        integer dot products, one pass over the weight for all rows; a tiled copy of the weight,
-        tiles.py; int8 from 2 rows, where its float kernel turns compute-bound);
+        integer dot products, one pass over the saved weight for all rows, no copy; int8 from
+        2 rows, where its float kernel turns compute-bound);
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
@@ -34,7 +34,6 @@ from torch import nn
 
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
-from . import tiles
 
 KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
 DOT_ROWS = 16  # int4_dot / int8_dot: at most this many rows (one pass over the weight for all)
@@ -82,9 +81,7 @@ class _QuantizedLinear(nn.Module):
         if self.in_features % group or not cpu_kernels.available():
             return None
         op = torch.ops.paligemma_cpu.int4_dot if bits == 4 else torch.ops.paligemma_cpu.int8_dot
-        packed = self._cached(f"tiles{bits}", tiles.pack if bits == 4 else tiles.pack8)
-        isa, vnni = cpu_kernels.isa(), cpu_kernels.vnni()
-        return op(flat, *packed, group, self.out_features, isa, vnni)
+        return op(flat, self.weight, self.scale, group, cpu_kernels.isa(), cpu_kernels.vnni())
 
 
 class Int8Linear(_QuantizedLinear):

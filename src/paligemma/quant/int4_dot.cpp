@@ -47,7 +47,6 @@ int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's
 namespace {
 
 constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights
-constexpr int64_t kDotAhead = 512;  // bytes of each weight row requested ahead of use
 
 // What one call reads: x quantised (xq as 4-byte words), its scales and sums, the weights.
 struct Dot {
@@ -278,6 +277,14 @@ using vf = __m512;
 inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
 // r[l] = 16 dwords of row l -> r[j] = dword j of rows 0..15 (in-lane unpacks, then 128-bit
 // lanes: after the unpacks r'[4q + c] lane k holds column 4k + c of rows 4q..4q + 3).
+inline vi as_int(vf v) { return _mm512_castps_si512(v); }
+inline vf as_float(vi v) { return _mm512_castsi512_ps(v); }
+inline vf cvt_scales(const void* p, int stype) {  // 16 float32 / bfloat16 / float16
+  if (stype == 0) return _mm512_loadu_ps(p);
+  const __m256i h = _mm256_loadu_si256((const __m256i*)p);
+  if (stype == 1) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
+}
 inline void transpose(vi* r) {
   vi t[16];
   for (int i = 0; i < 16; i += 2) {
@@ -312,6 +319,14 @@ using vf = __m256;
 #if PG_VNNI
 inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 #endif
+inline vi as_int(vf v) { return _mm256_castps_si256(v); }
+inline vf as_float(vi v) { return _mm256_castsi256_ps(v); }
+inline vf cvt_scales(const void* p, int stype) {  // 8 float32 / bfloat16 / float16
+  if (stype == 0) return _mm256_loadu_ps((const float*)p);
+  const __m128i h = _mm_loadu_si128((const __m128i*)p);
+  if (stype == 1) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
 inline void transpose(vi* r) {  // 8 x 8 dwords, as the AVX-512 one
   vi t[8];
   for (int i = 0; i < 8; i += 2) {
@@ -371,6 +386,12 @@ constexpr int L = 1;  // portable scalar code: one output lane, a dword of one r
 using vi = int32_t;
 using vf = float;
 inline void transpose(vi*) {}
+inline vf cvt_scales(const void* p, int stype) {
+  return stype == 0 ? *(const float*)p
+                    : (stype == 1 ? float(*(const c10::BFloat16*)p) : float(*(const c10::Half*)p));
+}
+inline vi as_int(vf v) { vi i; std::memcpy(&i, &v, 4); return i; }
+inline vf as_float(vi i) { vf v; std::memcpy(&v, &i, 4); return v; }
 inline vi izero() { return 0; }
 inline vi iload(const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
 inline vi flip(vi v) { return int32_t(uint32_t(v) ^ 0x80808080u); }
@@ -392,12 +413,13 @@ inline void fstore(float* p, vf v) { *p = v; }
 
 // n dwords from `off` of each of the L rows (n <= L; past n: zeros), transposed: v[j] = dword j
 // of every row, lane l from row l.
-inline void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v) {
+// `ahead`: L * L * 4 bytes of the next L rows (contiguous), prefetched to L2 at the pace they
+// are read (the rows' L strided streams are a poor pattern for the hardware prefetchers).
+inline void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v,
+                      const uint8_t* ahead) {
+  for (int k = 0; k < 4 * L * L; k += 64) __builtin_prefetch(ahead + k, 0, 2);
   if (n == L) {
-    for (int l = 0; l < L; ++l) {
-      __builtin_prefetch(row[l] + off + kDotAhead);
-      v[l] = iload(row[l] + off);
-    }
+    for (int l = 0; l < L; ++l) v[l] = iload(row[l] + off);
   } else {
     alignas(64) uint8_t buf[L][4 * L] = {};
     for (int l = 0; l < L; ++l) std::memcpy(buf[l], row[l] + off, n * 4);
@@ -406,10 +428,25 @@ inline void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v) 
   transpose(v);
 }
 
-// L scales of the rows o..o + L (clamped to O - 1) at `stride`, from index `at` on.
-inline vf row_scales(const Dot& d, int64_t o, int64_t stride, int64_t at) {
+// int4: the scales of groups g0 + k (k < n <= L) of rows o..o + L (clamped to O - 1), one
+// vector per group (sc[k], lane l: row o + l), converted and transposed as the weights are.
+inline void group_scales(const Dot& d, int64_t o, int64_t g0, int64_t n, vf* sc) {
+  const int64_t size = d.stype == 0 ? 4 : 2;
+  vi r[L];
+  for (int l = 0; l < L; ++l) {
+    const uint8_t* p = (const uint8_t*)d.s + (std::min(o + l, d.O - 1) * d.G + g0) * size;
+    alignas(64) uint8_t buf[4 * L] = {};
+    if (n < L) p = (const uint8_t*)std::memcpy(buf, p, n * size);
+    r[l] = as_int(cvt_scales(p, d.stype));
+  }
+  transpose(r);
+  for (int k = 0; k < L; ++k) sc[k] = as_float(r[k]);
+}
+
+// int8: the scales of rows o..o + L (clamped to O - 1).
+inline vf row_scales(const Dot& d, int64_t o) {
   float buf[L];
-  for (int l = 0; l < L; ++l) buf[l] = scale_at(d, std::min(o + l, d.O - 1) * stride + at);
+  for (int l = 0; l < L; ++l) buf[l] = scale_at(d, std::min(o + l, d.O - 1));
   return fload(buf);
 }
 
@@ -427,7 +464,7 @@ void dot_block(const Dot& d, int64_t o0, int64_t o1) {
   for (int64_t o = o0; o < o1; o += L) {
     const uint8_t* row[L];
     for (int l = 0; l < L; ++l) row[l] = d.q + std::min(o + l, d.O - 1) * stride;
-    vf f[MB];
+    vf f[MB], sc[L];
     vi acc[U][MB];
     for (int m = 0; m < MB; ++m) f[m] = fzero();
     for (int u = 0; u < U; ++u)
@@ -436,8 +473,8 @@ void dot_block(const Dot& d, int64_t o0, int64_t o1) {
     for (int64_t c = 0; c < nd; c += L) {
       vi v[L];
       const int64_t n = std::min<int64_t>(L, nd - c);
-      load_rows(row, c * 4, n, v);
-      for (int64_t j = 0; j < n; j += U) {
+      load_rows(row, c * 4, n, v, d.q + (o + L) * stride + c * 4 * L);
+      auto step = [&](int64_t j) __attribute__((always_inline)) {
         for (int u = 0; u < U; ++u) {
           const int64_t b = c + j + u;
           if constexpr (BITS == 8) {
@@ -449,17 +486,24 @@ void dot_block(const Dot& d, int64_t o0, int64_t o1) {
               acc[u][m] = dot2(acc[u][m], lo, hi, d.x4 + m * words + 2 * b);
           }
         }
-        if ((left -= U) > 0) continue;
-        const vf sc = BITS == 4 ? row_scales(d, o, d.G, g) : fload(kOnes);
+        if ((left -= U) > 0) return;
+        if (BITS == 4 && g % L == 0) group_scales(d, o, g, std::min<int64_t>(L, d.G - g), sc);
+        const vf s = BITS == 4 ? sc[g % L] : fload(kOnes);
         for (int m = 0; m < MB; ++m) {
           for (int u = 1; u < U; ++u) acc[0][m] = iadd(acc[0][m], acc[u][m]);
-          f[m] = group_sum(acc[0][m], d.off[m * d.G + g], sc, d.xs[m * d.G + g], f[m]);
+          f[m] = group_sum(acc[0][m], d.off[m * d.G + g], s, d.xs[m * d.G + g], f[m]);
           for (int u = 0; u < U; ++u) acc[u][m] = izero();
         }
         ++g, left = B;
+      };
+      if (n == L) {  // unrolled: v stays in registers
+#pragma GCC unroll 16
+        for (int j = 0; j < L; j += U) step(j);
+      } else {
+        for (int64_t j = 0; j < n; j += U) step(j);
       }
     }
-    const vf rs = BITS == 8 ? row_scales(d, o, 1, 0) : fload(kOnes);
+    const vf rs = BITS == 8 ? row_scales(d, o) : fload(kOnes);
     const int64_t n = std::min<int64_t>(L, d.O - o);
     for (int m = 0; m < MB; ++m) {
       float buf[L];

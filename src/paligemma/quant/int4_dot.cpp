@@ -43,6 +43,7 @@
 #endif
 
 int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's three
+#define PG_INLINE inline __attribute__((always_inline))
 
 namespace {
 
@@ -285,7 +286,7 @@ inline vf cvt_scales(const void* p, int stype) {  // 16 float32 / bfloat16 / flo
   if (stype == 1) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   return _mm512_cvtph_ps(h);
 }
-inline void transpose(vi* r) {
+PG_INLINE void transpose(vi* r) {
   vi t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
@@ -327,7 +328,7 @@ inline vf cvt_scales(const void* p, int stype) {  // 8 float32 / bfloat16 / floa
   if (stype == 1) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   return _mm256_cvtph_ps(h);
 }
-inline void transpose(vi* r) {  // 8 x 8 dwords, as the AVX-512 one
+PG_INLINE void transpose(vi* r) {  // 8 x 8 dwords, as the AVX-512 one
   vi t[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
@@ -415,7 +416,7 @@ inline void fstore(float* p, vf v) { *p = v; }
 // of every row, lane l from row l.
 // `ahead`: L * L * 4 bytes of the next L rows (contiguous), prefetched to L2 at the pace they
 // are read (the rows' L strided streams are a poor pattern for the hardware prefetchers).
-inline void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v,
+PG_INLINE void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v,
                       const uint8_t* ahead) {
   for (int k = 0; k < 4 * L * L; k += 64) __builtin_prefetch(ahead + k, 0, 2);
   if (n == L) {
@@ -430,7 +431,7 @@ inline void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v,
 
 // int4: the scales of groups g0 + k (k < n <= L) of rows o..o + L (clamped to O - 1), one
 // vector per group (sc[k], lane l: row o + l), converted and transposed as the weights are.
-inline void group_scales(const Dot& d, int64_t o, int64_t g0, int64_t n, vf* sc) {
+PG_INLINE void group_scales(const Dot& d, int64_t o, int64_t g0, int64_t n, vf* sc) {
   const int64_t size = d.stype == 0 ? 4 : 2;
   vi r[L];
   for (int l = 0; l < L; ++l) {

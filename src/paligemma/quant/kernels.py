@@ -12,7 +12,7 @@ avx512 | avx2 forces it off, avx512vnni | avxvnni names the VNNI levels (`vnni()
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
         y = torch.ops.paligemma_cpu.int4_matmul(x, q, scale, group, cpu_kernels.isa())
-        y = torch.ops.paligemma_cpu.int4_dot(x, tiles, tile_scale, group, O, isa(), vnni())
+        y = torch.ops.paligemma_cpu.int4_dot(x, q, scale, group, isa(), vnni())  # int8 x
 
 Cache: $PALIGEMMA_CACHE or ~/.cache/paligemma, keyed by the source, torch's version and build
 flags, and the CPU's model and flags, so a copied home directory never loads a foreign build.

@@ -14,6 +14,7 @@ the two products agree.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import subprocess
 import tempfile
@@ -44,7 +45,9 @@ def git_show(base: str, path: str) -> str:
 
 def build_tiled(base: str, tmp: Path) -> types.ModuleType:
     """Loads the tiled kernel of `base` as torch.ops.paligemma_tiled; returns its tiles.py."""
-    src = git_show(base, "src/paligemma/quant/int4_dot.cpp").replace("paligemma_cpu", "paligemma_tiled")
+    src = git_show(base, "src/paligemma/quant/int4_dot.cpp").replace(
+        "paligemma_cpu", "paligemma_tiled"
+    )
     (tmp / "tiled.cpp").write_text(src)
     (tmp / "stub.cpp").write_text(STUB)
     out = tmp / "tiled.so"
@@ -91,24 +94,31 @@ def main() -> None:
     linear.weight = torch.nn.Parameter(w, requires_grad=False)
     layers = {4: q.Int4Linear.from_linear(linear), 8: q.Int8Linear.from_linear(linear)}
     new, old = torch.ops.paligemma_cpu, torch.ops.paligemma_tiled
-    print(f"{o} x {i}, {torch.get_num_threads()} thread(s), scales {args.scale_dtype}, "
-          f"isa {kernels.isa()}, tiled at {args.base}")
+    print(
+        f"{o} x {i}, {torch.get_num_threads()} thread(s), scales {args.scale_dtype}, "
+        f"isa {kernels.isa()}, tiled at {args.base}"
+    )
     for bits, layer in layers.items():
         group = layer.group if bits == 4 else q.INT8_DOT_GROUP
         packed = (tiles.pack if bits == 4 else tiles.pack8)(layer.weight, layer.scale)
         for rows in args.rows:
             x = torch.randn(rows, i).to(torch.bfloat16)
-            op_new, op_old = (new.int4_dot, old.int4_dot) if bits == 4 else (new.int8_dot, old.int8_dot)
+            op_new, op_old = (
+                (new.int4_dot, old.int4_dot) if bits == 4 else (new.int8_dot, old.int8_dot)
+            )
             fns = {
-                "tiled": lambda: op_old(x, *packed, group, o),
-                "direct": lambda: op_new(x, layer.weight, layer.scale, group),
+                "tiled": functools.partial(op_old, x, *packed, group, o),
+                "direct": functools.partial(op_new, x, layer.weight, layer.scale, group),
             }
             a, b = fns["tiled"](), fns["direct"]()
             err = float((a - b).norm() / a.norm())
             t = medians(fns, args.rounds)
-            print(f"  int{bits} {rows:2} row(s): tiled {t['tiled'] * 1e3:7.3f} ms  direct "
-                  f"{t['direct'] * 1e3:7.3f} ms  direct/tiled {t['direct'] / t['tiled']:.3f}"
-                  f"  (rel diff {err:.1e})", flush=True)
+            print(
+                f"  int{bits} {rows:2} row(s): tiled {t['tiled'] * 1e3:7.3f} ms  direct "
+                f"{t['direct'] * 1e3:7.3f} ms  direct/tiled {t['direct'] / t['tiled']:.3f}"
+                f"  (rel diff {err:.1e})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ counts the bytes the path must read (codes + scales, or the bfloat16 matrix). Pa
 bfloat16 F.linear; int8 ours on every instruction set this CPU has (quant/kernels.cpp) and
 torch's _weight_int8pack_mm; int4 ours likewise (float products), "int4 / int8 dot ours" (int8
 activations, integer dot products: quant/int4_dot.cpp, each instruction set with and without
-VNNI; they read the saved codes and scales as they are) and torch's _weight_int4pack_mm_for_cpu (its own packed layout). A path this build lacks
+VNNI; they read the saved codes and scales as they are) and torch's _weight_int4pack_mm_for_cpu
+(its own packed layout). A path this build lacks
 is reported as such. With several --rows, a summary follows: int4 dot's time per product over
 int8's (the issue's target: <= 0.55) and its throughput at N rows over 1 row.
 """

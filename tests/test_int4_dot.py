@@ -62,7 +62,7 @@ def test_int4_dot_matches_float64_on_every_path():
     assert len(paths) >= 3  # scalar, and the x86 CI hosts' AVX2 at least
     shapes = ((40, 64, 32), (33, 128, 64), (16, 384, 128), (70, 192, 64), (9, 1088, 32))
     for (isa, vnni), rows in ((p, r) for p in paths for r in (1, 2, 3, 5, 8, 13, 16, 17)):
-        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2):
+        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2, strict=False):
             x = torch.randn(rows, i)
             x[0, :group] = 0
             x[-1] = 0 if rows > 2 else x[-1]
@@ -137,7 +137,7 @@ def test_int8_dot_matches_float64_on_every_path():
     torch.manual_seed(0)
     shapes = ((40, 64, 32), (33, 128, 64), (70, 192, 64), (9, 1088, 32))
     for (isa, vnni), rows in ((p, r) for p in variants() for r in (1, 2, 5, 16, 17)):
-        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2):
+        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2, strict=False):
             x = torch.randn(rows, i).to(torch.bfloat16)
             x[0, :group] = 0
             codes = torch.randint(-128, 128, (o, i), dtype=torch.int8)

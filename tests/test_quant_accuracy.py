@@ -17,8 +17,8 @@ import torch
 from conftest import make_batch, tiny_hf_model
 
 import paligemma
-from paligemma.quant import linear as q
 from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import linear as q
 
 BOUNDS = {"int8": (1e-4, 0.8), "int4": (6e-3, 0.2)}  # mode: (max KL, min agreement)
 

@@ -35,6 +35,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SOURCES = (SOURCE, SOURCE.with_name("int4_dot.cpp"))  # compiled into one library
+HEADERS = (SOURCE.with_name("int4_dot_body.h"),)  # included by them (part of the cache key)
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
@@ -72,7 +73,7 @@ def _command(compiler: str, out: Path) -> list[str]:
 
 
 def _key(cmd: list[str]) -> str:
-    h = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES))
+    h = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS))
     flags = " ".join(cmd[len(SOURCES) + 4 :])  # after compiler, sources, -o out, -shared
     for part in (torch.__version__, torch.__config__.show(), flags, _cpu_id()):
         h.update(part.encode())

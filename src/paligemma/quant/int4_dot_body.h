@@ -10,8 +10,6 @@ using vf = __m512;
 #define PG_V(op) _mm512_##op
 #define PG_SI(op) _mm512_##op##_si512
 inline vi dpbusd(vi acc, vi u8, vi s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
-// r[l] = 16 dwords of row l -> r[j] = dword j of rows 0..15 (in-lane unpacks, then 128-bit
-// lanes: after the unpacks r'[4q + c] lane k holds column 4k + c of rows 4q..4q + 3).
 inline vi as_int(vf v) { return _mm512_castps_si512(v); }
 inline vf as_float(vi v) { return _mm512_castsi512_ps(v); }
 inline vf cvt_scales(const void* p, int stype) {  // 16 float32 / bfloat16 / float16
@@ -20,18 +18,10 @@ inline vf cvt_scales(const void* p, int stype) {  // 16 float32 / bfloat16 / flo
   if (stype == 1) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   return _mm512_cvtph_ps(h);
 }
-PG_INLINE void transpose(vi* r) {
+// transpose's 128-bit stage: r[4q + c] lane k (column 4k + c of rows 4q..4q + 3) -> r[j] =
+// column j of rows 0..15.
+PG_INLINE void transpose_lanes(vi* r) {
   vi t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
   for (int c = 0; c < 4; ++c) {
     t[c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44);
     t[4 + c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
@@ -62,18 +52,8 @@ inline vf cvt_scales(const void* p, int stype) {  // 8 float32 / bfloat16 / floa
   if (stype == 1) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   return _mm256_cvtph_ps(h);
 }
-PG_INLINE void transpose(vi* r) {  // 8 x 8 dwords, as the AVX-512 one
+PG_INLINE void transpose_lanes(vi* r) {  // as the AVX-512 one, for 8 x 8
   vi t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
   for (int c = 0; c < 4; ++c) {
     t[c] = _mm256_permute2x128_si256(r[c], r[4 + c], 0x20);
     t[4 + c] = _mm256_permute2x128_si256(r[c], r[4 + c], 0x31);
@@ -82,6 +62,22 @@ PG_INLINE void transpose(vi* r) {  // 8 x 8 dwords, as the AVX-512 one
 }
 #endif
 #if PG_ISA >= 1  // the vector code of both, in PG_V's / PG_SI's width
+// r[l] = L dwords of row l -> r[j] = dword j of rows 0..L - 1: in-lane unpacks (r[4q + c] lane
+// k = column 4k + c of rows 4q..4q + 3), then transpose_lanes.
+PG_INLINE void transpose(vi* r) {
+  vi t[L];
+  for (int i = 0; i < L; i += 2) {
+    t[i] = PG_V(unpacklo_epi32)(r[i], r[i + 1]);
+    t[i + 1] = PG_V(unpackhi_epi32)(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < L; i += 4) {
+    r[i] = PG_V(unpacklo_epi64)(t[i], t[i + 2]);
+    r[i + 1] = PG_V(unpackhi_epi64)(t[i], t[i + 2]);
+    r[i + 2] = PG_V(unpacklo_epi64)(t[i + 1], t[i + 3]);
+    r[i + 3] = PG_V(unpackhi_epi64)(t[i + 1], t[i + 3]);
+  }
+  transpose_lanes(r);
+}
 inline vi izero() { return PG_SI(setzero)(); }
 inline vi iload(const uint8_t* p) { return PG_SI(loadu)((const vi*)p); }
 inline vi flip(vi v) { return PG_SI(xor)(v, PG_V(set1_epi8)(-128)); }  // int8 -> code + 128

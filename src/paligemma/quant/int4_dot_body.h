@@ -148,7 +148,7 @@ inline void fstore(float* p, vf v) { *p = v; }
 // are read (the rows' L strided streams are a poor pattern for the hardware prefetchers).
 PG_INLINE void load_rows(const uint8_t* const* row, int64_t off, int64_t n, vi* v,
                       const uint8_t* ahead) {
-  for (int k = 0; k < 4 * L * L; k += 64) __builtin_prefetch(ahead + k, 0, 2);
+  for (int k = 0; k < 4 * L * L; k += 64) __builtin_prefetch(ahead + k, 0, 3);
   if (n == L) {
     for (int l = 0; l < L; ++l) v[l] = iload(row[l] + off);
   } else {

@@ -12,6 +12,7 @@
 //       out[m, o] = sum_i x[m, i] * (code[o, i] - 8) * scale[o, i / group]
 //       (q: the portable layout of linear.py, two codes per byte, low nibble first; G = I/group)
 //   cpu_isa() -> int: the best path this CPU runs (2 AVX-512, 1 AVX2 + FMA, 0 scalar)
+//   (int4_dot.cpp, linked into the same library, adds int4 x int8-activation products)
 //   quantize(w f32|bf16[O, I], bits 8|4, group) -> (codes, scale f32): linear.quantize_weight's
 //       codes in one pass over w (the same float32 arithmetic, round half to even)
 //
@@ -92,9 +93,7 @@ namespace pg_scalar {
 }  // namespace pg_scalar
 #undef PG_ISA_BODY
 
-namespace {
-
-int64_t cpu_isa() {
+int64_t pg_cpu_isa() {  // also int4_dot.cpp's
 #ifdef PG_HAS_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -105,8 +104,10 @@ int64_t cpu_isa() {
   return 0;
 }
 
+namespace {
+
 int64_t checked_isa(int64_t isa) {
-  const int64_t best = cpu_isa();
+  const int64_t best = pg_cpu_isa();
   TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
   return isa < 0 ? best : isa;
 }
@@ -223,7 +224,7 @@ TORCH_LIBRARY(paligemma_cpu, m) {
   m.def("int8_matmul(Tensor x, Tensor q, Tensor scale, int isa=-1) -> Tensor", &int8_matmul);
   m.def("int4_matmul(Tensor x, Tensor q, Tensor scale, int group, int isa=-1) -> Tensor",
         &int4_matmul);
-  m.def("cpu_isa() -> int", &cpu_isa);
+  m.def("cpu_isa() -> int", &pg_cpu_isa);
   m.def("quantize(Tensor w, int bits, int group) -> (Tensor, Tensor)", &quantize);
 }
 

@@ -5,11 +5,14 @@ the installed torch) into a cache directory and loads it; the ops then live unde
 `torch.ops.paligemma_cpu`. No compiler, a failed build, or PALIGEMMA_CPU_KERNELS=0: `available()`
 is False and the quantised layers use PyTorch's own kernels (same results, slower decoding).
 The source holds an AVX-512, an AVX2 + FMA and a scalar loop, chosen at run time from the CPU's
-flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs).
+flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs). The int4 x
+int8-activation kernel (int4_dot.cpp) also uses VNNI where the CPU has it: PALIGEMMA_CPU_ISA=
+avx512 | avx2 forces it off, avx512vnni | avxvnni names the VNNI levels (`vnni()`).
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
         y = torch.ops.paligemma_cpu.int4_matmul(x, q, scale, group, cpu_kernels.isa())
+        y = torch.ops.paligemma_cpu.int4_dot(x, q, scale, group, isa(), vnni())  # int8 x
 
 Cache: $PALIGEMMA_CACHE or ~/.cache/paligemma, keyed by the source, torch's version and build
 flags, and the CPU's model and flags, so a copied home directory never loads a foreign build.
@@ -31,11 +34,12 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"))  # one library; dequant.cpp: prefill tiles
-HEADERS = (SOURCE.with_name("dequant_isa.h"),)  # (in the cache key too)
+SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"), SOURCE.with_name("int4_dot.cpp"))  # one library
+HEADERS = (SOURCE.with_name("dequant_isa.h"), SOURCE.with_name("int4_dot_body.h"))  # cache key too
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
+VNNI = {"avxvnni": 1, "avx512vnni": 2}  # int4_dot's VNNI levels: name -> path
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path
@@ -69,8 +73,8 @@ def _command(compiler: str, out: Path) -> list[str]:
 
 
 def _key(cmd: list[str]) -> str:
-    h = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS))
-    flags = " ".join(cmd[len(SOURCES) + 4 :])  # (not the output path)
+    h = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS))
+    flags = " ".join(cmd[len(SOURCES) + 4 :])  # after compiler, sources, -o out, -shared
     for part in (torch.__version__, torch.__config__.show(), flags, _cpu_id()):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -126,9 +130,16 @@ def isa() -> int:
         _state["best"] = int(torch.ops.paligemma_cpu.cpu_isa())
     best = int(_state["best"])
     name = os.environ.get(ENV_ISA, "")
-    if name and name not in ISAS:
-        raise ValueError(f"{ENV_ISA} must be one of {', '.join(ISAS)}, got {name!r}")
-    return min(ISAS[name], best) if name else best
+    levels = ISAS | VNNI
+    if name and name not in levels:
+        raise ValueError(f"{ENV_ISA} must be one of {', '.join(levels)}, got {name!r}")
+    return min(levels[name], best) if name else best
+
+
+def vnni() -> int:
+    """int4_dot's dot product: -1 the CPU's (VNNI where it has it), 0 without VNNI (when
+    PALIGEMMA_CPU_ISA names a level below the VNNI ones). Needs available()."""
+    return 0 if os.environ.get(ENV_ISA, "") in ISAS else -1
 
 
 def why_not() -> str | None:

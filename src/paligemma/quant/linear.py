@@ -8,6 +8,10 @@ Int4Head, tensors `decoder.head.weight` and `.scale`). store.py says how such a 
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
+    up to DOT_ROWS rows of x in an INT8_ACTIVATIONS dtype (bfloat16, float16: decoding): our
+        int4 / int8 x int8-activation kernels (int4_dot.cpp: x quantised per row and group,
+        integer dot products, one pass over the saved weight for all rows, no copy; int8 from
+        2 rows, where its float kernel turns compute-bound);
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
@@ -34,6 +38,11 @@ from ..gemma import TiedHead
 from . import kernels as cpu_kernels
 
 KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
+DOT_ROWS = 16  # int4_dot / int8_dot: at most this many rows (one pass over the weight for all)
+INT8_DOT_GROUP = 64  # int8_dot: inputs per activation scale (int4_dot uses the weight's group)
+# Activation dtypes that the dot kernels quantise to int8: they carry 8 significant bits at most,
+# as int8 does per group; float32 activations keep float products (exact to float32 rounding).
+INT8_ACTIVATIONS = (torch.bfloat16, torch.float16)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
 CHUNK = 4096  # output rows dequantised at a time for larger inputs (in Python)
 TILE = 256  # ... in C++ (dequant.cpp), per GEMM call: the fastest measured (bench_quant_prefill)
@@ -57,6 +66,26 @@ class _QuantizedLinear(nn.Module):
         if out is None:
             out = _chunked(self, flat)
         return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
+
+    def _cached(self, name: str, build) -> tuple[torch.Tensor, ...]:
+        """build(weight, scale), kept until either tensor changes (a kernel's own layout; never
+        saved)."""
+        w, s = self.weight, self.scale
+        key = (w.data_ptr(), w._version, s.data_ptr(), s._version)
+        cache = self.__dict__.setdefault("_layouts", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, build(w, s))
+        return cache[name][1]
+
+    def _dot(self, flat: torch.Tensor, bits: int, group: int, min_rows: int = 1):
+        """int4_dot / int8_dot's product, or None where it does not apply."""
+        rows, dtype = len(flat), flat.dtype
+        if not (min_rows <= rows <= DOT_ROWS and dtype in INT8_ACTIVATIONS and group % 32 == 0):
+            return None
+        if self.in_features % group or not cpu_kernels.available():
+            return None
+        op = torch.ops.paligemma_cpu.int4_dot if bits == 4 else torch.ops.paligemma_cpu.int8_dot
+        return op(flat, self.weight, self.scale, group, cpu_kernels.isa(), cpu_kernels.vnni())
 
 
 class Int8Linear(_QuantizedLinear):
@@ -82,6 +111,9 @@ class Int8Linear(_QuantizedLinear):
         return self.weight[rows].to(self.scale.dtype) * self.scale[rows, None]
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
+        out = self._dot(flat, 8, INT8_DOT_GROUP, min_rows=2)
+        if out is not None:
+            return out
         if len(flat) <= KERNEL_ROWS and cpu_kernels.available():
             return torch.ops.paligemma_cpu.int8_matmul(
                 flat, self.weight, self.scale, cpu_kernels.isa()
@@ -132,17 +164,19 @@ class Int4Linear(_QuantizedLinear):
         return (w * self.scale[start:end, :, None]).view(len(codes), self.in_features)
 
     def _packed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The CPU kernel's own layout, built once from the portable one (never saved)."""
-        w, s = self.weight, self.scale
-        key = (w.data_ptr(), w._version, s.data_ptr(), s._version)
-        if getattr(self, "_cache_key", None) != key:
+        """PyTorch's int4 kernel's own layout, built once from the portable one (never saved)."""
+
+        def build(w, s):
             packed = torch._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
             scale = s.to(torch.bfloat16).T  # (G, O); the kernel computes (q - 8) * scale + zero
-            self._cache = (packed, torch.stack([scale, torch.zeros_like(scale)], -1).contiguous())
-            self._cache_key = key
-        return self._cache
+            return packed, torch.stack([scale, torch.zeros_like(scale)], -1).contiguous()
+
+        return self._cached("torch", build)
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
+        out = self._dot(flat, 4, self.group)
+        if out is not None:
+            return out
         if len(flat) <= KERNEL_ROWS and self.group % 32 == 0 and cpu_kernels.available():
             ops = torch.ops.paligemma_cpu
             return ops.int4_matmul(flat, self.weight, self.scale, self.group, cpu_kernels.isa())

@@ -1,0 +1,265 @@
+// int4 (and int8) weights times int8 activations with integer dot products, for 1..16 rows of x
+// (decoding, beams, the serving engine's batches), on the CPU. Built with kernels.cpp into one
+// library.
+//
+// kernels.cpp's int4 loop widens every code to float and is compute-bound (~14 GB/s on 2 cores
+// where int8 streams ~50). Here the activations are quantised per (row, group) to int8 (symmetric,
+// dynamic) and each weight code meets its activation in an integer dot product: AVX-512-VNNI
+// vpdpbusd, AVX-VNNI on AVX2 hosts that have it, maddubs + madd on plain AVX2 / AVX-512, or a
+// scalar loop. Sums stay int32 within a group; each group is then scaled in float32.
+//
+// The weights are read in linear.py's saved layout, never copied: int4 q uint8[O, I/2] (byte j of
+// row o: code[o, 2j] low nibble, code[o, 2j + 1] high; codes 0..15 for -8..7), int8 q int8[O, I].
+// A pass loads L rows x L dwords (L = 16 output lanes for AVX-512, 8 for AVX2) and transposes
+// the dwords in registers, so vector j holds dword j of each row: 8 int4 inputs (4 int8) per
+// lane, the shape of vpdpbusd (u8 x s8, 4 products per 32-bit lane). Its low nibbles are the
+// even inputs of the 8, its high nibbles the odd ones; x is permuted within each group of 8 to
+// [0, 2, 4, 6, 1, 3, 5, 7] when it is quantised, so the two x words of dword j meet them. int8
+// codes are flipped to code + 128 (unsigned) in the register, the offset removed per group.
+//
+//   int4_dot(x f32|bf16[M, I], q uint8[O, I/2], scale f32|bf16|f16[O, G], group, isa=-1,
+//            vnni=-1) -> f32[M, O]                                        (G = I / group)
+//       out[m, o] = sum_g scale[o, g] * xs[m, g] * sum_{i in g} (code[o, i] - 8) * xq[m, i]
+//       xs[m, g] = max_{i in g} |x[m, i]| / 127,  xq[m, i] = round_half_even(x[m, i] / xs[m, g])
+//   int8_dot(x, q int8[O, I], scale f32|bf16|f16[O], group, isa=-1, vnni=-1) -> f32[M, O]
+//       the same for int8 weights (one scale per output row; `group`: the activations' groups)
+//   cpu_vnni() -> int: 1 when this CPU has AVX-VNNI, 2 AVX-512-VNNI, 3 both, 0 neither
+// isa: as kernels.cpp (2 AVX-512, 1 AVX2, 0 scalar); vnni: 1 / 0 forces the dot product with /
+// without VNNI (for tests and comparisons), -1 the CPU's.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define PG_DOT_X86 1
+#endif
+
+int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's three
+#define PG_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights
+
+// What one call reads: x quantised (xq as 4-byte words), its scales and sums, the weights.
+struct Dot {
+  const int32_t* x4;   // [M, I / 4]: 4 int8 activations per word (int4: permuted in 8s)
+  const float* xs;     // [M, G] activation scales
+  const int32_t* off;  // [M, G]: 8 (int4) or 128 (int8) * sum of the group's xq
+  const uint8_t* q;    // [O, I / 2] (int4) or [O, I] (int8)
+  const void* s;       // int4: [O, G]; int8: [O]
+  int stype;           // the scales' dtype: 0 float32, 1 bfloat16, 2 float16
+  int64_t I, G, group, O;
+  float* out;  // [M, O]
+};
+
+alignas(64) constexpr float kOnes[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
+inline float scale_at(const Dot& d, int64_t i) {
+  if (d.stype == 1) return float(static_cast<const c10::BFloat16*>(d.s)[i]);
+  if (d.stype == 2) return float(static_cast<const c10::Half*>(d.s)[i]);
+  return static_cast<const float*>(d.s)[i];
+}
+
+#define DOT_DISPATCH(mb, CALL)                                 \
+  switch (mb) {                                                \
+    case 1: { constexpr int MB = 1; CALL; } break;             \
+    case 2: { constexpr int MB = 2; CALL; } break;             \
+    case 3: { constexpr int MB = 3; CALL; } break;             \
+    case 4: { constexpr int MB = 4; CALL; } break;             \
+    case 6: { constexpr int MB = 6; CALL; } break;             \
+    case 8: { constexpr int MB = 8; CALL; } break;             \
+    case 12: { constexpr int MB = 12; CALL; } break;           \
+    default: { constexpr int MB = 16; CALL; } break;           \
+  }
+
+// The rows a pass computes: mb rounded up to an instantiated width (padded rows are zeros).
+int64_t padded_rows(int64_t mb) {
+  for (int64_t w : {1, 2, 3, 4, 6, 8, 12}) if (mb <= w) return w;
+  return 16;
+}
+
+}  // namespace
+
+#ifdef PG_DOT_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+namespace pg_dot_avx512vnni {
+#define PG_ISA 2
+#define PG_VNNI 1
+#include "int4_dot_body.h"
+#undef PG_VNNI
+#undef PG_ISA
+}  // namespace pg_dot_avx512vnni
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+namespace pg_dot_avx512 {
+#define PG_ISA 2
+#define PG_VNNI 0
+#include "int4_dot_body.h"
+#undef PG_VNNI
+#undef PG_ISA
+}  // namespace pg_dot_avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avxvnni")
+namespace pg_dot_avxvnni {
+#define PG_ISA 1
+#define PG_VNNI 1
+#include "int4_dot_body.h"
+#undef PG_VNNI
+#undef PG_ISA
+}  // namespace pg_dot_avxvnni
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace pg_dot_avx2 {
+#define PG_ISA 1
+#define PG_VNNI 0
+#include "int4_dot_body.h"
+#undef PG_VNNI
+#undef PG_ISA
+}  // namespace pg_dot_avx2
+#pragma GCC pop_options
+#endif
+namespace pg_dot_scalar {
+#define PG_ISA 0
+#define PG_VNNI 0
+#include "int4_dot_body.h"
+#undef PG_VNNI
+#undef PG_ISA
+}  // namespace pg_dot_scalar
+
+namespace {
+
+int64_t cpu_vnni() {
+#ifdef PG_DOT_X86
+  __builtin_cpu_init();
+  return (__builtin_cpu_supports("avxvnni") ? 1 : 0) |
+         (__builtin_cpu_supports("avx512vnni") ? 2 : 0);
+#else
+  return 0;
+#endif
+}
+
+// x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
+// off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations.
+// int4 (zero 8): input 8k + p lands at 8k + [0, 4, 1, 5, 2, 6, 3, 7][p], the nibbles' order.
+void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, at::Tensor& xq,
+                at::Tensor& xs, at::Tensor& off) {
+  const int64_t M = x.size(0), I = x.size(1), G = I / group;
+  xq = at::zeros({rows, I}, x.options().dtype(at::kChar));
+  xs = at::zeros({rows, G}, x.options().dtype(at::kFloat));
+  off = at::zeros({rows, G}, x.options().dtype(at::kInt));
+  const float* xp = x.data_ptr<float>();
+  int8_t* qp = xq.data_ptr<int8_t>();
+  float* sp = xs.data_ptr<float>();
+  int32_t* op = off.data_ptr<int32_t>();
+  static constexpr int kPlace[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float* v = xp + m * I + g * group;
+      int8_t* to = qp + m * I + g * group;
+      float amax = 0.f;
+      for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
+      const float s = amax / 127.f;
+      int32_t sum = 0;
+      for (int64_t i = 0; s > 0.f && i < group; ++i) {
+        const float c = std::min(std::max(std::nearbyint(v[i] / s), -127.f), 127.f);
+        to[zero == 8 ? (i & ~int64_t(7)) + kPlace[i & 7] : i] = int8_t(c), sum += int32_t(c);
+      }
+      sp[m * G + g] = s, op[m * G + g] = zero * sum;
+    }
+  }
+}
+
+// The output rows [o0, o1) (o0, o1 multiples of the path's lanes, or o1 = O) for mb rows.
+void dot_rows(int64_t isa, bool vnni, int64_t mb, int bits, const Dot& d, int64_t o0,
+              int64_t o1) {
+#ifdef PG_DOT_X86
+  if (isa == 2 && vnni) return pg_dot_avx512vnni::dot_tiles(mb, bits, d, o0, o1);
+  if (isa == 2) return pg_dot_avx512::dot_tiles(mb, bits, d, o0, o1);
+  if (isa == 1 && vnni) return pg_dot_avxvnni::dot_tiles(mb, bits, d, o0, o1);
+  if (isa == 1) return pg_dot_avx2::dot_tiles(mb, bits, d, o0, o1);
+#endif
+  pg_dot_scalar::dot_tiles(mb, bits, d, o0, o1);
+}
+
+// The instruction set (2, 1, 0) and whether its VNNI runs, from the caller's isa and vnni.
+std::pair<int64_t, bool> path(int64_t isa, int64_t vnni) {
+  const int64_t best = pg_cpu_isa(), has = cpu_vnni();
+  TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
+  isa = isa < 0 ? best : isa;
+  const bool can = (isa == 2 && (has & 2)) || (isa == 1 && (has & 1));
+  TORCH_CHECK(vnni <= 0 || can, "paligemma_cpu: this CPU has no VNNI for path ", isa);
+  return {isa, vnni < 0 ? can : vnni == 1};
+}
+
+int scale_type(const at::Tensor& s) {
+  const auto t = s.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
+              "int4_dot / int8_dot: scale must be float32, bfloat16 or float16");
+  return t == at::kBFloat16 ? 1 : (t == at::kHalf ? 2 : 0);
+}
+
+at::Tensor dot(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
+               int64_t group, int64_t isa_, int64_t vnni, int bits) {
+  const int64_t I = x_.size(-1), O = q_.size(0);
+  TORCH_CHECK(x_.dim() == 2 && q_.dim() == 2 && q_.size(1) * (bits == 4 ? 2 : 1) == I,
+              "int", bits, "_dot: q must be ", bits == 4 ? "uint8[O, I/2]" : "int8[O, I]");
+  TORCH_CHECK(q_.scalar_type() == (bits == 4 ? at::kByte : at::kChar), "int", bits,
+              "_dot: q must be ", bits == 4 ? "uint8" : "int8");
+  TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
+              "int", bits, "_dot: the group size must be a multiple of 32 dividing in_features");
+  TORCH_CHECK(bits == 8 || (scale_.dim() == 2 && scale_.size(0) == O &&
+                            scale_.size(1) == I / group),
+              "int4_dot: scale must be [O, I/group]");
+  TORCH_CHECK(bits == 4 || (scale_.dim() == 1 && scale_.size(0) == O),
+              "int8_dot: scale must be [O]");
+  const auto [isa, use_vnni] = path(isa_, vnni);
+  const at::Tensor x = x_.to(at::kFloat).contiguous();
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
+  const int64_t M = x.size(0), G = I / group, lanes = isa == 2 ? 16 : (isa == 1 ? 8 : 1);
+  at::Tensor out = at::empty({M, O}, x.options());
+  for (int64_t m0 = 0; m0 < M && O > 0; m0 += kDotRows) {
+    const int64_t mb = std::min(kDotRows, M - m0), rows = padded_rows(mb);
+    at::Tensor xq, xs, off, part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
+    quantize_x(x.narrow(0, m0, mb), rows, group, bits == 4 ? 8 : 128, xq, xs, off);
+    const Dot d{(const int32_t*)xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
+                off.data_ptr<int32_t>(), (const uint8_t*)q.data_ptr(), scale.data_ptr(),
+                scale_type(scale), I, G, group, O, part.data_ptr<float>()};
+    at::parallel_for(0, (O + lanes - 1) / lanes, 64 / lanes, [&](int64_t t0, int64_t t1) {
+      dot_rows(isa, use_vnni, rows, bits, d, t0 * lanes, std::min(O, t1 * lanes));
+    });
+    if (rows != mb) out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
+  }
+  return out;
+}
+
+at::Tensor int4_dot(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                    int64_t group, int64_t isa, int64_t vnni) {
+  return dot(x, q, scale, group, isa, vnni, 4);
+}
+
+at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                    int64_t group, int64_t isa, int64_t vnni) {
+  return dot(x, q, scale, group, isa, vnni, 8);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
+  m.def("int4_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
+        &int4_dot);
+  m.def("int8_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
+        &int8_dot);
+  m.def("cpu_vnni() -> int", &cpu_vnni);
+}

@@ -1,0 +1,160 @@
+"""The int4 / int8 x int8-activation kernels (quant/int4_dot.cpp), which read the saved layouts:
+every instruction-set path equals a float64 product of the same quantised activations, and the
+layers take them for bfloat16 decoding rows without keeping a copy of the weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import linear as q
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
+
+
+def portable_codes(packed: torch.Tensor) -> torch.Tensor:
+    """uint8[O, I / 2] two codes a byte, low nibble first -> uint8[O, I]."""
+    return torch.stack([packed & 15, packed >> 4], -1).view(len(packed), -1)
+
+
+def dequantized_x(x: torch.Tensor, group: int) -> torch.Tensor:
+    """float64 x after it is quantised as the kernels do: per row and group, symmetric, scale
+    max|x| / 127, round half to even (in float32, as the kernels)."""
+    m, i = x.shape
+    xg = x.float().view(m, i // group, group)
+    xs = xg.abs().amax(-1, keepdim=True) / 127  # (M, G, 1)
+    xq = torch.where(xs > 0, torch.round(xg / xs.clamp_min(1e-30)), 0.0).clamp(-127, 127)
+    return (xq.double() * xs.double()).view(m, i)
+
+
+def reference(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, group: int):
+    """float64 x @ W.T for int4 codes uint8[O, I] (0..15) and scales [O, G], x quantised."""
+    w = (codes.double() - 8).view(len(codes), -1, group) * scale.double()[..., None]
+    return dequantized_x(x, group) @ w.view(len(codes), -1).T
+
+
+def variants() -> list[tuple[int, int]]:
+    """(isa, vnni) for every path this CPU runs: each instruction set, with and without VNNI."""
+    has = int(torch.ops.paligemma_cpu.cpu_vnni())
+    out = [(0, 0)]
+    for isa in range(1, int(torch.ops.paligemma_cpu.cpu_isa()) + 1):
+        out += [(isa, 0)] + ([(isa, 1)] if has & isa else [])
+    return out
+
+
+SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # read as saved, no copy
+
+
+def test_int4_dot_matches_float64_on_every_path():
+    """The saved layout (codes uint8[O, I / 2], scales [O, G] in any of SCALE_DTYPES). Odd
+    shapes: O not a multiple of 16 (the last rows' tail), I not a multiple of 128 (a chunk's
+    tail), G not a multiple of 16, 5 / 13 rows (padded to a compiled width), 17 rows (two
+    passes), a zero row and a zero group (scale 0), bfloat16 x."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    paths = variants()
+    assert len(paths) >= 3  # scalar, and the x86 CI hosts' AVX2 at least
+    shapes = ((40, 64, 32), (33, 128, 64), (16, 384, 128), (70, 192, 64), (9, 1088, 32))
+    for (isa, vnni), rows in ((p, r) for p in paths for r in (1, 2, 3, 5, 8, 13, 16, 17)):
+        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2, strict=False):
+            x = torch.randn(rows, i)
+            x[0, :group] = 0
+            x[-1] = 0 if rows > 2 else x[-1]
+            packed = torch.randint(0, 256, (o, i // 2), dtype=torch.uint8)
+            scale = torch.rand(o, i // group).to(dtype)
+            for xt in (x, x.to(torch.bfloat16)):
+                got = ops.int4_dot(xt, packed, scale, group, isa, vnni)
+                assert got.shape == (rows, o) and got.dtype == torch.float32
+                want = reference(xt, portable_codes(packed), scale, group)
+                assert rel_err(got, want) < 1e-6, (isa, vnni, rows, o, i)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.int4_dot(x, packed, scale, 48, -1, -1)
+    with pytest.raises(RuntimeError, match="int8_dot: scale"):  # int4's scales for int8 codes
+        ops.int8_dot(x, torch.zeros(o, i, dtype=torch.int8), scale, 32)
+    with pytest.raises(RuntimeError, match="int4_dot: q must be"):  # int8 codes for int4
+        ops.int4_dot(x, torch.zeros(o, i // 2, dtype=torch.int8), scale, 32)
+    with pytest.raises(RuntimeError, match="has no VNNI"):
+        ops.int4_dot(x, packed, scale, group, 0, 1)
+
+
+def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
+    """A quantised 256 -> 72 layer, the list that each int4_dot / int8_dot call appends to (they
+    ask kernels.vnni() once a call), and its dequantised weight."""
+    torch.manual_seed(0)
+    layer = cls.from_linear(nn.Linear(256, 72, bias=True))
+    vnni, calls = cpu_kernels.vnni, []
+    monkeypatch.setattr(cpu_kernels, "vnni", lambda: calls.append(1) or vnni())
+    return layer, calls, layer.dequantize()
+
+
+def kept_bytes(layer: nn.Module) -> int:
+    """Bytes of the tensors the layer holds beyond its state dict (a kernel's own copy)."""
+    saved = {t.data_ptr() for t in layer.state_dict().values()}
+    extra = [t for t in _tensors(layer.__dict__) if t.data_ptr() not in saved]
+    return sum(t.numel() * t.element_size() for t in extra)
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = [v for k, v in obj.items() if k not in ("_buffers", "_parameters", "_modules")]
+    return [t for v in obj for t in _tensors(v)] if isinstance(obj, (list, tuple)) else []
+
+
+def test_int4_layers_take_the_dot_kernel_for_bfloat16_rows(monkeypatch):
+    """bfloat16 decoding rows (1..DOT_ROWS) go through int4_dot, on every path the environment
+    can force, within int8 activations' error of the float product, and the layer keeps no
+    copy of its weight; float32 rows keep the float kernel (exact)."""
+    layer, calls, w = spied(q.Int4Linear, monkeypatch)
+    with torch.no_grad():
+        for name in ["", *cpu_kernels.ISAS, *cpu_kernels.VNNI]:
+            monkeypatch.setenv(cpu_kernels.ENV_ISA, name)
+            for rows in (1, 4, q.DOT_ROWS):
+                x = torch.randn(rows, 256).to(torch.bfloat16)
+                want = nn.functional.linear(x.float(), w, layer.bias)
+                got = layer(x)
+                assert got.dtype == torch.bfloat16 and rel_err(got, want) < 0.01, (name, rows)
+        assert len(calls) == 3 * (1 + len(cpu_kernels.ISAS) + len(cpu_kernels.VNNI))
+        assert kept_bytes(layer) == 0
+        x = torch.randn(3, 256)
+        exact = nn.functional.linear(x, w, layer.bias)
+        assert rel_err(layer(x), exact) < 1e-6
+        layer.scale.mul_(2)  # changed in place: the kernel reads it as it is
+        got = layer(x.to(torch.bfloat16))
+    assert rel_err(got, 2 * exact - layer.bias) < 0.01
+
+
+def test_int8_dot_matches_float64_on_every_path():
+    """int8 codes int8[O, I] and one scale per row (any of SCALE_DTYPES), the same odd shapes."""
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    shapes = ((40, 64, 32), (33, 128, 64), (70, 192, 64), (9, 1088, 32))
+    for (isa, vnni), rows in ((p, r) for p in variants() for r in (1, 2, 5, 16, 17)):
+        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2, strict=False):
+            x = torch.randn(rows, i).to(torch.bfloat16)
+            x[0, :group] = 0
+            codes = torch.randint(-128, 128, (o, i), dtype=torch.int8)
+            scale = torch.rand(o).to(dtype)
+            got = ops.int8_dot(x, codes, scale, group, isa, vnni)
+            want = dequantized_x(x, group) @ (codes.double() * scale.double()[:, None]).T
+            assert rel_err(got, want) < 1e-6, (isa, vnni, rows, o, i)
+
+
+def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
+    """One row keeps the float kernel (it streams at the bandwidth limit); 2 to DOT_ROWS
+    bfloat16 rows take int8_dot; both within int8 activations' error; no copy is kept."""
+    layer, calls, w = spied(q.Int8Linear, monkeypatch)
+    with torch.no_grad():
+        for rows, dots in ((1, 0), (2, 1), (q.DOT_ROWS, 2), (q.DOT_ROWS + 1, 2)):
+            x = torch.randn(rows, 256).to(torch.bfloat16)
+            got = layer(x)
+            want = nn.functional.linear(x.float(), w, layer.bias)
+            assert rel_err(got, want) < 0.01 and len(calls) == dots, rows
+    assert kept_bytes(layer) == 0

@@ -223,3 +223,38 @@ def test_prompts_are_tokenized_and_images_normalised_once(pipe, monkeypatch):
     image = Image.new("RGB", (20, 20), "blue")
     pipe.generate([image] * 3, ["a", "b", "c"], max_new_tokens=2, batch_size=2)
     assert sorted(calls) == ["a\n", "b\n", "c\n"]
+
+
+def test_an_image_id_among_the_text_ids_is_never_produced(embedded_pipe):
+    """The embedded tokenizer's <image> is id 4, inside the text ids: a model that favours it
+    (here: +100 on its logit) still never produces it, greedy, sampled, beams or in the
+    engine; fed back it would ask for an image (a random model once sampled it and crashed)."""
+    import numpy as np
+    from test_engine import answer
+
+    from paligemma.demo import synthetic
+    from paligemma.serve.batcher import Job
+    from paligemma.serve.engine import Engine
+
+    pipe, image_id = embedded_pipe, embedded_pipe.tokenizer.image_id
+    assert image_id < pipe.num_real_ids and pipe.never_ids == (image_id,)
+    image = synthetic.make_scene(np.random.default_rng(0)).image
+    forward = pipe.model.forward
+
+    def favour_image(*args, **kwargs):
+        logits = forward(*args, **kwargs)
+        logits[..., image_id] += 100.0
+        return logits
+
+    pipe.model.forward = favour_image
+    try:
+        runs = [
+            pipe.generate(image, "caption en", max_new_tokens=8, ignore_eos=True, **options)
+            for options in ({}, {"do_sample": True, "seed": 1}, {"num_beams": 2})
+        ]
+        job = Job([image], "caption en", 8, ignore_eos=True)
+        answer(Engine(pipe, max_batch=2), [job], [0])
+    finally:
+        del pipe.model.forward
+    assert all(len(r.token_ids) == 8 and image_id not in r.token_ids for r in runs)
+    assert job.error is None and job.choices[0].tokens == 8

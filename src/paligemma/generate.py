@@ -38,6 +38,9 @@ class GenerationConfig:
     # real ids in the published checkpoints) and an <image> id appended after the text ids.
     # The engine never sees the tokenizer: the pipeline sets it from there. None = all ids.
     num_real_ids: int | None = None
+    # Ids below num_real_ids that are never produced either: an <image> id among the text ids
+    # (the embedded tokenizer's is 4; fed back, it would ask for an image).
+    never_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,7 +80,7 @@ def process_logits(
     then, in the reference's order: repetition penalty, then (sampling only) temperature, top-k,
     top-p.
     """
-    logits = drop_padding(logits, cfg.num_real_ids)
+    logits = drop_padding(logits, cfg.num_real_ids, cfg.never_ids)
     if cfg.repetition_penalty != 1.0:
         seen = logits.gather(1, history)
         seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
@@ -97,8 +100,14 @@ def process_logits(
     return logits
 
 
-def drop_padding(scores: torch.Tensor, num_real_ids: int | None) -> torch.Tensor:
-    """float[B, V] with -inf at ids >= num_real_ids (a copy; unchanged when None)."""
+def drop_padding(
+    scores: torch.Tensor, num_real_ids: int | None, never_ids: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """float[B, V] with -inf at ids >= num_real_ids and at never_ids (a copy; unchanged when
+    there are none)."""
+    if never_ids:
+        never = torch.tensor(never_ids, device=scores.device)
+        scores = scores.index_fill(-1, never, -math.inf)
     if num_real_ids is None or num_real_ids >= scores.shape[-1]:
         return scores
     padding = torch.arange(num_real_ids, scores.shape[-1], device=scores.device)
@@ -108,13 +117,15 @@ def drop_padding(scores: torch.Tensor, num_real_ids: int | None) -> torch.Tensor
 def _beam_logp(logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig):
     """float32[B*M, V] log-probs for beam scores. Padding ids are dropped after the softmax,
     not before (as transformers' suppress_tokens does): scores stay the model's own."""
-    logp = process_logits(logits, history, replace(cfg, num_real_ids=None)).log_softmax(-1)
-    return drop_padding(logp, cfg.num_real_ids)
+    logp = process_logits(
+        logits, history, replace(cfg, num_real_ids=None, never_ids=())
+    ).log_softmax(-1)
+    return drop_padding(logp, cfg.num_real_ids, cfg.never_ids)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, cfg: GenerationConfig):
     """float32[B] log p(tokens) under float32[B, V] logits, ids >= num_real_ids excluded."""
-    logp = drop_padding(logits, cfg.num_real_ids).log_softmax(-1)
+    logp = drop_padding(logits, cfg.num_real_ids, cfg.never_ids).log_softmax(-1)
     return logp.gather(1, tokens[:, None])[:, 0]
 
 

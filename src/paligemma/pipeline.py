@@ -57,6 +57,7 @@ class Pipeline:
         # (as in the published tokenizer); the embedding's padding rows lie beyond.
         tok = self.tokenizer
         self.num_real_ids = tok.image_id if tok.image_id == tok.vocab_size - 1 else tok.vocab_size
+        self.never_ids = (tok.image_id,) if tok.image_id < self.num_real_ids else ()
 
     # -- helpers -------------------------------------------------------------------------------
     def _rows(self, images: Any, prompts: str | list[str], max_new: int) -> list[Row]:
@@ -101,7 +102,8 @@ class Pipeline:
 
     def generation_config(self, **options: Any) -> engine.GenerationConfig:
         """engine.GenerationConfig(**options), limited to this tokenizer's real ids."""
-        return engine.GenerationConfig(**{"num_real_ids": self.num_real_ids, **options})
+        limits = {"num_real_ids": self.num_real_ids, "never_ids": self.never_ids}
+        return engine.GenerationConfig(**{**limits, **options})
 
     # -- API -----------------------------------------------------------------------------------
     def generate(

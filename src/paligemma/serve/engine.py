@@ -227,7 +227,9 @@ class Engine(Scheduler):
         logits = logits[:, -1].float()  # (B, V)
         greedy = [i for i, r in enumerate(self.rows) if r.plain]
         best = (
-            drop_padding(logits[greedy], self.pipe.num_real_ids).argmax(-1).tolist()
+            drop_padding(logits[greedy], self.pipe.num_real_ids, self.pipe.never_ids)
+            .argmax(-1)
+            .tolist()
             if greedy
             else []
         )

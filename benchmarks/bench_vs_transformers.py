@@ -286,7 +286,8 @@ def main() -> None:
     for name, kind, dtype, quant in RUNS:
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
-        wants_quality = kind == "ours" and (dtype == "float32" or quant)
+        # Quality needs our float32 run's reference file: without that run, none is measured.
+        wants_quality = kind == "ours" and (dtype == "float32" or (quant and quality_file.exists()))
         if quant:
             subprocess.run(
                 [sys.executable, __file__, "--path", str(path), "--quantize-only", quant],

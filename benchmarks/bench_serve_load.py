@@ -31,6 +31,7 @@ from paligemma.demo import synthetic
 from paligemma.demo.init import new_model
 from paligemma.pipeline import Pipeline
 from paligemma.processor import ImageTransform, Processor
+from paligemma.quant.matvec import install_matvec_
 from paligemma.serve.batcher import Job
 from paligemma.serve.engine import Engine
 from paligemma.serve.static_batcher import Batcher
@@ -63,7 +64,7 @@ def mid_model(width: int, depth: int, mlp: int, vocab: int, dtype: torch.dtype) 
         for m in model.decoder.modules():  # (at 0.02 every answer repeats one token), so
             if isinstance(m, torch.nn.Linear):  # "equal to the answer alone" tests something
                 m.weight.mul_(6)
-    model = model.to(dtype)
+    model = install_matvec_(model.to(dtype))  # single rows through torch.mv, as load_model does
     tok = embedded.tokenizer
     return Pipeline(model, Processor(tok, ImageTransform(448), cfg.num_image_tokens))
 

@@ -12,7 +12,7 @@ from conftest import make_batch, tiny_hf_model
 
 import paligemma
 from paligemma import config
-from paligemma.model import set_fused_attention_
+from paligemma.model import set_fused_attention_, set_rows_alone_
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
@@ -50,6 +50,7 @@ def test_default_fuses_long_calls_only(tmp_path, monkeypatch, v2):
         monkeypatch.setattr(config, "FUSED_ATTENTION_MIN_TOKENS", 4)
         assert torch.equal(model(ids, pixels, mask, types), fused)
         assert not torch.equal(fused, eager)
+        fused = set_rows_alone_(model)(ids, pixels, mask, types)  # the server's setting
         for row in range(3):  # rows 0 and 2 are padded: they run on their real span, as alone
             real = mask[row].bool()
             alone = model(
@@ -83,3 +84,46 @@ def test_in_place_steps_change_no_bit(hf_checkpoint, dtype):
         recorded = model(ids, pixels.to(dtype), mask, types)
     assert recorded.requires_grad
     assert torch.equal(in_place, recorded.detach())
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_batched_prefill_and_decode_rows_equal_alone_bit_for_bit(tmp_path, v2, dtype):
+    """`set_rows_alone_` (the server's setting): left-padded rows (eager prefill: short
+    prompts) get the bits they get alone (float32: without it, ~4e-7 off); so does a decode
+    step in a longer cache where the products allow it (bfloat16: torch.mv for one row and a
+    few rows' products agree; float32's round by row count, so only the prefill is compared)."""
+    tiny_hf_model(v2, seed=3, lively=True).save_pretrained(tmp_path)
+    model = paligemma.load_model(tmp_path, dtype=dtype)
+    ids, mask, types, pixels = make_batch(0)
+    pixels, one = pixels.to(dtype), torch.ones(3, 1, dtype=torch.long)
+
+    def batch_and_rows():
+        cache = model.new_cache(3, ids.shape[1] + 5)
+        batched = model(ids, pixels, mask, types, cache=cache)
+        step = model(torch.full((3, 1), 7), attention_mask=one, token_type_ids=one, cache=cache)
+        same = []
+        for row in range(3):
+            real, r = mask[row].bool(), slice(row, row + 1)
+            alone_cache = model.new_cache(1, int(real.sum()) + 9)
+            alone = model(ids[r, real], pixels[r], None, types[r, real], cache=alone_cache)
+            alone_step = model(
+                torch.full((1, 1), 7),
+                attention_mask=one[r],
+                token_type_ids=one[r],
+                cache=alone_cache,
+            )
+            same.append(
+                (torch.equal(alone[0], batched[row, real]), torch.equal(alone_step, step[r]))
+            )
+        return same
+
+    with torch.inference_mode():
+        plain = batch_and_rows()
+        set_rows_alone_(model)
+        exact = batch_and_rows()
+    assert all(prefill for prefill, _ in exact)
+    if dtype == torch.bfloat16:
+        assert all(step for _, step in exact)
+    else:
+        assert not all(prefill for prefill, _ in plain)  # the padded rows, without it

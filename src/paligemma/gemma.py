@@ -60,6 +60,10 @@ class Attention(nn.Module):
     # never (`model.set_fused_attention_`). Fused is not bit-exact with the reference's eager
     # softmax (~1e-6 on float32 logits; see README "Speed"); the eager path is.
     fused: bool | None = None
+    # Without autograd, each row of a batch gets the bits it gets alone (`model.set_rows_alone_`;
+    # the server turns it on): padded prefill rows and decode rows attend over their own key
+    # span only. Off by default: then a left-padded batch is bit-exact with transformers' batch.
+    rows_alone: bool = False
 
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
@@ -92,30 +96,57 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
-        if self.softcap is None and use_fused_attention(self.fused, t):
-            out = self._fused(q, k, v, mask)
+        rows = self.rows_alone and not torch.is_grad_enabled()
+        if rows and t == 1:
+            out = self._one_query_rows(q, k, v, mask)
+        elif rows and t == k.shape[2]:  # a prefill from slot 0
+            out = self._prefill_rows(q, k, v, mask)
         else:
-            out = self._attend(q, k, v, mask, fused=False)
+            out = self._attend(q, k, v, mask, self._use_fused(t))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, n * h))
 
-    def _fused(
+    def _one_query_rows(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """The fused path, row by row where rows carry left padding: q (B, N, T, H), k, v
-        (B, K, S, H), mask (B, 1, T, S) -> (B, N, T, H). The fused kernel's sums depend on
-        where the real keys start, so a padded row of a prefill (from slot 0) runs on its real
-        span alone, fused or eager as that span's length decides: each row then gets the bits
-        it gets alone (the engine's batching guarantee). Padding queries' outputs are zeros."""
+        """A decode step of several rows, q (B, N, 1, H): each row attends over its own keys
+        only, when they are one contiguous span (its prompt and tokens so far, or its window),
+        so its sums run over exactly the keys it has alone, whatever padding or pool slots
+        surround them in the batch: the bits it gets alone (the server's guarantee)."""
+        allowed = mask[:, 0, 0]  # (B, S)
+        s = allowed.shape[-1]
+        first = allowed.int().argmax(-1)  # (B,)
+        end = s - allowed.flip(-1).int().argmax(-1)
+        count = allowed.sum(-1)
+        fused = self._use_fused(1)
+        if not bool(((end - first) == count).all()):
+            return self._attend(q, k, v, mask, fused)
+        out = torch.empty_like(q)
+        for row, (a, z) in enumerate(zip(first.tolist(), end.tolist(), strict=True)):
+            r = slice(row, row + 1)
+            out[r] = self._attend(q[r], k[r, :, a:z], v[r, :, a:z], mask[r, :, :, a:z], fused)
+        return out
+
+    def _use_fused(self, queries: int) -> bool:
+        return self.softcap is None and use_fused_attention(self.fused, queries)
+
+    def _prefill_rows(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """A prefill (from slot 0), row by row where rows carry left padding: q (B, N, T, H),
+        k, v (B, K, T, H), mask (B, 1, T, T) -> (B, N, T, H). Softmax and fused-kernel sums
+        depend on where the real keys start, so a padded row runs on its real span alone, fused
+        or eager as that span's length decides: each row then gets the bits it gets alone (the
+        server's batching guarantee). Padding queries' outputs are zeros."""
         t = q.shape[2]
         lead = (~mask[:, 0].any(1)).int().cumprod(-1).sum(-1).tolist()  # leading pad keys, (B,)
-        if t != k.shape[2] or not any(lead):
-            return self._attend(q, k, v, mask, fused=True)
+        if not any(lead):
+            return self._attend(q, k, v, mask, self._use_fused(t))
         out = q.new_zeros(q.shape)
         for row, p in enumerate(lead):
-            r = slice(row, row + 1)
-            fused = use_fused_attention(self.fused, t - p)
-            out[r, :, p:] = self._attend(
-                q[r, :, p:], k[r, :, p:], v[r, :, p:], mask[r, :, p:, p:], fused
+            r, span = slice(row, row + 1), slice(p, None)
+            keys = (k[r, :, span], v[r, :, span])
+            out[r, :, span] = self._attend(
+                q[r, :, span], *keys, mask[r, :, span, span], self._use_fused(t - p)
             )
         return out
 

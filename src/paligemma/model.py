@@ -277,6 +277,21 @@ def _given_masks(
     return mask, local_mask
 
 
+def set_rows_alone_(model: nn.Module, on: bool = True) -> nn.Module:
+    """In place: without autograd, every row of a batch gets exactly the bits it gets alone
+    (the server's "batched = alone" guarantee): a left-padded prefill row and every decode row
+    attend over their own key span only, not over padding or pool slots whose masked zeros
+    still move the softmax's and the kernels' summation order. Off (the default), a
+    left-padded batch is bit-exact with transformers' batched computation instead. The matrix
+    products must give a row the same bits in any batch too: true in bfloat16 on the CPU
+    (torch.mv for one row, as `load_model` installs, and 2..16-row products agree), not in
+    float32 (MKL's products round by row count)."""
+    for m in model.modules():
+        if isinstance(m, TextAttention):
+            m.rows_alone = on
+    return model
+
+
 def set_fused_attention_(model: nn.Module, on: bool | None = True) -> nn.Module:
     """In place: attention through PyTorch's fused `scaled_dot_product_attention` (SigLIP, and
     the decoder's layers without a soft-cap) always (True), never (False: the reference's eager

@@ -33,6 +33,7 @@ import torch
 
 from ..generate import drop_padding
 from ..kv_cache import KVCache
+from ..model import set_rows_alone_
 from ..pipeline import Pipeline
 from ..textstream import TextStream
 from .batcher import Choice, Job, Scheduler
@@ -57,6 +58,7 @@ class Engine(Scheduler):
     ) -> None:
         super().__init__(max_batch, max_queue)
         self.pipe, self.metrics, self.adapters = pipe, metrics, adapters
+        set_rows_alone_(pipe.model)  # each row's bits as alone (the batching guarantee)
         self.prefill_tokens = prefill_tokens
         self.images = ImageCache(int(image_cache_mb * 2**20))
         cfg = pipe.model.cfg

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import generate as engine
+from ..model import set_rows_alone_
 from ..pipeline import Pipeline
 from ..textstream import TextStream
 from .batcher import Choice, Job, Scheduler
@@ -35,6 +36,7 @@ class Batcher(Scheduler):
     ) -> None:
         super().__init__(max_batch, max_queue)
         self.pipe, self.metrics, self.adapters = pipe, metrics, adapters
+        set_rows_alone_(pipe.model)  # each row's bits as alone (the batching guarantee)
         self._batch: list[Job] = []
 
     def _running_jobs(self) -> list[Job]:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import set_rows_alone_
+
 
 class QueueFull(RuntimeError):
     """The queue holds `max_queue` jobs already; retry later."""
@@ -97,9 +99,18 @@ class Scheduler:
     `stats` and `busy` are what /health shows; `drain` stops admitting, lets the work finish
     until a deadline, and cancels the rest."""
 
-    def __init__(self, max_batch: int = 8, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        metrics: Any = None,
+        adapters: Any = None,
+    ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
+        self.pipe, self.metrics, self.adapters = pipe, metrics, adapters
+        set_rows_alone_(pipe.model)  # each row's bits as alone (the batching guarantee)
         self.max_batch, self.max_queue = max_batch, max_queue
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -107,6 +118,11 @@ class Scheduler:
         self._stopping = self._draining = False
         self.stats = {"batches": 0, "rows": 0, "max_rows": 0, "cancelled": 0}
         self.busy = 0  # rows being decoded now
+
+    def _select(self, row_adapters: list[str | None]) -> None:
+        """Tell a many-adapter model each batch row's adapter (None: the base)."""
+        if self.adapters is not None:
+            self.adapters.select(row_adapters)
 
     # -- asyncio side ----------------------------------------------------------------------
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Job:

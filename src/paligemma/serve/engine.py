@@ -33,7 +33,6 @@ import torch
 
 from ..generate import drop_padding
 from ..kv_cache import KVCache
-from ..model import set_rows_alone_
 from ..pipeline import Pipeline
 from ..textstream import TextStream
 from .batcher import Choice, Job, Scheduler
@@ -56,9 +55,7 @@ class Engine(Scheduler):
         metrics: Any = None,
         adapters: Any = None,
     ) -> None:
-        super().__init__(max_batch, max_queue)
-        self.pipe, self.metrics, self.adapters = pipe, metrics, adapters
-        set_rows_alone_(pipe.model)  # each row's bits as alone (the batching guarantee)
+        super().__init__(pipe, max_batch, max_queue, metrics, adapters)
         self.prefill_tokens = prefill_tokens
         self.images = ImageCache(int(image_cache_mb * 2**20))
         cfg = pipe.model.cfg
@@ -289,7 +286,3 @@ class Engine(Scheduler):
     def _metric(self, name: str, *args: Any) -> None:
         if self.metrics is not None:
             getattr(self.metrics, name)(*args)
-
-    def _select(self, row_adapters: list[str | None]) -> None:
-        if self.adapters is not None:
-            self.adapters.select(row_adapters)

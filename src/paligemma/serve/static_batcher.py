@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from .. import generate as engine
-from ..model import set_rows_alone_
 from ..pipeline import Pipeline
 from ..textstream import TextStream
 from .batcher import Choice, Job, Scheduler
@@ -34,9 +33,7 @@ class Batcher(Scheduler):
         metrics: Any = None,
         adapters: Any = None,
     ) -> None:
-        super().__init__(max_batch, max_queue)
-        self.pipe, self.metrics, self.adapters = pipe, metrics, adapters
-        set_rows_alone_(pipe.model)  # each row's bits as alone (the batching guarantee)
+        super().__init__(pipe, max_batch, max_queue, metrics, adapters)
         self._batch: list[Job] = []
 
     def _running_jobs(self) -> list[Job]:
@@ -89,8 +86,7 @@ class Batcher(Scheduler):
         self.stats["rows"] += len(rows)
         self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
         pipe, tok = self.pipe, self.pipe.tokenizer
-        if self.adapters is not None:  # per-row LoRA: each row runs its job's adapter
-            self.adapters.select([j.adapter for j in rows])
+        self._select([j.adapter for j in rows])  # per-row LoRA: each row its job's adapter
         inputs = pipe.processor(images=[j.images for j in rows], text=[j.prompt for j in rows])
         first = batch[0]
         options: dict[str, Any] = {"max_new_tokens": max(j.max_tokens for j in rows)}

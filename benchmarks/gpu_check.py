@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -208,6 +209,7 @@ def attempt(results: dict, name: str, fn, deadline: float) -> None:
         try:
             results[name] = fn()
         except Exception as e:  # reported, not raised: the run goes on
+            traceback.print_exc()
             results[name] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         finally:
             signal.alarm(0)
@@ -256,7 +258,11 @@ def section(results: dict, name: str, deadline: float, fn, out: Path) -> None:
         return
     start = time.monotonic()
     print(f"{name} ...", flush=True)
-    results[name] = fn()
+    try:
+        results[name] = fn()
+    except Exception as e:  # reported, not raised: the sections after it still run
+        traceback.print_exc()
+        results[name] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     results[name + "_s"] = round(time.monotonic() - start, 1)
     print(f"{name}: {json.dumps(results[name])}", flush=True)
     out.write_text(json.dumps(results, indent=1) + "\n")

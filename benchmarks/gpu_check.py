@@ -217,7 +217,7 @@ def attempt(results: dict, name: str, fn, deadline: float) -> None:
     print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
 
-def check_big(device: str, preset: str, deadline: float) -> dict:
+def check_big(device: str, preset: str, deadline: float, skip: frozenset = frozenset()) -> dict:
     """Plain decoding of both first (the figures that matter), then the compiled attempts."""
     import bench_generate
 
@@ -242,6 +242,9 @@ def check_big(device: str, preset: str, deadline: float) -> dict:
         ),
     ]
     for name, generate in runs:
+        if name in skip:
+            out[name] = {"skipped": "--skip"}
+            continue
         attempt(out, name, lambda g=generate: speed(g, device, x1, xb), deadline)
     return out
 
@@ -249,9 +252,13 @@ def check_big(device: str, preset: str, deadline: float) -> dict:
 # -- driver ------------------------------------------------------------------------------------
 
 
-def section(results: dict, name: str, deadline: float, fn, out: Path) -> None:
-    """results[name] = fn() unless the deadline has passed; the JSON is rewritten after each
-    section, so a run stopped from outside keeps what it measured."""
+def section(results: dict, name: str, deadline: float, fn, out: Path, skip=frozenset()) -> None:
+    """results[name] = fn() unless skipped or the deadline has passed; the JSON is rewritten
+    after each section, so a run stopped from outside keeps what it measured."""
+    if name in skip:
+        results[name] = {"skipped": "--skip"}
+        print(f"{name}: skipped (--skip)", flush=True)
+        return
     if time.monotonic() >= deadline:
         results[name] = {"skipped": "time budget spent"}
         print(f"{name}: skipped (time budget spent)", flush=True)
@@ -278,22 +285,37 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="paligemma-3b-224")
     ap.add_argument("--time-budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--json", default="gpu_check.json")
+    ap.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="sections (tiny_greedy, embedded_eval, big) or 3B runs (their printed names) to skip",
+    )
+    ap.add_argument(
+        "--big-needs", type=float, default=240.0, help="seconds the 3B section must have left"
+    )
     args = ap.parse_args(argv)
+    skip = frozenset(args.skip)
     deadline, out = time.monotonic() + args.time_budget, Path(args.json)
     set_tf32(False)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results: dict = {"device": args.device, "device_name": name, "torch": torch.__version__}
     print(f"device {args.device} ({name}), torch {torch.__version__}", flush=True)
-    section(results, "tiny_greedy", deadline, lambda: check_tiny(args.device), out)
+    section(results, "tiny_greedy", deadline, lambda: check_tiny(args.device), out, skip)
     scenes = args.scenes or (2 if args.quick else 24)
-    section(results, "embedded_eval", deadline, lambda: check_embedded(args.device, scenes), out)
+    embedded = lambda: check_embedded(args.device, scenes)  # noqa: E731
+    section(results, "embedded_eval", deadline, embedded, out, skip)
     if not args.quick:
-        # the 3B section may start only with 4 of its ~5 minutes left
-        big = lambda: check_big(args.device, args.preset, deadline)  # noqa: E731
-        section(results, "big", deadline - 240, big, out)
-    tiny = results["tiny_greedy"] if isinstance(results["tiny_greedy"], list) else [{}]
-    ok = all(r.get("tokens_equal") for r in tiny if not r.get("tf32_allowed"))
-    results["all_equal"] = ok and results.get("embedded_eval", {}).get("equal", False)
+        # the 3B section may start only with --big-needs seconds left (4 of its ~5 minutes)
+        big = lambda: check_big(args.device, args.preset, deadline, skip)  # noqa: E731
+        section(results, "big", deadline - args.big_needs, big, out, skip)
+    tiny = results["tiny_greedy"]  # a list of rows, or a dict saying why there is none
+    tiny_ok = "tiny_greedy" in skip or (
+        isinstance(tiny, list) and all(r["tokens_equal"] for r in tiny if not r["tf32_allowed"])
+    )
+    embedded_ok = results.get("embedded_eval", {}).get("equal", "embedded_eval" in skip)
+    results["all_equal"] = tiny_ok and embedded_ok
     print(f"ALL EQUAL: {results['all_equal']}", flush=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -371,3 +371,14 @@ def test_without_java_or_packages_the_fallbacks_are_explicit(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocoevalcap.cider.cider", None)
     with pytest.raises(ImportError, match=r"pip install 'paligemma\[eval\]'"):
         cider({1: "a dog"}, {1: ["a dog"]})
+
+
+def test_coco_ground_truth_without_info_is_given_one():
+    # pycocotools 2.0.10's loadRes copies gt.dataset["info"] (KeyError without it; 2.0.11 reads
+    # it with .get): seen on a GPU machine with 2.0.10 scoring the embedded model's detections.
+    from paligemma.metrics.coco import _ground_truth
+
+    gt = _coco_ground_truth()
+    assert "info" not in gt
+    assert _ground_truth(COCO, gt).dataset["info"] == {}
+    assert "info" not in gt  # the caller's dict is left as it was

@@ -38,6 +38,7 @@ def _ground_truth(coco_cls, data: dict) -> Any:
         if "area" not in ann:
             ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
     data.setdefault("categories", [])
+    data.setdefault("info", {})  # pycocotools 2.0.10's loadRes reads gt.dataset["info"]
     coco = coco_cls()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

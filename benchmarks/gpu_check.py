@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> dict:
     set_tf32(False)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results: dict = {"device": args.device, "device_name": name, "torch": torch.__version__}
+    try:
+        import transformers
+
+        results["transformers"] = transformers.__version__
+    except ImportError:
+        results["transformers"] = None
     print(f"device {args.device} ({name}), torch {torch.__version__}", flush=True)
     section(results, "tiny_greedy", deadline, lambda: check_tiny(args.device), out, skip)
     scenes = args.scenes or (2 if args.quick else 24)

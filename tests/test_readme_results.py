@@ -206,3 +206,24 @@ def test_prefill_table_is_its_json():
         keys = ("before_s", "in-place_s", "after_s", "hf-eager_s", "hf-sdpa_s", "after/before")
         keys += ("after/hf-eager", "after/hf-sdpa")
         check_row(rows[name], [r.get(k) for k in keys], name)
+
+
+def test_gpu_table_is_the_h100_runs_json():
+    """The GPU path's table: each H100 run's cells are its gpu_check JSON, rounded as shown."""
+    rows = table("| H100 run | first token, batch 1 |")
+    runs = {n: result(f"gpu-h100-run{n}.json") for n in (1, 2)}
+    assert {r["device_name"] for r in runs.values()} == {"NVIDIA H100 80GB HBM3"}
+    keys = ("first_token_s_b1", "decode_tok_s_b1", "first_token_s_b32", "decode_tok_s_b32")
+    assert len(rows) == 5
+    for label, cells in rows:
+        run, name = label.split(": ", 1)
+        big = runs[int(run.removeprefix("run "))]["big"]
+        name = {"ours": "ours bfloat16", "transformers sdpa": "transformers bfloat16 sdpa"}.get(
+            name, "transformers bfloat16 static cache (compiled)"
+        )
+        check_row(cells, [big[name][k] for k in keys], label)
+    # the correctness half, as the bullets above the table say: tiny tokens (run 1) and the
+    # embedded scores (run 2; run 1 hit the pycocotools KeyError) equal the CPU's
+    assert all(r["tokens_equal"] for r in runs[1]["tiny_greedy"])
+    assert runs[2]["embedded_eval"]["equal"] and runs[2]["all_equal"]
+    assert "KeyError: 'info'" in runs[1]["embedded_eval"]["failed"]

@@ -85,11 +85,11 @@ def test_int4_dot_matches_float64_on_every_path():
 
 def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
     """A quantised 256 -> 72 layer, the list that each int4_dot / int8_dot call appends to (they
-    ask kernels.vnni() once a call), and its dequantised weight."""
+    ask kernels.dot_path() once a call), and its dequantised weight."""
     torch.manual_seed(0)
     layer = cls.from_linear(nn.Linear(256, 72, bias=True))
-    vnni, calls = cpu_kernels.vnni, []
-    monkeypatch.setattr(cpu_kernels, "vnni", lambda: calls.append(1) or vnni())
+    dot_path, calls = cpu_kernels.dot_path, []
+    monkeypatch.setattr(cpu_kernels, "dot_path", lambda rows: calls.append(1) or dot_path(rows))
     return layer, calls, layer.dequantize()
 
 
@@ -158,3 +158,17 @@ def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
             want = nn.functional.linear(x.float(), w, layer.bias)
             assert rel_err(got, want) < 0.01 and len(calls) == dots, rows
     assert kept_bytes(layer) == 0
+
+
+def test_few_rows_take_avx_vnni_where_the_cpu_has_it(monkeypatch):
+    """dot_path: up to NARROW_VNNI_ROWS rows the 256-bit AVX-VNNI path (faster there on a CPU
+    with both VNNIs), more rows the CPU's best; PALIGEMMA_CPU_ISA, when set, decides alone."""
+    monkeypatch.delenv(cpu_kernels.ENV_ISA, raising=False)
+    has_avx_vnni = bool(int(torch.ops.paligemma_cpu.cpu_vnni()) & 1)
+    best = (cpu_kernels.isa(), cpu_kernels.vnni())
+    few = cpu_kernels.dot_path(cpu_kernels.NARROW_VNNI_ROWS)
+    assert few == ((1, 1) if has_avx_vnni else best)
+    assert cpu_kernels.dot_path(1) == few
+    assert cpu_kernels.dot_path(cpu_kernels.NARROW_VNNI_ROWS + 1) == best
+    monkeypatch.setenv(cpu_kernels.ENV_ISA, "avx2")
+    assert cpu_kernels.dot_path(1) == (min(1, best[0]), 0)

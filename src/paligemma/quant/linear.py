@@ -85,7 +85,7 @@ class _QuantizedLinear(nn.Module):
         if self.in_features % group or not cpu_kernels.available():
             return None
         op = torch.ops.paligemma_cpu.int4_dot if bits == 4 else torch.ops.paligemma_cpu.int8_dot
-        return op(flat, self.weight, self.scale, group, cpu_kernels.isa(), cpu_kernels.vnni())
+        return op(flat, self.weight, self.scale, group, *cpu_kernels.dot_path(rows))
 
 
 class Int8Linear(_QuantizedLinear):

@@ -16,8 +16,8 @@
    tokens are fed back to each quantised model (teacher forcing); we report the mean KL
    divergence of the next-token distributions and how often the argmax agrees.
 5. Prints a table with ratios ours / reference (reference = transformers' best: its fastest
-   first token among the runs, bfloat16 for decode and memory) and each decode rate as a fraction of the
-   bandwidth limit (bandwidth / weight bytes read per token); writes everything as JSON.
+   first token among the runs, bfloat16 for decode and memory) and each decode rate as a
+   fraction of the bandwidth limit (bandwidth / weight bytes read per token); writes JSON.
 """
 
 from __future__ import annotations

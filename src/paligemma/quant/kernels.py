@@ -35,7 +35,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"), SOURCE.with_name("int4_dot.cpp"))  # one library
-HEADERS = (SOURCE.with_name("dequant_isa.h"), SOURCE.with_name("int4_dot_body.h"))  # cache key too
+HEADERS = tuple(SOURCE.with_name(h) for h in ("dequant_isa.h", "int4_dot_body.h", "int4_dot_amx.h"))
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first

@@ -9,9 +9,9 @@ today's AVX-512-VNNI loop against its AMX tiles (not a test):
 
 --amx: per shape, bits and row count, VNNI (vnni=1) and AMX (vnni=2) interleaved round by round,
 medians, GB/s of the codes and scales read, whether the two agree bit for bit; then the batch N
-over batch 1 throughput of each, and of the layers' choice (AMX from 2 rows) over the layers'
-1-row path (int4: VNNI; int8: the float kernel int8_matmul). --clock cpu times the calling
-thread's CPU time (1 thread; a shared host's waits excluded).
+over batch 1 throughput of each, and of the layers' choice (AMX from kernels.AMX_ROWS rows, VNNI
+below) over the layers' 1-row path (int4: VNNI; int8: the float kernel int8_matmul). --clock
+cpu times the calling thread's CPU time (1 thread; a shared host's waits excluded).
 
 The tiled kernel is int4_dot.cpp and tiles.py at `--base`, built here as its own op library
 (torch.ops.paligemma_tiled). One process, one thread by default; per row count the two run
@@ -95,6 +95,11 @@ def quantized(o: int, i: int, dtype: torch.dtype) -> dict:
     return {4: q.Int4Linear.from_linear(linear), 8: q.Int8Linear.from_linear(linear)}
 
 
+def layers_ms(r: dict, n: int, one: float) -> float:
+    """The layers' kernel time at n rows: AMX from kernels.AMX_ROWS, VNNI below, `one` at 1."""
+    return r["amx_ms"] if n >= kernels.AMX_ROWS else (r["vnni_ms"] if n > 1 else one)
+
+
 def amx_rows(layer, bits: int, rows: list[int], rounds: int, clock) -> dict:
     """{rows: {vnni_ms, amx_ms, vnni_gb_s, amx_gb_s, bit_exact}} plus "ratios" for one layer."""
     ops, out = torch.ops.paligemma_cpu, {}
@@ -126,14 +131,14 @@ def amx_rows(layer, bits: int, rows: list[int], rounds: int, clock) -> dict:
             n: {
                 "vnni_over_vnni_1": n * one["vnni_ms"] / r["vnni_ms"],
                 "amx_over_amx_1": n * one["amx_ms"] / r["amx_ms"],
-                "layers_over_layers_1": n * layer_one / (r["amx_ms"] if n > 1 else layer_one),
+                "layers_over_layers_1": n * layer_one / layers_ms(r, n, layer_one),
             }
             for n, r in out.items()
         }
         for n, r in out["ratios"].items():
             print(
                 f"  int{bits} batch {n:2} / batch 1 throughput: vnni {r['vnni_over_vnni_1']:.2f}x"
-                f"  amx {r['amx_over_amx_1']:.2f}x  layers (amx from 2 rows) "
+                f"  amx {r['amx_over_amx_1']:.2f}x  layers (amx from {kernels.AMX_ROWS} rows) "
                 f"{r['layers_over_layers_1']:.2f}x"
             )
     return out

@@ -7,9 +7,9 @@ is False and the quantised layers use PyTorch's own kernels (same results, slowe
 The source holds an AVX-512, an AVX2 + FMA and a scalar loop, chosen at run time from the CPU's
 flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs). The int4 x
 int8-activation kernel (int4_dot.cpp) also uses VNNI where the CPU has it, and AMX-INT8 tiles
-for 2 rows and more where the CPU has them and the OS grants them (`amx()`; the same results bit
-for bit): PALIGEMMA_CPU_ISA=avx512 | avx2 forces VNNI off, avx512vnni | avxvnni names the VNNI
-levels without AMX, amx the default (`vnni()`).
+for AMX_ROWS rows and more where the CPU has them and the OS grants them (`amx()`; the same
+results bit for bit): PALIGEMMA_CPU_ISA=avx512 | avx2 forces VNNI off, avx512vnni | avxvnni
+names the VNNI levels without AMX, amx the default (`vnni()`).
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
@@ -43,6 +43,7 @@ ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
 VNNI = {"avxvnni": 1, "avx512vnni": 2}  # int4_dot's VNNI levels: name -> path
 AMX = {"amx": 2}  # ... and the AMX level above them (its epilogue is AVX-512's)
+AMX_ROWS = 4  # int4_dot.cpp's kAmxRows: the layers' AMX from this many rows (fewer: VNNI's faster)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path
@@ -148,8 +149,8 @@ def vnni() -> int:
 
 
 def amx() -> bool:
-    """True when int4_dot / int8_dot run AMX-INT8 tiles for 2 rows and more: the CPU has them,
-    the OS granted them to this process, and PALIGEMMA_CPU_ISA names no lower level."""
+    """True when int4_dot / int8_dot run AMX-INT8 tiles for AMX_ROWS rows and more: the CPU has
+    them, the OS granted them to this process, and PALIGEMMA_CPU_ISA names no lower level."""
     return vnni() == -1 and isa() == 2 and bool(torch.ops.paligemma_cpu.cpu_amx())
 
 

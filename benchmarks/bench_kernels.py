@@ -86,7 +86,7 @@ def paths(o: int, i: int, rows: int, group: int = 64) -> dict:
 
 
 def dot_paths(x: torch.Tensor, layer: q.Int4Linear | q.Int8Linear) -> dict:
-    """int4_dot / int8_dot as the layers call it ("default": AMX from 4 rows where the CPU has
+    """int4_dot / int8_dot as the layers call it ("default": AMX from 8 rows where the CPU has
     it, else VNNI where it has it) and on every (instruction set, VNNI, AMX) this CPU has:
     name -> (product, bytes)."""
     ops, out = torch.ops.paligemma_cpu, {}
@@ -135,7 +135,7 @@ def kernel_table(
 
 def summary(tables: dict[int, dict]) -> dict:
     """The default int4 dot path's time (as the layers call it: the CPU's best instruction
-    set, AMX from 4 rows or VNNI where it has them) over int8 ours' (best instruction set, float
+    set, AMX from 8 rows or VNNI where it has them) over int8 ours' (best instruction set, float
     products) per row count, its throughput (rows per second) at each row count over 1 row, and
     int8 dot's throughput likewise."""
 

@@ -55,7 +55,7 @@ int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's
 namespace {
 
 constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights
-constexpr int64_t kAmxRows = 4;     // vnni -1: AMX from this many rows of a pass (measured;
+constexpr int64_t kAmxRows = 8;     // vnni -1: AMX from this many rows of a pass (measured;
                                     // kernels.py AMX_ROWS)
 
 // What one call reads: x quantised (xq as 4-byte words), its scales and sums, the weights.

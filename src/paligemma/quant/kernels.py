@@ -43,7 +43,7 @@ ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
 VNNI = {"avxvnni": 1, "avx512vnni": 2}  # int4_dot's VNNI levels: name -> path
 AMX = {"amx": 2}  # ... and the AMX level above them (its epilogue is AVX-512's)
-AMX_ROWS = 4  # int4_dot.cpp's kAmxRows: the layers' AMX from this many rows (fewer: VNNI's faster)
+AMX_ROWS = 8  # int4_dot.cpp's kAmxRows: the layers' AMX from this many rows (fewer: VNNI's faster)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path

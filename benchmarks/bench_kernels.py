@@ -9,8 +9,9 @@ product is the median of `--calls` rounds (a shared host adds noise to every pat
 counts the bytes the path must read (codes + scales, or the bfloat16 matrix). Paths: torch's
 bfloat16 F.linear; int8 ours on every instruction set this CPU has (quant/kernels.cpp) and
 torch's _weight_int8pack_mm; int4 ours likewise (float products), "int4 / int8 dot ours" (int8
-activations, integer dot products: quant/int4_dot.cpp, each instruction set with and without
-VNNI; they read the saved codes and scales as they are) and torch's _weight_int4pack_mm_for_cpu
+activations, integer dot products: quant/int4_dot.cpp, as the layers call it ("default"), each
+instruction set with and without VNNI, and AMX tiles; they read the saved codes and scales as
+they are) and torch's _weight_int4pack_mm_for_cpu
 (its own packed layout). A path this build lacks
 is reported as such. With several --rows, a summary follows: int4 dot's time per product over
 int8's (the issue's target: <= 0.55) and its throughput at N rows over 1 row.
@@ -85,19 +86,22 @@ def paths(o: int, i: int, rows: int, group: int = 64) -> dict:
 
 
 def dot_paths(x: torch.Tensor, layer: q.Int4Linear | q.Int8Linear) -> dict:
-    """int4_dot / int8_dot on every (instruction set, VNNI) this CPU has: name -> (product,
-    bytes)."""
+    """int4_dot / int8_dot as the layers call it ("default": AMX from 8 rows where the CPU has
+    it, else VNNI where it has it) and on every (instruction set, VNNI, AMX) this CPU has:
+    name -> (product, bytes)."""
     ops, out = torch.ops.paligemma_cpu, {}
     int4 = isinstance(layer, q.Int4Linear)
     saved = (layer.weight, layer.scale)  # read as saved: no copy of the weight
     op, group = (ops.int4_dot, layer.group) if int4 else (ops.int8_dot, q.INT8_DOT_GROUP)
-    levels = {**kernels.ISAS, **kernels.VNNI}
-    has = int(ops.cpu_vnni())
-    for name, isa in sorted(levels.items(), key=lambda kv: (-kv[1], kv[0] in kernels.ISAS)):
-        vnni = int(name in kernels.VNNI)
-        if isa > kernels.isa() or (vnni and not has & isa):
+    name = f"int{4 if int4 else 8} dot ours"
+    out[f"{name} default"] = (lambda: op(x, *saved, group, -1, -1), nbytes(*saved))
+    levels = {**kernels.ISAS, **kernels.VNNI, **kernels.AMX}
+    has, amx = int(ops.cpu_vnni()), int(ops.cpu_amx())
+    for level, isa in sorted(levels.items(), key=lambda kv: (-kv[1], kv[0] in kernels.ISAS)):
+        vnni = 2 if level in kernels.AMX else int(level in kernels.VNNI)
+        if isa > kernels.isa() or (vnni == 1 and not has & isa) or (vnni == 2 and not amx):
             continue
-        out[f"int{4 if int4 else 8} dot ours {name}"] = (
+        out[f"{name} {level}"] = (
             lambda isa=isa, vnni=vnni: op(x, *saved, group, isa, vnni),
             nbytes(*saved),
         )
@@ -130,9 +134,10 @@ def kernel_table(
 
 
 def summary(tables: dict[int, dict]) -> dict:
-    """The default int4 dot path's time (the CPU's best instruction set, VNNI where it has it)
-    over int8 ours' (best instruction set, float products) per row count, its throughput (rows
-    per second) at each row count over 1 row, and int8 dot's throughput likewise."""
+    """The default int4 dot path's time (as the layers call it: the CPU's best instruction
+    set, AMX from 8 rows or VNNI where it has them) over int8 ours' (best instruction set, float
+    products) per row count, its throughput (rows per second) at each row count over 1 row, and
+    int8 dot's throughput likewise."""
 
     def first(table: dict, prefix: str, last: bool = False) -> float:
         times = [r["ms"] for n, r in table.items() if n.startswith(prefix)]

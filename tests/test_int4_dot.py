@@ -1,8 +1,11 @@
 """The int4 / int8 x int8-activation kernels (quant/int4_dot.cpp), which read the saved layouts:
-every instruction-set path equals a float64 product of the same quantised activations, and the
-layers take them for bfloat16 decoding rows without keeping a copy of the weight."""
+every instruction-set path equals a float64 product of the same quantised activations, the AMX
+tiles equal the VNNI loop bit for bit, and the layers take them for bfloat16 decoding rows
+without keeping a copy of the weight."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +175,67 @@ def test_few_rows_take_avx_vnni_where_the_cpu_has_it(monkeypatch):
     assert cpu_kernels.dot_path(cpu_kernels.NARROW_VNNI_ROWS + 1) == best
     monkeypatch.setenv(cpu_kernels.ENV_ISA, "avx2")
     assert cpu_kernels.dot_path(1) == (min(1, best[0]), 0)
+
+
+def amx_cases():
+    """(bits, o, i, group, scale dtype): odd O (a tail of 16 rows: int8 through the panel too),
+    groups of 32 * odd (32-byte chunks), 64 and 128 (two chunks a group), G past 16 and 4."""
+    shapes = ((40, 64, 32), (33, 128, 64), (17, 384, 128), (70, 192, 64), (9, 1088, 32))
+    return [(b, *s, d) for b in (4, 8) for s, d in zip(shapes, SCALE_DTYPES * 2, strict=False)]
+
+
+def test_amx_equals_the_vnni_path_bit_for_bit():
+    """Where the CPU has AMX-INT8 and the OS grants it, vnni=2 (AMX tiles) gives the AVX-512-VNNI
+    loop's floats bit for bit (the same int32 sums per group, the same float steps) for 1..17
+    rows, within float32 rounding of float64; the default (-1) equals both. Elsewhere: no AMX
+    is claimed without the CPU's flags, forcing it raises, and the default equals the VNNI /
+    AVX2 path it falls back to."""
+    ops = torch.ops.paligemma_cpu
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    has = int(ops.cpu_amx())
+    assert has in (0, 1) and (has == 0 or ("amx_int8" in flags and "amx_tile" in flags))
+    torch.manual_seed(0)
+    for bits, o, i, group, dtype in amx_cases():
+        op = ops.int4_dot if bits == 4 else ops.int8_dot
+        if bits == 4:
+            codes = torch.randint(0, 256, (o, i // 2), dtype=torch.uint8)
+            scale = torch.rand(o, i // group).to(dtype)
+            w = (portable_codes(codes).double() - 8).view(o, -1, group) * scale.double()[..., None]
+        else:
+            codes = torch.randint(-128, 128, (o, i), dtype=torch.int8)
+            scale = torch.rand(o).to(dtype)
+            w = codes.double()[:, None] * scale.double()[:, None, None]
+        for rows in range(1, 18):
+            x = torch.randn(rows, i).to(torch.bfloat16)
+            x[0, :group] = 0
+            isa, vnni = variants()[-1]  # the CPU's best loop without AMX
+            want = op(x, codes, scale, group, isa, vnni)
+            assert torch.equal(op(x, codes, scale, group, -1, -1), want) or has, (bits, rows)
+            if not has:
+                with pytest.raises(RuntimeError, match="no AMX"):
+                    op(x, codes, scale, group, -1, 2)
+                continue
+            got = op(x, codes, scale, group, 2, 2)
+            assert torch.equal(got, want), (bits, o, i, group, rows)
+            assert torch.equal(op(x, codes, scale, group, -1, -1), want), (bits, rows)
+            exact = dequantized_x(x, group) @ w.view(o, i).T
+            assert rel_err(got, exact) < 1e-6, (bits, o, i, rows)
+
+
+def test_amx_level_of_the_environment(monkeypatch):
+    """PALIGEMMA_CPU_ISA=amx (or nothing) lets the layers take AMX where `amx()`; avx512vnni
+    keeps VNNI without it; avx512 neither. The layer's output is the same bit for bit."""
+    torch.manual_seed(0)
+    layer = q.Int4Linear.from_linear(nn.Linear(256, 72))
+    x = torch.randn(8, 256).to(torch.bfloat16)
+    has = bool(torch.ops.paligemma_cpu.cpu_amx()) and cpu_kernels.isa() == 2
+    outs = {}
+    with torch.no_grad():
+        for name, vnni, amx in (("amx", -1, has), ("", -1, has), ("avx512vnni", -2, False)):
+            monkeypatch.setenv(cpu_kernels.ENV_ISA, name)
+            assert (cpu_kernels.vnni(), cpu_kernels.amx()) == (vnni, amx), name
+            outs[name] = layer(x)
+        monkeypatch.setenv(cpu_kernels.ENV_ISA, "avx512")
+        assert (cpu_kernels.vnni(), cpu_kernels.amx()) == (0, False)
+    assert torch.equal(outs["amx"], outs["avx512vnni"]) and torch.equal(outs[""], outs["amx"])

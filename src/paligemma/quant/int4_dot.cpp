@@ -24,8 +24,11 @@
 //   int8_dot(x, q int8[O, I], scale f32|bf16|f16[O], group, isa=-1, vnni=-1) -> f32[M, O]
 //       the same for int8 weights (one scale per output row; `group`: the activations' groups)
 //   cpu_vnni() -> int: 1 when this CPU has AVX-VNNI, 2 AVX-512-VNNI, 3 both, 0 neither
-// isa: as kernels.cpp (2 AVX-512, 1 AVX2, 0 scalar); vnni: 1 / 0 forces the dot product with /
-// without VNNI (for tests and comparisons), -1 the CPU's.
+//   cpu_amx() -> int: 1 when this CPU has AMX-INT8 and the OS grants this process its tiles
+// isa: as kernels.cpp (2 AVX-512, 1 AVX2, 0 scalar); vnni: 2 AMX (int4_dot_amx.h; an error
+// where there is none), 1 VNNI, 0 neither (for tests and comparisons), -1 the CPU's best (AMX
+// for kAmxRows rows and more, where cpu_amx()), -2 the CPU's without AMX. AMX gives the VNNI
+// path's results bit for bit (the same int32 sums per group, the same float steps).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -37,8 +40,13 @@
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define PG_DOT_X86 1
+#endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's three
@@ -47,6 +55,8 @@ int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's
 namespace {
 
 constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights
+constexpr int64_t kAmxRows = 8;     // vnni -1: AMX from this many rows of a pass (measured;
+                                    // kernels.py AMX_ROWS)
 
 // What one call reads: x quantised (xq as 4-byte words), its scales and sums, the weights.
 struct Dot {
@@ -90,11 +100,12 @@ int64_t padded_rows(int64_t mb) {
 
 #ifdef PG_DOT_X86
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-namespace pg_dot_avx512vnni {
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")
+namespace pg_dot_avx512vnni {  // AMX's loop too: it runs only where amx_ready()
 #define PG_ISA 2
 #define PG_VNNI 1
 #include "int4_dot_body.h"
+#include "int4_dot_amx.h"
 #undef PG_VNNI
 #undef PG_ISA
 }  // namespace pg_dot_avx512vnni
@@ -150,11 +161,41 @@ int64_t cpu_vnni() {
 #endif
 }
 
+// AMX-TILE and AMX-INT8 in CPUID (leaf 7, EDX bits 24, 25), and Linux's leave to use the tile
+// data (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, once per process: it holds for
+// all its threads). Elsewhere, or refused: false, and the VNNI loop runs.
+bool amx_ready() {
+  static const bool ready = [] {
+#if defined(PG_DOT_X86) && defined(__linux__) && defined(SYS_arch_prctl)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || ((d >> 24) & 3) != 3) return false;
+    constexpr int kReqXcompPerm = 0x1023, kXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ready;
+}
+
+int64_t cpu_amx() { return amx_ready() ? 1 : 0; }
+
+// Where input i of a group lands in xq. order 1 (int4, VNNI): 8k + p -> 8k + [0, 4, 1, 5, 2, 6,
+// 3, 7][p], the nibbles' order; order kc (int4, AMX): per chunk of kc, the even inputs, then the
+// odd ones, as the panel holds the codes; order 0: in place.
+inline int64_t placed(int64_t i, int64_t order) {
+  static constexpr int kPlace[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+  if (order == 1) return (i & ~int64_t(7)) + kPlace[i & 7];
+  if (order == 0) return i;
+  const int64_t p = i % order;
+  return i - p + (p & 1) * (order / 2) + p / 2;
+}
+
 // x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
-// off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations.
-// int4 (zero 8): input 8k + p lands at 8k + [0, 4, 1, 5, 2, 6, 3, 7][p], the nibbles' order.
-void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, at::Tensor& xq,
-                at::Tensor& xs, at::Tensor& off) {
+// off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations;
+// order: placed's.
+void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, int64_t order,
+                at::Tensor& xq, at::Tensor& xs, at::Tensor& off) {
   const int64_t M = x.size(0), I = x.size(1), G = I / group;
   xq = at::zeros({rows, I}, x.options().dtype(at::kChar));
   xs = at::zeros({rows, G}, x.options().dtype(at::kFloat));
@@ -163,7 +204,6 @@ void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, 
   int8_t* qp = xq.data_ptr<int8_t>();
   float* sp = xs.data_ptr<float>();
   int32_t* op = off.data_ptr<int32_t>();
-  static constexpr int kPlace[8] = {0, 4, 1, 5, 2, 6, 3, 7};
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t g = 0; g < G; ++g) {
       const float* v = xp + m * I + g * group;
@@ -174,33 +214,71 @@ void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, 
       int32_t sum = 0;
       for (int64_t i = 0; s > 0.f && i < group; ++i) {
         const float c = std::min(std::max(std::nearbyint(v[i] / s), -127.f), 127.f);
-        to[zero == 8 ? (i & ~int64_t(7)) + kPlace[i & 7] : i] = int8_t(c), sum += int32_t(c);
+        to[placed(i, order)] = int8_t(c), sum += int32_t(c);
       }
       sp[m * G + g] = s, op[m * G + g] = zero * sum;
     }
   }
 }
 
-// The output rows [o0, o1) (o0, o1 multiples of the path's lanes, or o1 = O) for mb rows.
-void dot_rows(int64_t isa, bool vnni, int64_t mb, int bits, const Dot& d, int64_t o0,
+// Which loop runs: the instruction set (2, 1, 0), whether its VNNI runs, and AMX for passes of
+// amx_from rows or more (kDotRows + 1: never).
+struct Path {
+  int64_t isa;
+  bool vnni;
+  int64_t amx_from;
+};
+
+// The output rows [o0, o1) (o0, o1 multiples of the path's lanes, or o1 = O) for mb rows; kc:
+// AMX's chunk (0: no AMX).
+void dot_rows(const Path& p, int64_t kc, int64_t mb, int bits, const Dot& d, int64_t o0,
               int64_t o1) {
 #ifdef PG_DOT_X86
-  if (isa == 2 && vnni) return pg_dot_avx512vnni::dot_tiles(mb, bits, d, o0, o1);
-  if (isa == 2) return pg_dot_avx512::dot_tiles(mb, bits, d, o0, o1);
-  if (isa == 1 && vnni) return pg_dot_avxvnni::dot_tiles(mb, bits, d, o0, o1);
-  if (isa == 1) return pg_dot_avx2::dot_tiles(mb, bits, d, o0, o1);
+  if (kc) return pg_dot_avx512vnni::amx_tiles(mb, bits, kc, d, o0, o1);
+  if (p.isa == 2 && p.vnni) return pg_dot_avx512vnni::dot_tiles(mb, bits, d, o0, o1);
+  if (p.isa == 2) return pg_dot_avx512::dot_tiles(mb, bits, d, o0, o1);
+  if (p.isa == 1 && p.vnni) return pg_dot_avxvnni::dot_tiles(mb, bits, d, o0, o1);
+  if (p.isa == 1) return pg_dot_avx2::dot_tiles(mb, bits, d, o0, o1);
 #endif
   pg_dot_scalar::dot_tiles(mb, bits, d, o0, o1);
 }
 
-// The instruction set (2, 1, 0) and whether its VNNI runs, from the caller's isa and vnni.
-std::pair<int64_t, bool> path(int64_t isa, int64_t vnni) {
+// The loop for the caller's isa and vnni (the header's meanings).
+Path path(int64_t isa, int64_t vnni) {
   const int64_t best = pg_cpu_isa(), has = cpu_vnni();
   TORCH_CHECK(isa <= best, "paligemma_cpu: this CPU has no path ", isa, " (best: ", best, ")");
   isa = isa < 0 ? best : isa;
   const bool can = (isa == 2 && (has & 2)) || (isa == 1 && (has & 1));
-  TORCH_CHECK(vnni <= 0 || can, "paligemma_cpu: this CPU has no VNNI for path ", isa);
-  return {isa, vnni < 0 ? can : vnni == 1};
+  TORCH_CHECK(vnni != 1 || can, "paligemma_cpu: this CPU has no VNNI for path ", isa);
+  TORCH_CHECK(vnni != 2 || (isa == 2 && amx_ready()), "paligemma_cpu: no AMX for path ", isa,
+              " (AMX needs path 2, a CPU with AMX-INT8 and the OS's leave)");
+  const bool amx = vnni == 2 || (vnni == -1 && isa == 2 && amx_ready());
+  return {isa, vnni < 0 ? can : vnni >= 1, amx ? (vnni == 2 ? 1 : kAmxRows) : kDotRows + 1};
+}
+
+// AMX's rows for mb rows of x: the next of its widths 1, 2, 4, 8, 16 (padded rows are zeros).
+int64_t amx_rows(int64_t mb) {
+  int64_t np = 1;
+  while (np < mb) np *= 2;
+  return np;
+}
+
+// One pass's activations as its loop reads them (kept alive for the Dot's pointers): quantised;
+// for AMX (kc > 0) as B tiles q [I / kc][kc / 4][rows] dwords, int4 inputs ordered per chunk of
+// kc as the panel, with s and off [G][16] (lane l: row l % rows; int8: off 0, as TDPBSSD
+// multiplies the signed codes).
+struct Xq {
+  at::Tensor q, s, off;
+};
+Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc) {
+  Xq r;
+  const int64_t order = bits == 8 ? 0 : (kc ? kc : 1);
+  quantize_x(x, rows, group, bits == 4 ? 8 : 128, order, r.q, r.s, r.off);
+  if (kc == 0) return r;
+  r.q = r.q.view(at::kInt).view({rows, -1, kc / 4}).permute({1, 2, 0}).contiguous();
+  r.s = r.s.t().repeat({1, 16 / rows}).contiguous();
+  r.off = bits == 4 ? r.off.t().repeat({1, 16 / rows}).contiguous() : at::zeros_like(r.off.t().repeat({1, 16 / rows}));
+  return r;
 }
 
 int scale_type(const at::Tensor& s) {
@@ -224,20 +302,21 @@ at::Tensor dot(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& sca
               "int4_dot: scale must be [O, I/group]");
   TORCH_CHECK(bits == 4 || (scale_.dim() == 1 && scale_.size(0) == O),
               "int8_dot: scale must be [O]");
-  const auto [isa, use_vnni] = path(isa_, vnni);
+  const Path p = path(isa_, vnni);
   const at::Tensor x = x_.to(at::kFloat).contiguous();
   const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
-  const int64_t M = x.size(0), G = I / group, lanes = isa == 2 ? 16 : (isa == 1 ? 8 : 1);
+  const int64_t M = x.size(0), G = I / group, lanes = p.isa == 2 ? 16 : (p.isa == 1 ? 8 : 1);
   at::Tensor out = at::empty({M, O}, x.options());
   for (int64_t m0 = 0; m0 < M && O > 0; m0 += kDotRows) {
-    const int64_t mb = std::min(kDotRows, M - m0), rows = padded_rows(mb);
-    at::Tensor xq, xs, off, part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
-    quantize_x(x.narrow(0, m0, mb), rows, group, bits == 4 ? 8 : 128, xq, xs, off);
-    const Dot d{(const int32_t*)xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
-                off.data_ptr<int32_t>(), (const uint8_t*)q.data_ptr(), scale.data_ptr(),
-                scale_type(scale), I, G, group, O, part.data_ptr<float>()};
+    const int64_t mb = std::min(kDotRows, M - m0), kc = mb < p.amx_from ? 0 : 64 - group % 64;
+    const int64_t rows = kc ? amx_rows(mb) : padded_rows(mb);
+    at::Tensor part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
+    const Xq xq = pass_x(x.narrow(0, m0, mb), rows, group, bits, kc);
+    const Dot d{(const int32_t*)xq.q.data_ptr(), xq.s.data_ptr<float>(), xq.off.data_ptr<int32_t>(),
+                (const uint8_t*)q.data_ptr(), scale.data_ptr(), scale_type(scale), I, G, group, O,
+                part.data_ptr<float>()};
     at::parallel_for(0, (O + lanes - 1) / lanes, 64 / lanes, [&](int64_t t0, int64_t t1) {
-      dot_rows(isa, use_vnni, rows, bits, d, t0 * lanes, std::min(O, t1 * lanes));
+      dot_rows(p, kc, rows, bits, d, t0 * lanes, std::min(O, t1 * lanes));
     });
     if (rows != mb) out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
   }
@@ -262,4 +341,5 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("int8_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
         &int8_dot);
   m.def("cpu_vnni() -> int", &cpu_vnni);
+  m.def("cpu_amx() -> int", &cpu_amx);
 }

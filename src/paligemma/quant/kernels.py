@@ -6,8 +6,10 @@ the installed torch) into a cache directory and loads it; the ops then live unde
 is False and the quantised layers use PyTorch's own kernels (same results, slower decoding).
 The source holds an AVX-512, an AVX2 + FMA and a scalar loop, chosen at run time from the CPU's
 flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which runs). The int4 x
-int8-activation kernel (int4_dot.cpp) also uses VNNI where the CPU has it: PALIGEMMA_CPU_ISA=
-avx512 | avx2 forces it off, avx512vnni | avxvnni names the VNNI levels (`vnni()`).
+int8-activation kernel (int4_dot.cpp) also uses VNNI where the CPU has it, and AMX-INT8 tiles
+for AMX_ROWS rows and more where the CPU has them and the OS grants them (`amx()`; the same
+results bit for bit): PALIGEMMA_CPU_ISA=avx512 | avx2 forces VNNI off, avx512vnni | avxvnni
+names the VNNI levels without AMX, amx the default (`vnni()`).
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
@@ -35,11 +37,13 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"), SOURCE.with_name("int4_dot.cpp"))  # one library
-HEADERS = (SOURCE.with_name("dequant_isa.h"), SOURCE.with_name("int4_dot_body.h"))  # cache key too
+HEADERS = tuple(SOURCE.with_name(h) for h in ("dequant_isa.h", "int4_dot_body.h", "int4_dot_amx.h"))
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
 VNNI = {"avxvnni": 1, "avx512vnni": 2}  # int4_dot's VNNI levels: name -> path
+AMX = {"amx": 2}  # ... and the AMX level above them (its epilogue is AVX-512's)
+AMX_ROWS = 8  # int4_dot.cpp's kAmxRows: the layers' AMX from this many rows (fewer: VNNI's faster)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str, "path": Path
@@ -130,16 +134,24 @@ def isa() -> int:
         _state["best"] = int(torch.ops.paligemma_cpu.cpu_isa())
     best = int(_state["best"])
     name = os.environ.get(ENV_ISA, "")
-    levels = ISAS | VNNI
+    levels = ISAS | VNNI | AMX
     if name and name not in levels:
         raise ValueError(f"{ENV_ISA} must be one of {', '.join(levels)}, got {name!r}")
     return min(levels[name], best) if name else best
 
 
 def vnni() -> int:
-    """int4_dot's dot product: -1 the CPU's (VNNI where it has it), 0 without VNNI (when
-    PALIGEMMA_CPU_ISA names a level below the VNNI ones). Needs available()."""
-    return 0 if os.environ.get(ENV_ISA, "") in ISAS else -1
+    """int4_dot's dot product: -1 the CPU's (AMX where `amx()`, else VNNI where it has it), -2
+    VNNI without AMX (PALIGEMMA_CPU_ISA names a VNNI level), 0 without VNNI (it names a level
+    below them). Needs available()."""
+    name = os.environ.get(ENV_ISA, "")
+    return 0 if name in ISAS else (-2 if name in VNNI else -1)
+
+
+def amx() -> bool:
+    """True when int4_dot / int8_dot run AMX-INT8 tiles for AMX_ROWS rows and more: the CPU has
+    them, the OS granted them to this process, and PALIGEMMA_CPU_ISA names no lower level."""
+    return vnni() == -1 and isa() == 2 and bool(torch.ops.paligemma_cpu.cpu_amx())
 
 
 # int4_dot / int8_dot at up to this many rows run AVX-VNNI's 256-bit code where the CPU has it,

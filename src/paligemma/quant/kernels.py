@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"), SOURCE.with_name("int4_dot.cpp"))  # one library
+OTHERS = ("dequant.cpp", "int4_dot.cpp", "quantize.cpp")
+SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = (SOURCE.with_name("dequant_isa.h"), SOURCE.with_name("int4_dot_body.h"))  # cache key too
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"

@@ -106,6 +106,7 @@ def test_dequant_ops_check_their_arguments():
 def test_vectorised_quantiser_gives_the_codes_of_the_scalar_one_on_every_path():
     """quantize_isa (quantize.cpp: AVX-512 / AVX2 / scalar, what loading uses) equals its scalar
     path `quantize`, which tests/test_quantize.py holds to the Python reference."""
+    assert cpu_kernels.available()  # (run alone, nothing loaded the ops before)
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
@@ -116,6 +117,26 @@ def test_vectorised_quantiser_gives_the_codes_of_the_scalar_one_on_every_path():
             for isa in paths():
                 got = ops.quantize_isa(w[:, 3:] if bits == 8 else w, bits, group, isa)
                 assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), (bits, isa)
+
+
+def test_quantiser_threads_share_the_rows_in_blocks():
+    """quantize_isa's threads take blocks of rows (2^16 weights) in turn: with 3 threads on 11
+    blocks and a short last one, every row is quantised once, as one thread does it."""
+    assert cpu_kernels.available()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(3)
+    w = torch.randn(11 * 64 - 5, 1024).to(torch.bfloat16)
+    threads = torch.get_num_threads()
+    try:
+        for bits in (8, 4):
+            torch.set_num_threads(1)
+            want = ops.quantize_isa(w, bits, 64)
+            torch.set_num_threads(3)
+            got = ops.quantize_isa(w, bits, 64)
+            assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), bits
+            assert torch.equal(got[0][-5:], ops.quantize(w[-5:], bits, 64)[0])
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])

@@ -24,9 +24,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -39,6 +41,7 @@ int64_t pg_cpu_isa();  // kernels.cpp: the best path this CPU runs
 
 namespace {
 constexpr float kClip[] = {1.0f, 0.9f, 0.8f};  // linear.CLIP
+constexpr int64_t kBlock = 1 << 16;  // weights per block of rows that one thread takes at a time
 }  // namespace
 
 #define PG_QZ_BODY 1
@@ -87,17 +90,32 @@ std::tuple<at::Tensor, at::Tensor> quantize_isa(const at::Tensor& w_, int64_t bi
   at::Tensor scale = at::empty({O, G}, w.options().dtype(at::kFloat));
   auto* cp = static_cast<uint8_t*>(codes.data_ptr());
   float* sp = scale.data_ptr<float>();
-  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-    auto run = [&](const auto* wp) {
+  // Rows in blocks of about kBlock weights, each thread taking the next block while any is left
+  // (not a fixed share each: on a busy host a thread that waits for its core delays only the
+  // block it holds, not half of the matrix)
+  const int64_t rows = std::max<int64_t>(1, kBlock / I), blocks = (O + rows - 1) / rows;
+  std::atomic<int64_t> next{0};
+  auto work = [&](int64_t, int64_t) {
+    for (int64_t b = next++; b < blocks; b = next++) {
+      const int64_t o0 = b * rows, o1 = std::min(O, o0 + rows);
+      auto run = [&](const auto* wp) {
 #ifdef PG_QZ_X86
-      if (isa == 2) return pg_qz_avx512::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
-      if (isa == 1) return pg_qz_avx2::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+        if (isa == 2) return pg_qz_avx512::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+        if (isa == 1) return pg_qz_avx2::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
 #endif
-      pg_qz_scalar::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
-    };
-    if (bf16) run(w.data_ptr<c10::BFloat16>());
-    else run(w.data_ptr<float>());
-  });
+        pg_qz_scalar::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
+      };
+      if (bf16) run(w.data_ptr<c10::BFloat16>());
+      else run(w.data_ptr<float>());
+    }
+  };
+  // threads of our own, joined (blocking), not at::parallel_for: OpenMP's workers spin after a
+  // parallel region, taking the cores the reading of the next tensor needs on a busy host
+  std::vector<std::thread> helpers;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), blocks);
+  for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work, t, t + 1);
+  work(0, 1);
+  for (auto& h : helpers) h.join();
   return {codes, bits == 8 ? scale.view({O}) : scale};
 }
 

@@ -1,7 +1,7 @@
 """Peak memory and time of quantising at load (not a test; tests/test_quantize.py runs it small).
 
     python benchmarks/bench_quant_load.py                    # a mid-size random checkpoint
-    python benchmarks/bench_quant_load.py --path CKPT_DIR    # any bfloat16 checkpoint
+    python benchmarks/bench_quant_load.py --model CKPT_DIR   # any bfloat16 checkpoint (--path)
     python benchmarks/bench_quant_load.py --repeats 5 --threads 1 --isa avx2 --json F
 
 Each load runs in its own process, so its peak resident memory (VmHWM, less the resident memory
@@ -112,7 +112,9 @@ def compare(path: Path, repeats: int = 1, threads: int | None = None, isa=None) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", type=Path, help="a bfloat16 checkpoint (default: write one)")
+    parser.add_argument(
+        "--path", "--model", type=Path, help="a bfloat16 checkpoint (default: write one)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (medians)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--isa", choices=["scalar", "avx2", "avx512"], help="quantiser path")

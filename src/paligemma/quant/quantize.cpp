@@ -13,6 +13,7 @@
 //           sums it, so vector and scalar paths and PyTorch choose alike.
 //   quantize(w, bits, group) -> the same on the scalar path (the reference of the others)
 //
+//   Threads: torch's intra-op count, each taking the next block of rows (kBlock weights).
 //   isa: 2 AVX-512, 1 AVX2, 0 scalar, -1 best. The group loops live in the PG_QZ_BODY section
 // at the end, included three times under GCC target pragmas (as dequant.cpp; dequant_isa.h
 // has each path's vector helpers). Every product and sum is rounded on its own (fp-contract=off
@@ -40,7 +41,7 @@
 int64_t pg_cpu_isa();  // kernels.cpp: the best path this CPU runs
 
 namespace {
-constexpr float kClip[] = {1.0f, 0.9f, 0.8f};  // linear.CLIP
+constexpr float kClip[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f};  // linear.CLIP
 constexpr int64_t kBlock = 1 << 16;  // weights per block of rows that one thread takes at a time
 }  // namespace
 

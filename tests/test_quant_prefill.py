@@ -104,8 +104,9 @@ def test_dequant_ops_check_their_arguments():
 
 
 def test_vectorised_quantiser_gives_the_codes_of_the_scalar_one_on_every_path():
-    """quantize_isa (dequant.cpp: AVX-512 / AVX2 / scalar, what loading uses) equals kernels.cpp's
-    quantize, which tests/test_quantize.py holds to the Python reference."""
+    """quantize_isa (quantize.cpp: AVX-512 / AVX2 / scalar, what loading uses) equals its scalar
+    path `quantize`, which tests/test_quantize.py holds to the Python reference."""
+    assert cpu_kernels.available()  # (run alone, nothing loaded the ops before)
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
@@ -116,3 +117,77 @@ def test_vectorised_quantiser_gives_the_codes_of_the_scalar_one_on_every_path():
             for isa in paths():
                 got = ops.quantize_isa(w[:, 3:] if bits == 8 else w, bits, group, isa)
                 assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), (bits, isa)
+
+
+def test_quantiser_threads_share_the_rows_in_blocks():
+    """quantize_isa's threads take blocks of rows (2^16 weights) in turn: with 3 threads on 11
+    blocks and a short last one, every row is quantised once, as one thread does it."""
+    assert cpu_kernels.available()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(3)
+    w = torch.randn(11 * 64 - 5, 1024).to(torch.bfloat16)
+    threads = torch.get_num_threads()
+    try:
+        for bits in (8, 4):
+            torch.set_num_threads(1)
+            want = ops.quantize_isa(w, bits, 64)
+            torch.set_num_threads(3)
+            got = ops.quantize_isa(w, bits, 64)
+            assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), bits
+            assert torch.equal(got[0][-5:], ops.quantize(w[-5:], bits, 64)[0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_int4_quantiser_is_bit_exact_with_the_python_reference(isa, monkeypatch):
+    """quantize_weight through quantize_isa on the path PALIGEMMA_CPU_ISA names (its vector
+    codes, error sums and nibble packing) gives int4_codes' codes and scales (the Python
+    reference) bit for bit: groups summed in registers (32, 64, 128) or in memory (14, 448:
+    zero-padded), float32 and bfloat16 weights, a zero group, an outlier, tied groups."""
+    torch.manual_seed(1)
+    w = torch.randn(37, 896) * torch.rand(37, 1) * 3
+    w[3], w[4, 64:128] = 0, 0  # a zero row and a zero group
+    w[5, 7], w[6, :64] = 40.0, torch.arange(64) % 3 - 1.0  # an outlier; -1, 0, 1 (ties)
+    monkeypatch.setenv(cpu_kernels.ENV_ISA, isa)
+    assert cpu_kernels.available() and cpu_kernels.isa() == min(
+        cpu_kernels.ISAS[isa], int(torch.ops.paligemma_cpu.cpu_isa())
+    )
+    for dtype in (torch.float32, torch.bfloat16):
+        for group in (64, 32, 128, 14, 448):
+            ours = q.quantize_weight(w.to(dtype), "int4", group)
+            for a, b in zip(ours, python_reference(w.to(dtype), group), strict=True):
+                assert a.dtype == b.dtype and torch.equal(a, b), (dtype, group)
+
+
+def python_reference(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_weight(w, "int4", group) without the C++ quantiser (int4_codes)."""
+    available, cpu_kernels.available = cpu_kernels.available, lambda: False
+    try:
+        return q.quantize_weight(w, "int4", group)
+    finally:
+        cpu_kernels.available = available
+
+
+def test_int4_scales_are_the_least_squared_error_of_the_clip_ratios():
+    """int4_codes keeps, per group, the CLIP ratio of least error: never worse than amax / 7
+    (the first ratio), clipped on most random groups, and the whole weight's error is lower."""
+    torch.manual_seed(2)
+    w = torch.randn(64, 8, 64)
+
+    def error(clip) -> torch.Tensor:
+        codes, scale = q.int4_codes(w) if clip is None else int4_codes_with(clip)
+        return ((codes.float() - 8) * scale[..., None] - w).square().sum(-1)
+
+    def int4_codes_with(clip):
+        old, q.CLIP = q.CLIP, clip
+        try:
+            return q.int4_codes(w)
+        finally:
+            q.CLIP = old
+
+    best, plain = error(None), error((1.0,))
+    amax_over_7 = w.abs().amax(-1) / 7
+    assert (best <= plain * (1 + 1e-6)).all()
+    assert (q.int4_codes(w)[1] < amax_over_7).float().mean() > 0.5  # most groups clipped
+    assert best.sum() < 0.9 * plain.sum(), (best.sum(), plain.sum())

@@ -153,17 +153,20 @@ def test_demo_prints_what_the_quick_start_shows(embedded_pipe, tmp_path, monkeyp
     assert capsys.readouterr().out.splitlines() == block.splitlines()
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["bfloat16", "int8", "int4"])
 def test_quantised_score_columns_are_the_evaluation_json(mode):
-    """The README's int8 / int4 decoder columns are benchmarks/eval_embedded.py's results
-    (the float32 column: tests/test_embedded.py)."""
-    scores = result("embedded_eval.json")[mode]
+    """The README's bfloat16 / int8 / int4 decoder columns are benchmarks/eval_embedded.py's
+    results (the float32 column: tests/test_embedded.py), and every int8 / int4 score is within
+    1 point (0.01) of bfloat16's, the reference the quantised modes are held to."""
+    run = result("embedded_eval.json")
+    scores = run[mode]
     head = "| task (200 scenes each) | metric | target | **shipped (step 12,000)** |"
-    column = 3 if mode == "int8" else 4  # after metric, target, shipped
+    column = {"bfloat16": 3, "int8": 4, "int4": 5}[mode]  # after metric, target, shipped
     for (_, row), key in zip(table(head), SCORE_KEYS, strict=True):
         value = scores[key]
         shown = f"{value:.3f}" if key in PLAIN else f"{100 * value:.1f}%"
         assert row[column] == shown, (mode, key, row, value)
+        assert abs(value - run["bfloat16"][key]) <= 0.01 + 1e-9, (mode, key, value)
 
 
 SCORE_KEYS = [  # the score table's rows, in order

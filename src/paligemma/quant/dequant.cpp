@@ -12,8 +12,7 @@
 //       thread, each thread running the GEMMs of its own tiles; tile < 0: |tile| rows at a time
 //       by all threads, then one GEMM on all threads (an A/B alternative: bench_quant_prefill)
 //
-//   quantize_isa(w f32|bf16[O, I], bits, group, isa=-1) -> (codes, scale f32): kernels.cpp's
-//       quantize (linear.quantize_weight's codes) with the amax, divide and round in vectors
+//   (quantize.cpp, in the same library, has the quantiser that loading runs: quantize_isa)
 //
 //   q: int8[O, I] (bits 8, scale f32|bf16[O]) or uint8[O, I/2] (bits 4, two codes per byte,
 //   low nibble first, scale f32|bf16[O, I/group]); isa: 2 AVX-512, 1 AVX2, 0 scalar, -1 best.
@@ -224,33 +223,6 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_isa(const at::Tensor& w_, int64_t bits, int64_t group,
-                                               int64_t isa) {
-  TORCH_CHECK(w_.dim() == 2 && (bits == 8 || (bits == 4 && group > 0 && group % 2 == 0)),
-              "quantize_isa: w [O, I], bits 8 or 4 with an even group");
-  const bool bf16 = w_.scalar_type() == at::kBFloat16;
-  const at::Tensor w = bf16 ? w_.contiguous() : w_.to(at::kFloat).contiguous();
-  const int64_t O = w.size(0), I = w.size(1), G = bits == 8 ? 1 : I / group;
-  TORCH_CHECK(bits == 8 || I % group == 0, "quantize_isa: the group must divide in_features");
-  isa = resolved_isa(isa);
-  at::Tensor codes = at::empty({O, bits == 8 ? I : I / 2}, w.options().dtype(bits == 8 ? at::kChar : at::kByte));
-  at::Tensor scale = at::empty({O, G}, w.options().dtype(at::kFloat));
-  auto* cp = static_cast<uint8_t*>(codes.data_ptr());
-  float* sp = scale.data_ptr<float>();
-  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-    auto run = [&](const auto* wp) {
-#ifdef PG_DQ_X86
-      if (isa == 2) return pg_dq_avx512::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
-      if (isa == 1) return pg_dq_avx2::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
-#endif
-      pg_dq_scalar::quantize_rows(wp, I, bits, group, cp, sp, o0, o1);
-    };
-    if (bf16) run(w.data_ptr<c10::BFloat16>());
-    else run(w.data_ptr<float>());
-  });
-  return {codes, bits == 8 ? scale.view({O}) : scale};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -260,8 +232,6 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
         "int isa=-1) -> Tensor",
         &dequant_mm);
-  m.def("quantize_isa(Tensor w, int bits, int group, int isa=-1) -> (Tensor, Tensor)",
-        &quantize_isa);
 }
 
 #else  // PG_DQ_BODY: the row loops for one instruction set (PG_DQ_ISA 2, 1 or 0)
@@ -322,51 +292,6 @@ void rows_as(const Job& j, int64_t a, int64_t b) {
 void rows(const Job& j, int64_t a, int64_t b) {
   if (j.out_bf16) return j.scale_bf16 ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
   j.scale_bf16 ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
-}
-
-
-// Quantising (linear.quantize_weight's arithmetic, as kernels.cpp's quantize): n values of one
-// row or group from w (float32 or bfloat16) -> their scale max(amax, 1e-12) / top and the codes
-// min(max(nearbyint(w / s), lo), top) as int32 into c.
-template <typename T>
-inline float load1(const T* w, int64_t i) { return float(w[i]); }
-
-template <typename T>
-float quantize_span(const T* w, int64_t n, float top, float lo, int32_t* c) {
-  float amax = 0.f;
-  int64_t i = 0;
-#if PG_DQ_ISA > 0
-  vf m = vset(0.f);
-  for (; i + W <= n; i += W) m = vmax(m, vabs(vload(w + i)));
-  amax = vhmax(m);
-#endif
-  for (; i < n; ++i) amax = std::max(amax, std::abs(load1(w, i)));
-  const float s = std::max(amax, 1e-12f) / top;
-  i = 0;
-#if PG_DQ_ISA > 0
-  const vf vs = vset(s), vlo = vset(lo), vtop = vset(top);
-  for (; i + W <= n; i += W) vstore_i32(c + i, vmin(vmax(vround(vdiv(vload(w + i), vs)), vlo), vtop));
-#endif
-  for (; i < n; ++i) c[i] = int32_t(std::min(std::max(std::nearbyint(load1(w, i) / s), lo), top));
-  return s;
-}
-
-template <typename T>
-void quantize_rows(const T* w, int64_t I, int64_t bits, int64_t group, uint8_t* codes,
-                   float* scale, int64_t o0, int64_t o1) {
-  const int64_t n = bits == 8 ? I : group, G = I / n, row = bits == 8 ? I : I / 2;
-  std::vector<int32_t> c(n);
-  for (int64_t o = o0; o < o1; ++o) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float top = bits == 8 ? 127.f : 7.f, lo = bits == 8 ? -127.f : -8.f;
-      scale[o * G + g] = quantize_span(w + o * I + g * n, n, top, lo, c.data());
-      uint8_t* out = codes + o * row + (bits == 8 ? g * n : g * n / 2);
-      if (bits == 8)
-        for (int64_t i = 0; i < n; ++i) out[i] = uint8_t(int8_t(c[i]));
-      else
-        for (int64_t i = 0; i < n; i += 2) out[i / 2] = uint8_t((c[i] + 8) | ((c[i + 1] + 8) << 4));
-    }
-  }
 }
 
 #endif  // PG_DQ_BODY

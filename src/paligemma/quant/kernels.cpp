@@ -13,8 +13,7 @@
 //       (q: the portable layout of linear.py, two codes per byte, low nibble first; G = I/group)
 //   cpu_isa() -> int: the best path this CPU runs (2 AVX-512, 1 AVX2 + FMA, 0 scalar)
 //   (int4_dot.cpp, linked into the same library, adds int4 x int8-activation products)
-//   quantize(w f32|bf16[O, I], bits 8|4, group) -> (codes, scale f32): linear.quantize_weight's
-//       codes in one pass over w (the same float32 arithmetic, round half to even)
+//   (quantize.cpp adds quantize / quantize_isa: linear.quantize_weight's codes and scales)
 //
 // Both loops live in the PG_ISA_BODY section at the end, which this file includes into itself
 // three times under GCC target pragmas (AVX-512, AVX2 + FMA, none); the path is chosen at run
@@ -178,46 +177,6 @@ at::Tensor int4_matmul(const at::Tensor& x_, const at::Tensor& q_, const at::Ten
   return out;
 }
 
-// One row of w: int8 codes (bits 8, one scale) or int4 codes in nibbles (bits 4, per group).
-template <typename T>
-void quantize_row(const T* w, int64_t I, int64_t bits, int64_t group, uint8_t* codes, float* sc) {
-  const float top = bits == 8 ? 127.f : 7.f;
-  const int64_t n = bits == 8 ? I : group;
-  for (int64_t g0 = 0, k = 0; g0 < I; g0 += n, ++k) {
-    float amax = 0.f;
-    for (int64_t i = g0; i < g0 + n; ++i) amax = std::max(amax, std::abs(float(w[i])));
-    const float s = std::max(amax, 1e-12f) / top;
-    sc[k] = s;
-    for (int64_t i = g0; i < g0 + n; ++i) {
-      const float c = std::min(std::max(std::nearbyint(float(w[i]) / s), -top - (bits == 4)), top);
-      if (bits == 8) codes[i] = uint8_t(int8_t(c));
-      else if (i % 2 == 0) codes[i / 2] = uint8_t(c + 8);
-      else codes[i / 2] |= uint8_t(c + 8) << 4;
-    }
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> quantize(const at::Tensor& w_, int64_t bits, int64_t group) {
-  TORCH_CHECK(w_.dim() == 2 && (bits == 8 || (bits == 4 && group % 2 == 0)), "quantize: args");
-  const at::Tensor w = w_.scalar_type() == at::kBFloat16 ? w_.contiguous() : w_.to(at::kFloat).contiguous();
-  const int64_t O = w.size(0), I = w.size(1), G = bits == 8 ? 1 : I / group;
-  TORCH_CHECK(bits == 8 || I % group == 0, "quantize: the group must divide in_features");
-  at::Tensor codes = at::empty({O, bits == 8 ? I : I / 2}, w.options().dtype(bits == 8 ? at::kChar : at::kByte));
-  at::Tensor scale = at::empty({O, G}, w.options().dtype(at::kFloat));
-  auto* cp = (uint8_t*)codes.data_ptr();
-  float* sp = scale.data_ptr<float>();
-  const int64_t row = codes.size(1);
-  at::parallel_for(0, O, 64, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      if (w.scalar_type() == at::kBFloat16)
-        quantize_row(w.data_ptr<c10::BFloat16>() + o * I, I, bits, group, cp + o * row, sp + o * G);
-      else
-        quantize_row(w.data_ptr<float>() + o * I, I, bits, group, cp + o * row, sp + o * G);
-    }
-  });
-  return {codes, bits == 8 ? scale.view({O}) : scale};
-}
-
 }  // namespace
 
 TORCH_LIBRARY(paligemma_cpu, m) {
@@ -225,7 +184,6 @@ TORCH_LIBRARY(paligemma_cpu, m) {
   m.def("int4_matmul(Tensor x, Tensor q, Tensor scale, int group, int isa=-1) -> Tensor",
         &int4_matmul);
   m.def("cpu_isa() -> int", &pg_cpu_isa);
-  m.def("quantize(Tensor w, int bits, int group) -> (Tensor, Tensor)", &quantize);
 }
 
 #else  // PG_ISA_BODY: the int4 loop for one instruction set (PG_ISA 2, 1 or 0)

@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"), SOURCE.with_name("int4_dot.cpp"))  # one library
+OTHERS = ("dequant.cpp", "int4_dot.cpp", "quantize.cpp")
+SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(SOURCE.with_name(h) for h in ("dequant_isa.h", "int4_dot_body.h", "int4_dot_amx.h"))
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"

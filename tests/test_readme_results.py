@@ -230,3 +230,23 @@ def test_gpu_table_is_the_h100_runs_json():
     assert all(r["tokens_equal"] for r in runs[1]["tiny_greedy"])
     assert runs[2]["embedded_eval"]["equal"] and runs[2]["all_equal"]
     assert "KeyError: 'info'" in runs[1]["embedded_eval"]["failed"]
+
+
+def test_higher_resolution_table_is_its_json():
+    """The 448 / 896 px table: each row's cells are its run in the 16-core JSON, the ratios
+    against transformers' best per figure (fastest first token and decode, least memory)."""
+    runs = {p: result(f"cpu16-paligemma-3b-{p}.json") for p in (448, 896)}
+    rows = table("| Higher resolutions, bfloat16 |")
+    assert len(rows) == sum(len(r["results"]) for r in runs.values())
+    for label, cells in rows:
+        size, name = label.split(" px, 16 cores: ")
+        res = runs[int(size)]["results"]
+        assert runs[int(size)]["threads"] == 16
+        ref = [v for k, v in res.items() if k.startswith("transformers")]
+        first = min(v["first_token_s"] for v in ref)
+        decode = max(v["decode_tok_s_b1"] for v in ref)
+        rss = min(v["peak_rss_gb"] for v in ref)
+        (r,) = [v for k, v in res.items() if name_of(k) == name_of(name)]
+        expected = [r["first_token_s"], r["first_token_s"] / first, r["decode_tok_s_b1"]]
+        expected += [r["decode_tok_s_b1"] / decode, r["peak_rss_gb"], r["peak_rss_gb"] / rss]
+        check_row(cells, expected, label)

@@ -37,7 +37,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SOURCES = (SOURCE, SOURCE.with_name("dequant.cpp"), SOURCE.with_name("int4_dot.cpp"))  # one library
-HEADERS = tuple(SOURCE.with_name(h) for h in ("dequant_isa.h", "int4_dot_body.h", "int4_dot_amx.h"))
+HEADERS = tuple(SOURCE.with_name(h) for h in ("dequant_isa.h", "dequant_amx.h", "int4_dot_body.h", "int4_dot_amx.h"))
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first

@@ -28,7 +28,7 @@ bool pg_amx_ready();  // int4_dot.cpp: AMX-TILE and AMX-INT8 in CPUID, the OS's 
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
 namespace pg_dq_amx {
 
-constexpr int64_t kKB = 512;        // inputs per K block (measured: bench_quant_prefill)
+constexpr int64_t kKB = 256;        // inputs per K block (measured: bench_quant_prefill)
 constexpr int64_t kMaxRows = 1024;  // rows of x per pass (C scratch: tile x kMaxRows floats)
 
 struct Mm {
@@ -94,39 +94,47 @@ inline void store_bf16(uint16_t* dst, __m512 lo, __m512 hi) {
   _mm512_store_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
-// Weight row o, inputs [k0, k0 + kb), dequantised to dst (bfloat16), 32 at a time.
-inline void dequant_row(const Mm& d, int64_t o, int64_t k0, int64_t kb, uint16_t* dst) {
+// 32 weights of row o from input k, dequantised to dst (bfloat16).
+inline void dequant32(const Mm& d, int64_t o, int64_t k, uint16_t* dst) {
   if (d.bits == 8) {
-    const int8_t* q = static_cast<const int8_t*>(d.q) + o * d.I + k0;
     const __m512 s = _mm512_set1_ps(scale_at(d, o));
-    for (int64_t i = 0; i < kb; i += 32) {
-      const __m256i c = _mm256_loadu_si256((const __m256i*)(q + i));
-      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)));
-      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)));
-      store_bf16(dst + i, _mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s));
-    }
-    return;
+    const __m256i c = _mm256_loadu_si256((const __m256i*)(static_cast<const int8_t*>(d.q) + o * d.I + k));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)));
+    return store_bf16(dst, _mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s));
   }
-  const uint8_t* q = static_cast<const uint8_t*>(d.q) + o * (d.I / 2) + k0 / 2;
-  const int64_t G = d.I / d.group;
-  const __m128i mask = _mm_set1_epi8(15);
+  const __m512 s = _mm512_set1_ps(scale_at(d, o * (d.I / d.group) + k / d.group));
+  const __m128i mask = _mm_set1_epi8(15), b = _mm_loadu_si128((const __m128i*)(static_cast<const uint8_t*>(d.q) + (o * d.I + k) / 2));
+  const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
   const __m512 eight = _mm512_set1_ps(8.f);
-  for (int64_t i = 0; i < kb; i += 32) {
-    const __m512 s = _mm512_set1_ps(scale_at(d, o * G + (k0 + i) / d.group));
-    const __m128i b = _mm_loadu_si128((const __m128i*)(q + i / 2));
-    const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-    const __m512 c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
-    const __m512 c1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));
-    store_bf16(dst + i, _mm512_mul_ps(_mm512_sub_ps(c0, eight), s),
-               _mm512_mul_ps(_mm512_sub_ps(c1, eight), s));
-  }
+  const __m512 c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+  const __m512 c1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));
+  store_bf16(dst, _mm512_mul_ps(_mm512_sub_ps(c0, eight), s), _mm512_mul_ps(_mm512_sub_ps(c1, eight), s));
 }
 
+// One panel's weights to dequantise: 32 rows from o (those from o + rows on: zeros) x inputs
+// [k0, k0 + kb) into dst (row stride ld), 32 weights a step, a few steps at a time between tile
+// products so that the vector units work while the tile unit multiplies.
+struct Panel {
+  int64_t o, rows, k0, kb, ld, done = 0;
+  uint16_t* dst;
+  bool step(const Mm& d, int64_t n) {  // n more steps; false when all are done
+    const int64_t per = kb / 32, end = std::min(done + n, 32 * per);
+    for (; done < end; ++done) {
+      const int64_t r = done / per, i = done % per * 32;
+      if (r < rows) dequant32(d, o + r, k0 + i, dst + r * ld + i);
+      else _mm512_store_si512(dst + r * ld + i, _mm512_setzero_si512());
+    }
+    return done < 32 * per;
+  }
+};
+
 // C += the products of NN x 16 weight rows (w, row stride ld) and MM x 16 rows of x (xv blocks
-// mb, mb + 1) over inputs [k0, k0 + kb); C at c (row stride Mp floats), zeros first when `first`.
+// mb, mb + 1) over inputs [k0, k0 + kb); C at c (row stride Mp floats), zeros first when `first`;
+// `per` steps of `next` after each chunk of 32 inputs.
 template <int NN, int MM>
 void tiles(const Mm& d, const uint16_t* w, int64_t ld, int64_t k0, int64_t kb, int64_t mb,
-           float* c, bool first) {
+           float* c, bool first, Panel& next, int64_t per) {
   const int64_t cs = d.Mp * 4, c1 = 16 * d.Mp;
   if (first) {
     _tile_zero(0);
@@ -150,6 +158,7 @@ void tiles(const Mm& d, const uint16_t* w, int64_t ld, int64_t k0, int64_t kb, i
     if constexpr (MM == 2) _tile_dpbf16ps(1, 4, 7);
     if constexpr (NN == 2) _tile_dpbf16ps(2, 5, 6);
     if constexpr (NN == 2 && MM == 2) _tile_dpbf16ps(3, 5, 7);
+    next.step(d, per);
   }
   _tile_stored(0, c, cs);
   if constexpr (MM == 2) _tile_stored(1, c + 16, cs);
@@ -174,29 +183,44 @@ inline void store_out(const Mm& d, const float* c, int64_t o0, int64_t n) {
   }
 }
 
-// Output rows [o0, o0 + n) on this thread: w holds n16 x (kKB + 32) bfloat16, c n16 x Mp floats.
+// One panel's products over all rows of x (2 x 2 tiles, fewer at the tails), dequantising the
+// next panel meanwhile.
+inline void panel_products(const Mm& d, const Panel& p, int64_t n16, float* c, Panel& next) {
+  const int64_t mblocks = d.Mp / 16, pairs = (mblocks + 1) / 2;
+  const int64_t per = (32 + pairs - 1) / pairs;  // next's 32 * kb / 32 steps over pairs * kb / 32
+  const bool two_n = n16 >= 32, first = p.k0 == 0;
+  for (int64_t mb = 0; mb < mblocks; mb += 2) {
+    float* cm = c + mb * 16;
+    const bool two_m = mblocks - mb >= 2;
+    if (two_n && two_m) tiles<2, 2>(d, p.dst, p.ld, p.k0, p.kb, mb, cm, first, next, per);
+    else if (two_n) tiles<2, 1>(d, p.dst, p.ld, p.k0, p.kb, mb, cm, first, next, per);
+    else if (two_m) tiles<1, 2>(d, p.dst, p.ld, p.k0, p.kb, mb, cm, first, next, per);
+    else tiles<1, 1>(d, p.dst, p.ld, p.k0, p.kb, mb, cm, first, next, per);
+  }
+}
+
+// Output rows [o0, o0 + n) on this thread, per K block of kKB inputs and panel of 32 rows: w holds
+// two panels (32 x (kKB + 32) bfloat16 each: the one multiplied, the next one dequantised), c
+// n16 x Mp floats.
 inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
-  const int64_t n16 = (n + 15) / 16 * 16, mblocks = d.Mp / 16;
-  for (int64_t k0 = 0; k0 < d.I; k0 += kKB) {
-    const int64_t kb = std::min(kKB, d.I - k0), ld = kb + 32;
-    for (int64_t r = 0; r < n16; ++r) {
-      if (r < n) dequant_row(d, o0 + r, k0, kb, w + r * ld);
-      else std::memset(w + r * ld, 0, kb * 2);
+  const int64_t n16 = (n + 15) / 16 * 16, panels = (n16 + 31) / 32, ld = kKB + 32;
+  const int64_t jobs = (d.I + kKB - 1) / kKB * panels;
+  auto job = [&](int64_t j) {  // K block j / panels, panel j % panels
+    const int64_t k0 = j / panels * kKB, o = o0 + j % panels * 32;
+    return Panel{o, std::min<int64_t>(32, o0 + n - o), k0, std::min(kKB, d.I - k0), ld, 0,
+                 w + j % 2 * 32 * ld};
+  };
+  Panel p = job(0);
+  while (p.step(d, 1 << 30)) {
+  }
+  for (int64_t j = 0; j < jobs; ++j) {
+    Panel next = job(j + 1 < jobs ? j + 1 : j);
+    if (j + 1 == jobs) next.done = 32 * next.kb / 32;  // nothing left to dequantise
+    __asm__ volatile("" ::: "memory");  // (the tile loads read p.dst)
+    panel_products(d, p, std::min<int64_t>(32, n16 - j % panels * 32), c + j % panels * 32 * d.Mp, next);
+    while (next.step(d, 1 << 30)) {
     }
-    __asm__ volatile("" ::: "memory");  // (the tile loads read w)
-    for (int64_t nb = 0; nb < n16; nb += 32) {
-      const uint16_t* wn = w + nb * ld;
-      float* cn = c + nb * d.Mp;
-      const bool two_n = n16 - nb >= 32;
-      for (int64_t mb = 0; mb < mblocks; mb += 2) {
-        float* cm = cn + mb * 16;
-        const bool two_m = mblocks - mb >= 2;
-        if (two_n && two_m) tiles<2, 2>(d, wn, ld, k0, kb, mb, cm, k0 == 0);
-        else if (two_n) tiles<2, 1>(d, wn, ld, k0, kb, mb, cm, k0 == 0);
-        else if (two_m) tiles<1, 2>(d, wn, ld, k0, kb, mb, cm, k0 == 0);
-        else tiles<1, 1>(d, wn, ld, k0, kb, mb, cm, k0 == 0);
-      }
-    }
+    p = next;
   }
   store_out(d, c, o0, n);
 }
@@ -207,7 +231,7 @@ inline void spans(const Mm& d, int64_t tile, std::atomic<int64_t>& next) {
   thread_local std::vector<uint16_t> wbuf;
   thread_local std::vector<float> cbuf;
   const int64_t rows = (tile + 15) / 16 * 16;
-  wbuf.resize(std::max<size_t>(wbuf.size(), rows * (kKB + 32) + 32));
+  wbuf.resize(std::max<size_t>(wbuf.size(), 64 * (kKB + 32) + 32));
   cbuf.resize(std::max<size_t>(cbuf.size(), rows * d.Mp + 16));
   auto* w = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(wbuf.data()) + 63) & ~63ul);
   auto* c = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cbuf.data()) + 63) & ~63ul);

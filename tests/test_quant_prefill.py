@@ -4,6 +4,8 @@ product it feeds equals x @ dequantize().T without dequantising the matrix in Py
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -122,7 +124,7 @@ def amx_bf16() -> bool:
     """dequant_mm's AMX-BF16 GEMM can run here; where it cannot, the CPU lacks a flag for it."""
     assert cpu_kernels.available(), cpu_kernels.why_not()
     has = bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
-    flags = open("/proc/cpuinfo").read() if has else ""
+    flags = Path("/proc/cpuinfo").read_text() if has else ""
     assert not has or all(f in flags for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
     return has
 

@@ -29,7 +29,8 @@ bool pg_amx_ready();  // int4_dot.cpp: AMX-TILE and AMX-INT8 in CPUID, the OS's 
 namespace pg_dq_amx {
 
 constexpr int64_t kKB = 256;        // inputs per K block (measured: bench_quant_prefill)
-constexpr int64_t kMaxRows = 1024;  // rows of x per pass (C scratch: tile x kMaxRows floats)
+constexpr int64_t kMaxRows = 1024;
+constexpr int64_t kAhead = 8;       // rows ahead whose codes a step prefetches (from memory)  // rows of x per pass (C scratch: tile x kMaxRows floats)
 
 struct Mm {
   const void* q;
@@ -94,38 +95,62 @@ inline void store_bf16(uint16_t* dst, __m512 lo, __m512 hi) {
   _mm512_store_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
-// 32 weights of row o from input k, dequantised to dst (bfloat16).
-inline void dequant32(const Mm& d, int64_t o, int64_t k, uint16_t* dst) {
-  if (d.bits == 8) {
-    const __m512 s = _mm512_set1_ps(scale_at(d, o));
-    const __m256i c = _mm256_loadu_si256((const __m256i*)(static_cast<const int8_t*>(d.q) + o * d.I + k));
+// 32 codes at q (int8, or int4 in 16 bytes) times s, to 32 bfloat16 at dst.
+template <int BITS>
+inline void dequant32(const uint8_t* q, float f, uint16_t* dst) {
+  const __m512 s = _mm512_set1_ps(f);
+  if constexpr (BITS == 8) {
+    const __m256i c = _mm256_loadu_si256((const __m256i*)q);
     const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)));
     const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)));
-    return store_bf16(dst, _mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s));
+    store_bf16(dst, _mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s));
+  } else {
+    const __m128i mask = _mm_set1_epi8(15), b = _mm_loadu_si128((const __m128i*)q);
+    const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+    const __m512 eight = _mm512_set1_ps(8.f);
+    const __m512 c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+    const __m512 c1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));
+    store_bf16(dst, _mm512_mul_ps(_mm512_sub_ps(c0, eight), s),
+               _mm512_mul_ps(_mm512_sub_ps(c1, eight), s));
   }
-  const __m512 s = _mm512_set1_ps(scale_at(d, o * (d.I / d.group) + k / d.group));
-  const __m128i mask = _mm_set1_epi8(15), b = _mm_loadu_si128((const __m128i*)(static_cast<const uint8_t*>(d.q) + (o * d.I + k) / 2));
-  const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-  const __m512 eight = _mm512_set1_ps(8.f);
-  const __m512 c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
-  const __m512 c1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));
-  store_bf16(dst, _mm512_mul_ps(_mm512_sub_ps(c0, eight), s), _mm512_mul_ps(_mm512_sub_ps(c1, eight), s));
 }
 
 // One panel's weights to dequantise: 32 rows from o (those from o + rows on: zeros) x inputs
 // [k0, k0 + kb) into dst (row stride ld), 32 weights a step, a few steps at a time between tile
 // products so that the vector units work while the tile unit multiplies.
 struct Panel {
-  int64_t o, rows, k0, kb, ld, done = 0;
+  int64_t o, rows, k0, kb, ld;
   uint16_t* dst;
+  int64_t r = 0, i = 0, g = 0;  // the next step: row r, inputs k0 + i, g of them in its group
+  float s = 0.f;                // row r's scale (int4: of its group)
+
+  void start_row(const Mm& d) {
+    if (r >= rows) return;
+    const int64_t G = d.bits == 8 ? 1 : d.I / d.group, k = k0 + i;
+    s = scale_at(d, (o + r) * G + (d.bits == 8 ? 0 : k / d.group));
+    g = d.bits == 8 ? 0 : k % d.group;
+  }
   bool step(const Mm& d, int64_t n) {  // n more steps; false when all are done
-    const int64_t per = kb / 32, end = std::min(done + n, 32 * per);
-    for (; done < end; ++done) {
-      const int64_t r = done / per, i = done % per * 32;
-      if (r < rows) dequant32(d, o + r, k0 + i, dst + r * ld + i);
-      else _mm512_store_si512(dst + r * ld + i, _mm512_setzero_si512());
+    if (r == 0 && i == 0) start_row(d);
+    const int64_t bytes = d.I * d.bits / 8;
+    for (; n > 0 && r < 32; --n) {
+      uint16_t* to = dst + r * ld + i;
+      const uint8_t* q = static_cast<const uint8_t*>(d.q) + (o + r) * bytes + (k0 + i) * d.bits / 8;
+      if (o + r + kAhead < d.O) _mm_prefetch((const char*)q + kAhead * bytes, _MM_HINT_T0);
+      if (r >= rows) _mm512_store_si512(to, _mm512_setzero_si512());
+      else if (d.bits == 8) dequant32<8>(q, s, to);
+      else dequant32<4>(q, s, to);
+      if ((i += 32) == kb) {
+        i = 0, ++r, start_row(d);
+      } else if (d.bits == 4 && (g += 32) == d.group) {
+        g = 0, s = scale_at(d, (o + r) * (d.I / d.group) + (k0 + i) / d.group);
+      }
     }
-    return done < 32 * per;
+    return r < 32;
+  }
+  void finish(const Mm& d) {
+    while (step(d, 1 << 30)) {
+    }
   }
 };
 
@@ -207,19 +232,17 @@ inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
   const int64_t jobs = (d.I + kKB - 1) / kKB * panels;
   auto job = [&](int64_t j) {  // K block j / panels, panel j % panels
     const int64_t k0 = j / panels * kKB, o = o0 + j % panels * 32;
-    return Panel{o, std::min<int64_t>(32, o0 + n - o), k0, std::min(kKB, d.I - k0), ld, 0,
+    return Panel{o, std::min<int64_t>(32, o0 + n - o), k0, std::min(kKB, d.I - k0), ld,
                  w + j % 2 * 32 * ld};
   };
   Panel p = job(0);
-  while (p.step(d, 1 << 30)) {
-  }
+  p.finish(d);
   for (int64_t j = 0; j < jobs; ++j) {
     Panel next = job(j + 1 < jobs ? j + 1 : j);
-    if (j + 1 == jobs) next.done = 32 * next.kb / 32;  // nothing left to dequantise
+    if (j + 1 == jobs) next.r = 32;  // nothing left to dequantise
     __asm__ volatile("" ::: "memory");  // (the tile loads read p.dst)
     panel_products(d, p, std::min<int64_t>(32, n16 - j % panels * 32), c + j % panels * 32 * d.Mp, next);
-    while (next.step(d, 1 << 30)) {
-    }
+    next.finish(d);
     p = next;
   }
   store_out(d, c, o0, n);

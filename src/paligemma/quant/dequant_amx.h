@@ -28,7 +28,7 @@ bool pg_amx_ready();  // int4_dot.cpp: AMX-TILE and AMX-INT8 in CPUID, the OS's 
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
 namespace pg_dq_amx {
 
-constexpr int64_t kKB = 256;        // inputs per K block (measured: bench_quant_prefill)
+constexpr int64_t kKB = 512;        // inputs per K block (128..1024 within 5%, measured)
 constexpr int64_t kMaxRows = 1024;
 constexpr int64_t kAhead = 8;       // rows ahead whose codes a step prefetches (from memory)  // rows of x per pass (C scratch: tile x kMaxRows floats)
 

@@ -115,6 +115,11 @@ inline void dequant32(const uint8_t* q, float f, uint16_t* dst) {
   }
 }
 
+template <int BITS>
+inline void run(const uint8_t* q, float s, uint16_t* to, int64_t len) {
+  for (int64_t j = 0; j < len; j += 32) dequant32<BITS>(q + j * BITS / 8, s, to + j);
+}
+
 // One panel's weights to dequantise: 32 rows from o (those from o + rows on: zeros) x inputs
 // [k0, k0 + kb) into dst (row stride ld), 32 weights a step, a few steps at a time between tile
 // products so that the vector units work while the tile unit multiplies.
@@ -133,16 +138,19 @@ struct Panel {
   bool step(const Mm& d, int64_t n) {  // n more steps; false when all are done
     if (r == 0 && i == 0) start_row(d);
     const int64_t bytes = d.I * d.bits / 8;
-    for (; n > 0 && r < 32; --n) {
+    for (n *= 32; n > 0 && r < 32;) {  // runs of weights within a row (int4: a group)
+      const int64_t len = std::min({n, kb - i, d.bits == 8 ? kb : d.group - g});
       uint16_t* to = dst + r * ld + i;
       const uint8_t* q = static_cast<const uint8_t*>(d.q) + (o + r) * bytes + (k0 + i) * d.bits / 8;
-      if (o + r + kAhead < d.O) _mm_prefetch((const char*)q + kAhead * bytes, _MM_HINT_T0);
-      if (r >= rows) _mm512_store_si512(to, _mm512_setzero_si512());
-      else if (d.bits == 8) dequant32<8>(q, s, to);
-      else dequant32<4>(q, s, to);
-      if ((i += 32) == kb) {
+      for (int64_t b = 0; o + r + kAhead < d.O && b < len * d.bits / 8; b += 64)
+        _mm_prefetch((const char*)q + kAhead * bytes + b, _MM_HINT_T0);
+      if (r >= rows) std::memset(to, 0, len * 2);
+      else if (d.bits == 8) run<8>(q, s, to, len);
+      else run<4>(q, s, to, len);
+      n -= len, i += len, g += len;
+      if (i == kb) {
         i = 0, ++r, start_row(d);
-      } else if (d.bits == 4 && (g += 32) == d.group) {
+      } else if (d.bits == 4 && g == d.group) {
         g = 0, s = scale_at(d, (o + r) * (d.I / d.group) + (k0 + i) / d.group);
       }
     }

@@ -9,12 +9,15 @@
 // One TDPBF16PS multiplies tile A, 16 weight rows x 32 inputs (bfloat16, row-major: the block
 // dequantised as it comes, no re-layout), by tile B, 16 input pairs x 16 rows of x (VNNI-2: dword
 // [p][m] = inputs 2p, 2p + 1 of row m; x re-laid out once per call into xv), into C, 16 output
-// rows x 16 rows of x in float32. A thread takes `tile` output rows at a time (one span); per K
-// block of kKB inputs it dequantises the span's codes into its buffer w [rows][kKB + 32] (the
-// padding keeps the rows off one cache set), then runs 2 x 2 tiles (32 weight rows x 32 rows of
-// x: 4 C tiles, tmm0..3; A in tmm4, 5; B in tmm6, 7) over every row of x, C accumulated across
-// K blocks in its scratch c [rows][Mp]. Last, C is transposed 16 x 16 in registers and rounded
-// into out. M is padded to Mp (a multiple of 16) with zero rows in xv; weight rows past O are
+// rows x 16 rows of x in float32. A thread takes `tile` output rows at a time (one span), and
+// those per K block of kKB inputs and panel of 32 rows: the panel's products run 2 x 2 tiles
+// (32 weight rows x 32 rows of x: 4 C tiles, tmm0..3; A in tmm4, 5; B in tmm6, 7) over every
+// row of x, C accumulated across K blocks in the thread's scratch c [rows][Mp]; between them
+// (after each 32 inputs) it dequantises a share of the NEXT panel into the other half of its
+// buffer w [2][32][kKB + 32] (the padding keeps the rows off one cache set), so the vector units
+// work while the tile unit multiplies (measured: dequantising a whole block first, then its
+// products, cost ~15% more). Last, C is transposed 16 x 16 in registers and rounded into out.
+// M is padded to Mp (a multiple of 16) with zero rows in xv; weight rows past the span are
 // zeros in w; neither is stored. Shapes: I a multiple of 32 (int4: the group too), M <= kMaxRows
 // per pass (amx_mm runs larger x in passes).
 //
@@ -29,8 +32,8 @@ bool pg_amx_ready();  // int4_dot.cpp: AMX-TILE and AMX-INT8 in CPUID, the OS's 
 namespace pg_dq_amx {
 
 constexpr int64_t kKB = 512;        // inputs per K block (128..1024 within 5%, measured)
-constexpr int64_t kMaxRows = 1024;
-constexpr int64_t kAhead = 8;       // rows ahead whose codes a step prefetches (from memory)  // rows of x per pass (C scratch: tile x kMaxRows floats)
+constexpr int64_t kMaxRows = 1024;  // rows of x per pass (C scratch: tile x kMaxRows floats)
+constexpr int64_t kAhead = 8;       // rows ahead whose codes a step prefetches (from memory)
 
 struct Mm {
   const void* q;

@@ -12,7 +12,13 @@ linears and the tied head quantised as `load(quantize=...)` does; the towers' fl
 the embedding shared, so the models hold one copy of them), timed round by round in a rotating
 order so a noisy (shared) host hits them alike; medians and their ratios to bf16:
   bf16          the float model
-  int8, int4    quantised: the C++ tile dequantiser feeding the GEMM (quant/dequant.cpp)
+  int8, int4    quantised, the default path: on AMX-BF16 hosts our tile GEMM with the
+                dequantisation fused in (quant/dequant_amx.h), else as int8-tiles
+  int8-tiles    the C++ tile dequantiser feeding oneDNN's GEMM (quant/dequant.cpp; the
+  int4-tiles    default before the fused GEMM, and still without AMX-BF16: linear.AMX_PREFILL)
+  bf16-packed   the float model with the decoder's linears' weights pre-packed for oneDNN
+                (mkldnn._reorder_linear_weight: no re-layout per call; as the dense layers run
+                with pre-packed weights)
   int8-python   ... the previous path: CHUNK rows dequantised in Python, then F.linear
   int4-python
   int8-team     the tiles dequantised by all threads, then one GEMM on all threads
@@ -89,6 +95,35 @@ def int_mm_chunked(layer, flat: torch.Tensor) -> torch.Tensor:
     return (acc * s * layer.scale.float()).to(flat.dtype)
 
 
+def tiles_chunked(layer, flat: torch.Tensor) -> torch.Tensor:
+    amx, q.AMX_PREFILL = q.AMX_PREFILL, False  # (the tiles feeding oneDNN)
+    try:
+        return TILED_CHUNKED(layer, flat)
+    finally:
+        q.AMX_PREFILL = amx
+
+
+class PackedLinear(torch.nn.Module):
+    """nn.Linear's product with its weight pre-packed for oneDNN (bench only: inference)."""
+
+    def __init__(self, linear: torch.nn.Linear, rows: int):
+        super().__init__()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def packed(model: paligemma.PaliGemma, rows: int) -> paligemma.PaliGemma:
+    """A twin of the float model whose decoder linears run on pre-packed weights."""
+    keep = {id(t): t for t in model.state_dict(keep_vars=True).values()}
+    twin = copy.deepcopy(model, keep)
+    for name in q.targets(twin):
+        twin.set_submodule(name, PackedLinear(twin.get_submodule(name), rows))
+    return twin
+
+
 def python_chunked(layer, flat: torch.Tensor) -> torch.Tensor:
     tiled, q._TILED = q._TILED, set()  # (the Python fallback of _chunked)
     try:
@@ -116,12 +151,12 @@ CLOCK = [time.perf_counter]  # --clock cpu: time.process_time (with --threads 1:
 
 def variants(models: dict, names: list[str], tiles: list[int]) -> dict:
     """name -> (model, _chunked, tile)."""
-    paths = {"python": python_chunked, "int_mm": int_mm_chunked}
+    paths = {"python": python_chunked, "int_mm": int_mm_chunked, "tiles": tiles_chunked}
     out = {}
     for name in names:
         mode, _, how = name.partition("-")
         tile = -TEAM_TILE if how == "team" else TILE_DEFAULT
-        out[name] = (models[mode], paths.get(how, TILED_CHUNKED), tile)
+        out[name] = (models.get(name, models[mode]), paths.get(how, TILED_CHUNKED), tile)
     for tile in tiles:
         for mode in ("int8", "int4"):
             out[f"{mode}@{tile}"] = (models[mode], TILED_CHUNKED, tile)
@@ -152,7 +187,7 @@ def main() -> None:
         "--depth", default="2", help="layers per tower (3B: 27, 26); two (2,4): extrapolate"
     )
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    ap.add_argument("--variants", default="bf16,int8,int4,int8-python,int4-python,int8-int_mm")
+    ap.add_argument("--variants", default="bf16,bf16-packed,int8,int4,int8-tiles,int4-tiles")
     ap.add_argument("--tiles", default="", help="comma-separated tile sizes to compare")
     ap.add_argument("--isa", choices=list(cpu_kernels.ISAS), help="force a lower dequantiser path")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
@@ -176,6 +211,7 @@ def main() -> None:
             print(f"{name:12} {r['median_s'] * 1000:8.1f} ms  {r['x_bf16']:.3f}x bf16")
     if args.json:
         meta = {"threads": torch.get_num_threads(), "isa": cpu_kernels.isa(), "clock": args.clock}
+        meta |= {"amx_bf16": cpu_kernels.amx_bf16(), "command": " ".join(sys.argv[1:])}
         Path(args.json).write_text(json.dumps(meta | {"results": results}, indent=1) + "\n")
 
 
@@ -187,6 +223,8 @@ def run_depth(depth: int, names: list[str], tiles: list[int], repeats: int) -> d
             models[mode] = quantized(models["bf16"], mode)
     x = bench_generate.inputs(cfg, 1, PROMPT_TOKENS)
     x["pixel_values"] = x["pixel_values"].to(torch.bfloat16)
+    if "bf16-packed" in names:
+        models["bf16-packed"] = packed(models["bf16"], x["input_ids"].numel())
     print(
         f"{torch.get_num_threads()} threads, isa {cpu_kernels.isa()}, depth {depth}, "
         f"{x['input_ids'].shape[1]} tokens; medians of {repeats} interleaved rounds",

@@ -4,6 +4,8 @@ product it feeds equals x @ dequantize().T without dequantising the matrix in Py
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -139,6 +141,50 @@ def test_quantiser_threads_share_the_rows_in_blocks():
         torch.set_num_threads(threads)
 
 
+def amx_bf16() -> bool:
+    """dequant_mm's AMX-BF16 GEMM can run here; where it cannot, the CPU lacks a flag for it."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    has = bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
+    flags = Path("/proc/cpuinfo").read_text() if has else ""
+    assert not has or all(f in flags for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
+    return has
+
+
+# (in, out, group): one K block and several (dequant_amx.h's kKB 256, a short last one), output
+# rows short of a tile (the 16-row tail), int4 groups 32 / 64 / 128
+AMX_SHAPES = [(64, 37, 32), (96, 17, 32), (576, 50, 64), (2048, 300, 128), (1024, 16, 128)]
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_amx_bf16_product_is_float32_sums_of_the_bf16_weight_then_one_rounding(cls):
+    """The fused GEMM (amx=1) against float64 of the same bfloat16 x and dequantised bfloat16
+    weight: within the output's one rounding to bfloat16 plus float32 summation, element by
+    element, for 1..40 and 268 rows, 1 and 2 threads. Without AMX-BF16, amx=1 is an error."""
+    ops, threads = torch.ops.paligemma_cpu, torch.get_num_threads()
+    m = layer(cls, 64, 8, 32, torch.bfloat16)
+    x = torch.randn(20, 64, dtype=torch.bfloat16)
+    if not amx_bf16():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ops.dequant_mm(x, m.weight, m.scale, *bits_group(m), 256, -1, 1)
+        return
+    try:
+        for (i, o, group), n_threads in zip(AMX_SHAPES, (1, 2, 1, 2, 2), strict=True):
+            torch.set_num_threads(n_threads)
+            for scale_dtype in (torch.float32, torch.bfloat16):
+                m = layer(cls, i, o, group, scale_dtype)
+                w = m.dequantize().to(torch.bfloat16).double()
+                for rows in (*range(1, 41, 3 if i > 600 else 1), 268):
+                    x = torch.randn(rows, i, dtype=torch.bfloat16)
+                    got = ops.dequant_mm(x, m.weight, m.scale, *bits_group(m), 256, -1, 1)
+                    want = x.double() @ w.T
+                    sums = i * 2.0**-24 * (x.double().abs() @ w.abs().T)  # float32 summation
+                    bound = 2.0**-8 * (want.abs() + sums) + sums
+                    assert got.dtype == torch.bfloat16 and got.shape == (rows, o)
+                    assert ((got.double() - want).abs() <= bound).all(), (i, o, rows)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 def test_int4_quantiser_is_bit_exact_with_the_python_reference(isa, monkeypatch):
     """quantize_weight through quantize_isa on the path PALIGEMMA_CPU_ISA names (its vector
@@ -191,3 +237,31 @@ def test_int4_scales_are_the_least_squared_error_of_the_clip_ratios():
     assert (best <= plain * (1 + 1e-6)).all()
     assert (q.int4_codes(w)[1] < amax_over_7).float().mean() > 0.5  # most groups clipped
     assert best.sum() < 0.9 * plain.sum(), (best.sum(), plain.sum())
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_amx_bf16_is_what_the_layers_run_and_the_environment_turns_it_off(cls, monkeypatch):
+    """bfloat16 prefill rows: the default takes AMX-BF16 where the CPU has it (bit for bit
+    dequant_mm amx=1), PALIGEMMA_CPU_ISA=avx512vnni / avx2 or AMX_PREFILL False the tiles
+    feeding oneDNN (amx=0); shapes the GEMM does not take (in_features not a multiple of 32,
+    int4 groups of 40) fall back to those under amx=1 too; more rows than one pass holds."""
+    ops, has = torch.ops.paligemma_cpu, amx_bf16()
+    for i, o, group, rows in ((128, 40, 64, 30), (200, 37, 40, 20), (96, 9, 32, 1100)):
+        m = layer(cls, i, o, group, torch.bfloat16)
+        x = torch.randn(rows, i, dtype=torch.bfloat16)
+        args = (x, m.weight, m.scale, *bits_group(m), q.TILE, cpu_kernels.isa())
+        on, off = ops.dequant_mm(*args, 1) if has else None, ops.dequant_mm(*args, 0)
+        fused = has and i % 32 == 0 and (cls is q.Int8Linear or group % 32 == 0)
+        with torch.inference_mode():
+            monkeypatch.delenv(cpu_kernels.ENV_ISA, raising=False)
+            assert cpu_kernels.amx_bf16() == has
+            assert torch.equal(q._chunked(m, x), on if fused else off)
+            for name in ("avx512vnni", "avx2"):
+                monkeypatch.setenv(cpu_kernels.ENV_ISA, name)
+                assert not cpu_kernels.amx_bf16()
+                lower = ops.dequant_mm(*args[:-1], cpu_kernels.isa(), 0)  # (avx2: its own rows)
+                assert torch.equal(q._chunked(m, x), lower), name
+            monkeypatch.delenv(cpu_kernels.ENV_ISA)
+            monkeypatch.setattr(q, "AMX_PREFILL", False)
+            assert torch.equal(q._chunked(m, x), off)
+            monkeypatch.setattr(q, "AMX_PREFILL", True)

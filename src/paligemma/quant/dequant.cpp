@@ -7,10 +7,14 @@
 //       out[r] = weight row start + r, exactly as linear.py's dequantize(start, start + R)
 //       .to(out.dtype): code (int8; int4: nibble - 8) * scale in float32, rounded (to nearest
 //       even) to the scale's dtype, then to out's
-//   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1) -> x.dtype[M, O]
+//   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1, amx=-1) -> x.dtype[M, O]
 //       x @ W.T with W dequantised `tile` output rows at a time into a [tile, I] buffer per
 //       thread, each thread running the GEMMs of its own tiles; tile < 0: |tile| rows at a time
-//       by all threads, then one GEMM on all threads (an A/B alternative: bench_quant_prefill)
+//       by all threads, then one GEMM on all threads (an A/B alternative: bench_quant_prefill).
+//       bfloat16 x on AMX-BF16 (dequant_amx.h; isa 2, I and the int4 group multiples of 32, tile
+//       > 0): the codes dequantised straight into the tiles' GEMM instead; amx 0 never, 1 where
+//       the shapes allow (an error without AMX-BF16), -1 where the CPU has it
+//   cpu_amx_bf16() -> int: 1 when dequant_mm can take AMX-BF16 tiles (CPU and OS)
 //
 //   (quantize.cpp, in the same library, has the quantiser that loading runs: quantize_isa)
 //
@@ -36,6 +40,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define PG_DQ_X86 1
 #endif
@@ -108,6 +113,7 @@ namespace pg_dq_scalar {
 #undef PG_DQ_ISA
 }  // namespace pg_dq_scalar
 #undef PG_DQ_BODY
+#include "dequant_amx.h"
 
 namespace {
 
@@ -182,7 +188,7 @@ void rows_here(const Job& job, int64_t r1, int64_t isa) {
 // into its own buffer, then a GEMM on that thread), so nothing waits on a barrier between the
 // two steps.
 at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
-                      int64_t bits, int64_t group, int64_t tile, int64_t isa) {
+                      int64_t bits, int64_t group, int64_t tile, int64_t isa, int64_t amx) {
   const bool team = tile < 0;
   tile = std::abs(tile);
   const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
@@ -191,7 +197,11 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   check_codes(q, scale, bits, group, I);
   TORCH_CHECK(tile > 0, "dequant_mm: tile > 0");
   isa = resolved_isa(isa);
+  TORCH_CHECK(amx != 1 || amx_bf16_ready(), "dequant_mm: no AMX-BF16 here (CPU or OS)");
   const at::Tensor x = x_.contiguous();
+  if (amx != 0 && isa == 2 && !team && x.scalar_type() == at::kBFloat16 && I % 32 == 0 &&
+      (bits == 8 || group % 32 == 0) && amx_bf16_ready())
+    return amx_mm(x, q, scale, bits, group, tile);
   at::Tensor out = at::empty({M, O}, x.options());
   if (team) {  // all threads dequantise a tile, then all run its GEMM (a barrier per step)
     at::Tensor buf = at::empty({std::min(tile, O), I}, x.options());
@@ -230,8 +240,9 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
         "int start, int isa=-1) -> ()",
         &dequantize_rows);
   m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
-        "int isa=-1) -> Tensor",
+        "int isa=-1, int amx=-1) -> Tensor",
         &dequant_mm);
+  m.def("cpu_amx_bf16() -> int", [] { return int64_t(amx_bf16_ready()); });
 }
 
 #else  // PG_DQ_BODY: the row loops for one instruction set (PG_DQ_ISA 2, 1 or 0)

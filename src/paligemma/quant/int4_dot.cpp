@@ -180,6 +180,12 @@ bool amx_ready() {
 
 int64_t cpu_amx() { return amx_ready() ? 1 : 0; }
 
+}  // namespace
+
+bool pg_amx_ready() { return amx_ready(); }  // (dequant_amx.h: AMX-BF16 needs the same leave)
+
+namespace {
+
 // Where input i of a group lands in xq. order 1 (int4, VNNI): 8k + p -> 8k + [0, 4, 1, 5, 2, 6,
 // 3, 7][p], the nibbles' order; order kc (int4, AMX): per chunk of kc, the even inputs, then the
 // odd ones, as the panel holds the codes; order 0: in place.

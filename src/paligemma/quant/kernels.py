@@ -9,7 +9,9 @@ flags; PALIGEMMA_CPU_ISA=avx2 | scalar forces a lower one (`isa()` says which ru
 int8-activation kernel (int4_dot.cpp) also uses VNNI where the CPU has it, and AMX-INT8 tiles
 for AMX_ROWS rows and more where the CPU has them and the OS grants them (`amx()`; the same
 results bit for bit): PALIGEMMA_CPU_ISA=avx512 | avx2 forces VNNI off, avx512vnni | avxvnni
-names the VNNI levels without AMX, amx the default (`vnni()`).
+names the VNNI levels without AMX, amx the default (`vnni()`). The quantised prefill
+(dequant.cpp's dequant_mm, bfloat16 x) runs AMX-BF16 tiles with the dequantisation fused in
+where `amx_bf16()`, under the same levels.
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]
@@ -38,7 +40,10 @@ import torch
 SOURCE = Path(__file__).with_name("kernels.cpp")
 OTHERS = ("dequant.cpp", "int4_dot.cpp", "quantize.cpp")
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
-HEADERS = tuple(SOURCE.with_name(h) for h in ("dequant_isa.h", "int4_dot_body.h", "int4_dot_amx.h"))
+HEADERS = tuple(
+    SOURCE.with_name(h)
+    for h in ("dequant_isa.h", "dequant_amx.h", "int4_dot_body.h", "int4_dot_amx.h")
+)
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
@@ -153,6 +158,14 @@ def amx() -> bool:
     """True when int4_dot / int8_dot run AMX-INT8 tiles for AMX_ROWS rows and more: the CPU has
     them, the OS granted them to this process, and PALIGEMMA_CPU_ISA names no lower level."""
     return vnni() == -1 and isa() == 2 and bool(torch.ops.paligemma_cpu.cpu_amx())
+
+
+def amx_bf16() -> bool:
+    """True when dequant_mm (the quantised prefill) runs its AMX-BF16 GEMM: the CPU has AMX-BF16
+    and AVX512-BF16, the OS granted the tiles, and PALIGEMMA_CPU_ISA names no lower level."""
+    if "amx_bf16" not in _state:
+        _state["amx_bf16"] = bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
+    return vnni() == -1 and isa() == 2 and bool(_state["amx_bf16"])
 
 
 # int4_dot / int8_dot at up to this many rows run AVX-VNNI's 256-bit code where the CPU has it,

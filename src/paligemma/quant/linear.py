@@ -15,7 +15,9 @@ never an expanded copy):
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
-    more rows (prefill, training batches): TILE output rows at a time are dequantised to the
+    more rows (prefill, training batches): bfloat16 x where the CPU has AMX-BF16
+        (cpu_kernels.amx_bf16(), AMX_PREFILL): our tile GEMM with the codes dequantised straight
+        into its tiles (dequant_amx.h); else TILE output rows at a time are dequantised to the
         activation dtype by our C++ (dequant.cpp) into one reused buffer feeding a dense GEMM
         (bfloat16 on AMX: oneDNN), so the whole float matrix never exists; without the kernels,
         CHUNK rows at a time in Python.
@@ -50,6 +52,7 @@ PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down 
 CHUNK = 4096  # output rows dequantised at a time for larger inputs (in Python)
 TILE = 256  # ... in C++ (dequant.cpp), per GEMM call: the fastest measured (bench_quant_prefill)
 _TILED = {torch.float32, torch.bfloat16}  # the dtypes dequant.cpp reads and writes
+AMX_PREFILL = True  # bfloat16 x on AMX-BF16: the fused GEMM (False: the tiles feeding oneDNN)
 
 
 class _QuantizedLinear(nn.Module):
@@ -299,8 +302,9 @@ def _chunked(layer: _QuantizedLinear, flat: torch.Tensor) -> torch.Tensor:
     memory either way)."""
     if _TILED.issuperset((flat.dtype, layer.scale.dtype)) and cpu_kernels.available():
         bits, group = (8, 0) if isinstance(layer, Int8Linear) else (4, layer.group)
+        amx = int(AMX_PREFILL and cpu_kernels.amx_bf16())
         return torch.ops.paligemma_cpu.dequant_mm(
-            flat, layer.weight, layer.scale, bits, group, TILE, cpu_kernels.isa()
+            flat, layer.weight, layer.scale, bits, group, TILE, cpu_kernels.isa(), amx
         )
     out = flat.new_empty(len(flat), layer.out_features)
     for start in range(0, layer.out_features, CHUNK):

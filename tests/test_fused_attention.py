@@ -1,7 +1,8 @@
 """Fused attention (model.set_fused_attention_): close to the exact eager path on the tiny oracle
 models, left padding included (fully masked padding rows give no NaN); by default only for calls
-of at least config.FUSED_ATTENTION_MIN_TOKENS queries (prefill), so short calls and decode steps
-stay bit-exact; soft-capped Gemma 2 layers keep the eager path. The eager path's in-place
+of at least config.FUSED_ATTENTION_MIN_TOKENS queries (prefill), so short calls and float32
+decode steps stay bit-exact (half-precision CPU decode steps are fused, or on soft-capped layers
+take float32 products); soft-capped Gemma 2 layers keep the eager path. The eager path's in-place
 element-wise steps (without autograd) give the same bits as the out-of-place ones."""
 
 from __future__ import annotations
@@ -70,6 +71,32 @@ def test_default_fuses_long_calls_only(tmp_path, monkeypatch, v2):
             )
     assert torch.equal(steps[None], steps[False])
     assert torch.equal(steps[None], steps[True]) == v2  # Gemma 2: every layer soft-capped
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
+def test_half_precision_cpu_decode_steps_skip_the_slow_eager_products(tmp_path, v2):
+    """bfloat16 on the CPU, by default: a decode step is fused (Gemma 1), or eager with float32
+    products on soft-capped layers (Gemma 2); both as close to float32's step as the exact eager
+    one is. `False` keeps the reference's products; the prefill is the same in every setting."""
+    tiny_hf_model(v2, seed=3, lively=True).save_pretrained(tmp_path)
+    ids, mask, types, pixels = make_batch(0)
+    one = torch.ones(3, 1, dtype=torch.long)
+    steps = {}
+    for dtype, setting in [(torch.float32, False)] + [(torch.bfloat16, s) for s in (None, 0, 1)]:
+        model = paligemma.load_model(tmp_path, dtype=dtype)
+        cache = model.new_cache(3, ids.shape[1] + 1)
+        with torch.inference_mode():
+            set_fused_attention_(model, False)(ids, pixels.to(dtype), mask, types, cache=cache)
+            set_fused_attention_(model, None if setting is None else bool(setting))
+            step = model(torch.full((3, 1), 7), attention_mask=one, token_type_ids=one, cache=cache)
+        steps[dtype, setting] = step.float()
+    ref, exact = steps[torch.float32, False], steps[torch.bfloat16, 0]
+    default, fused = steps[torch.bfloat16, None], steps[torch.bfloat16, 1]
+    assert torch.equal(fused, exact) == v2  # Gemma 2: soft-capped, eager even when fused
+    if not v2:  # (Gemma 2's float32 products round to the same bits on this tiny model)
+        assert torch.equal(default, fused) and not torch.equal(default, exact)
+    bound = 2 * (exact - ref).abs().max().item()
+    assert (default - ref).abs().max().item() <= bound, bound
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -13,13 +13,18 @@ MAX_SEQ_LEN = 8192  # Gemma's max_position_embeddings: the longest sequence the 
 
 # Attention over at least this many query tokens (every prefill of a published model: >= 256
 # image tokens) goes through PyTorch's fused scaled_dot_product_attention unless a layer is set
-# otherwise; shorter calls (decode steps, short text) keep the reference's eager float32 softmax.
+# otherwise; shorter calls (decode steps, short text) keep the reference's eager float32 softmax,
+# except decode steps in half precision on the CPU (`cpu_half`): there the eager products' oneDNN
+# kernels are planned anew for every cache length (0.1-0.3 ms a product, measured), so fused.
 FUSED_ATTENTION_MIN_TOKENS = 128
 
 
-def use_fused_attention(setting: bool | None, queries: int) -> bool:
-    """A layer's `fused` setting (True, False, or None = by length) for `queries` query tokens."""
-    return queries >= FUSED_ATTENTION_MIN_TOKENS if setting is None else setting
+def use_fused_attention(setting: bool | None, queries: int, cpu_half: bool = False) -> bool:
+    """A layer's `fused` setting (True, False, or None = by length) for `queries` query tokens
+    per row; `cpu_half`: bfloat16 / float16 activations on the CPU."""
+    if setting is not None:
+        return setting
+    return queries >= FUSED_ATTENTION_MIN_TOKENS or (cpu_half and queries == 1)
 
 
 class ConfigError(ValueError):

@@ -24,6 +24,11 @@ from .config import GemmaConfig, use_fused_attention
 from .kv_cache import KVCache
 
 
+def _cpu_half(x: torch.Tensor) -> bool:
+    """bfloat16 / float16 activations on the CPU (config.use_fused_attention)."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -56,9 +61,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class Attention(nn.Module):
     # PyTorch's fused scaled_dot_product_attention for layers without a soft-cap: None (default)
-    # = for calls of at least FUSED_ATTENTION_MIN_TOKENS queries (prefill), True / False = always /
-    # never (`model.set_fused_attention_`). Fused is not bit-exact with the reference's eager
-    # softmax (~1e-6 on float32 logits; see README "Speed"); the eager path is.
+    # = for calls of at least FUSED_ATTENTION_MIN_TOKENS queries (prefill) and for decode steps in
+    # half precision on the CPU (config.use_fused_attention), True / False = always / never
+    # (`model.set_fused_attention_`). Fused is not bit-exact with the reference's eager softmax
+    # (~1e-6 on float32 logits; see README "Speed"); the eager path is. By default a half-precision
+    # CPU decode step on a soft-capped layer (eager) takes its two products in float32 (`wide`).
     fused: bool | None = None
     # Without autograd, each row of a batch gets the bits it gets alone (`model.set_rows_alone_`;
     # the server turns it on): padded prefill rows and decode rows attend over their own key
@@ -102,7 +109,7 @@ class Attention(nn.Module):
         elif rows and t == k.shape[2]:  # a prefill from slot 0
             out = self._prefill_rows(q, k, v, mask)
         else:
-            out = self._attend(q, k, v, mask, self._use_fused(t))
+            out = self._attend(q, k, v, mask, self._use_fused(t, q))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, n * h))
 
     def _one_query_rows(
@@ -117,7 +124,7 @@ class Attention(nn.Module):
         first = allowed.int().argmax(-1)  # (B,)
         end = s - allowed.flip(-1).int().argmax(-1)
         count = allowed.sum(-1)
-        fused = self._use_fused(1)
+        fused = self._use_fused(1, q)
         if not bool(((end - first) == count).all()):
             return self._attend(q, k, v, mask, fused)
         out = torch.empty_like(q)
@@ -126,8 +133,8 @@ class Attention(nn.Module):
             out[r] = self._attend(q[r], k[r, :, a:z], v[r, :, a:z], mask[r, :, :, a:z], fused)
         return out
 
-    def _use_fused(self, queries: int) -> bool:
-        return self.softcap is None and use_fused_attention(self.fused, queries)
+    def _use_fused(self, queries: int, q: torch.Tensor) -> bool:
+        return self.softcap is None and use_fused_attention(self.fused, queries, _cpu_half(q))
 
     def _prefill_rows(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
@@ -140,13 +147,13 @@ class Attention(nn.Module):
         t = q.shape[2]
         lead = (~mask[:, 0].any(1)).int().cumprod(-1).sum(-1).tolist()  # leading pad keys, (B,)
         if not any(lead):
-            return self._attend(q, k, v, mask, self._use_fused(t))
+            return self._attend(q, k, v, mask, self._use_fused(t, q))
         out = q.new_zeros(q.shape)
         for row, p in enumerate(lead):
             r, span = slice(row, row + 1), slice(p, None)
             keys = (k[r, :, span], v[r, :, span])
             out[r, :, span] = self._attend(
-                q[r, :, span], *keys, mask[r, :, span, span], self._use_fused(t - p)
+                q[r, :, span], *keys, mask[r, :, span, span], self._use_fused(t - p, q)
             )
         return out
 
@@ -161,26 +168,34 @@ class Attention(nn.Module):
         if fused:
             rows = mask.repeat(1, 1, n // kv, 1)  # (B, 1, G*T, S): row g*T + t is query t
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=self.scale)
-        else:
-            out = self._eager(q, k, v, mask)  # (B, K, G*T, H)
+        else:  # (B, K, G*T, H)
+            out = self._eager(q, k, v, mask, self.fused is None and t == 1 and _cpu_half(q))
         return out.view(b, n, t, h)
 
     def _eager(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, wide: bool
     ) -> torch.Tensor:
         """The reference's arithmetic: q (B, K, G*T, H), k, v (B, K, S, H), mask (B, 1, T, S)
         -> (B, K, G*T, H). Scores in the model dtype, softmax in float32. The scale and the mask
         are applied in place (autograd allows it), the soft-cap too without autograd: the same
-        values with fewer (B, N, T, S) temporaries."""
+        values with fewer (B, N, T, S) temporaries. `wide`: both products in float32, each
+        rounded to the model dtype as the reference's are (only their sums' order differs)."""
         b, t, s = mask.shape[0], mask.shape[2], k.shape[2]
-        scores = (q @ k.transpose(-1, -2)).view(b, -1, t, s).mul_(self.scale)  # (B, N, T, S)
+        if wide:
+            scores = (q.float() @ k.float().transpose(-1, -2)).to(q.dtype)
+        else:
+            scores = q @ k.transpose(-1, -2)
+        scores = scores.view(b, -1, t, s).mul_(self.scale)  # (B, N, T, S)
         if self.softcap is not None and torch.is_grad_enabled():
             scores = torch.tanh(scores / self.softcap) * self.softcap
         elif self.softcap is not None:
             scores.div_(self.softcap).tanh_().mul_(self.softcap)
         scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        return probs.view(b, k.shape[1], -1, s) @ v  # (B, K, G*T, H)
+        probs = probs.view(b, k.shape[1], -1, s)
+        if wide:
+            return (probs.float() @ v.float()).to(v.dtype)
+        return probs @ v  # (B, K, G*T, H)
 
 
 class MLP(nn.Module):

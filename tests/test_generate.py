@@ -258,3 +258,20 @@ def test_an_image_id_among_the_text_ids_is_never_produced(embedded_pipe):
         del pipe.model.forward
     assert all(len(r.token_ids) == 8 and image_id not in r.token_ids for r in runs)
     assert job.error is None and job.choices[0].tokens == 8
+
+
+def test_greedy_ids_are_argmax_first_maximum_ties_and_nan_included():
+    """greedy_ids (torch.max over the axis, faster) picks what argmax picks: the first maximum
+    of each row, a NaN when the row has one, in float32 and bfloat16."""
+    from paligemma.generate import greedy_ids
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 1000, generator=g)
+    scores[1, [10, 500]] = 9.0  # a tie: the first wins
+    scores[2, 700] = float("nan")
+    scores[3] = 0.0  # all equal
+    scores[4, -1] = float("inf")
+    for dtype in (torch.float32, torch.bfloat16):
+        x = scores.to(dtype)
+        assert torch.equal(greedy_ids(x), x.argmax(-1))
+    assert greedy_ids(scores)[[1, 2, 3, 4]].tolist() == [10, 700, 0, 999]

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..generate import drop_padding
+from ..generate import drop_padding, greedy_ids
 from ..kv_cache import KVCache
 from ..pipeline import Pipeline
 from ..textstream import TextStream
@@ -226,9 +226,9 @@ class Engine(Scheduler):
         logits = logits[:, -1].float()  # (B, V)
         greedy = [i for i, r in enumerate(self.rows) if r.plain]
         best = (
-            drop_padding(logits[greedy], self.pipe.num_real_ids, self.pipe.never_ids)
-            .argmax(-1)
-            .tolist()
+            greedy_ids(
+                drop_padding(logits[greedy], self.pipe.num_real_ids, self.pipe.never_ids)
+            ).tolist()
             if greedy
             else []
         )

@@ -52,7 +52,7 @@ class Row:
         scores = engine.process_logits(logits, ids, self.cfg)
         if self.cfg.do_sample:
             return int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[0, 0])
-        return int(scores.argmax(-1)[0])
+        return int(engine.greedy_ids(scores)[0])
 
     def take(self, token: int, eos: int) -> str:
         """Record a picked id; return the text it settles (stop strings cut) and set `reason`

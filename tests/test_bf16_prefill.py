@@ -62,10 +62,11 @@ def test_bf16_mm_is_float32_sums_then_one_rounding_and_each_row_alone():
 
 
 def test_linear_takes_bf16_mm_for_prefill_rows_and_the_switches_turn_it_off(monkeypatch):
-    """matvec.linear: more than FEW_ROWS bfloat16 rows without autograd go through bf16_mm
-    (bias in float32) where the CPU has AMX-BF16; few rows, float32, inputs not a multiple of
-    32, a gradient to record, AMX_PREFILL False, PALIGEMMA_CPU_ISA=avx512vnni / avx2 and no
-    kernels (PALIGEMMA_CPU_KERNELS=0 at the first call) take F.linear."""
+    """matvec.linear: more than FEW_ROWS and at most MAX_ROWS bfloat16 rows without autograd go
+    through bf16_mm (bias in float32) where the CPU has AMX-BF16; few rows, more rows, float32,
+    inputs not a multiple of 32, a gradient to record, AMX_PREFILL False,
+    PALIGEMMA_CPU_ISA=avx512vnni / avx2 and no kernels (PALIGEMMA_CPU_KERNELS=0 at the first
+    call) take F.linear."""
     has = amx_bf16()
     ops = torch.ops.paligemma_cpu
     calls = []
@@ -89,6 +90,8 @@ def test_linear_takes_bf16_mm_for_prefill_rows_and_the_switches_turn_it_off(monk
 
     assert taken(x3, w, b) == has and taken(x, w) == has
     assert not taken(x[:16], w, b) and not taken(x[:1], w, b)
+    many = x.repeat(matvec.MAX_ROWS // 40 + 1, 1)
+    assert taken(many[: matvec.MAX_ROWS], w) == has and not taken(many, w)
     assert not taken(x.float(), w.float()) and not taken(x[:, :1000], w[:, :1000])
     assert not taken(x, w.requires_grad_(), grad=True) and taken(x, w, grad=False) == has
     monkeypatch.setattr(matvec, "AMX_PREFILL", False)

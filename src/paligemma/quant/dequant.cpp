@@ -14,7 +14,11 @@
 //       bfloat16 x on AMX-BF16 (dequant_amx.h; isa 2, I and the int4 group multiples of 32, tile
 //       > 0): the codes dequantised straight into the tiles' GEMM instead; amx 0 never, 1 where
 //       the shapes allow (an error without AMX-BF16), -1 where the CPU has it
-//   cpu_amx_bf16() -> int: 1 when dequant_mm can take AMX-BF16 tiles (CPU and OS)
+//   bf16_mm(x bf16[M, I], w bf16[O, I], bias f32[O]?, tile) -> bf16[M, O]
+//       x @ w.T (+ bias) on the same AMX-BF16 GEMM, w's rows copied into its panels (no
+//       dequantisation): float32 sums, the bias added in float32, one rounding; I a multiple
+//       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py)
+//   cpu_amx_bf16() -> int: 1 when dequant_mm and bf16_mm can take AMX-BF16 tiles (CPU and OS)
 //
 //   (quantize.cpp, in the same library, has the quantiser that loading runs: quantize_isa)
 //
@@ -233,6 +237,25 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   return out;
 }
 
+at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
+                   const c10::optional<at::Tensor>& bias_, int64_t tile) {
+  TORCH_CHECK(amx_bf16_ready(), "bf16_mm: no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(1) && tile > 0,
+              "bf16_mm: x [M, I], w [O, I], tile > 0");
+  TORCH_CHECK(x_.scalar_type() == at::kBFloat16 && w_.scalar_type() == at::kBFloat16,
+              "bf16_mm: x and w bfloat16");
+  TORCH_CHECK(x_.size(1) % 32 == 0, "bf16_mm: in features a multiple of 32");
+  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  at::Tensor bias;
+  if (bias_.has_value()) {
+    bias = bias_->contiguous();
+    TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.numel() == w.size(0),
+                "bf16_mm: bias float32 [O]");
+  }
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  return amx_mm(x, w, w, 16, 0, tile, b);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -242,6 +265,7 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
         "int isa=-1, int amx=-1) -> Tensor",
         &dequant_mm);
+  m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile) -> Tensor", &bf16_mm);
   m.def("cpu_amx_bf16() -> int", [] { return int64_t(amx_bf16_ready()); });
 }
 

@@ -2,9 +2,10 @@
 // once by dequant.cpp, in namespace pg_dq_amx, under AVX-512 + AVX512-BF16 + AMX-BF16 target
 // options; it runs only where amx_bf16_ready() (dequant.cpp).
 //
-//   out[M, O] = x[M, I] @ W.T, W = dequantize().to(bfloat16) (code * scale in float32, rounded
-//   to nearest even: vcvtne2ps2bf16; the products are never denormal), float32 sums, one
-//   rounding (to nearest even) of each output to bfloat16.
+//   out[M, O] = x[M, I] @ W.T (+ bias), W = dequantize().to(bfloat16) (code * scale in float32,
+//   rounded to nearest even: vcvtne2ps2bf16; the products are never denormal), or a plain
+//   bfloat16 weight (bits 16: bf16_mm, its rows copied into the panels as they are), float32
+//   sums (a float32 bias added to them), one rounding (to nearest even) of each output to bfloat16.
 //
 // One TDPBF16PS multiplies tile A, 16 weight rows x 32 inputs (bfloat16, row-major: the block
 // dequantised as it comes, no re-layout), by tile B, 16 input pairs x 16 rows of x (VNNI-2: dword
@@ -39,9 +40,10 @@ struct Mm {
   const void* q;
   const void* scale;
   bool scale_bf16;
-  int64_t bits, group, I, O, M, Mp;  // Mp: M rounded up to 16
+  int64_t bits, group, I, O, M, Mp;  // bits 16: q is a bfloat16 weight; Mp: M rounded up to 16
   const uint32_t* xv;                // [Mp / 16][I / 2][16] dwords (bfloat16 pairs)
   uint16_t* out;                     // [M, O] bfloat16 bits
+  const float* bias;                 // [O] or nullptr
 };
 
 struct alignas(64) TileConfig {
@@ -133,7 +135,7 @@ struct Panel {
   float s = 0.f;                // row r's scale (int4: of its group)
 
   void start_row(const Mm& d) {
-    if (r >= rows) return;
+    if (r >= rows || d.bits == 16) return;
     const int64_t G = d.bits == 8 ? 1 : d.I / d.group, k = k0 + i;
     s = scale_at(d, (o + r) * G + (d.bits == 8 ? 0 : k / d.group));
     g = d.bits == 8 ? 0 : k % d.group;
@@ -142,12 +144,13 @@ struct Panel {
     if (r == 0 && i == 0) start_row(d);
     const int64_t bytes = d.I * d.bits / 8;
     for (n *= 32; n > 0 && r < 32;) {  // runs of weights within a row (int4: a group)
-      const int64_t len = std::min({n, kb - i, d.bits == 8 ? kb : d.group - g});
+      const int64_t len = std::min({n, kb - i, d.bits == 4 ? d.group - g : kb});
       uint16_t* to = dst + r * ld + i;
       const uint8_t* q = static_cast<const uint8_t*>(d.q) + (o + r) * bytes + (k0 + i) * d.bits / 8;
       for (int64_t b = 0; o + r + kAhead < d.O && b < len * d.bits / 8; b += 64)
         _mm_prefetch((const char*)q + kAhead * bytes + b, _MM_HINT_T0);
       if (r >= rows) std::memset(to, 0, len * 2);
+      else if (d.bits == 16) std::memcpy(to, q, len * 2);
       else if (d.bits == 8) run<8>(q, s, to, len);
       else run<4>(q, s, to, len);
       n -= len, i += len, g += len;
@@ -202,17 +205,20 @@ void tiles(const Mm& d, const uint16_t* w, int64_t ld, int64_t k0, int64_t kb, i
   if constexpr (NN == 2 && MM == 2) _tile_stored(3, c + c1 + 16, cs);
 }
 
-// C [n16][Mp] of output rows [o0, o0 + n) into out, 16 x 16 at a time, transposed and rounded.
+// C [n16][Mp] of output rows [o0, o0 + n) into out, 16 x 16 at a time, transposed, the bias
+// added, rounded.
 inline void store_out(const Mm& d, const float* c, int64_t o0, int64_t n) {
   __asm__ volatile("" ::: "memory");  // (the tile stores wrote c)
   __m512i r[16];
   for (int64_t nb = 0; nb < n; nb += 16) {
     const __mmask16 keep = n - nb >= 16 ? 0xffff : (1u << (n - nb)) - 1;
+    const __m512 b = d.bias ? _mm512_maskz_loadu_ps(keep, d.bias + o0 + nb) : _mm512_setzero_ps();
     for (int64_t mb = 0; mb < d.M; mb += 16) {
       for (int l = 0; l < 16; ++l) r[l] = _mm512_load_si512(c + (nb + l) * d.Mp + mb);
       transpose16(r);
       for (int64_t m = mb; m < std::min(mb + 16, d.M); ++m) {
-        const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(r[m - mb]));
+        const __m512 f = _mm512_add_ps(_mm512_castsi512_ps(r[m - mb]), b);
+        const __m256i h = (__m256i)_mm512_cvtneps_pbh(f);
         _mm256_mask_storeu_epi16(d.out + m * d.O + o0 + nb, keep, h);
       }
     }
@@ -296,10 +302,11 @@ bool amx_bf16_ready() {
   return ready;
 }
 
-// dequant_mm on AMX-BF16 (x bfloat16 [M, I] contiguous; the shapes above), kMaxRows rows of x
-// a pass: x re-laid out (all threads), then each thread takes spans of `tile` output rows.
+// dequant_mm / bf16_mm on AMX-BF16 (x bfloat16 [M, I] contiguous; the shapes above; bias
+// float32 [O] or nullptr), kMaxRows rows of x a pass: x re-laid out (all threads), then each
+// thread takes spans of `tile` output rows.
 at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
-                  int64_t bits, int64_t group, int64_t tile) {
+                  int64_t bits, int64_t group, int64_t tile, const float* bias = nullptr) {
   const int64_t M = x.size(0), I = x.size(1), O = q.size(0);
   at::Tensor out = at::empty({M, O}, x.options());
 #ifdef PG_DQ_X86
@@ -311,7 +318,7 @@ at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
     const pg_dq_amx::Mm d{q.data_ptr(), scale.data_ptr(), scale.scalar_type() == at::kBFloat16,
                           bits, group, I, O, rows, Mp,
                           reinterpret_cast<const uint32_t*>(xv.data_ptr()),
-                          static_cast<uint16_t*>(out.data_ptr()) + m0 * O};
+                          static_cast<uint16_t*>(out.data_ptr()) + m0 * O, bias};
     const auto* xp = static_cast<const uint16_t*>(x.data_ptr()) + m0 * I;
     at::parallel_for(0, Mp / 16, 1, [&](int64_t a, int64_t b) {
       for (; a < b; ++a) pg_dq_amx::pack_x(xp, d, a);

@@ -11,7 +11,8 @@ for AMX_ROWS rows and more where the CPU has them and the OS grants them (`amx()
 results bit for bit): PALIGEMMA_CPU_ISA=avx512 | avx2 forces VNNI off, avx512vnni | avxvnni
 names the VNNI levels without AMX, amx the default (`vnni()`). The quantised prefill
 (dequant.cpp's dequant_mm, bfloat16 x) runs AMX-BF16 tiles with the dequantisation fused in
-where `amx_bf16()`, under the same levels.
+where `amx_bf16()`, under the same levels; so does the plain bfloat16 prefill (bf16_mm, from
+matvec.py).
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]

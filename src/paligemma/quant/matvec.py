@@ -1,10 +1,17 @@
-"""The CPU matrix-vector path: batch-1 decoding through torch.mv instead of a matrix product.
+"""The CPU path of plain (float) linears: torch.mv for one row, our AMX-BF16 GEMM for prefill.
 
 One row of activations on the CPU is a matrix-vector product, and torch.mv runs it ~1.6x faster
-than F.linear in bfloat16 (as fast in float32). `install_matvec_(model)` swaps every plain
-nn.Linear for a MatVecLinear and the decoder's tied head for a MatVecHead, by name and sharing
-the very same parameters, so state dicts, LoRA and quantize_ see the model as before; anything
-else (more rows, another device) takes F.linear, as the core layers do.
+than F.linear in bfloat16 (as fast in float32). More than FEW_ROWS rows and at most MAX_ROWS
+in bfloat16 (a 224 px prefill) without autograd, where the CPU has AMX-BF16
+(`cpu_kernels.amx_bf16()`, AMX_PREFILL) and the inputs are a multiple of 32: our tile GEMM
+(dequant_amx.h's, the weight's rows copied into its panels: bf16_mm), float32 sums, the bias
+added in float32, one rounding, each row's result independent of the other rows; oneDNN's
+F.linear re-lays the weight out on every call, a cost that more rows amortise: from about 400
+rows its GEMM is the faster one.
+`install_matvec_(model)` swaps every plain nn.Linear for a MatVecLinear and the decoder's tied
+head for a MatVecHead, by name and sharing the very same parameters, so state dicts, LoRA and
+quantize_ see the model as before; anything else (2..FEW_ROWS rows, more than MAX_ROWS,
+float32, another device) takes F.linear, as the core layers do.
 
 Shapes: x (..., in features), weight (out features, in features); one row = x holds a single
 vector (every leading axis 1).
@@ -17,6 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gemma import TiedHead
+from . import kernels as cpu_kernels
+
+FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
+# ... and past this many F.linear again: ours / F.linear GEMM time on PaliGemma-3B's shapes, 1
+# thread: 0.93x at 260 rows, 0.99x at 384, 1.12x at 512, 1.2-1.4x at 1030 (README)
+MAX_ROWS = 384
+AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
+TILE = 256  # output rows a thread takes at a time in it (as linear.TILE)
 
 
 def _matvec(x: torch.Tensor) -> bool:
@@ -24,8 +39,26 @@ def _matvec(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.numel() == x.shape[-1]
 
 
+def _amx_prefill(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """FEW_ROWS < rows <= MAX_ROWS bfloat16 CPU rows that bf16_mm takes, no gradient to record."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if not AMX_PREFILL or x.device.type != "cpu" or not FEW_ROWS < rows <= MAX_ROWS:
+        return False
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.shape[-1] % 32:
+        return False
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return cpu_kernels.available() and cpu_kernels.amx_bf16()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv."""
+    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv,
+    bfloat16 prefill rows through our AMX-BF16 GEMM (module docstring)."""
+    if _amx_prefill(x, weight, bias):
+        b = None if bias is None else bias.float()
+        out = torch.ops.paligemma_cpu.bf16_mm(x.reshape(-1, x.shape[-1]), weight, b, TILE)
+        return out.view(*x.shape[:-1], -1)  # (..., out)
     if not _matvec(x):
         return F.linear(x, weight, bias)
     out = torch.mv(weight, x.reshape(-1))  # (out,)

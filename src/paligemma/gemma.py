@@ -163,6 +163,12 @@ class Attention(nn.Module):
         """q (B, N, T, H), k, v (B, K, S, H), mask (B, 1, T, S) -> (B, N, T, H), fused or eager."""
         b, n, t, h = q.shape
         kv = k.shape[1]
+        if fused and q.device.type == "cpu":  # the CPU kernel groups the heads itself: no
+            # (B, 1, G*T, S) mask copy, the same bits (measured: 19 vs 27 ms a 448 px layer)
+            gqa = kv != n
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa
+            )
         # Kv head g serves query heads g*G ... g*G+G-1: group the queries instead of copying k, v.
         q = q.reshape(b, kv, (n // kv) * t, h)  # (B, K, G*T, H)
         if fused:

@@ -5,7 +5,8 @@
 
 1. Creates (once, cached on disk) a full-size checkpoint with deterministic random weights in
    bfloat16, in the transformers layout.
-2. Measures the machine's memory read bandwidth (a streaming sum over 1 GiB, best of 3), and
+2. Measures the machine's memory read bandwidth (a streaming sum over 1 GiB, best of 3, before
+   and after the runs: the higher counts), and
    each matrix-vector path's own GB/s on one decoder-sized weight (bench_kernels.py: int8 and
    int4, ours on each instruction set and torch's; `--kernels-only` prints just this and exits).
 3. Runs each configuration in its own process (so peak RSS is its own): transformers in
@@ -352,6 +353,11 @@ def main() -> None:
         "int4": (0.5, 0.5),
     }  # head, layers
     b = args.batch
+    # Probed again after the runs, the higher of the two counts (a busy moment at the start
+    # once read 13 GB/s against 20-26 later, flattering every "% of limit").
+    bw_end = bandwidth_gbs()
+    print(f"memory read bandwidth after the runs: {bw_end:.1f} GB/s", flush=True)
+    bw = max(bw, bw_end)
     print(f"\n{label}, {torch.get_num_threads()} threads, bandwidth {bw:.1f} GB/s")
     columns = [
         "load s",

@@ -86,6 +86,32 @@ def test_int4_dot_matches_float64_on_every_path():
         ops.int4_dot(x, packed, scale, group, 0, 1)
 
 
+def test_activation_ties_round_half_to_even_on_every_path():
+    """Each path's vector quantiser takes the scalar loop's steps: groups whose max |x| is 127
+    (scale exactly 1) with values on .5 ties round half to even (2.5 -> 2, 3.5 -> 4, -0.5 -> 0),
+    and an all-zero group gives codes 0; so every path equals the float64 reference exactly up
+    to float32 rounding, in float32 and bfloat16, at 1, 8 and 16 rows (AMX's layout too)."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    o, i, group = 32, 256, 64
+    ties = torch.arange(-63, 64).float() + 0.5  # -62.5 .. 63.5: every tie in range
+    for rows in (1, 8, 16):
+        x = ties[torch.randint(0, len(ties), (rows, i))]
+        x[:, ::group] = 127.0  # each group's max: its scale is exactly 1
+        x[0, group : 2 * group] = 0  # a zero group
+        packed = torch.randint(0, 256, (o, i // 2), dtype=torch.uint8)
+        scale = torch.rand(o, i // group)
+        want = reference(x, portable_codes(packed), scale, group)
+        for isa, vnni in [*variants(), (-1, -1)]:
+            for xt in (x, x.to(torch.bfloat16)):  # every value is exact in bfloat16
+                got = ops.int4_dot(xt, packed, scale, group, isa, vnni)
+                assert rel_err(got, want) < 1e-6, (isa, vnni, rows, xt.dtype)
+    lone = torch.zeros(1, i)
+    lone[0, :4] = torch.tensor([127.0, 2.5, 3.5, -0.5])
+    assert dequantized_x(lone, group)[0, :4].tolist() == [127.0, 2.0, 4.0, 0.0]
+
+
 def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
     """A quantised 256 -> 72 layer, the list that each int4_dot / int8_dot call appends to (they
     ask kernels.dot_path() once a call), and its dequantised weight."""

@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <cpuid.h>
@@ -199,32 +200,38 @@ inline int64_t placed(int64_t i, int64_t order) {
 
 // x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
 // off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations;
-// order: placed's.
+// order: placed's (periodic within a group: order 1 per 8 inputs, order kc per kc, and group is a
+// multiple of both). Each group is quantised by the instruction set's loop (isa), then placed.
 void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, int64_t order,
-                at::Tensor& xq, at::Tensor& xs, at::Tensor& off) {
+                int64_t isa, int8_t* qp, float* sp, int32_t* op) {
   const int64_t M = x.size(0), I = x.size(1), G = I / group;
-  xq = at::zeros({rows, I}, x.options().dtype(at::kChar));
-  xs = at::zeros({rows, G}, x.options().dtype(at::kFloat));
-  off = at::zeros({rows, G}, x.options().dtype(at::kInt));
-  const float* xp = x.data_ptr<float>();
-  int8_t* qp = xq.data_ptr<int8_t>();
-  float* sp = xs.data_ptr<float>();
-  int32_t* op = off.data_ptr<int32_t>();
+  auto quantize = &pg_dot_scalar::quantize_group;
+#ifdef PG_DOT_X86
+  if (isa == 2) quantize = &pg_dot_avx512::quantize_group;
+  if (isa == 1) quantize = &pg_dot_avx2::quantize_group;
+#endif
+  std::vector<int64_t> to(group);
+  for (int64_t i = 0; i < group; ++i) to[i] = placed(i, order);
+  std::vector<float> row(I);
+  std::vector<int32_t> codes(group);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
   for (int64_t m = 0; m < M; ++m) {
+    const float* xp = bf16 ? row.data() : x.data_ptr<float>() + m * I;
+    if (bf16) {
+      const c10::BFloat16* src = x.data_ptr<c10::BFloat16>() + m * I;
+      for (int64_t i = 0; i < I; ++i) row[i] = float(src[i]);
+    }
     for (int64_t g = 0; g < G; ++g) {
-      const float* v = xp + m * I + g * group;
-      int8_t* to = qp + m * I + g * group;
-      float amax = 0.f;
-      for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
-      const float s = amax / 127.f;
-      int32_t sum = 0;
-      for (int64_t i = 0; s > 0.f && i < group; ++i) {
-        const float c = std::min(std::max(std::nearbyint(v[i] / s), -127.f), 127.f);
-        to[placed(i, order)] = int8_t(c), sum += int32_t(c);
-      }
-      sp[m * G + g] = s, op[m * G + g] = zero * sum;
+      int32_t sum;
+      sp[m * G + g] = quantize(xp + g * group, group, codes.data(), &sum);
+      op[m * G + g] = zero * sum;
+      int8_t* q = qp + m * I + g * group;
+      for (int64_t i = 0; i < group; ++i) q[to[i]] = int8_t(codes[i]);
     }
   }
+  std::memset(qp + M * I, 0, (rows - M) * I);
+  std::fill(sp + M * G, sp + rows * G, 0.f);
+  std::fill(op + M * G, op + rows * G, 0);
 }
 
 // Which loop runs: the instruction set (2, 1, 0), whether its VNNI runs, and AMX for passes of
@@ -276,15 +283,32 @@ int64_t amx_rows(int64_t mb) {
 struct Xq {
   at::Tensor q, s, off;
 };
-Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc) {
-  Xq r;
+Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc, int64_t isa) {
+  const int64_t I = x.size(1), G = I / group, words = I / 4;
+  const auto opts = x.options();
+  Xq r{at::empty({rows, I}, opts.dtype(at::kChar)), at::empty({rows, G}, opts.dtype(at::kFloat)),
+       at::empty({rows, G}, opts.dtype(at::kInt))};
   const int64_t order = bits == 8 ? 0 : (kc ? kc : 1);
-  quantize_x(x, rows, group, bits == 4 ? 8 : 128, order, r.q, r.s, r.off);
+  quantize_x(x, rows, group, bits == 4 ? 8 : 128, order, isa, r.q.data_ptr<int8_t>(),
+             r.s.data_ptr<float>(), r.off.data_ptr<int32_t>());
   if (kc == 0) return r;
-  r.q = r.q.view(at::kInt).view({rows, -1, kc / 4}).permute({1, 2, 0}).contiguous();
-  r.s = r.s.t().repeat({1, 16 / rows}).contiguous();
-  r.off = bits == 4 ? r.off.t().repeat({1, 16 / rows}).contiguous() : at::zeros_like(r.off.t().repeat({1, 16 / rows}));
-  return r;
+  // AMX's B tiles: word w of row l at [w][l] (w runs over chunks of kc / 4 words in order).
+  Xq t{at::empty({words, rows}, opts.dtype(at::kInt)), at::empty({G, 16}, opts.dtype(at::kFloat)),
+       at::empty({G, 16}, opts.dtype(at::kInt))};
+  const int32_t* q = (const int32_t*)r.q.data_ptr();
+  int32_t* tq = t.q.data_ptr<int32_t>();
+  for (int64_t w = 0; w < words; ++w)
+    for (int64_t l = 0; l < rows; ++l) tq[w * rows + l] = q[l * words + w];
+  const float* s = r.s.data_ptr<float>();
+  const int32_t* off = r.off.data_ptr<int32_t>();
+  float* ts = t.s.data_ptr<float>();
+  int32_t* toff = t.off.data_ptr<int32_t>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t l = 0; l < 16; ++l) {
+      ts[g * 16 + l] = s[(l % rows) * G + g];
+      toff[g * 16 + l] = bits == 4 ? off[(l % rows) * G + g] : 0;  // int8: TDPBSSD, no offset
+    }
+  return t;
 }
 
 int scale_type(const at::Tensor& s) {
@@ -309,15 +333,16 @@ at::Tensor dot(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& sca
   TORCH_CHECK(bits == 4 || (scale_.dim() == 1 && scale_.size(0) == O),
               "int8_dot: scale must be [O]");
   const Path p = path(isa_, vnni);
-  const at::Tensor x = x_.to(at::kFloat).contiguous();
+  const at::Tensor x =
+      x_.scalar_type() == at::kBFloat16 ? x_.contiguous() : x_.to(at::kFloat).contiguous();
   const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
   const int64_t M = x.size(0), G = I / group, lanes = p.isa == 2 ? 16 : (p.isa == 1 ? 8 : 1);
-  at::Tensor out = at::empty({M, O}, x.options());
+  at::Tensor out = at::empty({M, O}, x.options().dtype(at::kFloat));
   for (int64_t m0 = 0; m0 < M && O > 0; m0 += kDotRows) {
     const int64_t mb = std::min(kDotRows, M - m0), kc = mb < p.amx_from ? 0 : 64 - group % 64;
     const int64_t rows = kc ? amx_rows(mb) : padded_rows(mb);
-    at::Tensor part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, x.options());
-    const Xq xq = pass_x(x.narrow(0, m0, mb), rows, group, bits, kc);
+    at::Tensor part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, out.options());
+    const Xq xq = pass_x(x.narrow(0, m0, mb), rows, group, bits, kc, p.isa);
     const Dot d{(const int32_t*)xq.q.data_ptr(), xq.s.data_ptr<float>(), xq.off.data_ptr<int32_t>(),
                 (const uint8_t*)q.data_ptr(), scale.data_ptr(), scale_type(scale), I, G, group, O,
                 part.data_ptr<float>()};

@@ -29,6 +29,19 @@ def _cpu_half(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
 
 
+def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
+    """Each layer applied to x. Layers of one class that offers `together(layers, x)` (the
+    quantised decoding kernels: x read and quantised once for all) run in one call where it
+    applies (it returns None where not); the results are the layers' own, bit for bit."""
+    kind = type(layers[0])
+    together = getattr(kind, "together", None)
+    if together is not None and all(type(m) is kind for m in layers):
+        out = together(layers, x)
+        if out is not None:
+            return out
+    return [m(x) for m in layers]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -97,9 +110,10 @@ class Attention(nn.Module):
         """x (B, T, D), mask bool (B, 1, T, S) -> (B, T, D). With a cache, S = start + T."""
         b, t, _ = x.shape
         n, kv, h = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
-        k = self.k_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
-        v = self.v_proj(x).view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(b, t, n, h).transpose(1, 2)  # (B, N, T, H)
+        k = k.view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
+        v = v.view(b, t, kv, h).transpose(1, 2)  # (B, K, T, H)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # (B, K, S, H)
@@ -214,7 +228,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, F) each
+        gate, up = project(x, self.gate_proj, self.up_proj)  # (B, T, F) each
         if torch.is_grad_enabled():
             return self.down_proj(F.gelu(gate, approximate="tanh") * up)
         # Without autograd: the same arithmetic in place, no third (B, T, F) buffer.

@@ -18,11 +18,15 @@
 // codes are flipped to code + 128 (unsigned) in the register, the offset removed per group.
 //
 //   int4_dot(x f32|bf16[M, I], q uint8[O, I/2], scale f32|bf16|f16[O, G], group, isa=-1,
-//            vnni=-1) -> f32[M, O]                                        (G = I / group)
+//            vnni=-1, dtype=None) -> [M, O] in dtype (None: f32)         (G = I / group)
 //       out[m, o] = sum_g scale[o, g] * xs[m, g] * sum_{i in g} (code[o, i] - 8) * xq[m, i]
 //       xs[m, g] = max_{i in g} |x[m, i]| / 127,  xq[m, i] = round_half_even(x[m, i] / xs[m, g])
 //   int8_dot(x, q int8[O, I], scale f32|bf16|f16[O], group, isa=-1, vnni=-1) -> f32[M, O]
 //       the same for int8 weights (one scale per output row; `group`: the activations' groups)
+//   int4_dots / int8_dots(x, q[], scale[], ...) -> [M, O_j] per weight: as one call each, with
+//       x quantised once and all the weights' output rows shared out in one parallel region
+//       (the projections that read the same x: q, k, v; gate, up). dtype: the outputs' (float32,
+//       bfloat16 or float16), each value rounded once from its float32 result.
 //   cpu_vnni() -> int: 1 when this CPU has AVX-VNNI, 2 AVX-512-VNNI, 3 both, 0 neither
 //   cpu_amx() -> int: 1 when this CPU has AMX-INT8 and the OS grants this process its tiles
 // isa: as kernels.cpp (2 AVX-512, 1 AVX2, 0 scalar); vnni: 2 AMX (int4_dot_amx.h; an error
@@ -38,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -318,59 +323,113 @@ int scale_type(const at::Tensor& s) {
   return t == at::kBFloat16 ? 1 : (t == at::kHalf ? 2 : 0);
 }
 
-at::Tensor dot(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
-               int64_t group, int64_t isa_, int64_t vnni, int bits) {
-  const int64_t I = x_.size(-1), O = q_.size(0);
-  TORCH_CHECK(x_.dim() == 2 && q_.dim() == 2 && q_.size(1) * (bits == 4 ? 2 : 1) == I,
+void check(int bits, int64_t I, int64_t group, const at::Tensor& q, const at::Tensor& scale) {
+  const int64_t O = q.size(0);
+  TORCH_CHECK(q.dim() == 2 && q.size(1) * (bits == 4 ? 2 : 1) == I,
               "int", bits, "_dot: q must be ", bits == 4 ? "uint8[O, I/2]" : "int8[O, I]");
-  TORCH_CHECK(q_.scalar_type() == (bits == 4 ? at::kByte : at::kChar), "int", bits,
+  TORCH_CHECK(q.scalar_type() == (bits == 4 ? at::kByte : at::kChar), "int", bits,
               "_dot: q must be ", bits == 4 ? "uint8" : "int8");
   TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
               "int", bits, "_dot: the group size must be a multiple of 32 dividing in_features");
-  TORCH_CHECK(bits == 8 || (scale_.dim() == 2 && scale_.size(0) == O &&
-                            scale_.size(1) == I / group),
+  TORCH_CHECK(bits == 8 || (scale.dim() == 2 && scale.size(0) == O &&
+                            scale.size(1) == I / group),
               "int4_dot: scale must be [O, I/group]");
-  TORCH_CHECK(bits == 4 || (scale_.dim() == 1 && scale_.size(0) == O),
+  TORCH_CHECK(bits == 4 || (scale.dim() == 1 && scale.size(0) == O),
               "int8_dot: scale must be [O]");
+}
+
+// Rows [m0, m0 + mb) of out (its dtype) from part's float rows, output columns [o0, o1).
+void store(const float* part, int64_t O, at::Tensor& out, int64_t m0, int64_t mb, int64_t o0,
+           int64_t o1) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "int4_dot", [&] {
+    scalar_t* to = out.data_ptr<scalar_t>() + m0 * O;
+    for (int64_t m = 0; m < mb; ++m)
+      for (int64_t o = o0; o < o1; ++o) to[m * O + o] = scalar_t(part[m * O + o]);
+  });
+}
+
+// x times each weight (qs[j], scales[j]): x quantised once per pass of up to kDotRows rows, the
+// output rows of all weights shared out among the threads in one parallel region.
+std::vector<at::Tensor> dot(const at::Tensor& x_, at::TensorList qs, at::TensorList scales,
+                            int64_t group, int64_t isa_, int64_t vnni, int bits,
+                            std::optional<at::ScalarType> dtype) {
+  const int64_t I = x_.size(-1), n = int64_t(qs.size());
+  TORCH_CHECK(x_.dim() == 2, "int", bits, "_dot: x must be [M, I]");
+  TORCH_CHECK(n == int64_t(scales.size()), "int", bits, "_dot: one scale per weight");
+  for (int64_t j = 0; j < n; ++j) check(bits, I, group, qs[j], scales[j]);
   const Path p = path(isa_, vnni);
   const at::Tensor x =
       x_.scalar_type() == at::kBFloat16 ? x_.contiguous() : x_.to(at::kFloat).contiguous();
-  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
   const int64_t M = x.size(0), G = I / group, lanes = p.isa == 2 ? 16 : (p.isa == 1 ? 8 : 1);
-  at::Tensor out = at::empty({M, O}, x.options().dtype(at::kFloat));
-  for (int64_t m0 = 0; m0 < M && O > 0; m0 += kDotRows) {
+  const auto out_type = dtype.value_or(at::kFloat);
+  TORCH_CHECK(out_type == at::kFloat || out_type == at::kBFloat16 || out_type == at::kHalf,
+              "int", bits, "_dot: dtype must be float32, bfloat16 or float16");
+  std::vector<at::Tensor> q(n), scale(n), out(n);
+  std::vector<int64_t> first(n + 1, 0);  // weight j: tiles [first[j], first[j + 1])
+  for (int64_t j = 0; j < n; ++j) {
+    q[j] = qs[j].contiguous(), scale[j] = scales[j].contiguous();
+    out[j] = at::empty({M, q[j].size(0)}, x.options().dtype(out_type));
+    first[j + 1] = first[j] + (q[j].size(0) + lanes - 1) / lanes;
+  }
+  for (int64_t m0 = 0; m0 < M && first[n] > 0; m0 += kDotRows) {
     const int64_t mb = std::min(kDotRows, M - m0), kc = mb < p.amx_from ? 0 : 64 - group % 64;
     const int64_t rows = kc ? amx_rows(mb) : padded_rows(mb);
-    at::Tensor part = rows == mb ? out.narrow(0, m0, mb) : at::empty({rows, O}, out.options());
     const Xq xq = pass_x(x.narrow(0, m0, mb), rows, group, bits, kc, p.isa);
-    const Dot d{(const int32_t*)xq.q.data_ptr(), xq.s.data_ptr<float>(), xq.off.data_ptr<int32_t>(),
-                (const uint8_t*)q.data_ptr(), scale.data_ptr(), scale_type(scale), I, G, group, O,
-                part.data_ptr<float>()};
-    at::parallel_for(0, (O + lanes - 1) / lanes, 64 / lanes, [&](int64_t t0, int64_t t1) {
-      dot_rows(p, kc, rows, bits, d, t0 * lanes, std::min(O, t1 * lanes));
+    std::vector<at::Tensor> part(n);
+    std::vector<Dot> d;
+    const bool direct = rows == mb && out_type == at::kFloat;  // the float rows are the output
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t O = q[j].size(0);
+      part[j] = direct ? out[j].narrow(0, m0, mb) : at::empty({rows, O}, x.options().dtype(at::kFloat));
+      d.push_back({(const int32_t*)xq.q.data_ptr(), xq.s.data_ptr<float>(),
+                   xq.off.data_ptr<int32_t>(), (const uint8_t*)q[j].data_ptr(),
+                   scale[j].data_ptr(), scale_type(scale[j]), I, G, group, O,
+                   part[j].data_ptr<float>()});
+    }
+    at::parallel_for(0, first[n], 64 / lanes, [&](int64_t t0, int64_t t1) {
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t lo = std::max(t0, first[j]), hi = std::min(t1, first[j + 1]);
+        if (lo >= hi) continue;
+        const int64_t o0 = (lo - first[j]) * lanes, o1 = std::min(d[j].O, (hi - first[j]) * lanes);
+        dot_rows(p, kc, rows, bits, d[j], o0, o1);
+        if (!direct) store(d[j].out, d[j].O, out[j], m0, mb, o0, o1);
+      }
     });
-    if (rows != mb) out.narrow(0, m0, mb).copy_(part.narrow(0, 0, mb));
   }
   return out;
 }
 
 at::Tensor int4_dot(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
-                    int64_t group, int64_t isa, int64_t vnni) {
-  return dot(x, q, scale, group, isa, vnni, 4);
+                    int64_t group, int64_t isa, int64_t vnni, std::optional<at::ScalarType> dtype) {
+  return dot(x, {q}, {scale}, group, isa, vnni, 4, dtype)[0];
 }
 
 at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
-                    int64_t group, int64_t isa, int64_t vnni) {
-  return dot(x, q, scale, group, isa, vnni, 8);
+                    int64_t group, int64_t isa, int64_t vnni, std::optional<at::ScalarType> dtype) {
+  return dot(x, {q}, {scale}, group, isa, vnni, 8, dtype)[0];
+}
+
+std::vector<at::Tensor> int4_dots(const at::Tensor& x, at::TensorList q, at::TensorList scale,
+                                  int64_t group, int64_t isa, int64_t vnni,
+                                  std::optional<at::ScalarType> dtype) {
+  return dot(x, q, scale, group, isa, vnni, 4, dtype);
+}
+
+std::vector<at::Tensor> int8_dots(const at::Tensor& x, at::TensorList q, at::TensorList scale,
+                                  int64_t group, int64_t isa, int64_t vnni,
+                                  std::optional<at::ScalarType> dtype) {
+  return dot(x, q, scale, group, isa, vnni, 8, dtype);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
-  m.def("int4_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
-        &int4_dot);
-  m.def("int8_dot(Tensor x, Tensor q, Tensor scale, int group, int isa=-1, int vnni=-1) -> Tensor",
-        &int8_dot);
+#define PG_DOT_ARGS "int group, int isa=-1, int vnni=-1, ScalarType? dtype=None)"
+  m.def("int4_dot(Tensor x, Tensor q, Tensor scale, " PG_DOT_ARGS " -> Tensor", &int4_dot);
+  m.def("int8_dot(Tensor x, Tensor q, Tensor scale, " PG_DOT_ARGS " -> Tensor", &int8_dot);
+  m.def("int4_dots(Tensor x, Tensor[] q, Tensor[] scale, " PG_DOT_ARGS " -> Tensor[]", &int4_dots);
+  m.def("int8_dots(Tensor x, Tensor[] q, Tensor[] scale, " PG_DOT_ARGS " -> Tensor[]", &int8_dots);
+#undef PG_DOT_ARGS
   m.def("cpu_vnni() -> int", &cpu_vnni);
   m.def("cpu_amx() -> int", &cpu_amx);
 }

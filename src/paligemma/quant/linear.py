@@ -11,7 +11,9 @@ never an expanded copy):
     up to DOT_ROWS rows of x in an INT8_ACTIVATIONS dtype (bfloat16, float16: decoding): our
         int4 / int8 x int8-activation kernels (int4_dot.cpp: x quantised per row and group,
         integer dot products, one pass over the saved weight for all rows, no copy; int8 from
-        2 rows, where its float kernel turns compute-bound);
+        2 rows, where its float kernel turns compute-bound); the output in x's dtype, and
+        layers that read the same x (gemma.project: q, k, v; gate, up) in one call
+        (`together`: int4_dots / int8_dots, x quantised once, one parallel region);
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
@@ -73,6 +75,26 @@ class _QuantizedLinear(nn.Module):
             out = _chunked(self, flat)
         return _finish(out.view(*x.shape[:-1], -1), self.bias, x.dtype)
 
+    @staticmethod
+    def together(layers, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """Layers of one class that read the same x (gemma.project: q, k, v; gate, up), as one
+        int4_dots / int8_dots call: x quantised once, one parallel region; each output equals
+        its layer's own call bit for bit. None where that kernel would not run alone."""
+        first = layers[0]
+        bits, group, min_rows = first._dot_kind()
+        rows = x.numel() // first.in_features
+        if not (_on_cpu_inference(x) and min_rows <= rows <= DOT_ROWS):
+            return None
+        if any(m.bias is not None or m._dot_kind() != (bits, group, min_rows) for m in layers):
+            return None
+        if not (x.dtype in INT8_ACTIVATIONS and cpu_kernels.available()):
+            return None
+        op = torch.ops.paligemma_cpu.int4_dots if bits == 4 else torch.ops.paligemma_cpu.int8_dots
+        flat = x.reshape(rows, first.in_features)
+        weights, scales = [m.weight for m in layers], [m.scale for m in layers]
+        outs = op(flat, weights, scales, group, *cpu_kernels.dot_path(rows), dtype=x.dtype)
+        return [out.view(*x.shape[:-1], -1) for out in outs]
+
     def _cached(self, name: str, build) -> tuple[torch.Tensor, ...]:
         """build(weight, scale), kept until either tensor changes (a kernel's own layout; never
         saved)."""
@@ -83,15 +105,21 @@ class _QuantizedLinear(nn.Module):
             cache[name] = (key, build(w, s))
         return cache[name][1]
 
-    def _dot(self, flat: torch.Tensor, bits: int, group: int, min_rows: int = 1):
-        """int4_dot / int8_dot's product, or None where it does not apply."""
+    def _dot_kind(self) -> tuple[int, int, int]:
+        """(bits, activation group, fewest rows) of this layer's int4_dot / int8_dot product;
+        group 0 where the kernel does not apply."""
+        raise NotImplementedError
+
+    def _dot(self, flat: torch.Tensor) -> torch.Tensor | None:
+        """int4_dot / int8_dot's product in x's dtype, or None where it does not apply."""
+        bits, group, min_rows = self._dot_kind()
         rows, dtype = len(flat), flat.dtype
-        if not (min_rows <= rows <= DOT_ROWS and dtype in INT8_ACTIVATIONS and group % 32 == 0):
+        if not (group and min_rows <= rows <= DOT_ROWS and dtype in INT8_ACTIVATIONS):
             return None
-        if self.in_features % group or not cpu_kernels.available():
+        if not cpu_kernels.available():
             return None
         op = torch.ops.paligemma_cpu.int4_dot if bits == 4 else torch.ops.paligemma_cpu.int8_dot
-        return op(flat, self.weight, self.scale, group, *cpu_kernels.dot_path(rows))
+        return op(flat, self.weight, self.scale, group, *cpu_kernels.dot_path(rows), dtype=dtype)
 
 
 class Int8Linear(_QuantizedLinear):
@@ -116,8 +144,11 @@ class Int8Linear(_QuantizedLinear):
         rows = slice(start, end)
         return self.weight[rows].to(self.scale.dtype) * self.scale[rows, None]
 
+    def _dot_kind(self) -> tuple[int, int, int]:
+        return 8, INT8_DOT_GROUP if self.in_features % INT8_DOT_GROUP == 0 else 0, 2
+
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
-        out = self._dot(flat, 8, INT8_DOT_GROUP, min_rows=2)
+        out = self._dot(flat)
         if out is not None:
             return out
         if len(flat) <= KERNEL_ROWS and cpu_kernels.available():
@@ -179,8 +210,11 @@ class Int4Linear(_QuantizedLinear):
 
         return self._cached("torch", build)
 
+    def _dot_kind(self) -> tuple[int, int, int]:
+        return 4, self.group if self.group % 32 == 0 else 0, 1
+
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
-        out = self._dot(flat, 4, self.group)
+        out = self._dot(flat)
         if out is not None:
             return out
         if len(flat) <= KERNEL_ROWS and self.group % 32 == 0 and cpu_kernels.available():

@@ -1,0 +1,118 @@
+"""Projections that read the same x (q, k, v; gate, up) in one kernel call (gemma.project,
+_QuantizedLinear.together, int4_dots / int8_dots): each output equals its layer's own call bit
+for bit, and the call is taken only where each layer alone would take the dot kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_batch, tiny_hf_model
+from test_int4_dot import variants
+from torch import nn
+
+import paligemma
+from paligemma import generate as engine
+from paligemma.gemma import project
+from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import linear as q
+
+
+def test_dots_equal_one_call_per_weight_bit_for_bit():
+    """int4_dots / int8_dots over three weights (output rows not multiples of 16: tails) equal
+    int4_dot / int8_dot per weight on every path, at 1..17 rows (AMX's from 8, two passes at
+    17); dtype bfloat16 / float16 is the float32 result rounded once."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    i, group = 192, 64
+    int4 = [
+        (torch.randint(0, 256, (o, i // 2), dtype=torch.uint8), torch.rand(o, i // group))
+        for o in (40, 16, 9)
+    ]
+    int8 = [(torch.randint(-128, 128, (o, i), dtype=torch.int8), torch.rand(o)) for o in (33, 8)]
+    for (isa, vnni), rows in ((p, r) for p in [*variants(), (-1, -1)] for r in (1, 3, 8, 17)):
+        x = torch.randn(rows, i).to(torch.bfloat16)
+        for one, many, weights in (
+            (ops.int4_dot, ops.int4_dots, int4),
+            (ops.int8_dot, ops.int8_dots, int8),
+        ):
+            codes, scales = [w for w, _ in weights], [s for _, s in weights]
+            each = [one(x, w, s, group, isa, vnni) for w, s in weights]
+            got = many(x, codes, scales, group, isa, vnni)
+            assert all(torch.equal(a, b) for a, b in zip(got, each, strict=True)), (isa, rows)
+            for dtype in (torch.bfloat16, torch.float16):
+                half = many(x, codes, scales, group, isa, vnni, dtype=dtype)
+                assert all(h.dtype == dtype for h in half)
+                assert all(torch.equal(h, e.to(dtype)) for h, e in zip(half, each, strict=True))
+    with pytest.raises(RuntimeError, match="one scale per weight"):
+        ops.int4_dots(x, codes, scales[:1], group)
+    with pytest.raises(RuntimeError, match="dtype must be"):
+        ops.int4_dot(x, *int4[0], group, dtype=torch.float64)
+
+
+def layers(cls, widths=(64, 32, 32), bias=False) -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [cls.from_linear(nn.Linear(128, o, bias=bias)) for o in widths]
+
+
+def counted(monkeypatch) -> list[int]:
+    """The rows of each int4_dot / int8_dot(s) call (each asks dot_path once)."""
+    calls, dot_path = [], cpu_kernels.dot_path
+    monkeypatch.setattr(cpu_kernels, "dot_path", lambda rows: calls.append(rows) or dot_path(rows))
+    return calls
+
+
+@pytest.mark.parametrize("cls", [q.Int4Linear, q.Int8Linear])
+def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeypatch):
+    """bfloat16 decoding rows: one kernel call for the three layers, outputs equal to the layers'
+    own (bfloat16, their shapes). Elsewhere each layer runs alone: float32 rows, more rows than
+    DOT_ROWS, one int8 row (the float kernel), a layer with a bias, mixed classes."""
+    calls = counted(monkeypatch)
+    three = layers(cls)
+    with torch.inference_mode():
+        for rows in (2, 8, q.DOT_ROWS):
+            x = torch.randn(1, rows, 128).to(torch.bfloat16)
+            want = [m(x) for m in three]
+            calls.clear()
+            got = project(x, *three)
+            assert calls == [rows]
+            assert all(
+                g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want, strict=True)
+            )
+            assert all(g.dtype == torch.bfloat16 for g in got)
+        bf16 = torch.randn(2, 128).to(torch.bfloat16)
+        alone = {  # case: (layers, x, dot kernel calls: one per layer that takes it alone)
+            "float32": (three, torch.randn(2, 128), 0),
+            "rows": (three, torch.randn(q.DOT_ROWS + 1, 128).to(torch.bfloat16), 0),
+            "bias": (layers(cls, bias=True), bf16, 3),
+            "mixed": ([three[0], nn.Linear(128, 8).to(torch.bfloat16)], bf16, 1),
+        }
+        if cls is q.Int8Linear:
+            alone["one int8 row"] = (three, bf16[:1], 0)
+        for name, (mods, x, dots) in alone.items():
+            want = [m(x) for m in mods]
+            calls.clear()
+            got = project(x, *mods)
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), name
+            assert len(calls) == dots, name
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantised_decoding_is_unchanged_by_projecting_together(tmp_path, monkeypatch, v2, mode):
+    """A tiny quantised model decoding a batch of 3 in bfloat16: the same tokens and the same
+    log-probabilities bit for bit with the projections together as with each layer alone."""
+    tiny_hf_model(v2, seed=3, lively=True).save_pretrained(tmp_path)
+    model = paligemma.load_model(tmp_path, dtype=torch.bfloat16, quantize=mode)
+    ids, mask, types, pixels = make_batch(0)
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
+    cfg = engine.GenerationConfig(max_new_tokens=6)
+    calls = counted(monkeypatch)
+    together = engine.generate(model, inputs, cfg, set(), logprobs=True)
+    joint = calls.count(3)  # kernel calls of the decoding steps (3 rows)
+    monkeypatch.setattr(q._QuantizedLinear, "together", staticmethod(lambda mods, x: None))
+    calls.clear()
+    alone = engine.generate(model, inputs, cfg, set(), logprobs=True)
+    assert together.tokens == alone.tokens and together.logprobs == alone.logprobs
+    layers = model.cfg.text.depth
+    assert calls.count(3) - joint == 3 * layers * (cfg.max_new_tokens - 1)  # 7 calls a layer -> 4

@@ -6,7 +6,8 @@
 1. Creates (once, cached on disk) a full-size checkpoint with deterministic random weights in
    bfloat16, in the transformers layout.
 2. Measures the machine's memory read bandwidth (a streaming sum over 1 GiB, best of 3, before
-   and after the runs: the higher counts), and
+   each configuration and after the last: a configuration's limit uses the higher of the
+   probes just before and after it), and
    each matrix-vector path's own GB/s on one decoder-sized weight (bench_kernels.py: int8 and
    int4, ours on each instruction set and torch's; `--kernels-only` prints just this and exits).
 3. Runs each configuration in its own process (so peak RSS is its own): transformers in
@@ -334,7 +335,8 @@ def main() -> None:
             quant or "-",
             str(quality_file) if wants_quality else "-",
         ]
-        print(f"running {name} ...", flush=True)
+        before = bandwidth_gbs()  # this configuration's own time (the host drifts)
+        print(f"running {name} ... (bandwidth {before:.1f} GB/s)", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -342,6 +344,7 @@ def main() -> None:
             continue
         results[name] = json.loads(line[0][7:])
         print("  " + json.dumps({k: round(v, 3) for k, v in results[name].items()}), flush=True)
+        results[name]["bandwidth_gbs"] = before
 
     # the reference is transformers' best per figure: its fastest first token among the runs
     firsts = [r["first_token_s"] for n, r in results.items() if n.startswith("transformers")]
@@ -356,11 +359,15 @@ def main() -> None:
         "int4": (0.5, 0.5),
     }  # head, layers
     b = args.batch
-    # Probed again after the runs, the higher of the two counts (a busy moment at the start
-    # once read 13 GB/s against 20-26 later, flattering every "% of limit").
+    # Each configuration's limit: the higher of the probes just before and just after it (a
+    # busy moment once read 13 GB/s against 20-26 minutes later, flattering every "% of
+    # limit"; and one configuration can run while the host is slower than during another).
     bw_end = bandwidth_gbs()
     print(f"memory read bandwidth after the runs: {bw_end:.1f} GB/s", flush=True)
-    bw = max(bw, bw_end)
+    probes = [r["bandwidth_gbs"] for r in results.values()] + [bw_end]
+    for r, after in zip(results.values(), probes[1:], strict=True):
+        r["bandwidth_gbs"] = max(r["bandwidth_gbs"], after)
+    bw = max([bw, *probes])
     print(f"\n{label}, {torch.get_num_threads()} threads, bandwidth {bw:.1f} GB/s")
     columns = [
         "load s",
@@ -369,6 +376,7 @@ def main() -> None:
         "tok/s",
         "x ref",
         "% bw",
+        "bw GB/s",
         f"b{b} tok/s",
         f"b{b}/b1",
         "RSS GB",
@@ -383,7 +391,7 @@ def main() -> None:
 
     for run, r in results.items():
         dtype, quant = next((d, q) for n, _, d, q in RUNS if n == run)
-        limit = bw * 1e9 / weight_bytes_per_token(cfg, *sizes[quant or dtype])
+        limit = r["bandwidth_gbs"] * 1e9 / weight_bytes_per_token(cfg, *sizes[quant or dtype])
         r["bandwidth_limit_tok_s"] = limit
         row = [
             cell(r["load_s"], ".1f"),
@@ -392,6 +400,7 @@ def main() -> None:
             cell(r["decode_tok_s_b1"]),
             cell(r["decode_tok_s_b1"] / ref_decode if ref_decode else None),
             cell(100 * r["decode_tok_s_b1"] / limit, ".0f"),
+            cell(r["bandwidth_gbs"], ".1f"),
             cell(r[f"decode_tok_s_b{b}"]),
             cell(r[f"decode_tok_s_b{b}"] / r["decode_tok_s_b1"], ".1f"),
             cell(r["peak_rss_gb"], ".1f"),

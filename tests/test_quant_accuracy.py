@@ -4,7 +4,7 @@ the real positions of a left-padded batch, through the CPU kernels (inference mo
 
 Bounds come from measurements with margin (seeds 3-5, PaliGemma 1 and 2, AVX-512 host):
 int8 KL 1e-5 .. 4e-5, agreement 0.89 .. 1.00; int4 (group 64) KL 3.4e-3 .. 6.6e-3 with scales
-max |w| / 7, 2.4e-3 .. 5.5e-3 with linear.CLIP's five (so 6e-3 stays the bound), agreement
+max |w| / 7, 2.4e-3 .. 5.5e-3 with codes.CLIP's five (so 6e-3 stays the bound), agreement
 0.26 .. 0.49 (these random models are nearly flat over their 300 ids, and a 64-wide row is one
 int4 group, so int4's argmax flips often; the KL is the sharp check). Each bound is also shown
 to fail on a broken kernel: int8 with scales 25% off (KL >= 2e-3), int4 with the scales of the

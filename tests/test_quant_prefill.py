@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from paligemma.quant import codes as quant_codes
 from paligemma.quant import kernels as cpu_kernels
 from paligemma.quant import linear as q
 
@@ -222,20 +223,20 @@ def test_int4_scales_are_the_least_squared_error_of_the_clip_ratios():
     w = torch.randn(64, 8, 64)
 
     def error(clip) -> torch.Tensor:
-        codes, scale = q.int4_codes(w) if clip is None else int4_codes_with(clip)
+        codes, scale = quant_codes.int4_codes(w) if clip is None else int4_codes_with(clip)
         return ((codes.float() - 8) * scale[..., None] - w).square().sum(-1)
 
     def int4_codes_with(clip):
-        old, q.CLIP = q.CLIP, clip
+        old, quant_codes.CLIP = quant_codes.CLIP, clip
         try:
-            return q.int4_codes(w)
+            return quant_codes.int4_codes(w)
         finally:
-            q.CLIP = old
+            quant_codes.CLIP = old
 
     best, plain = error(None), error((1.0,))
     amax_over_7 = w.abs().amax(-1) / 7
     assert (best <= plain * (1 + 1e-6)).all()
-    assert (q.int4_codes(w)[1] < amax_over_7).float().mean() > 0.5  # most groups clipped
+    assert (quant_codes.int4_codes(w)[1] < amax_over_7).float().mean() > 0.5  # most groups clipped
     assert best.sum() < 0.9 * plain.sum(), (best.sum(), plain.sum())
 
 

@@ -13,7 +13,7 @@
 //       (q: the portable layout of linear.py, two codes per byte, low nibble first; G = I/group)
 //   cpu_isa() -> int: the best path this CPU runs (2 AVX-512, 1 AVX2 + FMA, 0 scalar)
 //   (int4_dot.cpp, linked into the same library, adds int4 x int8-activation products)
-//   (quantize.cpp adds quantize / quantize_isa: linear.quantize_weight's codes and scales)
+//   (quantize.cpp adds quantize / quantize_isa: codes.quantize_weight's codes and scales)
 //
 // Both loops live in the PG_ISA_BODY section at the end, which this file includes into itself
 // three times under GCC target pragmas (AVX-512, AVX2 + FMA, none); the path is chosen at run

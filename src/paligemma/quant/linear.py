@@ -29,7 +29,7 @@ Elsewhere (GPU, autograd for QLoRA) the weight is dequantised to the activation 
     int4: w ~= q * scale[o, g],         q uint8[O, I / 2] (two 4-bit codes, low nibble first,
                                         values 0..15 for -8..7), scale float[O, I / group]
     int8's scale is max |w| / 127 per row; int4's, per group, the one of max |w| * r / 7 for r
-    in CLIP with the least squared error (int4_codes: clipping the largest values often costs
+    in CLIP with the least squared error (codes.py: clipping the largest values often costs
     less than the coarser steps of the unclipped scale).
 """
 
@@ -43,6 +43,7 @@ from torch import nn
 
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
+from .codes import quantize_weight
 
 KERNEL_ROWS = 8  # our kernels: at most this many rows of x (they stream the weight once)
 DOT_ROWS = 16  # int4_dot / int8_dot: at most this many rows (one pass over the weight for all)
@@ -81,18 +82,22 @@ class _QuantizedLinear(nn.Module):
         int4_dots / int8_dots call: x quantised once, one parallel region; each output equals
         its layer's own call bit for bit. None where that kernel would not run alone."""
         first = layers[0]
-        bits, group, min_rows = first._dot_kind()
-        rows = x.numel() // first.in_features
-        if not (_on_cpu_inference(x) and min_rows <= rows <= DOT_ROWS):
+        rows = first._dot_rows(x) if _on_cpu_inference(x) else 0
+        if not rows or any(
+            m.bias is not None or m._dot_kind() != first._dot_kind() for m in layers
+        ):
             return None
-        if any(m.bias is not None or m._dot_kind() != (bits, group, min_rows) for m in layers):
-            return None
-        if not (x.dtype in INT8_ACTIVATIONS and cpu_kernels.available()):
-            return None
+        bits, group, _ = first._dot_kind()
         op = torch.ops.paligemma_cpu.int4_dots if bits == 4 else torch.ops.paligemma_cpu.int8_dots
-        flat = x.reshape(rows, first.in_features)
-        weights, scales = [m.weight for m in layers], [m.scale for m in layers]
-        outs = op(flat, weights, scales, group, *cpu_kernels.dot_path(rows), dtype=x.dtype)
+        flat, weights = x.reshape(rows, -1), [m.weight for m in layers]
+        outs = op(
+            flat,
+            weights,
+            [m.scale for m in layers],
+            group,
+            *cpu_kernels.dot_path(rows),
+            dtype=x.dtype,
+        )
         return [out.view(*x.shape[:-1], -1) for out in outs]
 
     def _cached(self, name: str, build) -> tuple[torch.Tensor, ...]:
@@ -110,16 +115,23 @@ class _QuantizedLinear(nn.Module):
         group 0 where the kernel does not apply."""
         raise NotImplementedError
 
+    def _dot_rows(self, x: torch.Tensor) -> int:
+        """x's rows where int4_dot / int8_dot take x for this layer, else 0."""
+        _, group, min_rows = self._dot_kind()
+        rows = x.numel() // self.in_features
+        ok = group and min_rows <= rows <= DOT_ROWS and x.dtype in INT8_ACTIVATIONS
+        return rows if ok and cpu_kernels.available() else 0
+
     def _dot(self, flat: torch.Tensor) -> torch.Tensor | None:
         """int4_dot / int8_dot's product in x's dtype, or None where it does not apply."""
-        bits, group, min_rows = self._dot_kind()
-        rows, dtype = len(flat), flat.dtype
-        if not (group and min_rows <= rows <= DOT_ROWS and dtype in INT8_ACTIVATIONS):
+        rows = self._dot_rows(flat)
+        if not rows:
             return None
-        if not cpu_kernels.available():
-            return None
+        bits, group, _ = self._dot_kind()
         op = torch.ops.paligemma_cpu.int4_dot if bits == 4 else torch.ops.paligemma_cpu.int8_dot
-        return op(flat, self.weight, self.scale, group, *cpu_kernels.dot_path(rows), dtype=dtype)
+        return op(
+            flat, self.weight, self.scale, group, *cpu_kernels.dot_path(rows), dtype=flat.dtype
+        )
 
 
 class Int8Linear(_QuantizedLinear):
@@ -240,80 +252,6 @@ class Int4Head(Int4Linear):
 
     def forward(self, h: torch.Tensor, tied: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(h)
-
-
-def quantize_weight(
-    w: torch.Tensor, mode: str, group: int = 64, elements: int = 2**18
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The integer codes and scales (in w's dtype) of a float weight w (O, I), a block of rows
-    of about `elements` weights at a time, so the float32 working copies stay small and in cache
-    (quantising at load never holds a whole matrix in float32).
-    int8: (int8[O, I], [O]); int4: (uint8[O, I / 2], [O, I / group])."""
-    o, i = w.shape
-    cpu = w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
-    if cpu and cpu_kernels.available():  # one pass in C++, the same arithmetic
-        bits = 8 if mode == "int8" else 4
-        codes, scale = torch.ops.paligemma_cpu.quantize_isa(w, bits, group, cpu_kernels.isa())
-        return codes, scale.to(w.dtype)
-    rows = max(1, elements // i)
-    if mode == "int8":
-        codes = torch.empty(o, i, dtype=torch.int8, device=w.device)
-        scale = torch.empty(o, dtype=w.dtype, device=w.device)
-    else:
-        codes = torch.empty(o, i // 2, dtype=torch.uint8, device=w.device)
-        scale = torch.empty(o, i // group, dtype=w.dtype, device=w.device)
-    for start in range(0, o, rows):
-        part = w[start : start + rows].float()
-        if mode == "int8":
-            s = part.abs().amax(1).clamp(min=1e-12) / 127  # (rows,)
-            c = torch.round(part / s[:, None]).clamp(-127, 127).to(torch.int8)
-        else:
-            c, s = int4_codes(part.view(len(part), i // group, group))
-            c = c.view(len(part), i)
-            c = c[:, 0::2] | (c[:, 1::2] << 4)
-        codes[start : start + rows], scale[start : start + rows] = c, s.to(w.dtype)
-    return codes, scale
-
-
-# int4: the scales tried per group, times max |w| / 7. Five: with (1.0, 0.9, 0.8) or max |w| / 7
-# alone the embedded model's int4 scores fell more than 1 point below bfloat16's (its mask
-# and <loc> tokens are sensitive; benchmarks/results/embedded_eval.json has these five's)
-CLIP = (1.0, 0.95, 0.9, 0.85, 0.8)
-
-
-def int4_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The int4 codes (uint8 0..15, value + 8) and scale (float32) of float32 groups w
-    (R, G, N): per group, of the scales s = max(amax, 1e-12) * r / 7 for r in CLIP (the values
-    beyond 7.5 s clipped), the one whose codes clamp(round(y), -8, 7), y = w * (1 / s), give
-    the least squared error s^2 * sum((y - code)^2), summed in halves (`_halving_sum`; the
-    first on a tie), as quantize.cpp's quantize_isa does it bit for bit."""
-    amax = w.abs().amax(-1).clamp(min=1e-12)  # (R, G)
-    best_err = best_c = best_s = None
-    for r in CLIP:
-        s = amax * r / 7
-        y = w * (1 / s)[..., None]
-        c = torch.round(y).clamp(-8, 7)  # (R, G, N)
-        d = y - c
-        err = _halving_sum(d * d) * (s * s)  # (R, G)
-        if best_err is None:
-            best_err, best_c, best_s = err, c, s
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_c = torch.where(better[..., None], c, best_c)
-        best_s = torch.where(better, s, best_s)
-    return (best_c + 8).to(torch.uint8), best_s
-
-
-def _halving_sum(x: torch.Tensor) -> torch.Tensor:
-    """x (..., N) summed over its last axis in a fixed order (zero-padded to a power of two,
-    then the first half plus the second, until one is left): what vector code can match."""
-    n = 1 << (x.shape[-1] - 1).bit_length()
-    x = F.pad(x, (0, n - x.shape[-1]))
-    while n > 1:
-        n //= 2
-        x = x[..., :n] + x[..., n:]
-    return x[..., 0]
 
 
 def _filled(layer: nn.Module, linear: nn.Linear, codes_scale: tuple) -> nn.Module:

@@ -1,4 +1,4 @@
-// Quantising a float weight as it is loaded: linear.py's quantize_weight (int8 per output row;
+// Quantising a float weight as it is loaded: codes.py's quantize_weight (int8 per output row;
 // int4 per group with int4_codes' choice of scale), bit for bit, in vectors. Built into the same
 // library as kernels.cpp (kernels.py compiles it); ops under torch.ops.paligemma_cpu.
 //
@@ -6,7 +6,7 @@
 //     int8: codes int8[O, I] = min(max(nearbyint(w / s), -127), 127),
 //           s f32[O] = max(amax, 1e-12) / 127 (amax over the row)
 //     int4: codes uint8[O, I/2] (value + 8, two per byte, low nibble first), s f32[O, I/group]:
-//           per group and ratio r in kClip (linear.CLIP), s = max(amax, 1e-12) * r / 7 and the
+//           per group and ratio r in kClip (codes.CLIP), s = max(amax, 1e-12) * r / 7 and the
 //           codes min(max(nearbyint(w * (1 / s)), -8), 7); the s whose squared error
 //           sum((w - code * s)^2) is least (the first on a tie) wins. The sum runs in halves
 //           (zero-padded to a power of two, e[i] += e[i + h] for h = P/2 .. 1), as int4_codes
@@ -41,7 +41,7 @@
 int64_t pg_cpu_isa();  // kernels.cpp: the best path this CPU runs
 
 namespace {
-constexpr float kClip[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f};  // linear.CLIP
+constexpr float kClip[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f};  // codes.CLIP
 constexpr int64_t kBlock = 1 << 16;  // weights per block of rows that one thread takes at a time
 }  // namespace
 

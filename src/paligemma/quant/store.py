@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..gemma import TiedHead
-from .linear import QUANTIZED, Int4Head, Int4Linear, Int8Head, Int8Linear, quantize_weight, targets
+from .codes import quantize_weight
+from .linear import QUANTIZED, Int4Head, Int4Linear, Int8Head, Int8Linear, targets
 
 QUANT_FILE = "quantization.json"  # marks a checkpoint of a quantised model (our tensor names)
 HEAD, EMBED = "decoder.head", "decoder.embed.weight"  # the tied head and the matrix it copies

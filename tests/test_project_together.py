@@ -66,7 +66,8 @@ def counted(monkeypatch) -> list[int]:
 def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeypatch):
     """bfloat16 decoding rows: one kernel call for the three layers, outputs equal to the layers'
     own (bfloat16, their shapes). Elsewhere each layer runs alone: float32 rows, more rows than
-    DOT_ROWS, one int8 row (the float kernel), a layer with a bias, mixed classes."""
+    DOT_ROWS, one int8 row (the float kernel), a layer with a bias, mixed classes, a layer with a
+    forward hook (which then runs)."""
     calls = counted(monkeypatch)
     three = layers(cls)
     with torch.inference_mode():
@@ -86,7 +87,10 @@ def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeyp
             "rows": (three, torch.randn(q.DOT_ROWS + 1, 128).to(torch.bfloat16), 0),
             "bias": (layers(cls, bias=True), bf16, 3),
             "mixed": ([three[0], nn.Linear(128, 8).to(torch.bfloat16)], bf16, 1),
+            "hooked": (layers(cls), bf16, 3),
         }
+        seen = []
+        alone["hooked"][0][1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
         if cls is q.Int8Linear:
             alone["one int8 row"] = (three, bf16[:1], 0)
         for name, (mods, x, dots) in alone.items():
@@ -95,6 +99,7 @@ def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeyp
             got = project(x, *mods)
             assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), name
             assert len(calls) == dots, name
+        assert seen == [(2, 32), (2, 32)]  # the hook ran: for `want` and through project
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])

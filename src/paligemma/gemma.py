@@ -32,10 +32,12 @@ def _cpu_half(x: torch.Tensor) -> bool:
 def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
     """Each layer applied to x. Layers of one class that offers `together(layers, x)` (the
     quantised decoding kernels: x read and quantised once for all) run in one call where it
-    applies (it returns None where not); the results are the layers' own, bit for bit."""
+    applies (it returns None where not); the results are the layers' own, bit for bit. Layers
+    with forward hooks are always called, so that their hooks run."""
     kind = type(layers[0])
     together = getattr(kind, "together", None)
-    if together is not None and all(type(m) is kind for m in layers):
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in layers)
+    if together is not None and not hooked and all(type(m) is kind for m in layers):
         out = together(layers, x)
         if out is not None:
             return out

@@ -100,6 +100,20 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def best_of_runs(run, sizes: tuple[int, ...]) -> dict:
+    """run(batch) -> (first token s, decode tok/s), DECODE_REPEATS rounds of the batch sizes in
+    turn (ours and transformers' alike) -> the best decode rate per size and the best first
+    token of batch 1."""
+    out: dict = {}
+    firsts = []
+    for _ in range(DECODE_REPEATS):
+        for b in sizes:
+            first, rate = run(b)
+            firsts += [first] if b == 1 else []
+            out[f"decode_tok_s_b{b}"] = max(out.get(f"decode_tok_s_b{b}", 0.0), rate)
+    return out | {"first_token_s": min(firsts)}
+
+
 class StepClock:
     """A logits processor that only notes when each generation step's logits are ready: the
     first is the first token (prefill), the rest one per decode step (as our timings)."""
@@ -124,28 +138,26 @@ def worker_hf(path: Path, dtype: str, new_tokens: int, batch: int, attn: str = "
     load_s = time.perf_counter() - start
     cfg = paligemma.from_hf_json(json.loads((path / "config.json").read_text()))
     out = {"load_s": load_s}
-    sizes, xs, firsts = tuple(dict.fromkeys((1, batch))), {}, []  # --batch 1: one size
+    sizes, xs = tuple(dict.fromkeys((1, batch))), {}  # --batch 1: one size
     with torch.no_grad():
         for b in sizes:
             xs[b] = inputs(cfg, b)
             xs[b]["pixel_values"] = xs[b]["pixel_values"].to(getattr(torch, dtype))
             model.generate(**xs[b], max_new_tokens=2, do_sample=False)  # warm-up (kernel setup)
-        for _ in range(DECODE_REPEATS):  # batch 1 and batch 8 in turn, the best of each
-            for b in sizes:
-                clock = StepClock()
-                start = time.perf_counter()
-                model.generate(
-                    **xs[b],
-                    max_new_tokens=new_tokens + 1,
-                    min_new_tokens=new_tokens + 1,
-                    do_sample=False,
-                    logits_processor=LogitsProcessorList([clock]),
-                )
-                firsts += [clock.times[0] - start] if b == 1 else []
-                rate = b * new_tokens / (clock.times[-1] - clock.times[0])
-                key = f"decode_tok_s_b{b}"
-                out[key] = max(out.get(key, 0.0), rate)
-    out["first_token_s"] = min(firsts)
+
+        def run(b: int) -> tuple[float, float]:
+            clock = StepClock()
+            start = time.perf_counter()
+            model.generate(
+                **xs[b],
+                max_new_tokens=new_tokens + 1,
+                min_new_tokens=new_tokens + 1,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([clock]),
+            )
+            return clock.times[0] - start, b * new_tokens / (clock.times[-1] - clock.times[0])
+
+        out |= best_of_runs(run, sizes)
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -173,22 +185,21 @@ def worker_ours(
     model = paligemma.load_model(path, dtype=getattr(torch, dtype))
     out = {"load_s": time.perf_counter() - start}
     cfg = model.cfg
-    sizes, firsts = tuple(dict.fromkeys((1, batch))), []  # --batch 1: one size
+    sizes = tuple(dict.fromkeys((1, batch)))  # --batch 1: one size
     for b in sizes:  # warm-up (one-time kernel setup), as for transformers
         for _ in engine.stream(
             model, inputs(cfg, b), engine.GenerationConfig(max_new_tokens=2), set()
         ):
             pass
-    for _ in range(DECODE_REPEATS):  # batch 1 and batch 8 in turn, the best of each
-        for b in sizes:
-            timings: dict = {}
-            config = engine.GenerationConfig(max_new_tokens=new_tokens + 1)
-            for _ in engine.stream(model, inputs(cfg, b), config, set(), timings=timings):
-                pass
-            firsts += [timings["prefill_s"]] if b == 1 else []
-            rate = b * (timings["steps"] - 1) / timings["decode_s"]
-            out[f"decode_tok_s_b{b}"] = max(out.get(f"decode_tok_s_b{b}", 0.0), rate)
-    out["first_token_s"] = min(firsts)
+
+    def run(b: int) -> tuple[float, float]:
+        timings: dict = {}
+        config = engine.GenerationConfig(max_new_tokens=new_tokens + 1)
+        for _ in engine.stream(model, inputs(cfg, b), config, set(), timings=timings):
+            pass
+        return timings["prefill_s"], b * (timings["steps"] - 1) / timings["decode_s"]
+
+    out |= best_of_runs(run, sizes)
     out["peak_rss_gb"] = peak_rss_gb()
     if quality:
         out |= quality_pass(

@@ -36,8 +36,8 @@ def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
     with forward hooks are always called, so that their hooks run."""
     kind = type(layers[0])
     together = getattr(kind, "together", None)
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in layers)
-    if together is not None and not hooked and all(type(m) is kind for m in layers):
+    same = together is not None and all(type(m) is kind for m in layers)
+    if same and not any(m._forward_hooks or m._forward_pre_hooks for m in layers):
         out = together(layers, x)
         if out is not None:
             return out

@@ -81,13 +81,11 @@ class _QuantizedLinear(nn.Module):
         """Layers of one class that read the same x (gemma.project: q, k, v; gate, up), as one
         int4_dots / int8_dots call: x quantised once, one parallel region; each output equals
         its layer's own call bit for bit. None where that kernel would not run alone."""
-        first = layers[0]
+        first, kind = layers[0], layers[0]._dot_kind()
         rows = first._dot_rows(x) if _on_cpu_inference(x) else 0
-        if not rows or any(
-            m.bias is not None or m._dot_kind() != first._dot_kind() for m in layers
-        ):
+        if not rows or any(m.bias is not None or m._dot_kind() != kind for m in layers):
             return None
-        bits, group, _ = first._dot_kind()
+        bits, group, _ = kind
         op = torch.ops.paligemma_cpu.int4_dots if bits == 4 else torch.ops.paligemma_cpu.int8_dots
         flat, weights = x.reshape(rows, -1), [m.weight for m in layers]
         outs = op(

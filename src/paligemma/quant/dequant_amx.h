@@ -206,14 +206,16 @@ void tiles(const Mm& d, const uint16_t* w, int64_t ld, int64_t k0, int64_t kb, i
 }
 
 // C [n16][Mp] of output rows [o0, o0 + n) into out, 16 x 16 at a time, transposed, the bias
-// added, rounded.
+// added, rounded: 16 rows of x at a time, each row's n outputs written in order (one column of
+// blocks at a time left each out row's lines to be fetched again: out's rows are O * 2 bytes
+// apart, so they share few cache sets; 10% of a 266 x 2048 x 16384 GEMM, measured).
 inline void store_out(const Mm& d, const float* c, int64_t o0, int64_t n) {
   __asm__ volatile("" ::: "memory");  // (the tile stores wrote c)
   __m512i r[16];
-  for (int64_t nb = 0; nb < n; nb += 16) {
-    const __mmask16 keep = n - nb >= 16 ? 0xffff : (1u << (n - nb)) - 1;
-    const __m512 b = d.bias ? _mm512_maskz_loadu_ps(keep, d.bias + o0 + nb) : _mm512_setzero_ps();
-    for (int64_t mb = 0; mb < d.M; mb += 16) {
+  for (int64_t mb = 0; mb < d.M; mb += 16) {
+    for (int64_t nb = 0; nb < n; nb += 16) {
+      const __mmask16 keep = n - nb >= 16 ? 0xffff : (1u << (n - nb)) - 1;
+      const __m512 b = d.bias ? _mm512_maskz_loadu_ps(keep, d.bias + o0 + nb) : _mm512_setzero_ps();
       for (int l = 0; l < 16; ++l) r[l] = _mm512_load_si512(c + (nb + l) * d.Mp + mb);
       transpose16(r);
       for (int64_t m = mb; m < std::min(mb + 16, d.M); ++m) {

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .activations import GeluTanh
 from .config import GemmaConfig, use_fused_attention
 from .kv_cache import KVCache
 
@@ -228,13 +229,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.width, cfg.mlp_dim, bias=False)
         self.up_proj = nn.Linear(cfg.width, cfg.mlp_dim, bias=False)
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
+        self.act = GeluTanh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = project(x, self.gate_proj, self.up_proj)  # (B, T, F) each
-        if torch.is_grad_enabled():
-            return self.down_proj(F.gelu(gate, approximate="tanh") * up)
-        # Without autograd: the same arithmetic in place, no third (B, T, F) buffer.
-        return self.down_proj(torch.ops.aten.gelu_(gate, approximate="tanh").mul_(up))
+        return self.down_proj(self.act(gate, up))
 
 
 class Block(nn.Module):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .activations import GeluTanh
 from .config import SiglipConfig, use_fused_attention
 
 
@@ -53,12 +54,10 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+        self.act = GeluTanh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)  # (B, L, F)
-        if torch.is_grad_enabled():
-            return self.fc2(F.gelu(hidden, approximate="tanh"))
-        return self.fc2(torch.ops.aten.gelu_(hidden, approximate="tanh"))  # the same, in place
+        return self.fc2(self.act(self.fc1(x)))  # fc1: (B, L, F)
 
 
 class Block(nn.Module):

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-OTHERS = ("dequant.cpp", "int4_dot.cpp", "quantize.cpp")
+OTHERS = ("dequant.cpp", "int4_dot.cpp", "quantize.cpp", "gelu.cpp")
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(
     SOURCE.with_name(h)

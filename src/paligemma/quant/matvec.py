@@ -10,8 +10,9 @@ F.linear re-lays the weight out on every call, a cost that more rows amortise: f
 rows its GEMM is the faster one.
 `install_matvec_(model)` swaps every plain nn.Linear for a MatVecLinear and the decoder's tied
 head for a MatVecHead, by name and sharing the very same parameters, so state dicts, LoRA and
-quantize_ see the model as before; anything else (2..FEW_ROWS rows, more than MAX_ROWS,
-float32, another device) takes F.linear, as the core layers do.
+quantize_ see the model as before (and the MLPs' GeluTanh for gelu.py's CpuGeluTanh); anything
+else (2..FEW_ROWS rows, more than MAX_ROWS, float32, another device) takes F.linear, as the
+core layers do.
 
 Shapes: x (..., in features), weight (out features, in features); one row = x holds a single
 vector (every leading axis 1).
@@ -23,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..activations import GeluTanh
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
+from .gelu import CpuGeluTanh
 from .linear import TILE  # output rows a thread takes at a time in the AMX GEMM (one setting)
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
@@ -81,9 +84,11 @@ class MatVecHead(TiedHead):
 
 
 def _swapped(module: nn.Module) -> nn.Module | None:
-    """The matrix-vector twin of `module`, holding its parameters; None when it has none."""
+    """The CPU twin of `module`, holding its parameters; None when it has none."""
     if type(module) is TiedHead:
         return MatVecHead()
+    if type(module) is GeluTanh:
+        return CpuGeluTanh()
     if type(module) is not nn.Linear:
         return None
     with torch.device("meta"):  # allocates nothing: the parameters are the old ones
@@ -93,7 +98,8 @@ def _swapped(module: nn.Module) -> nn.Module | None:
 
 
 def install_matvec_(model: nn.Module) -> nn.Module:
-    """In place: every plain nn.Linear becomes a MatVecLinear, the tied head a MatVecHead."""
+    """In place: every plain nn.Linear becomes a MatVecLinear, the tied head a MatVecHead, the
+    tanh GELU a CpuGeluTanh (gelu.py)."""
     for name, module in list(model.named_modules()):
         new = _swapped(module)
         if new is None:

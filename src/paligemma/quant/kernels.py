@@ -12,7 +12,7 @@ results bit for bit): PALIGEMMA_CPU_ISA=avx512 | avx2 forces VNNI off, avx512vnn
 names the VNNI levels without AMX, amx the default (`vnni()`). The quantised prefill
 (dequant.cpp's dequant_mm, bfloat16 x) runs AMX-BF16 tiles with the dequantisation fused in
 where `amx_bf16()`, under the same levels; so does the plain bfloat16 prefill (bf16_mm, from
-matvec.py).
+matvec.py). gelu.cpp has the bfloat16 tanh GELU (and GeGLU product) that gelu.py runs.
 
     if cpu_kernels.available():
         y = torch.ops.paligemma_cpu.int8_matmul(x, q, scale, cpu_kernels.isa())   # f32[M, O]

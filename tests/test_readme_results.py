@@ -261,6 +261,7 @@ def test_higher_resolution_table_is_its_json():
         ("| PaliGemma-3B-224, final run |", "cpu2-paligemma-3b-224-final.json", True),
         ("| PaliGemma-3B-224, session 19 |", "cpu2-paligemma-3b-224-s19.json", False),
         ("| PaliGemma-3B-224, session 20 |", "cpu2-paligemma-3b-224-s20-final.json", True),
+        ("| PaliGemma-3B-224, session 21 |", "cpu2-paligemma-3b-224-s21.json", True),
     ],
 )
 def test_final_224_table_is_its_json(header, file, with_bw):

@@ -145,63 +145,66 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("gelu_tanh_(Tensor(a!) x, Tensor? up=None, int isa=-1) -> Tensor(a!)", &gelu_tanh_);
 }
 
-#else  // PG_GELU_BODY: one instruction set's loop (PG_GELU_ISA 2, 1 or 0)
+#else  // PG_GELU_BODY: one instruction set's loop (PG_GELU_ISA 2 or 1; the scalar one is run1)
 
 using namespace pg_gelu;
 
 #if PG_GELU_ISA == 2
 constexpr int W = 16;
 using vf = __m512;
-inline vf set(float a) { return _mm512_set1_ps(a); }
-inline vf fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-inline vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-inline vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
-inline vf div(vf a, vf b) { return _mm512_div_ps(a, b); }
-inline vf clamp(vf a, float lo, float hi) { return _mm512_min_ps(_mm512_max_ps(a, set(lo)), set(hi)); }
+using vi = __m512i;
+#define PG_V(op) _mm512_##op
+#define PG_AS_PS _mm512_castsi512_ps
+#define PG_AS_SI _mm512_castps_si512
+#define PG_AND _mm512_and_si512
 inline vf rint(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline vf pow2(vf n) {  // 2^n for integral n in [-126, 127]
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+inline vf where_gt(vf a, float b, vf then, vf other) {  // then where a > b (ordered), else other
+  return _mm512_mask_mov_ps(other, _mm512_cmp_ps_mask(a, _mm512_set1_ps(b), _CMP_GT_OQ), then);
 }
-inline vf over(vf t, vf e) {  // +inf where t > kOver
-  return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(t, set(kOver), _CMP_GT_OQ), set(INFINITY));
+inline vi nan_to(vf f, vi r, vi nan) {
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), nan);
 }
-inline vf load(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
-inline void store(uint16_t* p, vf f) {  // round to nearest even, NaN -> 0x7fc0
-  const __m512i b = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-  _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
-}
+inline vi load_u16(const uint16_t* p) { return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)); }
+inline void store_u16(uint16_t* p, vi r) { _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r)); }
 #elif PG_GELU_ISA == 1
 constexpr int W = 8;
 using vf = __m256;
-inline vf set(float a) { return _mm256_set1_ps(a); }
-inline vf fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-inline vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-inline vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
-inline vf div(vf a, vf b) { return _mm256_div_ps(a, b); }
-inline vf clamp(vf a, float lo, float hi) { return _mm256_min_ps(_mm256_max_ps(a, set(lo)), set(hi)); }
+using vi = __m256i;
+#define PG_V(op) _mm256_##op
+#define PG_AS_PS _mm256_castsi256_ps
+#define PG_AS_SI _mm256_castps_si256
+#define PG_AND _mm256_and_si256
 inline vf rint(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline vf pow2(vf n) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+inline vf where_gt(vf a, float b, vf then, vf other) {
+  return _mm256_blendv_ps(other, then, _mm256_cmp_ps(a, _mm256_set1_ps(b), _CMP_GT_OQ));
 }
-inline vf over(vf t, vf e) { return _mm256_blendv_ps(e, set(INFINITY), _mm256_cmp_ps(t, set(kOver), _CMP_GT_OQ)); }
-inline vf load(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+inline vi nan_to(vf f, vi r, vi nan) {
+  return _mm256_blendv_epi8(r, nan, _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
 }
-inline void store(uint16_t* p, vf f) {
-  const __m256i b = _mm256_castps_si256(f);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
-  // 8 dwords (each < 65536) to 8 words: pack, then the two 64-bit halves together
-  const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+inline vi load_u16(const uint16_t* p) { return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)); }
+inline void store_u16(uint16_t* p, vi r) {  // 8 dwords (each < 65536) to 8 words
+  const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // pack per lane, join
   _mm_storeu_si128((__m128i*)p, _mm256_castsi256_si128(w));
 }
 #endif
+
+inline vf set(float a) { return PG_V(set1_ps)(a); }
+inline vi seti(int32_t a) { return PG_V(set1_epi32)(a); }
+inline vf fma(vf a, vf b, vf c) { return PG_V(fmadd_ps)(a, b, c); }
+inline vf mul(vf a, vf b) { return PG_V(mul_ps)(a, b); }
+inline vf add(vf a, vf b) { return PG_V(add_ps)(a, b); }
+inline vf div(vf a, vf b) { return PG_V(div_ps)(a, b); }
+inline vf clamp(vf a, float lo, float hi) { return PG_V(min_ps)(PG_V(max_ps)(a, set(lo)), set(hi)); }
+inline vf pow2(vf n) {  // 2^n for integral n in [-126, 127]
+  return PG_AS_PS(PG_V(slli_epi32)(PG_V(add_epi32)(PG_V(cvtps_epi32)(n), seti(127)), 23));
+}
+inline vf over(vf t, vf e) { return where_gt(t, kOver, set(INFINITY), e); }  // +inf past kOver
+inline vf load(const uint16_t* p) { return PG_AS_PS(PG_V(slli_epi32)(load_u16(p), 16)); }
+inline void store(uint16_t* p, vf f) {  // round to nearest even, NaN -> 0x7fc0
+  const vi b = PG_AS_SI(f), lsb = PG_AND(PG_V(srli_epi32)(b, 16), seti(1));
+  const vi r = PG_V(srli_epi32)(PG_V(add_epi32)(b, PG_V(add_epi32)(lsb, seti(0x7fff))), 16);
+  store_u16(p, nan_to(f, r, seti(0x7fc0)));
+}
 
 // gelu of W values (float32), as the file's head says.
 inline vf gelu(vf x) {
@@ -230,5 +233,10 @@ inline void run(uint16_t* x, const uint16_t* up, int64_t n) {
   }
   pg_gelu::run1(x + i, up ? up + i : nullptr, n - i);  // the tail
 }
+
+#undef PG_V
+#undef PG_AS_PS
+#undef PG_AS_SI
+#undef PG_AND
 
 #endif  // PG_GELU_BODY

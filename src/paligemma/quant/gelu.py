@@ -9,7 +9,8 @@ correctly rounded (-0 where it is under 1e-37, as PyTorch's); PyTorch's kernel d
 of the 65,536, all at x <= -2.98 where its 1 + tanh(u) cancels (by at most 1.5e-5).
 
 `install_matvec_` (matvec.py) swaps the models' GeluTanh modules for CpuGeluTanh at load; the
-kernel takes bfloat16 CPU tensors without autograd, everything else keeps GeluTanh's ops.
+kernel takes the place of GeluTanh's in-place branch (autograd off) for bfloat16 CPU tensors,
+everything else keeps GeluTanh's ops.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ FAST_GELU = True  # bfloat16 CPU activations through gelu.cpp (False: PyTorch's 
 
 
 def _kernel_takes(x: torch.Tensor, up: torch.Tensor | None) -> bool:
-    """Contiguous bfloat16 CPU tensors (up shaped like x), no gradient to record."""
+    """Contiguous bfloat16 CPU tensors (up shaped like x) where GeluTanh works in place: with
+    autograd off."""
+    if not FAST_GELU or torch.is_grad_enabled():
+        return False
     tensors = (x,) if up is None else (x, up)
-    if not FAST_GELU or any(
-        t.device.type != "cpu" or t.dtype != torch.bfloat16 or not t.is_contiguous()
-        for t in tensors
-    ):
+    if any(t.device.type != "cpu" or t.dtype != torch.bfloat16 for t in tensors):
         return False
-    if up is not None and up.shape != x.shape:
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if not all(t.is_contiguous() for t in tensors) or (up is not None and up.shape != x.shape):
         return False
     return cpu_kernels.available()
 

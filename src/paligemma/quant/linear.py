@@ -82,7 +82,7 @@ class _QuantizedLinear(nn.Module):
         int4_dots / int8_dots call: x quantised once, one parallel region; each output equals
         its layer's own call bit for bit. None where that kernel would not run alone."""
         first, kind = layers[0], layers[0]._dot_kind()
-        rows = first._dot_rows(x) if _on_cpu_inference(x) else 0
+        rows = first._dot_rows(x, kind) if _on_cpu_inference(x) else 0
         if not rows or any(m.bias is not None or m._dot_kind() != kind for m in layers):
             return None
         bits, group, _ = kind
@@ -113,19 +113,20 @@ class _QuantizedLinear(nn.Module):
         group 0 where the kernel does not apply."""
         raise NotImplementedError
 
-    def _dot_rows(self, x: torch.Tensor) -> int:
-        """x's rows where int4_dot / int8_dot take x for this layer, else 0."""
-        _, group, min_rows = self._dot_kind()
+    def _dot_rows(self, x: torch.Tensor, kind: tuple[int, int, int]) -> int:
+        """x's rows where int4_dot / int8_dot take x for this layer (its `_dot_kind()`), else 0."""
+        _, group, min_rows = kind
         rows = x.numel() // self.in_features
         ok = group and min_rows <= rows <= DOT_ROWS and x.dtype in INT8_ACTIVATIONS
         return rows if ok and cpu_kernels.available() else 0
 
     def _dot(self, flat: torch.Tensor) -> torch.Tensor | None:
         """int4_dot / int8_dot's product in x's dtype, or None where it does not apply."""
-        rows = self._dot_rows(flat)
+        kind = self._dot_kind()
+        rows = self._dot_rows(flat, kind)
         if not rows:
             return None
-        bits, group, _ = self._dot_kind()
+        bits, group, _ = kind
         op = torch.ops.paligemma_cpu.int4_dot if bits == 4 else torch.ops.paligemma_cpu.int8_dot
         return op(
             flat, self.weight, self.scale, group, *cpu_kernels.dot_path(rows), dtype=flat.dtype

@@ -5,13 +5,17 @@
 
 1. Greedy tokens of the tiny oracle models (tests/conftest.py: PaliGemma 1 and 2 with random
    weights) in float32 on DEVICE against the CPU's, and the largest logit difference; on CUDA
-   once with torch's defaults (cuDNN convolutions may use TF32) and once with TF32 off.
+   once with torch's defaults (cuDNN convolutions may use TF32) and once with TF32 off, each
+   with decode steps replayed from a CUDA graph (decode_graph.py, the default) and without.
 2. The embedded model's `embedded_eval` scores (paligemma.demo.evaluate) on DEVICE against the
    CPU on the same scenes (a GPU-trained run scored far below its loss: is CUDA at fault?).
 3. PaliGemma-3B-224, random weights, bfloat16 (skipped with --quick): first token, decode tok/s
-   at batch 1 and throughput at batch 32, ours vs transformers on the same device.
-4. Decoding under torch.compile(mode="reduce-overhead") (CUDA graphs), ours and transformers'
-   static cache; each attempt in try/except, the failure is reported, not raised.
+   at batch 1 and throughput at batch 32, ours (decode steps replayed from a CUDA graph, the
+   default, and eager steps) vs transformers on the same device, and how many greedy tokens
+   the two ways of ours agree on.
+4. transformers' static cache (compiled: CUDA graphs) and ours under
+   torch.compile(mode="reduce-overhead"); each attempt in try/except, the failure is
+   reported, not raised.
 
 --time-budget (seconds) is checked before each section: what would not fit is reported as
 skipped. Everything printed is also written as JSON (--json).
@@ -20,6 +24,7 @@ skipped. Everything printed is also written as JSON (--json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import statistics
@@ -53,14 +58,16 @@ def set_tf32(on: bool) -> None:
 # -- 1. tiny oracle models ---------------------------------------------------------------------
 
 
-def tiny_greedy(path: Path, device: str, inputs: dict) -> tuple[list, torch.Tensor]:
+def tiny_greedy(
+    path: Path, device: str, inputs: dict, graphs: bool = True
+) -> tuple[list, torch.Tensor]:
     import paligemma
     from paligemma import generate as engine
 
     model = paligemma.load_model(path, dtype=torch.float32, device=device)
-    out = engine.generate(
-        model, inputs, engine.GenerationConfig(max_new_tokens=TINY_NEW_TOKENS), set()
-    )
+    cfg = engine.GenerationConfig(max_new_tokens=TINY_NEW_TOKENS)
+    with cuda_graphs(graphs):
+        out = engine.generate(model, inputs, cfg, set())
     with torch.inference_mode():
         x = {k: v.to(device) for k, v in inputs.items()}
         logits = model(x["input_ids"], x["pixel_values"], x["attention_mask"], x["token_type_ids"])
@@ -82,13 +89,17 @@ def check_tiny(device: str) -> list[dict]:
         path = Path(tempfile.mkdtemp()) / ("pg2" if v2 else "pg1")
         tiny_hf_model(v2, seed=3, lively=True).save_pretrained(path)
         cpu_tokens, cpu_logits = tiny_greedy(path, "cpu", inputs)
-        for tf32 in (True, False) if device.startswith("cuda") else (False,):
+        cuda = device.startswith("cuda")
+        for tf32, graphs in (
+            [(t, g) for t in (True, False) for g in (True, False)] if cuda else [(False, False)]
+        ):
             set_tf32(tf32)
-            tokens, logits = tiny_greedy(path, device, inputs)
+            tokens, logits = tiny_greedy(path, device, inputs, graphs)
             rows.append(
                 {
                     "model": "pg2" if v2 else "pg1",
                     "tf32_allowed": tf32,
+                    "cuda_graphs": graphs,
                     "tokens_equal": tokens == cpu_tokens,
                     "max_logit_diff": (logits - cpu_logits).abs().max().item(),
                     "tokens": tokens,
@@ -151,13 +162,46 @@ def speed(generate, device: str, inputs1: dict, inputs_b: dict) -> dict:
     return out
 
 
-def ours_generate(model):
+@contextlib.contextmanager
+def cuda_graphs(on: bool):
+    """Decode steps replayed from a CUDA graph (on) or eager (off) inside the block."""
+    from paligemma import decode_graph
+
+    before, decode_graph.ENABLED = decode_graph.ENABLED, on
+    try:
+        yield
+    finally:
+        decode_graph.ENABLED = before
+
+
+def ours_generate(model, graphs: bool = True):
     from paligemma import generate as engine
 
     def run(inputs: dict, new: int):
-        return engine.generate(model, inputs, engine.GenerationConfig(max_new_tokens=new), set())
+        with cuda_graphs(graphs):
+            cfg = engine.GenerationConfig(max_new_tokens=new)
+            return engine.generate(model, inputs, cfg, set())
 
     return run
+
+
+def graph_agreement(model, inputs: dict) -> dict:
+    """Greedy tokens of ours with recorded decode steps against eager steps (bfloat16: the
+    two sum the attention in another order, so near-ties may flip; the count says how often)."""
+    graphed = ours_generate(model, True)(inputs, BIG_NEW_TOKENS).tokens
+    eager = ours_generate(model, False)(inputs, BIG_NEW_TOKENS).tokens
+    rows = list(zip(graphed, eager, strict=True))
+    pairs = [(a, b) for g, e in rows for a, b in zip(g, e, strict=False)]
+    first_diff = [
+        next((i for i, (a, b) in enumerate(zip(g, e, strict=False)) if a != b), None)
+        for g, e in rows
+    ]
+    return {
+        "rows": len(graphed),
+        "rows_equal": sum(g == e for g, e in rows),
+        "token_agreement": sum(a == b for a, b in pairs) / max(len(pairs), 1),
+        "first_difference_per_row": first_diff,
+    }
 
 
 def hf_generate(model, device: str, **options):
@@ -231,16 +275,20 @@ def check_big(device: str, preset: str, deadline: float, skip: frozenset = froze
     hf = build_hf(cfg, device)  # two 3B bfloat16 copies: 12 GB, fits one GPU
     runs = [
         ("ours bfloat16", ours_generate(ours)),
+        ("ours bfloat16 eager steps", ours_generate(ours, graphs=False)),
         ("transformers bfloat16 sdpa", hf_generate(hf, device)),
-        (
-            "ours bfloat16 compile reduce-overhead",
-            ours_generate(torch.compile(ours, mode="reduce-overhead", dynamic=True)),
-        ),
         (
             "transformers bfloat16 static cache (compiled)",
             hf_generate(hf, device, cache_implementation="static"),
         ),
+        (
+            "ours bfloat16 compile reduce-overhead",
+            ours_generate(torch.compile(ours, mode="reduce-overhead", dynamic=True), False),
+        ),
     ]
+    name = "ours cuda graphs vs eager steps, greedy tokens"
+    if name not in skip:
+        attempt(out, name, lambda: graph_agreement(ours, xb), deadline)
     for name, generate in runs:
         if name in skip:
             out[name] = {"skipped": "--skip"}

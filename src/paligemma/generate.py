@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from . import decode_graph
 from .model import PaliGemma
 
 ShouldStop = Callable[[int, list[int]], bool]  # (row, new ids so far) -> stop this row now?
@@ -191,6 +192,7 @@ def stream(
     filler = min(stop_ids, default=0)  # fed to finished rows; their outputs are ignored
     history, done = ids, torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    step_fn = _stepper(model, cache, cfg.max_new_tokens - 1)
     start = time.perf_counter()
     for step in range(cfg.max_new_tokens):
         tokens = _pick(process_logits(logits, history, cfg), cfg, generator)
@@ -212,8 +214,16 @@ def stream(
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         history = torch.cat([history, tokens[:, None]], 1)
-        logits = _step(model, cache, tokens)
+        logits = step_fn(tokens)
     timings["decode_s"] = time.perf_counter() - start
+
+
+def _stepper(model: PaliGemma, cache, steps: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """tokens int64[B] -> float32[B, V] logits of the next step: on CUDA a step replayed from
+    a CUDA graph (decode_graph.py) when `steps` decode steps make it worth it, else eager."""
+    if decode_graph.wanted(model, cache, steps):
+        return decode_graph.StaticStep(model, cache, graph=cache.k.is_cuda)
+    return lambda tokens: _step(model, cache, tokens)
 
 
 def generate(

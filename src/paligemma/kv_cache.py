@@ -59,9 +59,16 @@ class KVCache:
         return start
 
     def write(
-        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+        self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, K, T, H) at slots [start, start+T); return views of slots [0, start+T)."""
+        """Store k, v (B, K, T, H) at slots [start, start+T); return views of slots [0, start+T).
+        A tensor start int64[1] (a step replayed from a CUDA graph, decode_graph.py) returns
+        every slot instead: the shapes must not depend on how full the cache is."""
+        if isinstance(start, torch.Tensor):
+            slots = start + torch.arange(k.shape[2], device=k.device)  # (T,)
+            self.k[layer].index_copy_(2, slots, k)
+            self.v[layer].index_copy_(2, slots, v)
+            return self.k[layer], self.v[layer]  # (B, K, max_len, H)
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v

@@ -31,7 +31,7 @@ def make_attn_mask(
     key_mask: torch.Tensor,
     key_prefix: torch.Tensor,
     query_prefix: torch.Tensor,
-    start: int = 0,
+    start: int | torch.Tensor = 0,
     window: int | None = None,
 ) -> torch.Tensor:
     """bool[B, 1, T, S]: may query i (at slot start+i) attend to key slot j?
@@ -54,11 +54,12 @@ def make_attn_mask(
 
     With window=2 the last row becomes [0 0 1 1 1 1] & (j > 5 - 2) = [0 0 0 0 1 1]; the prefix
     rows are unchanged (the prefix block is OR-ed in after the window). Pad queries get
-    arbitrary rows; their outputs are never used.
+    arbitrary rows; their outputs are never used. `start` may be an int64[1] tensor (a step
+    replayed from a CUDA graph, where no Python int may depend on the step).
     """
     s = key_mask.shape[1]
     t = query_prefix.shape[1]
-    q_slot = torch.arange(start, start + t, device=key_mask.device)[:, None]  # (T, 1)
+    q_slot = (start + torch.arange(t, device=key_mask.device))[:, None]  # (T, 1)
     k_slot = torch.arange(s, device=key_mask.device)[None, :]  # (1, S)
     allowed = k_slot <= q_slot  # (T, S) causal
     if window is not None:

@@ -34,6 +34,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -70,17 +71,25 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _command(compiler: str, out: Path) -> list[str]:
+def _flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) against the installed torch."""
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [compiler, *map(str, SOURCES), "-o", str(out), "-shared", "-fPIC", "-std=c++17", "-O3"]
-    cmd += ["-mtune=native", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
-    cmd += ["-I" + p for p in cpp_extension.include_paths()]
-    cmd += ["-I" + sysconfig.get_paths()["include"]]
+    compile_ = ["-fPIC", "-std=c++17", "-O3", "-mtune=native", "-fopenmp"]
+    compile_ += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    compile_ += ["-I" + p for p in cpp_extension.include_paths()]
+    compile_ += ["-I" + sysconfig.get_paths()["include"]]
+    link = []
     for lib in cpp_extension.library_paths():
-        cmd += ["-L" + lib, "-Wl,-rpath," + lib]
-    return [*cmd, "-lc10", "-ltorch", "-ltorch_cpu"]
+        link += ["-L" + lib, "-Wl,-rpath," + lib]
+    return compile_, [*link, "-lc10", "-ltorch", "-ltorch_cpu"]
+
+
+def _command(compiler: str, out: Path) -> list[str]:
+    """The whole build as one command (its flags key the cache; `_build` runs it in parts)."""
+    compile_, link = _flags()
+    return [compiler, *map(str, SOURCES), "-o", str(out), "-shared", *compile_, *link]
 
 
 def _key(cmd: list[str]) -> str:
@@ -91,21 +100,31 @@ def _key(cmd: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the C++ build failed:\n{done.stderr[-2000:]}")
+
+
 def _build() -> Path:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    probe = _command(compiler, Path("out.so"))
-    path = cache_dir() / f"paligemma_cpu_{_key(probe)}.so"
+    path = cache_dir() / f"paligemma_cpu_{_key(_command(compiler, Path('out.so')))}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     print("paligemma: building the CPU kernels for quantised decoding (once)...", file=sys.stderr)
+    compile_, link = _flags()
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        objects = [Path(tmp) / f"{src.stem}.o" for src in SOURCES]
+        pairs = zip(SOURCES, objects, strict=True)
+        jobs = [[compiler, "-c", str(s), "-o", str(o), *compile_] for s, o in pairs]
+        # one compiler per source at a time, as many at once as there are cores
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+            list(pool.map(_run, jobs))
         tmp_out = Path(tmp) / path.name
-        done = subprocess.run(_command(compiler, tmp_out), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"the C++ build failed:\n{done.stderr[-2000:]}")
+        _run([compiler, *map(str, objects), "-o", str(tmp_out), "-shared", "-fopenmp", *link])
         os.replace(tmp_out, path)  # atomic: a concurrent process sees all or nothing
     return path
 

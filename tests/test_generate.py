@@ -58,7 +58,7 @@ def test_device_generic_path_matches_transformers(pipe, hf, monkeypatch):
     batch-1 decoding gives transformers' tokens too."""
     from paligemma.quant import matvec
 
-    monkeypatch.setattr(matvec, "_matvec", lambda x: False)
+    monkeypatch.setattr(matvec, "_matvec", lambda x, rows_alone=False: False)
     ims = images(1)
     want = hf_generate(hf, ims, PROMPTS[:1], do_sample=False)
     assert [r.token_ids for r in pipe.generate(ims, PROMPTS[:1], max_new_tokens=NEW)] == want

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import paligemma
@@ -254,11 +255,47 @@ def test_matvec_path_swaps_layers_keeping_tensors_and_results(monkeypatch):
     calls = []
     mv = torch.mv
     monkeypatch.setattr(torch, "mv", lambda *a: calls.append(1) or mv(*a))
+    monkeypatch.setattr(matvec, "MV_MAX_THREADS", torch.get_num_threads())  # whatever the host
     with torch.no_grad():
         got = [model.decoder.blocks[0].mlp(x), model.decoder.logits(x), model.decoder.logits(h)]
     assert len(calls) == 4  # gate, up, down, head; the 6-row logits take F.linear
     for a, b in zip(got, want, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for one test, then puts it back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_a_single_row_takes_torch_mv_with_few_threads_or_rows_alone(threads):
+    """One bfloat16 row through a 16,384-wide projection: with few threads (or under
+    set_rows_alone_, the server's) the bits of torch.mv, which are the bits that row gets in a
+    batch of 2..16 rows; with many threads (F.linear is faster there) F.linear's own."""
+    from paligemma.quant import matvec
+
+    g = torch.Generator().manual_seed(0)
+    layer = nn.Linear(16384, 2048, bias=False).bfloat16()
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.02, generator=g)
+    x = torch.randn(8, 1, 16384, generator=g).bfloat16()
+    model = matvec.install_matvec_(nn.Sequential(layer))
+    with torch.no_grad():
+        batch = F.linear(x[:, 0], layer.weight)  # (8, 2048): each row as in a batch
+        single = torch.cat([F.linear(x[r], layer.weight) for r in range(8)])  # F.linear alone
+        assert not torch.equal(batch, single)  # the two orders differ here: the test can tell
+        threads(matvec.MV_MAX_THREADS)
+        few = torch.cat([model(x[r]) for r in range(8)])
+        threads(matvec.MV_MAX_THREADS + 1)
+        many = torch.cat([model(x[r]) for r in range(8)])
+        paligemma.model.set_rows_alone_(model)
+        assert model[0].rows_alone
+        alone = torch.cat([model(x[r]) for r in range(8)])
+    assert torch.equal(few, batch) and torch.equal(alone, batch)
+    assert torch.equal(many, single)
 
 
 def test_load_model_installs_the_matvec_path_on_the_cpu(pipeline_dir):

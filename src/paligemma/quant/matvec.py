@@ -1,7 +1,14 @@
 """The CPU path of plain (float) linears: torch.mv for one row, our AMX-BF16 GEMM for prefill.
 
-One row of activations on the CPU is a matrix-vector product, and torch.mv runs it ~1.6x faster
-than F.linear in bfloat16 (as fast in float32). More than FEW_ROWS rows and at most MAX_ROWS
+One row of activations on the CPU is a matrix-vector product. With few threads torch.mv runs it
+faster than F.linear in bfloat16 (~1.6x on one thread, 16% from memory on two; as fast in
+float32); with many, F.linear does (a 16-core Xeon, 16 threads: PaliGemma-3B-224 decoding
+9.3-10.0 tok/s through F.linear against 6.0-6.5 through torch.mv). So a single row takes
+torch.mv up to MV_MAX_THREADS threads (torch.get_num_threads()), F.linear above, except in a
+model under `set_rows_alone_` (the server), where it always takes torch.mv: torch.mv gives a
+row the bits that 2..16-row products give it, F.linear's single-row product does not (its
+sums run in another order where the inputs are many, e.g. Gemma's 16,384-wide down
+projection). More than FEW_ROWS rows and at most MAX_ROWS
 in bfloat16 (a 224 px prefill) without autograd, where the CPU has AMX-BF16
 (`cpu_kernels.amx_bf16()`, AMX_PREFILL) and the inputs are a multiple of 32: our tile GEMM
 (dequant_amx.h's, the weight's rows copied into its panels: bf16_mm), float32 sums, the bias
@@ -31,15 +38,18 @@ from .gelu import CpuGeluTanh
 from .linear import TILE  # output rows a thread takes at a time in the AMX GEMM (one setting)
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
+MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
 # ... and past this many F.linear again: ours / F.linear GEMM time on PaliGemma-3B's shapes, 1
 # thread: 0.93x at 260 rows, 0.99x at 384, 1.12x at 512, 1.2-1.4x at 1030 (README)
 MAX_ROWS = 384
 AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
 
 
-def _matvec(x: torch.Tensor) -> bool:
-    """One row of x on the CPU."""
-    return x.device.type == "cpu" and x.numel() == x.shape[-1]
+def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
+    """One row of x on the CPU, to go through torch.mv (module docstring)."""
+    if x.device.type != "cpu" or x.numel() != x.shape[-1]:
+        return False
+    return rows_alone or torch.get_num_threads() <= MV_MAX_THREADS
 
 
 def _amx_prefill(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -55,14 +65,20 @@ def _amx_prefill(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return cpu_kernels.available() and cpu_kernels.amx_bf16()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv,
-    bfloat16 prefill rows through our AMX-BF16 GEMM (module docstring)."""
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    rows_alone: bool = False,
+) -> torch.Tensor:
+    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv
+    (with few threads, or `rows_alone`), bfloat16 prefill rows through our AMX-BF16 GEMM
+    (module docstring)."""
     if _amx_prefill(x, weight, bias):
         b = None if bias is None else bias.float()
         out = torch.ops.paligemma_cpu.bf16_mm(x.reshape(-1, x.shape[-1]), weight, b, TILE)
         return out.view(*x.shape[:-1], -1)  # (..., out)
-    if not _matvec(x):
+    if not _matvec(x, rows_alone):
         return F.linear(x, weight, bias)
     out = torch.mv(weight, x.reshape(-1))  # (out,)
     return (out if bias is None else out + bias).view(*x.shape[:-1], -1)
@@ -71,16 +87,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class MatVecLinear(nn.Linear):
     """nn.Linear (same tensors, same names) whose single CPU rows go through torch.mv."""
 
+    rows_alone = False  # set by model.set_rows_alone_: single rows always through torch.mv
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.rows_alone)
 
 
 class MatVecHead(TiedHead):
     """The tied output head, single CPU rows through torch.mv (per decoded token the largest
     matrix read)."""
 
+    rows_alone = False  # as MatVecLinear's
+
     def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return linear(h, weight)
+        return linear(h, weight, None, self.rows_alone)
 
 
 def _swapped(module: nn.Module) -> nn.Module | None:

@@ -232,6 +232,37 @@ def test_gpu_table_is_the_h100_runs_json():
     assert "KeyError: 'info'" in runs[1]["embedded_eval"]["failed"]
 
 
+def test_gpu_table_is_the_h200_run_json():
+    """The CUDA-graph table: each row's cells are the H200 run's gpu_check JSON, and the
+    bullets' correctness claims hold in it (tokens equal with and without the graphs)."""
+    run = result("gpu-h200-run3.json")
+    assert run["device_name"] == "NVIDIA H200" and run["all_equal"]
+    big = run["big"]
+    names = {
+        "run 3: ours (CUDA graphs, the default)": "ours bfloat16",
+        "run 3: ours, eager steps": "ours bfloat16 eager steps",
+        "run 3: transformers sdpa": "transformers bfloat16 sdpa",
+    }
+    names["run 3: transformers static cache (compiled)"] = (
+        "transformers bfloat16 static cache (compiled)"
+    )
+    keys = ("first_token_s_b1", "decode_tok_s_b1", "first_token_s_b32", "decode_tok_s_b32")
+    rows = table("| H200 run | first token, batch 1 |")
+    assert [label for label, _ in rows] == list(names)
+    for label, cells in rows:
+        check_row(cells, [big[names[label]][k] for k in keys], label)
+    agreement = big["ours cuda graphs vs eager steps, greedy tokens"]
+    assert agreement["rows_equal"] == agreement["rows"] == 32
+    tiny = run["tiny_greedy"]
+    assert {r["cuda_graphs"] for r in tiny} == {True, False}
+    assert all(r["tokens_equal"] for r in tiny)
+    ratio = (
+        big["ours bfloat16"]["decode_tok_s_b1"]
+        / big["ours bfloat16 eager steps"]["decode_tok_s_b1"]
+    )
+    assert f"{ratio:.1f}× faster than our eager steps at batch 1" in " ".join(README.split())
+
+
 def test_higher_resolution_table_is_its_json():
     """The 448 / 896 px table: each row's cells are its run in its host's JSON, the ratios
     against transformers' best per figure (fastest first token and decode, least memory)."""

@@ -496,14 +496,16 @@ MESSAGES = {  # the error names what is wrong
 
 
 def test_paligemma_serve_command_starts_and_stops(tmp_path):
-    import os
     import signal
+    import socket
     import subprocess
     import sys
 
     from paligemma.serve import running as _  # noqa: F401  (the package is importable)
 
-    port = str(50_000 + os.getpid() % 10_000)
+    with socket.socket() as probe:  # a port nothing holds now (a fixed one may be taken)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     proc = subprocess.Popen(
         [sys.executable, "-m", "paligemma.cli", "serve", "--port", port, "--api-key", "k"],
         stdout=subprocess.PIPE,
@@ -511,16 +513,18 @@ def test_paligemma_serve_command_starts_and_stops(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline, r = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
-        assert r.status_code == 200 and r.json()["model"] == "paligemma-embedded"
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        if r is not None:
+            assert r.status_code == 200 and r.json()["model"] == "paligemma-embedded"
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=30)[0]
+    assert r is not None, f"the server never answered:\n{out[-2000:]}"  # with its own output
     assert proc.returncode == 0, out[-2000:]

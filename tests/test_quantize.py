@@ -356,3 +356,25 @@ def test_quantize_weight_without_the_kernels_gives_the_same_codes(monkeypatch):
         monkeypatch.undo()
         for a, b in zip(ours, portable, strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b), mode
+
+
+def test_the_package_ships_every_file_the_kernel_build_reads():
+    """pyproject's package-data names every C++ source and header kernels.py compiles (a wheel
+    without one builds no kernels and falls back to PyTorch's, silently slower), matched as
+    setuptools matches it: the glob against the path inside the package."""
+    import fnmatch
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+
+    root = Path(cpu_kernels.__file__).resolve().parents[3]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = meta["tool"]["setuptools"]["package-data"]["paligemma"]
+    package = root / "src" / "paligemma"
+    files = [f.relative_to(package).as_posix() for f in cpu_kernels.SOURCES + cpu_kernels.HEADERS]
+    assert len(files) >= 9 and all((package / f).exists() for f in files)
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert missing == []

@@ -38,17 +38,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <optional>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include "int4_dot_common.h"
+#ifdef PG_DOT_X86
 #include <cpuid.h>
-#include <immintrin.h>
-#define PG_DOT_X86 1
 #endif
 #ifdef __linux__
 #include <sys/syscall.h>
@@ -56,45 +51,7 @@
 #endif
 
 int64_t pg_cpu_isa();  // kernels.cpp: the best instruction set of kernels.cpp's three
-#define PG_INLINE inline __attribute__((always_inline))
-
 namespace {
-
-constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights
-constexpr int64_t kAmxRows = 8;     // vnni -1: AMX from this many rows of a pass (measured;
-                                    // kernels.py AMX_ROWS)
-
-// What one call reads: x quantised (xq as 4-byte words), its scales and sums, the weights.
-struct Dot {
-  const int32_t* x4;   // [M, I / 4]: 4 int8 activations per word (int4: permuted in 8s)
-  const float* xs;     // [M, G] activation scales
-  const int32_t* off;  // [M, G]: 8 (int4) or 128 (int8) * sum of the group's xq
-  const uint8_t* q;    // [O, I / 2] (int4) or [O, I] (int8)
-  const void* s;       // int4: [O, G]; int8: [O]
-  int stype;           // the scales' dtype: 0 float32, 1 bfloat16, 2 float16
-  int64_t I, G, group, O;
-  float* out;  // [M, O]
-};
-
-alignas(64) constexpr float kOnes[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-
-inline float scale_at(const Dot& d, int64_t i) {
-  if (d.stype == 1) return float(static_cast<const c10::BFloat16*>(d.s)[i]);
-  if (d.stype == 2) return float(static_cast<const c10::Half*>(d.s)[i]);
-  return static_cast<const float*>(d.s)[i];
-}
-
-#define DOT_DISPATCH(mb, CALL)                                 \
-  switch (mb) {                                                \
-    case 1: { constexpr int MB = 1; CALL; } break;             \
-    case 2: { constexpr int MB = 2; CALL; } break;             \
-    case 3: { constexpr int MB = 3; CALL; } break;             \
-    case 4: { constexpr int MB = 4; CALL; } break;             \
-    case 6: { constexpr int MB = 6; CALL; } break;             \
-    case 8: { constexpr int MB = 8; CALL; } break;             \
-    case 12: { constexpr int MB = 12; CALL; } break;           \
-    default: { constexpr int MB = 16; CALL; } break;           \
-  }
 
 // The rows a pass computes: mb rounded up to an instantiated width (padded rows are zeros).
 int64_t padded_rows(int64_t mb) {
@@ -104,49 +61,6 @@ int64_t padded_rows(int64_t mb) {
 
 }  // namespace
 
-#ifdef PG_DOT_X86
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")
-namespace pg_dot_avx512vnni {  // AMX's loop too: it runs only where amx_ready()
-#define PG_ISA 2
-#define PG_VNNI 1
-#include "int4_dot_body.h"
-#include "int4_dot_amx.h"
-#undef PG_VNNI
-#undef PG_ISA
-}  // namespace pg_dot_avx512vnni
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
-namespace pg_dot_avx512 {
-#define PG_ISA 2
-#define PG_VNNI 0
-#include "int4_dot_body.h"
-#undef PG_VNNI
-#undef PG_ISA
-}  // namespace pg_dot_avx512
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avxvnni")
-namespace pg_dot_avxvnni {
-#define PG_ISA 1
-#define PG_VNNI 1
-#include "int4_dot_body.h"
-#undef PG_VNNI
-#undef PG_ISA
-}  // namespace pg_dot_avxvnni
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace pg_dot_avx2 {
-#define PG_ISA 1
-#define PG_VNNI 0
-#include "int4_dot_body.h"
-#undef PG_VNNI
-#undef PG_ISA
-}  // namespace pg_dot_avx2
-#pragma GCC pop_options
-#endif
 namespace pg_dot_scalar {
 #define PG_ISA 0
 #define PG_VNNI 0

@@ -113,7 +113,7 @@ inline void fstore(float* p, vf v) { PG_V(storeu_ps)(p, v); }
 // One group of x quantised (group: a multiple of L): c[i] = round_half_even(v[i] / s) clamped to
 // [-127, 127], s = max |v| / 127 (0: all codes 0); returns s, *sum = the codes' sum. The same
 // float steps as the scalar loop below (IEEE division; conversion in the default rounding mode).
-inline float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
+float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
   const vf sign = PG_V(set1_ps)(-0.f);
   vf amax = fzero();
   for (int64_t i = 0; i < group; i += L) amax = PG_V(max_ps)(amax, PG_V(andnot_ps)(sign, fload(v + i)));
@@ -165,7 +165,7 @@ inline vf fzero() { return 0.f; }
 inline vf fload(const float* p) { return *p; }
 inline vf fmul(vf a, vf b) { return a * b; }
 inline void fstore(float* p, vf v) { *p = v; }
-inline float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
+float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
   float amax = 0.f;
   for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
   const float s = amax / 127.f;

@@ -40,12 +40,21 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-OTHERS = ("dequant.cpp", "int4_dot.cpp", "quantize.cpp", "gelu.cpp")
+OTHERS = ("dequant.cpp", "int4_dot.cpp", "int4_dot_isa.cpp", "quantize.cpp", "gelu.cpp")
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(
     SOURCE.with_name(h)
-    for h in ("dequant_isa.h", "dequant_amx.h", "int4_dot_body.h", "int4_dot_amx.h")
+    for h in (
+        "dequant_isa.h",
+        "dequant_amx.h",
+        "int4_dot_common.h",
+        "int4_dot_body.h",
+        "int4_dot_amx.h",
+    )
 )
+# Sources compiled several times, once per -DPG_DOT_PART=k (an instruction set's loop each, so
+# the parts compile in parallel: ~2 minutes as one file, the longest of the library).
+PARTS = {"int4_dot_isa.cpp": 4}
 ENV_SWITCH = "PALIGEMMA_CPU_KERNELS"
 ENV_ISA = "PALIGEMMA_CPU_ISA"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}  # the kernels' paths, lowest first
@@ -86,15 +95,24 @@ def _flags() -> tuple[list[str], list[str]]:
     return compile_, [*link, "-lc10", "-ltorch", "-ltorch_cpu"]
 
 
-def _command(compiler: str, out: Path) -> list[str]:
-    """The whole build as one command (its flags key the cache; `_build` runs it in parts)."""
-    compile_, link = _flags()
-    return [compiler, *map(str, SOURCES), "-o", str(out), "-shared", *compile_, *link]
+def _jobs(compiler: str, compile_: list[str], tmp: Path) -> list[tuple[list[str], Path]]:
+    """(compile command, object file) per translation unit: each source once, PARTS' sources
+    once per part."""
+    jobs = []
+    for src in SOURCES:
+        for k in range(1, PARTS.get(src.name, 0) + 1) or [None]:
+            defines = [] if k is None else [f"-DPG_DOT_PART={k}"]
+            obj = tmp / f"{src.stem}{'' if k is None else k}.o"
+            jobs.append(([compiler, "-c", str(src), *defines, "-o", str(obj), *compile_], obj))
+    return jobs
 
 
-def _key(cmd: list[str]) -> str:
+def _key(compiler: str) -> str:
+    """The build's identity: sources, headers, how they are compiled, torch, the CPU."""
     h = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS))
-    flags = " ".join(cmd[len(SOURCES) + 4 :])  # after compiler, sources, -o out, -shared
+    compile_, link = _flags()
+    commands = [cmd for cmd, _ in _jobs(Path(compiler).name, compile_, Path("obj"))]
+    flags = " ".join([*map(" ".join, commands), *link])
     for part in (torch.__version__, torch.__config__.show(), flags, _cpu_id()):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -110,21 +128,20 @@ def _build() -> Path:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    path = cache_dir() / f"paligemma_cpu_{_key(_command(compiler, Path('out.so')))}.so"
+    path = cache_dir() / f"paligemma_cpu_{_key(compiler)}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     print("paligemma: building the CPU kernels for quantised decoding (once)...", file=sys.stderr)
     compile_, link = _flags()
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        objects = [Path(tmp) / f"{src.stem}.o" for src in SOURCES]
-        pairs = zip(SOURCES, objects, strict=True)
-        jobs = [[compiler, "-c", str(s), "-o", str(o), *compile_] for s, o in pairs]
-        # one compiler per source at a time, as many at once as there are cores
+        jobs = _jobs(compiler, compile_, Path(tmp))
+        # one compiler per translation unit, as many at once as there are cores
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-            list(pool.map(_run, jobs))
+            list(pool.map(_run, [cmd for cmd, _ in jobs]))
         tmp_out = Path(tmp) / path.name
-        _run([compiler, *map(str, objects), "-o", str(tmp_out), "-shared", "-fopenmp", *link])
+        objects = [str(obj) for _, obj in jobs]
+        _run([compiler, *objects, "-o", str(tmp_out), "-shared", "-fopenmp", *link])
         os.replace(tmp_out, path)  # atomic: a concurrent process sees all or nothing
     return path
 

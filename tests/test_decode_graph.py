@@ -4,6 +4,8 @@ the same tokens through `generate`; and when it is chosen."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import IMAGE_ID, make_batch, tiny_hf_model
@@ -100,3 +102,15 @@ def test_when_a_recorded_step_is_wanted(tiny, monkeypatch):
         assert not decode_graph.wanted(tiny, on_cuda, 10)
     finally:
         paligemma.model.set_rows_alone_(tiny, False)
+
+
+def test_the_environment_turns_it_off():
+    """PALIGEMMA_CUDA_GRAPHS=0 (for the CLI and the server) sets ENABLED at import."""
+    import subprocess
+    import sys
+
+    code = "from paligemma import decode_graph; print(decode_graph.ENABLED)"
+    for value, want in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "PALIGEMMA_CUDA_GRAPHS": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == want, out.stderr

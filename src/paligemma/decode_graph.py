@@ -22,11 +22,13 @@ where the same step runs without a graph). Greedy and sampled decoding use it on
 (`generate.stream`); beam search (which reorders the cache) and rows-alone attention (the
 server's, which splits a batch by row in Python) stay eager, and so does a model whose step
 cannot be recorded (the first failure is warned about once per process, then eager steps).
-`ENABLED = False` turns it off.
+`ENABLED = False` turns it off, as does the environment variable PALIGEMMA_CUDA_GRAPHS=0 (read
+at import, for the CLI and the server).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -34,7 +36,8 @@ import torch
 from .kv_cache import KVCache
 from .model import PaliGemma, make_attn_mask
 
-ENABLED = True  # on CUDA, greedy / sampled decoding replays a recorded step
+ENV_SWITCH = "PALIGEMMA_CUDA_GRAPHS"
+ENABLED = os.environ.get(ENV_SWITCH, "1") != "0"  # on CUDA, decoding replays a recorded step
 _warned = False
 
 

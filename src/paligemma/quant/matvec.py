@@ -38,11 +38,11 @@ from .gelu import CpuGeluTanh
 from .linear import TILE  # output rows a thread takes at a time in the AMX GEMM (one setting)
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
-MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
 # ... and past this many F.linear again: ours / F.linear GEMM time on PaliGemma-3B's shapes, 1
 # thread: 0.93x at 260 rows, 0.99x at 384, 1.12x at 512, 1.2-1.4x at 1030 (README)
 MAX_ROWS = 384
 AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
+MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
 
 
 def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:

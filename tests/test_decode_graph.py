@@ -80,6 +80,19 @@ def test_generate_through_the_static_step_gives_the_same_tokens(tiny, monkeypatc
     assert got.finish_reasons == want.finish_reasons
 
 
+def test_sampling_and_logprobs_through_the_static_step(tiny, monkeypatch):
+    """Sampled decoding (a seeded generator, top-k) and per-token log-probabilities read the
+    static step's logits as they read the eager step's."""
+    cfg = engine.GenerationConfig(max_new_tokens=NEW, do_sample=True, top_k=20, seed=7)
+    want = engine.generate(tiny, batch_inputs(), cfg, {1}, logprobs=True)
+    monkeypatch.setattr(decode_graph, "wanted", lambda model, cache, steps: True)
+    got = engine.generate(tiny, batch_inputs(), cfg, {1}, logprobs=True)
+    assert got.tokens == want.tokens
+    assert len({t for row in got.tokens for t in row}) > 5  # sampled, not one token repeated
+    for a, b in zip(got.logprobs, want.logprobs, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
 def test_a_full_cache_is_refused(tiny):
     _, cache, _ = engine._prefill(tiny, batch_inputs(), 1)
     step = decode_graph.StaticStep(tiny, cache)

@@ -61,9 +61,9 @@ def build_tiled(base: str, tmp: Path) -> types.ModuleType:
     (tmp / "tiled.cpp").write_text(src)
     (tmp / "stub.cpp").write_text(STUB)
     out = tmp / "tiled.so"
-    cmd = kernels._command("g++", out)
-    cmd = [cmd[0], str(tmp / "tiled.cpp"), str(tmp / "stub.cpp"), *cmd[1 + len(kernels.SOURCES) :]]
-    subprocess.run(cmd, check=True)
+    compile_, link = kernels._flags()
+    sources = [str(tmp / "tiled.cpp"), str(tmp / "stub.cpp")]
+    subprocess.run(["g++", *sources, "-o", str(out), "-shared", *compile_, *link], check=True)
     torch.ops.load_library(str(out))
     tiles = types.ModuleType("tiles_at_base")
     exec(git_show(base, "src/paligemma/quant/tiles.py"), tiles.__dict__)

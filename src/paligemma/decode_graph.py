@@ -10,7 +10,8 @@ fixed addresses and shapes, so the step here keeps no state in Python and never 
 device:
 
 * every slot of the cache is attended (S = max_len), the slots not written yet masked out by
-  the cache's `key_mask`, through the one mask function (`make_attn_mask`, its start a tensor);
+  the cache's `key_mask`, through the model's masks (`default_masks`: `make_attn_mask`, its
+  start a tensor);
 * the new token's slot is a tensor, advanced in the graph; its key and value are written with
   `index_copy_` (`KVCache.write` with a tensor start);
 * positions are the cache's count of real tokens, advanced in the graph.
@@ -34,7 +35,7 @@ import warnings
 import torch
 
 from .kv_cache import KVCache
-from .model import PaliGemma, make_attn_mask
+from .model import PaliGemma
 
 ENV_SWITCH = "PALIGEMMA_CUDA_GRAPHS"
 ENABLED = os.environ.get(ENV_SWITCH, "1") != "0"  # on CUDA, decoding replays a recorded step
@@ -77,15 +78,10 @@ class StaticStep:
         cache.key_mask.index_fill_(1, self.slot, True)  # generated tokens are real ...
         cache.num_real.add_(1)  # ... and in the suffix (key_prefix stays False)
         positions = cache.num_real[:, None]  # (B, 1)
-        mask = make_attn_mask(cache.key_mask, cache.key_prefix, self.no_prefix, self.slot)
-        window = self.model.cfg.text.sliding_window
-        local = (
-            make_attn_mask(cache.key_mask, cache.key_prefix, self.no_prefix, self.slot, window)
-            if window
-            else mask
-        )  # masks (B, 1, 1, S)
+        keys = (cache.key_mask, cache.key_prefix)
+        masks = self.model.default_masks(*keys, self.no_prefix, self.slot)  # (B, 1, 1, S) each
         x = decoder.embed_tokens(self.tokens[:, None])  # (B, 1, D)
-        h = decoder(x, positions, (mask, local), cache, self.slot)
+        h = decoder(x, positions, masks, cache, self.slot)
         self.slot.add_(1)
         return decoder.logits(h)[:, -1].float()
 

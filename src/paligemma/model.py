@@ -227,13 +227,25 @@ class PaliGemma(nn.Module):
             start, key_mask, key_prefix = 0, input_mask, is_prefix & input_mask
         if positions is None:
             positions = past_real[:, None] + input_mask.long().cumsum(1)  # (B, T)
-        if mask is None:  # the prefix-LM pattern; Gemma 2's local layers add the window
-            window = self.cfg.text.sliding_window
-            mask = make_attn_mask(key_mask, key_prefix, is_prefix, start)
-            local_mask = (
-                make_attn_mask(key_mask, key_prefix, is_prefix, start, window) if window else mask
-            )
+        if mask is None:
+            mask, local_mask = self.default_masks(key_mask, key_prefix, is_prefix, start)
         return self.decoder(x, positions, (mask, local_mask), cache, start)  # (B, T, D)
+
+    def default_masks(
+        self,
+        key_mask: torch.Tensor,
+        key_prefix: torch.Tensor,
+        query_prefix: torch.Tensor,
+        start: int | torch.Tensor = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global, local) bool[B, 1, T, S]: the prefix-LM pattern (`make_attn_mask`), and for
+        Gemma 2's local layers the same with the sliding window (the global one where there is
+        no window)."""
+        mask = make_attn_mask(key_mask, key_prefix, query_prefix, start)
+        window = self.cfg.text.sliding_window
+        if not window:
+            return mask, mask
+        return mask, make_attn_mask(key_mask, key_prefix, query_prefix, start, window)
 
     def _embed(
         self,

@@ -107,10 +107,9 @@ def _jobs(compiler: str, compile_: list[str], tmp: Path) -> list[tuple[list[str]
     return jobs
 
 
-def _key(compiler: str) -> str:
+def _key(compiler: str, compile_: list[str], link: list[str]) -> str:
     """The build's identity: sources, headers, how they are compiled, torch, the CPU."""
     h = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS))
-    compile_, link = _flags()
     commands = [cmd for cmd, _ in _jobs(Path(compiler).name, compile_, Path("obj"))]
     flags = " ".join([*map(" ".join, commands), *link])
     for part in (torch.__version__, torch.__config__.show(), flags, _cpu_id()):
@@ -128,12 +127,12 @@ def _build() -> Path:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    path = cache_dir() / f"paligemma_cpu_{_key(compiler)}.so"
+    compile_, link = _flags()
+    path = cache_dir() / f"paligemma_cpu_{_key(compiler, compile_, link)}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     print("paligemma: building the CPU kernels for quantised decoding (once)...", file=sys.stderr)
-    compile_, link = _flags()
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         jobs = _jobs(compiler, compile_, Path(tmp))
         # one compiler per translation unit, as many at once as there are cores

@@ -1,6 +1,7 @@
 """The plain bfloat16 prefill (quant/matvec.py over dequant.cpp's bf16_mm): float32 sums of the
 bfloat16 products with one rounding, each row's bits independent of the other rows, and the
-switches that turn it off."""
+switches that turn it off; where the CPU has no fast bfloat16 GEMM, f32_mm's float32 products
+(the weight widened a tile at a time), never under rows_alone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import linear as q_linear
 from paligemma.quant import matvec
 
 
@@ -69,6 +71,7 @@ def test_linear_takes_bf16_mm_for_prefill_rows_and_the_switches_turn_it_off(monk
     call) take F.linear."""
     has = amx_bf16()
     ops = torch.ops.paligemma_cpu
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)  # (float32 products: the next tests)
     calls = []
     real = ops.bf16_mm
     monkeypatch.setattr(ops, "bf16_mm", lambda *a: calls.append(1) or real(*a))
@@ -103,3 +106,98 @@ def test_linear_takes_bf16_mm_for_prefill_rows_and_the_switches_turn_it_off(monk
     monkeypatch.delenv(cpu_kernels.ENV_ISA)
     monkeypatch.setattr(cpu_kernels, "_state", {"ok": False, "error": "off"})  # as KERNELS=0
     assert not taken(x, w)
+
+
+def test_f32_mm_is_float32_sums_then_one_rounding_on_every_path():
+    """f32_mm against float64 of the same bfloat16 operands: within the output's one rounding
+    plus float32 summation, element by element (bias added before the rounding), on every
+    instruction set the CPU has (the widening loop), tiles that do and do not divide the
+    outputs, 1 and 2 threads; bad operands are errors."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    op, threads = torch.ops.paligemma_cpu.f32_mm, torch.get_num_threads()
+    best = int(torch.ops.paligemma_cpu.cpu_isa())
+    try:
+        for (i, o), n_threads in zip(SHAPES, (1, 2, 2, 1), strict=True):
+            torch.set_num_threads(n_threads)
+            x, w, b = operands(37, i, o, seed=i)
+            cases = ((a, t, c) for a in range(best + 1) for t in (16, 128) for c in (None, b))
+            for isa, tile, bias in cases:
+                got = op(x, w, bias, tile, isa)
+                want = x.double() @ w.double().T + (0 if bias is None else bias.double())
+                sums = i * 2.0**-24 * (x.double().abs() @ w.double().abs().T)
+                bound = 2.0**-8 * (want.abs() + sums) + sums
+                assert got.dtype == torch.bfloat16 and got.shape == (37, o)
+                assert ((got.double() - want).abs() <= bound).all(), (i, o, isa, tile)
+    finally:
+        torch.set_num_threads(threads)
+    x, w, b = operands(20, 64, 8)
+    bad = ((x.float(), w, None, 16), (x, w[:, :32], None, 16), (x, w, b[:3], 16), (x, w, None, 0))
+    for args in bad:
+        with pytest.raises(RuntimeError, match="f32_mm"):
+            op(*args)
+
+
+def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monkeypatch):
+    """matvec.linear with float32 products on (F32_PREFILL True; AMX_PREFILL off so that AMX
+    hosts take it too): F32_MIN_ROWS bfloat16 rows and more without autograd give f32_mm's bits
+    (bias added in float32); fewer rows, float32, a gradient to record, rows_alone (the server:
+    float32 GEMMs round by row count) and F32_PREFILL False give F.linear's. The default is on
+    exactly where PyTorch's oneDNN has no bfloat16 GEMM."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    slow = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    monkeypatch.setattr(cpu_kernels, "_state", dict(cpu_kernels._state))
+    cpu_kernels._state.pop("f32_prefill", None)
+    assert cpu_kernels.f32_prefill() == slow
+    monkeypatch.setattr(matvec, "AMX_PREFILL", False)
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", True)
+    ops, calls = torch.ops.paligemma_cpu, []
+    real = ops.f32_mm
+    monkeypatch.setattr(ops, "f32_mm", lambda *a: calls.append(1) or real(*a))
+    x, w, b = operands(40, 96, 24)
+
+    def f32(x, w, b=None, rows_alone=False, grad=False) -> bool:
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            got = matvec.linear(x, w, b, rows_alone)
+        flat = x.reshape(-1, x.shape[-1])
+        if calls:
+            want = real(flat, w, b, q_linear.F32_TILE, cpu_kernels.isa()).view_as(got)
+            assert torch.equal(got, want)
+        else:
+            assert torch.equal(got, F.linear(x, w, b))
+        return bool(calls)
+
+    assert f32(x.view(2, 20, 96), w, b) and f32(x, w) and f32(x[: matvec.F32_MIN_ROWS], w, b)
+    assert not f32(x[: matvec.F32_MIN_ROWS - 1], w, b)
+    assert not f32(x, w, b, rows_alone=True) and not f32(x.float(), w.float())
+    assert not f32(x, w.clone().requires_grad_(), grad=True)
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)
+    assert not f32(x, w, b)
+
+
+def test_model_prefill_in_float32_products_stays_close_and_decodes_the_same(monkeypatch):
+    """A tiny bfloat16 model (installed CPU linears) with float32 prefill products: logits
+    within bfloat16 noise of the bfloat16 GEMMs', the same greedy tokens."""
+    from conftest import make_batch
+    from test_model import tiny
+
+    from paligemma import generate as engine
+
+    model = matvec.install_matvec_(tiny(True).to(torch.bfloat16))
+    ids, am, tt, px = make_batch()
+    px = px.to(torch.bfloat16)
+    inputs = {"input_ids": ids, "attention_mask": am, "token_type_ids": tt, "pixel_values": px}
+    ops, calls, out = torch.ops.paligemma_cpu, [], {}
+    real = ops.f32_mm
+    monkeypatch.setattr(ops, "f32_mm", lambda *a: calls.append(1) or real(*a))
+    for on in (False, True):
+        calls.clear()
+        monkeypatch.setattr(cpu_kernels, "F32_PREFILL", on)
+        with torch.no_grad():
+            logits = model(ids, px, am, tt).float()
+        tokens = engine.generate(model, inputs, engine.GenerationConfig(max_new_tokens=6), {1})
+        out[on] = logits, tokens.tokens
+        assert bool(calls) == on
+    err = (out[True][0] - out[False][0]).abs()[am.bool()]
+    assert err.max() < 0.1 and err.mean() < 0.01, (err.max(), err.mean())
+    assert out[True][1] == out[False][1]

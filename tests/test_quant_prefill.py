@@ -247,6 +247,7 @@ def test_amx_bf16_is_what_the_layers_run_and_the_environment_turns_it_off(cls, m
     feeding oneDNN (amx=0); shapes the GEMM does not take (in_features not a multiple of 32,
     int4 groups of 40) fall back to those under amx=1 too; more rows than one pass holds."""
     ops, has = torch.ops.paligemma_cpu, amx_bf16()
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)  # (float32 products: the next tests)
     for i, o, group, rows in ((128, 40, 64, 30), (200, 37, 40, 20), (96, 9, 32, 1100)):
         m = layer(cls, i, o, group, torch.bfloat16)
         x = torch.randn(rows, i, dtype=torch.bfloat16)
@@ -266,3 +267,65 @@ def test_amx_bf16_is_what_the_layers_run_and_the_environment_turns_it_off(cls, m
             monkeypatch.setattr(q, "AMX_PREFILL", False)
             assert torch.equal(q._chunked(m, x), off)
             monkeypatch.setattr(q, "AMX_PREFILL", True)
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_f32_tiles_hold_the_bf16_weight_and_sum_in_float32(cls):
+    """dequant_mm f32=1 on bfloat16 x (CPUs without a fast bfloat16 GEMM): against float64 of
+    the same x and the dequantised bfloat16 weight, within the output's one rounding plus
+    float32 summation, element by element; every path, scale dtype, tiles that do and do not
+    divide the outputs (and all threads on one tile), 1 and 2 threads. float32 x ignores it."""
+    ops, threads = torch.ops.paligemma_cpu, torch.get_num_threads()
+    try:
+        for isa, n_threads in ((isa, n) for isa in paths() for n in (1, 2)):
+            torch.set_num_threads(n_threads)
+            scale_dtypes = (torch.float32, torch.bfloat16) * 3
+            for (i, o, group), scale_dtype in zip(SHAPES, scale_dtypes, strict=True):
+                m = layer(cls, i, o, group, scale_dtype)
+                w = m.dequantize().to(torch.bfloat16).double()
+                x = torch.randn(23, i, dtype=torch.bfloat16)
+                want = x.double() @ w.T
+                sums = i * 2.0**-24 * (x.double().abs() @ w.abs().T)
+                bound = 2.0**-8 * (want.abs() + sums) + sums
+                for tile in (4, 128, -16):
+                    got = ops.dequant_mm(x, m.weight, m.scale, *bits_group(m), tile, isa, 0, 1)
+                    assert got.dtype == torch.bfloat16 and got.shape == (23, o)
+                    assert ((got.double() - want).abs() <= bound).all(), (isa, i, o, tile)
+            xf = torch.randn(5, i)
+            args = (m.weight, m.scale, *bits_group(m), 16, isa, 0)
+            assert torch.equal(ops.dequant_mm(xf, *args, 1), ops.dequant_mm(xf, *args, 0))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
+def test_layers_take_f32_tiles_where_bf16_gemms_are_slow_never_rows_alone(cls, monkeypatch):
+    """F32_PREFILL True (AMX_PREFILL off so AMX hosts take it too): bfloat16 prefill rows give
+    dequant_mm f32=1's bits in F32_TILE tiles; under set_rows_alone_ (the server) and with
+    F32_PREFILL False, the bfloat16 tiles' (f32=0)."""
+    from paligemma.model import set_rows_alone_
+
+    ops, calls = torch.ops.paligemma_cpu, []
+    real = ops.dequant_mm
+    monkeypatch.setattr(ops, "dequant_mm", lambda *a: calls.append(a[5:]) or real(*a))
+    monkeypatch.setattr(q, "AMX_PREFILL", False)
+    m = layer(cls, 128, 40, 64, torch.bfloat16)
+    x = torch.randn(30, 128, dtype=torch.bfloat16)
+    args = (x, m.weight, m.scale, *bits_group(m))
+    f32 = real(*args, q.F32_TILE, cpu_kernels.isa(), 0, 1)
+    bf16 = real(*args, q.TILE, cpu_kernels.isa(), 0, 0)
+
+    def run(want, f32: int):
+        calls.clear()
+        with torch.inference_mode():
+            assert torch.equal(q._chunked(m, x), want)
+        assert calls == [(q.F32_TILE if f32 else q.TILE, cpu_kernels.isa(), 0, f32)]
+
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", True)
+    run(f32, 1)
+    set_rows_alone_(nn.Sequential(m))
+    assert m.rows_alone
+    run(bf16, 0)
+    set_rows_alone_(nn.Sequential(m), False)
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)
+    run(bf16, 0)

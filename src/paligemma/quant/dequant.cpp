@@ -7,17 +7,24 @@
 //       out[r] = weight row start + r, exactly as linear.py's dequantize(start, start + R)
 //       .to(out.dtype): code (int8; int4: nibble - 8) * scale in float32, rounded (to nearest
 //       even) to the scale's dtype, then to out's
-//   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1, amx=-1) -> x.dtype[M, O]
+//   dequant_mm(x f32|bf16[M, I], q, scale, bits, group, tile, isa=-1, amx=-1, f32=0)
+//           -> x.dtype[M, O]
 //       x @ W.T with W dequantised `tile` output rows at a time into a [tile, I] buffer per
 //       thread, each thread running the GEMMs of its own tiles; tile < 0: |tile| rows at a time
 //       by all threads, then one GEMM on all threads (an A/B alternative: bench_quant_prefill).
 //       bfloat16 x on AMX-BF16 (dequant_amx.h; isa 2, I and the int4 group multiples of 32, tile
 //       > 0): the codes dequantised straight into the tiles' GEMM instead; amx 0 never, 1 where
-//       the shapes allow (an error without AMX-BF16), -1 where the CPU has it
+//       the shapes allow (an error without AMX-BF16), -1 where the CPU has it. f32 1 (bfloat16
+//       x, for CPUs without a fast bfloat16 GEMM): x widened to float32 once, the tiles
+//       dequantised to float32 holding the bfloat16 path's values, float32 GEMMs, the result
+//       rounded to bfloat16 once
 //   bf16_mm(x bf16[M, I], w bf16[O, I], bias f32[O]?, tile) -> bf16[M, O]
 //       x @ w.T (+ bias) on the same AMX-BF16 GEMM, w's rows copied into its panels (no
 //       dequantisation): float32 sums, the bias added in float32, one rounding; I a multiple
 //       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py)
+//   f32_mm(x bf16[M, I], w bf16[O, I], bias?, tile, isa=-1) -> bf16[M, O]
+//       x @ w.T (+ bias) in float32 products: w's rows widened `tile` at a time (the plain
+//       bfloat16 prefill where the CPU has no fast bfloat16 GEMM: matvec.py)
 //   cpu_amx_bf16() -> int: 1 when dequant_mm and bf16_mm can take AMX-BF16 tiles (CPU and OS)
 //
 //   (quantize.cpp, in the same library, has the quantiser that loading runs: quantize_isa)
@@ -84,7 +91,7 @@ inline float scale_of(const void* s, bool bf16, int64_t i) {
 struct Job {
   const void* q;
   const void* scale;
-  bool scale_bf16, out_bf16;
+  bool scale_bf16, out_bf16, round;  // round: float32 out holds bfloat16 values
   int64_t bits, group, I;
   void* dst;  // row r of the weight goes to dst + (r - r0) * I elements
   int64_t r0;
@@ -138,7 +145,9 @@ void check_codes(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int
   TORCH_CHECK(q.dim() == 2, "dequant: q [O, I] or [O, I/2]");
   TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
               "dequant: the scale must be float32 or bfloat16");
-  if (bits == 8) {
+  if (bits == 16) {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.size(1) == I, "dequant: bfloat16 w [O, I]");
+  } else if (bits == 8) {
     TORCH_CHECK(q.scalar_type() == at::kChar && q.size(1) == I && scale.numel() == O,
                 "dequant: int8 codes [O, I] and one scale per output row");
   } else {
@@ -160,11 +169,13 @@ void run_rows(Job job, int64_t r1, int64_t isa) {
   });
 }
 
+// round: a float32 out gets the values rounded to bfloat16 (as a bfloat16 scale implies)
 Job job_for(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int64_t group,
-            int64_t I, const at::Tensor& out, int64_t start) {
+            int64_t I, const at::Tensor& out, int64_t start, bool round = false) {
   const bool out_bf16 = out.scalar_type() == at::kBFloat16;
   TORCH_CHECK(out_bf16 || out.scalar_type() == at::kFloat, "dequant: out float32 or bfloat16");
-  return Job{q.data_ptr(), scale.data_ptr(), scale.scalar_type() == at::kBFloat16, out_bf16,
+  const bool scale_bf16 = scale.scalar_type() == at::kBFloat16;
+  return Job{q.data_ptr(), scale.data_ptr(), scale_bf16, out_bf16, round || scale_bf16,
              bits, group, I, out.data_ptr(), start};
 }
 
@@ -191,28 +202,21 @@ void rows_here(const Job& job, int64_t r1, int64_t isa) {
 // One parallel region: each thread takes whole tiles, the next free one each time (dequantise
 // into its own buffer, then a GEMM on that thread), so nothing waits on a barrier between the
 // two steps.
-at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
-                      int64_t bits, int64_t group, int64_t tile, int64_t isa, int64_t amx) {
+// x @ W.T in x's dtype, W (q, scale) made `tile` output rows at a time (rounded to bfloat16
+// values with `round`) into a reused buffer per thread, each thread running the GEMMs of its own
+// tiles; tile < 0: |tile| rows at a time by all threads, then one GEMM on all threads.
+at::Tensor tiled_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                    int64_t bits, int64_t group, int64_t tile, int64_t isa, bool round) {
   const bool team = tile < 0;
   tile = std::abs(tile);
-  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
-  TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
-  const int64_t M = x_.size(0), I = x_.size(1), O = q.size(0);
-  check_codes(q, scale, bits, group, I);
-  TORCH_CHECK(tile > 0, "dequant_mm: tile > 0");
-  isa = resolved_isa(isa);
-  TORCH_CHECK(amx != 1 || amx_bf16_ready(), "dequant_mm: no AMX-BF16 here (CPU or OS)");
-  const at::Tensor x = x_.contiguous();
-  if (amx != 0 && isa == 2 && !team && x.scalar_type() == at::kBFloat16 && I % 32 == 0 &&
-      (bits == 8 || group % 32 == 0) && amx_bf16_ready())
-    return amx_mm(x, q, scale, bits, group, tile);
+  const int64_t M = x.size(0), I = x.size(1), O = q.size(0);
   at::Tensor out = at::empty({M, O}, x.options());
   if (team) {  // all threads dequantise a tile, then all run its GEMM (a barrier per step)
     at::Tensor buf = at::empty({std::min(tile, O), I}, x.options());
     for (int64_t s = 0; s < O; s += tile) {
       const int64_t n = std::min(tile, O - s);
       at::Tensor w = buf.narrow(0, 0, n);
-      run_rows(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+      run_rows(job_for(q, scale, bits, group, I, w, s, round), s + n, isa);
       at::Tensor o = out.narrow(1, s, n);
       at::mm_out(o, x, w.t());
     }
@@ -229,12 +233,50 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
     for (int64_t t = next++; t < tiles; t = next++) {
       const int64_t s = t * tile, n = std::min(tile, O - s);
       at::Tensor w = buf.narrow(0, 0, n);
-      rows_here(job_for(q, scale, bits, group, I, w, s), s + n, isa);
+      rows_here(job_for(q, scale, bits, group, I, w, s, round), s + n, isa);
       at::Tensor o = out.narrow(1, s, n);  // strided (leading dimension O): the GEMM writes it
       at::mm_out(o, x, w.t());
     }
   });
   return out;
+}
+
+at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
+                      int64_t bits, int64_t group, int64_t tile, int64_t isa, int64_t amx,
+                      int64_t f32) {
+  const at::Tensor q = q_.contiguous(), scale = scale_.contiguous();
+  TORCH_CHECK(x_.dim() == 2, "dequant_mm: x [M, I]");
+  const int64_t I = x_.size(1);
+  check_codes(q, scale, bits, group, I);
+  TORCH_CHECK(tile != 0, "dequant_mm: tile != 0");
+  isa = resolved_isa(isa);
+  TORCH_CHECK(amx != 1 || amx_bf16_ready(), "dequant_mm: no AMX-BF16 here (CPU or OS)");
+  const at::Tensor x = x_.contiguous();
+  if (f32 && x.scalar_type() == at::kBFloat16)  // bfloat16 weights' values, float32 products
+    return tiled_mm(x.to(at::kFloat), q, scale, bits, group, tile, isa, true).to(at::kBFloat16);
+  if (amx != 0 && isa == 2 && tile > 0 && x.scalar_type() == at::kBFloat16 && I % 32 == 0 &&
+      (bits == 8 || group % 32 == 0) && amx_bf16_ready())
+    return amx_mm(x, q, scale, bits, group, tile);
+  return tiled_mm(x, q, scale, bits, group, tile, isa, false);
+}
+
+// x bf16[M, I] @ w bf16[O, I].T (+ bias f32[O]) -> bf16[M, O]: w's rows widened to float32
+// `tile` rows at a time per thread, float32 GEMMs, the bias added in float32, one rounding
+// (the plain bfloat16 prefill where the CPU has no fast bfloat16 GEMM: matvec.py)
+at::Tensor f32_mm(const at::Tensor& x_, const at::Tensor& w_,
+                  const c10::optional<at::Tensor>& bias_, int64_t tile, int64_t isa) {
+  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(1) && tile > 0,
+              "f32_mm: x [M, I], w [O, I], tile > 0");
+  TORCH_CHECK(x_.scalar_type() == at::kBFloat16 && w_.scalar_type() == at::kBFloat16,
+              "f32_mm: x and w bfloat16");
+  const at::Tensor w = w_.contiguous();
+  at::Tensor out = tiled_mm(x_.contiguous().to(at::kFloat), w, w, 16, 0, tile,
+                            resolved_isa(isa), false);
+  if (bias_.has_value()) {
+    TORCH_CHECK(bias_->numel() == w.size(0), "f32_mm: bias [O]");
+    out.add_(bias_->to(at::kFloat));
+  }
+  return out.to(at::kBFloat16);
 }
 
 at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
@@ -263,8 +305,9 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
         "int start, int isa=-1) -> ()",
         &dequantize_rows);
   m.def("dequant_mm(Tensor x, Tensor q, Tensor scale, int bits, int group, int tile, "
-        "int isa=-1, int amx=-1) -> Tensor",
+        "int isa=-1, int amx=-1, int f32=0) -> Tensor",
         &dequant_mm);
+  m.def("f32_mm(Tensor x, Tensor w, Tensor? bias, int tile, int isa=-1) -> Tensor", &f32_mm);
   m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile) -> Tensor", &bf16_mm);
   m.def("cpu_amx_bf16() -> int", [] { return int64_t(amx_bf16_ready()); });
 }
@@ -314,19 +357,32 @@ inline void int4_row(const Job& j, int64_t r, void* dst) {
   }
 }
 
-// (RD: round to bfloat16, a bfloat16 scale; B16: bfloat16 out), known at compile time
+// bfloat16 row r as it is (bits 16: f32_mm's weight widened to float32)
+template <bool B16>
+inline void bf16_row(const Job& j, int64_t r, void* dst) {
+  const c10::BFloat16* w = static_cast<const c10::BFloat16*>(j.q) + r * j.I;
+  int64_t i = 0;
+#if PG_DQ_ISA > 0
+#pragma GCC unroll 4
+  for (; i + W <= j.I; i += W) put(dst, i, vload(w + i), false, B16);
+#endif
+  for (; i < j.I; ++i) put1(dst, i, float(w[i]), false, B16);
+}
+
+// (RD: round to bfloat16; B16: bfloat16 out), known at compile time
 template <bool RD, bool B16>
 void rows_as(const Job& j, int64_t a, int64_t b) {
   for (int64_t r = a; r < b; ++r) {
     void* dst = static_cast<char*>(j.dst) + (r - j.r0) * j.I * (B16 ? 2 : 4);
-    if (j.bits == 8) int8_row<RD, B16>(j, r, dst);
+    if (j.bits == 16) bf16_row<B16>(j, r, dst);
+    else if (j.bits == 8) int8_row<RD, B16>(j, r, dst);
     else int4_row<RD, B16>(j, r, dst);
   }
 }
 
 void rows(const Job& j, int64_t a, int64_t b) {
-  if (j.out_bf16) return j.scale_bf16 ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
-  j.scale_bf16 ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
+  if (j.out_bf16) return j.round ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
+  j.round ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
 }
 
 #endif  // PG_DQ_BODY

@@ -21,7 +21,9 @@ never an expanded copy):
         (cpu_kernels.amx_bf16(), AMX_PREFILL): our tile GEMM with the codes dequantised straight
         into its tiles (dequant_amx.h); else TILE output rows at a time are dequantised to the
         activation dtype by our C++ (dequant.cpp) into one reused buffer feeding a dense GEMM
-        (bfloat16 on AMX: oneDNN), so the whole float matrix never exists; without the kernels,
+        (bfloat16 on AMX: oneDNN), so the whole float matrix never exists; to float32 (holding
+        the same bfloat16 values) feeding float32 GEMMs where PyTorch has no fast bfloat16 GEMM
+        (cpu_kernels.f32_prefill(): AVX2-only CPUs); without the kernels,
         CHUNK rows at a time in Python.
 Elsewhere (GPU, autograd for QLoRA) the weight is dequantised to the activation dtype.
 
@@ -54,6 +56,7 @@ INT8_ACTIVATIONS = (torch.bfloat16, torch.float16)
 PACKED_ROWS = 16  # PyTorch's packed kernels: at most this many (they slow down past it)
 CHUNK = 4096  # output rows dequantised at a time for larger inputs (in Python)
 TILE = 256  # ... in C++ (dequant.cpp), per GEMM call: the fastest measured (bench_quant_prefill)
+F32_TILE = 128  # ... in float32 (cpu_kernels.f32_prefill()): 0.9-1.0x 256's time, 2-core EPYC
 _TILED = {torch.float32, torch.bfloat16}  # the dtypes dequant.cpp reads and writes
 AMX_PREFILL = True  # bfloat16 x on AMX-BF16: the fused GEMM (False: the tiles feeding oneDNN)
 
@@ -66,6 +69,7 @@ class _QuantizedLinear(nn.Module):
     in_features: int
     out_features: int
     bias: nn.Parameter | None
+    rows_alone = False  # set by model.set_rows_alone_: no float32 prefill (rounds by row count)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _on_cpu_inference(x):
@@ -274,8 +278,10 @@ def _chunked(layer: _QuantizedLinear, flat: torch.Tensor) -> torch.Tensor:
     if _TILED.issuperset((flat.dtype, layer.scale.dtype)) and cpu_kernels.available():
         bits, group = (8, 0) if isinstance(layer, Int8Linear) else (4, layer.group)
         amx = int(AMX_PREFILL and cpu_kernels.amx_bf16())
+        f32 = int(not amx and not layer.rows_alone and cpu_kernels.f32_prefill())
+        tile = F32_TILE if f32 and flat.dtype == torch.bfloat16 else TILE
         return torch.ops.paligemma_cpu.dequant_mm(
-            flat, layer.weight, layer.scale, bits, group, TILE, cpu_kernels.isa(), amx
+            flat, layer.weight, layer.scale, bits, group, tile, cpu_kernels.isa(), amx, f32
         )
     out = flat.new_empty(len(flat), layer.out_features)
     for start in range(0, layer.out_features, CHUNK):

@@ -14,11 +14,15 @@ in bfloat16 (a 224 px prefill) without autograd, where the CPU has AMX-BF16
 (dequant_amx.h's, the weight's rows copied into its panels: bf16_mm), float32 sums, the bias
 added in float32, one rounding, each row's result independent of the other rows; oneDNN's
 F.linear re-lays the weight out on every call, a cost that more rows amortise: from about 400
-rows its GEMM is the faster one.
+rows its GEMM is the faster one. Where the CPU has no fast bfloat16 GEMM at all
+(`cpu_kernels.f32_prefill()`: no AMX-BF16, and PyTorch's oneDNN takes no bfloat16 here, e.g.
+AVX2-only CPUs), F32_MIN_ROWS bfloat16 rows and more take float32 products instead (f32_mm: the
+weight widened a tile of rows at a time, one rounding at the end); not under `rows_alone`, as
+float32 GEMMs round by row count.
 `install_matvec_(model)` swaps every plain nn.Linear for a MatVecLinear and the decoder's tied
 head for a MatVecHead, by name and sharing the very same parameters, so state dicts, LoRA and
 quantize_ see the model as before (and the MLPs' GeluTanh for gelu.py's CpuGeluTanh); anything
-else (2..FEW_ROWS rows, more than MAX_ROWS, float32, another device) takes F.linear, as the
+else (2..FEW_ROWS rows, more than MAX_ROWS on AMX, float32, another device) takes F.linear, as the
 core layers do.
 
 Shapes: x (..., in features), weight (out features, in features); one row = x holds a single
@@ -35,7 +39,7 @@ from ..activations import GeluTanh
 from ..gemma import TiedHead
 from . import kernels as cpu_kernels
 from .gelu import CpuGeluTanh
-from .linear import TILE  # output rows a thread takes at a time in the AMX GEMM (one setting)
+from .linear import F32_TILE, TILE  # output rows a thread takes at a time (AMX; float32)
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
 # ... and past this many F.linear again: ours / F.linear GEMM time on PaliGemma-3B's shapes, 1
@@ -43,6 +47,9 @@ FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: to
 MAX_ROWS = 384
 AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
 MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
+# float32 products (cpu_kernels.f32_prefill()) from this many rows: a 2-core AMD EPYC (AVX2),
+# 16384 x 2048 bfloat16 weight, f32_mm against F.linear: 2 rows 1.0x, 8 rows 1.8x, 266 rows 6-7x
+F32_MIN_ROWS = 4
 
 
 def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
@@ -52,17 +59,28 @@ def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
     return rows_alone or torch.get_num_threads() <= MV_MAX_THREADS
 
 
-def _amx_prefill(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """FEW_ROWS < rows <= MAX_ROWS bfloat16 CPU rows that bf16_mm takes, no gradient to record."""
+def _prefill_path(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows_alone: bool
+) -> str | None:
+    """ "amx" (bf16_mm), "f32" (f32_mm) or None (F.linear, torch.mv) for bfloat16 CPU rows with
+    no gradient to record (module docstring)."""
     rows = x.numel() // max(1, x.shape[-1])
-    if not AMX_PREFILL or x.device.type != "cpu" or not FEW_ROWS < rows <= MAX_ROWS:
-        return False
-    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.shape[-1] % 32:
-        return False
+    if x.device.type != "cpu" or rows < F32_MIN_ROWS:
+        return None
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+        return None
     tensors = (x, weight) if bias is None else (x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return cpu_kernels.available() and cpu_kernels.amx_bf16()
+        return None
+    if not cpu_kernels.available():
+        return None
+    amx = AMX_PREFILL and FEW_ROWS < rows <= MAX_ROWS and x.shape[-1] % 32 == 0
+    if amx and cpu_kernels.amx_bf16():
+        return "amx"
+    # float32 GEMMs round by row count: not under rows_alone (the server's bits)
+    if not rows_alone and cpu_kernels.f32_prefill():
+        return "f32"
+    return None
 
 
 def linear(
@@ -72,11 +90,16 @@ def linear(
     rows_alone: bool = False,
 ) -> torch.Tensor:
     """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv
-    (with few threads, or `rows_alone`), bfloat16 prefill rows through our AMX-BF16 GEMM
-    (module docstring)."""
-    if _amx_prefill(x, weight, bias):
-        b = None if bias is None else bias.float()
-        out = torch.ops.paligemma_cpu.bf16_mm(x.reshape(-1, x.shape[-1]), weight, b, TILE)
+    (with few threads, or `rows_alone`), bfloat16 prefill rows through our AMX-BF16 GEMM, or
+    in float32 products where the CPU has no fast bfloat16 GEMM (module docstring)."""
+    path = _prefill_path(x, weight, bias, rows_alone)
+    if path is not None:
+        flat = x.reshape(-1, x.shape[-1])
+        if path == "amx":
+            b = None if bias is None else bias.float()
+            out = torch.ops.paligemma_cpu.bf16_mm(flat, weight, b, TILE)
+        else:
+            out = torch.ops.paligemma_cpu.f32_mm(flat, weight, bias, F32_TILE, cpu_kernels.isa())
         return out.view(*x.shape[:-1], -1)  # (..., out)
     if not _matvec(x, rows_alone):
         return F.linear(x, weight, bias)

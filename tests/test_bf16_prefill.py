@@ -140,8 +140,9 @@ def test_f32_mm_is_float32_sums_then_one_rounding_on_every_path():
 def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monkeypatch):
     """matvec.linear with float32 products on (F32_PREFILL True; AMX_PREFILL off so that AMX
     hosts take it too): F32_MIN_ROWS bfloat16 rows and more without autograd give f32_mm's bits
-    (bias added in float32); fewer rows, float32, a gradient to record, rows_alone (the server:
-    float32 GEMMs round by row count) and F32_PREFILL False give F.linear's. The default is on
+    (bias added in float32); fewer rows, a smaller weight than F32_MIN_WEIGHTS, float32, a
+    gradient to record, rows_alone (the server: float32 GEMMs round by row count) and
+    F32_PREFILL False give F.linear's. The default is on
     exactly where PyTorch's oneDNN has no bfloat16 GEMM."""
     assert cpu_kernels.available(), cpu_kernels.why_not()
     slow = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -150,6 +151,7 @@ def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monk
     assert cpu_kernels.f32_prefill() == slow
     monkeypatch.setattr(matvec, "AMX_PREFILL", False)
     monkeypatch.setattr(cpu_kernels, "F32_PREFILL", True)
+    monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", 96 * 24)
     ops, calls = torch.ops.paligemma_cpu, []
     real = ops.f32_mm
     monkeypatch.setattr(ops, "f32_mm", lambda *a: calls.append(1) or real(*a))
@@ -171,13 +173,14 @@ def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monk
     assert not f32(x[: matvec.F32_MIN_ROWS - 1], w, b)
     assert not f32(x, w, b, rows_alone=True) and not f32(x.float(), w.float())
     assert not f32(x, w.clone().requires_grad_(), grad=True)
+    assert not f32(x, w[:-1], b[:-1])  # a weight smaller than F32_MIN_WEIGHTS
     monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)
     assert not f32(x, w, b)
 
 
 def test_model_prefill_in_float32_products_stays_close_and_decodes_the_same(monkeypatch):
-    """A tiny bfloat16 model (installed CPU linears) with float32 prefill products: logits
-    within bfloat16 noise of the bfloat16 GEMMs', the same greedy tokens."""
+    """A tiny bfloat16 model (installed CPU linears) with float32 prefill products (every weight
+    size): logits within bfloat16 noise of the bfloat16 GEMMs', the same greedy tokens."""
     from conftest import make_batch
     from test_model import tiny
 
@@ -188,6 +191,7 @@ def test_model_prefill_in_float32_products_stays_close_and_decodes_the_same(monk
     px = px.to(torch.bfloat16)
     inputs = {"input_ids": ids, "attention_mask": am, "token_type_ids": tt, "pixel_values": px}
     ops, calls, out = torch.ops.paligemma_cpu, [], {}
+    monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", 0)
     real = ops.f32_mm
     monkeypatch.setattr(ops, "f32_mm", lambda *a: calls.append(1) or real(*a))
     for on in (False, True):

@@ -50,6 +50,10 @@ MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured
 # float32 products (cpu_kernels.f32_prefill()) from this many rows: a 2-core AMD EPYC (AVX2),
 # 16384 x 2048 bfloat16 weight, f32_mm against F.linear: 2 rows 1.0x, 8 rows 1.8x, 266 rows 6-7x
 F32_MIN_ROWS = 4
+# ... for weights of at least this many elements: smaller products gain nothing, and keep
+# PyTorch's bits (its bfloat16 fallback's sums run in another order for some widths; the tiny
+# models' parity with transformers in bfloat16 is bit for bit, tested)
+F32_MIN_WEIGHTS = 2**18
 
 
 def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
@@ -78,7 +82,7 @@ def _prefill_path(
     if amx and cpu_kernels.amx_bf16():
         return "amx"
     # float32 GEMMs round by row count: not under rows_alone (the server's bits)
-    if not rows_alone and cpu_kernels.f32_prefill():
+    if not rows_alone and weight.numel() >= F32_MIN_WEIGHTS and cpu_kernels.f32_prefill():
         return "f32"
     return None
 

@@ -1,0 +1,84 @@
+"""First token (vision + prefill, batch 1) of PaliGemma-3B-224 on a CPU without a fast bfloat16
+GEMM (AVX2-only hosts), each configuration in its own process, best of 2 after a warm-up
+(not a test): ours bfloat16 with float32 prefill products (the default there), the same with
+them off (`cpu_kernels.F32_PREFILL = False`: PyTorch's bfloat16 GEMM), int8, int4, and
+transformers float32 (its fastest first token on such hosts). Uses bench_vs_transformers.py's
+cached checkpoint (created if missing).
+
+    python benchmarks/avx2_first_token.py [--json out.json] [--only ours-bf16 hf-f32 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_vs_transformers as bvt
+
+RUNS = {  # name: (kind, dtype, quantize, float32 prefill products)
+    "ours-bf16": ("ours", "bfloat16", None, None),
+    "ours-bf16-no-f32": ("ours", "bfloat16", None, False),
+    "ours-int8": ("ours", "bfloat16", "int8", None),
+    "ours-int4": ("ours", "bfloat16", "int4", None),
+    "hf-f32": ("hf", "float32", None, None),
+}
+
+
+def worker(path: Path, name: str) -> dict:
+    kind, dtype, quant, f32 = RUNS[name]
+    bvt.DECODE_REPEATS = 2
+    if kind == "hf":
+        return bvt.worker_hf(path, dtype, 2, 1)
+    from paligemma.quant import kernels
+
+    kernels.F32_PREFILL = f32
+    out = bvt.worker_ours(path, dtype, quant, 2, 1, "")
+    return out | {"f32_prefill": kernels.f32_prefill()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--cache-dir", default=str(Path("~/.cache/paligemma-bench").expanduser()))
+    ap.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--json", default="avx2_first_token.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    path = Path(args.cache_dir) / "paligemma-3b-224"
+    if args.worker:
+        print("RESULT " + json.dumps(worker(path, args.worker)), flush=True)
+        return
+    bvt.make_checkpoint(bvt.preset_config("paligemma-3b-224", None), path)
+    results = {
+        "host": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    results["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    for name in args.only:
+        if RUNS[name][2]:
+            bvt.quantized_checkpoint(path, RUNS[name][2])
+        cmd = [sys.executable, __file__, "--cache-dir", args.cache_dir, "--worker", name]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{name}: failed {proc.stderr.strip().splitlines()[-3:]}", flush=True)
+            continue
+        results[name] = json.loads(line[0][7:])
+        print(
+            f"{name:18s} " + json.dumps({k: round(v, 3) for k, v in results[name].items()}),
+            flush=True,
+        )
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ import torch
 import paligemma
 from paligemma.checkpoints.hf_config import to_hf_json
 from paligemma.checkpoints.names import our_name_to_hf
+from paligemma.quant.matvec import install_matvec_
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_generate
@@ -47,7 +48,7 @@ def random_model(cfg, dtype: torch.dtype = torch.bfloat16) -> paligemma.PaliGemm
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.3 if "norm" in name else 0.02, generator=g)
-    return model
+    return install_matvec_(model)  # the CPU linears, as load_model installs them
 
 
 def _live_name(name: str) -> str:

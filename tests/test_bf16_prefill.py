@@ -205,3 +205,56 @@ def test_model_prefill_in_float32_products_stays_close_and_decodes_the_same(monk
     err = (out[True][0] - out[False][0]).abs()[am.bool()]
     assert err.max() < 0.1 and err.mean() < 0.01, (err.max(), err.mean())
     assert out[True][1] == out[False][1]
+
+
+def test_patch_conv_takes_float32_products_where_bf16_gemms_are_slow(monkeypatch):
+    """install_matvec_ swaps a plain nn.Conv2d (SigLIP's patch embedding) for a CpuConv2d
+    holding the same parameters under the same names. With float32 products on (F32_PREFILL
+    True), bfloat16 CPU input gives the float32 convolution rounded once (close to float64);
+    F32_PREFILL False, a weight smaller than F32_MIN_WEIGHTS, rows_alone and a gradient to
+    record give PyTorch's bfloat16 convolution, bit for bit."""
+    from paligemma.model import set_rows_alone_
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 48, 14, stride=14).to(torch.bfloat16)
+    with torch.no_grad():
+        conv.weight.normal_(0.0, 0.05, generator=g)
+    model = torch.nn.Sequential(conv)
+    keys = list(model.state_dict())
+    matvec.install_matvec_(model)
+    new = model[0]
+    assert type(new) is matvec.CpuConv2d and new.weight is conv.weight and new.bias is conv.bias
+    assert list(model.state_dict()) == keys and new.stride == (14, 14)
+    x = torch.randn(2, 3, 28, 28, generator=g).to(torch.bfloat16)
+    w, b = conv.weight, conv.bias
+    plain = F.conv2d(x, w, b, stride=14)
+    wide = F.conv2d(x.float(), w.float(), b.float(), stride=14).to(torch.bfloat16)
+    want = F.conv2d(x.double(), w.double(), b.double(), stride=14)
+    seen = []  # the dtype each convolution ran in
+    real = torch.nn.Conv2d._conv_forward
+    monkeypatch.setattr(
+        torch.nn.Conv2d, "_conv_forward", lambda m, i, *a: seen.append(i.dtype) or real(m, i, *a)
+    )
+
+    def run(x: torch.Tensor, wide_: bool) -> torch.Tensor:
+        seen.clear()
+        out = new(x)
+        assert seen == [torch.float32 if wide_ else torch.bfloat16]
+        return out
+
+    monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", w.numel())
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", True)
+    with torch.no_grad():
+        got = run(x, True)
+        assert torch.equal(got, wide)
+        assert ((got.double() - want).abs() <= 2.0**-8 * want.abs() + 1e-6).all()
+        monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", w.numel() + 1)
+        assert torch.equal(run(x, False), plain)
+        monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", w.numel())
+        set_rows_alone_(model)
+        assert new.rows_alone and torch.equal(run(x, False), plain)
+        set_rows_alone_(model, False)
+        monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)
+        assert torch.equal(run(x, False), plain)
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", True)
+    assert torch.equal(run(x.clone().requires_grad_(), False), plain)  # autograd: PyTorch's

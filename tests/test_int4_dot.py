@@ -62,7 +62,7 @@ def test_int4_dot_matches_float64_on_every_path():
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     paths = variants()
-    assert len(paths) >= 3  # scalar, and the x86 CI hosts' AVX2 at least
+    assert len(paths) >= 2  # scalar, and the x86 CI hosts' AVX2 at least
     shapes = ((40, 64, 32), (33, 128, 64), (16, 384, 128), (70, 192, 64), (9, 1088, 32))
     for (isa, vnni), rows in ((p, r) for p in paths for r in (1, 2, 3, 5, 8, 13, 16, 17)):
         for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2, strict=False):

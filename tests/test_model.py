@@ -309,5 +309,5 @@ def test_last_position_logits_never_copy_the_head():
     with torch.inference_mode(), Largest() as seen:
         got = model(ids, px, am, tt, num_logits=1)
     assert seen.largest < model.decoder.embed.weight.numel() and got.shape == (3, 1, 300)
-    with torch.inference_mode():
-        assert torch.equal(got, model(ids, px, am, tt)[:, -1:])
+    with torch.inference_mode():  # (float32 GEMMs may round by row count: MKL on AVX2 hosts)
+        assert torch.allclose(got, model(ids, px, am, tt)[:, -1:], rtol=1e-6, atol=1e-6)

@@ -16,6 +16,16 @@ from paligemma import config
 from paligemma.model import set_fused_attention_, set_rows_alone_
 
 
+def float32_rounds_by_row_count() -> bool:
+    """Whether this host's float32 matrix products give a row other bits in a batch of another
+    size (MKL's do on the AVX2 hosts measured, not on the AVX-512 ones): there, float32 rows
+    alone and batched differ by the products, whatever the attention does."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(45, 64, generator=g), torch.randn(128, 64, generator=g)
+    full = x @ w.T
+    return not all(torch.equal(x[a:b] @ w.T, full[a:b]) for a, b in ((0, 15), (3, 12), (7, 8)))
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
 def test_fused_attention_matches_the_eager_path(tmp_path, v2):
     tiny_hf_model(v2, seed=3, lively=True).save_pretrained(tmp_path)
@@ -59,8 +69,10 @@ def test_default_fuses_long_calls_only(tmp_path, monkeypatch, v2):
             )
             diff = (alone[0] - fused[row, real]).abs().max().item()
             # Gemma 1: fused, padded rows on their real span: the bits alone. Gemma 2's layers
-            # are soft-capped, so eager: a padded row is within float rounding of alone.
-            assert diff < 1e-6 if v2 else diff == 0, diff
+            # are soft-capped, so eager: a padded row is within float rounding of alone (as
+            # any row where the float32 products round by row count).
+            exact = not v2 and not float32_rounds_by_row_count()
+            assert diff == 0 if exact else diff < 1e-6, diff
         steps = {}
         for setting in (None, False, True):  # the same (fused) prefill, then one decode step
             cache = model.new_cache(3, ids.shape[1] + 1)
@@ -119,7 +131,8 @@ def test_batched_prefill_and_decode_rows_equal_alone_bit_for_bit(tmp_path, v2, d
     """`set_rows_alone_` (the server's setting): left-padded rows (eager prefill: short
     prompts) get the bits they get alone (float32: without it, ~4e-7 off); so does a decode
     step in a longer cache where the products allow it (bfloat16: torch.mv for one row and a
-    few rows' products agree; float32's round by row count, so only the prefill is compared)."""
+    few rows' products agree; float32's round by row count, so only the prefill is compared;
+    on hosts where they do so for prefill rows too, within float32 rounding only)."""
     tiny_hf_model(v2, seed=3, lively=True).save_pretrained(tmp_path)
     model = paligemma.load_model(tmp_path, dtype=dtype)
     ids, mask, types, pixels = make_batch(0)
@@ -149,6 +162,15 @@ def test_batched_prefill_and_decode_rows_equal_alone_bit_for_bit(tmp_path, v2, d
         plain = batch_and_rows()
         set_rows_alone_(model)
         exact = batch_and_rows()
+        if dtype == torch.float32 and float32_rounds_by_row_count():
+            # the products move a row's bits by the batch size here: rows alone and batched
+            # agree within float32 rounding, with the setting and without
+            rows = [(ids[r : r + 1, mask[r].bool()], mask[r].bool()) for r in range(3)]
+            batched = model(ids, pixels, mask, types)
+            for r, (row_ids, real) in enumerate(rows):
+                alone = model(row_ids, pixels[r : r + 1], None, types[r : r + 1, real])
+                assert (alone[0] - batched[r, real]).abs().max() < 1e-6
+            return
     assert all(prefill for prefill, _ in exact)
     if dtype == torch.bfloat16:
         assert all(step for _, step in exact)

@@ -300,8 +300,8 @@ def set_rows_alone_(model: nn.Module, on: bool = True) -> nn.Module:
     (torch.mv for one row, as `load_model` installs, and 2..16-row products agree), not in
     float32 (MKL's products round by row count). Every module that declares `rows_alone` gets
     the setting: the decoder's attention, the CPU linears that choose torch.mv for a single
-    row (quant/matvec.py), and the quantised linears; the CPU linears then keep bfloat16
-    products for prefill rows where they would take float32 ones (cpu_kernels.f32_prefill)."""
+    row (quant/matvec.py), the quantised linears and the patch convolution (CpuConv2d); these
+    then keep bfloat16 products where they would take float32 ones (cpu_kernels.f32_prefill)."""
     for m in model.modules():
         if isinstance(m, TextAttention) or hasattr(m, "rows_alone"):
             m.rows_alone = on

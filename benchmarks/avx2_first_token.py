@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -66,12 +65,10 @@ def main() -> None:
         if RUNS[name][2]:
             bvt.quantized_checkpoint(path, RUNS[name][2])
         cmd = [sys.executable, __file__, "--cache-dir", args.cache_dir, "--worker", name]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{name}: failed {proc.stderr.strip().splitlines()[-3:]}", flush=True)
+        result = bvt.run_worker(cmd)
+        if result is None:
             continue
-        results[name] = json.loads(line[0][7:])
+        results[name] = result
         print(
             f"{name:18s} " + json.dumps({k: round(v, 3) for k, v in results[name].items()}),
             flush=True,

@@ -272,6 +272,16 @@ def weight_bytes_per_token(cfg, dtype_bytes: float, decoder_bytes: float) -> flo
     return t.depth * per_layer * decoder_bytes + t.vocab_size * t.width * dtype_bytes
 
 
+def run_worker(cmd: list[str]) -> dict | None:
+    """One configuration's process: its RESULT line's figures, or None (reported) if it failed."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(f"  failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
+        return None
+    return json.loads(line[0][7:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -348,12 +358,10 @@ def main() -> None:
         ]
         before = bandwidth_gbs()  # this configuration's own time (the host drifts)
         print(f"running {name} ... (bandwidth {before:.1f} GB/s)", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"  failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+        result = run_worker(cmd)
+        if result is None:
             continue
-        results[name] = json.loads(line[0][7:])
+        results[name] = result
         print("  " + json.dumps({k: round(v, 3) for k, v in results[name].items()}), flush=True)
         results[name]["bandwidth_gbs"] = before
 

@@ -64,28 +64,35 @@ def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
     return rows_alone or torch.get_num_threads() <= MV_MAX_THREADS
 
 
+def _bf16_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """bfloat16 x and weight on the CPU, no gradient to record."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+        return False
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _f32_products(weight: torch.Tensor, rows_alone: bool) -> bool:
+    """Float32 products for a bfloat16 weight (module docstring): where the CPU has no fast
+    bfloat16 GEMM, a weight of F32_MIN_WEIGHTS elements or more, and not rows_alone (float32
+    GEMMs round by row count: the server's bits)."""
+    return not rows_alone and weight.numel() >= F32_MIN_WEIGHTS and cpu_kernels.f32_prefill()
+
+
 def _prefill_path(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows_alone: bool
 ) -> str | None:
-    """ "amx" (bf16_mm), "f32" (f32_mm) or None (F.linear, torch.mv) for bfloat16 CPU rows with
-    no gradient to record (module docstring)."""
+    """ "amx" (bf16_mm), "f32" (f32_mm) or None (F.linear, torch.mv) for x's rows (module
+    docstring)."""
     rows = x.numel() // max(1, x.shape[-1])
-    if x.device.type != "cpu" or rows < F32_MIN_ROWS:
-        return None
-    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
-        return None
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if rows < F32_MIN_ROWS or not _bf16_inference(x, weight, bias):
         return None
     if not cpu_kernels.available():
         return None
     amx = AMX_PREFILL and FEW_ROWS < rows <= MAX_ROWS and x.shape[-1] % 32 == 0
     if amx and cpu_kernels.amx_bf16():
         return "amx"
-    # float32 GEMMs round by row count: not under rows_alone (the server's bits)
-    if not rows_alone and weight.numel() >= F32_MIN_WEIGHTS and cpu_kernels.f32_prefill():
-        return "f32"
-    return None
+    return "f32" if _f32_products(weight, rows_alone) else None
 
 
 def linear(
@@ -143,11 +150,7 @@ class CpuConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        half = x.dtype == torch.bfloat16 and w.dtype == torch.bfloat16
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w))
-        if x.device.type != "cpu" or not half or grad or self.rows_alone:
-            return super().forward(x)
-        if w.numel() < F32_MIN_WEIGHTS or not cpu_kernels.f32_prefill():
+        if not (_bf16_inference(x, w, b) and _f32_products(w, self.rows_alone)):
             return super().forward(x)
         wide = None if b is None else b.float()
         return self._conv_forward(x.float(), w.float(), wide).to(torch.bfloat16)

@@ -1,7 +1,7 @@
 """The plain bfloat16 prefill (quant/matvec.py over dequant.cpp's bf16_mm): float32 sums of the
 bfloat16 products with one rounding, each row's bits independent of the other rows, and the
 switches that turn it off; where the CPU has no fast bfloat16 GEMM, f32_mm's float32 products
-(the weight widened a tile at a time), never under rows_alone."""
+(our float32 GEMM, the weight widened as it packs its panels), never under rows_alone."""
 
 from __future__ import annotations
 
@@ -135,6 +135,39 @@ def test_f32_mm_is_float32_sums_then_one_rounding_on_every_path():
     for args in bad:
         with pytest.raises(RuntimeError, match="f32_mm"):
             op(*args)
+
+
+def test_our_float32_gemm_gives_a_row_the_same_bits_alone_in_any_batch_tile_or_threads():
+    """On the vector paths f32_mm and dequant_mm f32=1 run our float32 GEMM (f32_gemm.h): each
+    output is one FMA chain over k in order, so a row alone, the same row in batches of other
+    sizes (x panels of 6 rows, zero-padded), other tiles (output columns per block) and thread
+    counts give the same bits; K past one 256-wide block with a short last one, outputs short
+    of a 16-column panel. The scalar path (PyTorch's GEMM per tile) promises no such thing."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops, threads = torch.ops.paligemma_cpu, torch.get_num_threads()
+    best = int(ops.cpu_isa())
+    if best == 0:  # no vector path on this CPU: nothing of ours to hold to it
+        assert ops.f32_mm(*operands(3, 64, 8)[:2], None, 16, 0).shape == (3, 8)
+        return
+    x, w, b = operands(29, 600, 75, seed=3)
+    m = q_linear.Int4Linear.from_linear(torch.nn.Linear(600, 75).to(torch.bfloat16), group=40)
+    try:
+        for isa in range(1, best + 1):
+            torch.set_num_threads(2)
+            full = ops.f32_mm(x, w, b, 128, isa)
+            quant = ops.dequant_mm(x, m.weight, m.scale, 4, 40, 128, isa, 0, 1)
+            for rows, tile, n_threads in (
+                (slice(0, 1), 16, 1),
+                (slice(5, 12), 48, 2),
+                (slice(28, 29), 128, 2),
+                (slice(0, 29), 32, 1),
+            ):
+                torch.set_num_threads(n_threads)
+                assert torch.equal(ops.f32_mm(x[rows], w, b, tile, isa), full[rows]), (isa, rows)
+                got = ops.dequant_mm(x[rows], m.weight, m.scale, 4, 40, tile, isa, 0, 1)
+                assert torch.equal(got, quant[rows]), (isa, rows, tile)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monkeypatch):

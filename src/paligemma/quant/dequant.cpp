@@ -15,16 +15,20 @@
 //       bfloat16 x on AMX-BF16 (dequant_amx.h; isa 2, I and the int4 group multiples of 32, tile
 //       > 0): the codes dequantised straight into the tiles' GEMM instead; amx 0 never, 1 where
 //       the shapes allow (an error without AMX-BF16), -1 where the CPU has it. f32 1 (bfloat16
-//       x, for CPUs without a fast bfloat16 GEMM): x widened to float32 once, the tiles
-//       dequantised to float32 holding the bfloat16 path's values, float32 GEMMs, the result
-//       rounded to bfloat16 once
+//       x, for CPUs without a fast bfloat16 GEMM): the codes dequantised to float32 holding the
+//       bfloat16 path's values, |tile| rows at a time, into our float32 GEMM's panels
+//       (f32_gemm.h; isa 1, 2; isa 0: PyTorch's float32 GEMM per tile), rounded to bfloat16 once
 //   bf16_mm(x bf16[M, I], w bf16[O, I], bias f32[O]?, tile) -> bf16[M, O]
 //       x @ w.T (+ bias) on the same AMX-BF16 GEMM, w's rows copied into its panels (no
 //       dequantisation): float32 sums, the bias added in float32, one rounding; I a multiple
 //       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py)
 //   f32_mm(x bf16[M, I], w bf16[O, I], bias?, tile, isa=-1) -> bf16[M, O]
-//       x @ w.T (+ bias) in float32 products: w's rows widened `tile` at a time (the plain
-//       bfloat16 prefill where the CPU has no fast bfloat16 GEMM: matvec.py)
+//       x @ w.T (+ bias) in float32 products: w's rows widened into our float32 GEMM's panels,
+//       `tile` output columns per block (f32_gemm.h; isa 0: widened `tile` rows at a time for
+//       PyTorch's float32 GEMM), the bias added in float32, one rounding (the plain bfloat16
+//       prefill where the CPU has no fast bfloat16 GEMM: matvec.py). On isa 1 and 2 each
+//       element's sum is one FMA chain in k's order: the same bits for any row count or tile
+//       (f32=1 too)
 //   cpu_amx_bf16() -> int: 1 when dequant_mm and bf16_mm can take AMX-BF16 tiles (CPU and OS)
 //
 //   (quantize.cpp, in the same library, has the quantiser that loading runs: quantize_isa)
@@ -32,11 +36,10 @@
 //   q: int8[O, I] (bits 8, scale f32|bf16[O]) or uint8[O, I/2] (bits 4, two codes per byte,
 //   low nibble first, scale f32|bf16[O, I/group]); isa: 2 AVX-512, 1 AVX2, 0 scalar, -1 best.
 //
-// The row loops live in the PG_DQ_BODY section at the end, included three times under GCC
-// target pragmas (as in kernels.cpp; dequant_isa.h has each path's vector helpers); int4 groups that are not a multiple of 32 take the
-// element loop on every path.
+// The row loops live in dequant_rows.h, included three times under GCC target pragmas
+// (dequant_isa.h has each path's vector helpers); int4 groups that are not a multiple of 32 take
+// the element loop on every path.
 
-#ifndef PG_DQ_BODY
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -99,13 +102,12 @@ struct Job {
 
 }  // namespace
 
-#define PG_DQ_BODY 1
 #ifdef PG_DQ_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
 namespace pg_dq_avx512 {
 #define PG_DQ_ISA 2
-#include __FILE__
+#include "dequant_rows.h"
 #undef PG_DQ_ISA
 }  // namespace pg_dq_avx512
 #pragma GCC pop_options
@@ -113,17 +115,16 @@ namespace pg_dq_avx512 {
 #pragma GCC target("avx2,fma,f16c")
 namespace pg_dq_avx2 {
 #define PG_DQ_ISA 1
-#include __FILE__
+#include "dequant_rows.h"
 #undef PG_DQ_ISA
 }  // namespace pg_dq_avx2
 #pragma GCC pop_options
 #endif
 namespace pg_dq_scalar {
 #define PG_DQ_ISA 0
-#include __FILE__
+#include "dequant_rows.h"
 #undef PG_DQ_ISA
 }  // namespace pg_dq_scalar
-#undef PG_DQ_BODY
 #include "dequant_amx.h"
 
 namespace {
@@ -241,6 +242,33 @@ at::Tensor tiled_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& 
   return out;
 }
 
+// x bf16[M, K] @ B.T (+ bias f32[O]) -> bf16[M, O] on our float32 GEMM (f32_gemm.h; isa 1 or
+// 2): B = w's rows, or job's dequantised; |tile| rounded up to 16: output columns per block.
+at::Tensor own_mm(const at::Tensor& x, const Job* job, const at::Tensor& w, int64_t O,
+                  const float* bias, int64_t tile, int64_t isa) {
+  const int64_t M = x.size(0), K = x.size(1), panels = (M + 5) / 6;
+  const int64_t nc = (std::abs(tile) + 15) / 16 * 16;
+  at::Tensor ap = at::empty({panels * 6 * K}, x.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({M, O}, x.options().dtype(at::kBFloat16));
+  const auto* xp = x.data_ptr<c10::BFloat16>();
+  const auto* wp = job ? nullptr : w.data_ptr<c10::BFloat16>();
+  float* a = ap.data_ptr<float>();
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
+#ifdef PG_DQ_X86
+#define PG_GEMM(CALL) (isa == 2 ? pg_dq_avx512::CALL : pg_dq_avx2::CALL)
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    PG_GEMM(pack_x(xp, M, K, p0, p1, a));
+  });
+  at::parallel_for(0, (O + 15) / 16, 1, [&](int64_t c0, int64_t c1) {
+    PG_GEMM(gemm_cols(a, M, K, job, wp, bias, c0 * 16, std::min(O, c1 * 16), nc, o, O));
+  });
+#undef PG_GEMM
+#else
+  TORCH_CHECK(false, "own_mm: x86 only");
+#endif
+  return out;
+}
+
 at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
                       int64_t bits, int64_t group, int64_t tile, int64_t isa, int64_t amx,
                       int64_t f32) {
@@ -252,7 +280,12 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   isa = resolved_isa(isa);
   TORCH_CHECK(amx != 1 || amx_bf16_ready(), "dequant_mm: no AMX-BF16 here (CPU or OS)");
   const at::Tensor x = x_.contiguous();
-  if (f32 && x.scalar_type() == at::kBFloat16)  // bfloat16 weights' values, float32 products
+  if (f32 && x.scalar_type() == at::kBFloat16 && isa >= 1) {  // float32 holding bfloat16 values
+    const bool s16 = scale.scalar_type() == at::kBFloat16;
+    const Job job{q.data_ptr(), scale.data_ptr(), s16, false, true, bits, group, I, nullptr, 0};
+    return own_mm(x, &job, q, q.size(0), nullptr, tile, isa);
+  }
+  if (f32 && x.scalar_type() == at::kBFloat16)  // the same values, PyTorch's float32 GEMM
     return tiled_mm(x.to(at::kFloat), q, scale, bits, group, tile, isa, true).to(at::kBFloat16);
   if (amx != 0 && isa == 2 && tile > 0 && x.scalar_type() == at::kBFloat16 && I % 32 == 0 &&
       (bits == 8 || group % 32 == 0) && amx_bf16_ready())
@@ -269,13 +302,18 @@ at::Tensor f32_mm(const at::Tensor& x_, const at::Tensor& w_,
               "f32_mm: x [M, I], w [O, I], tile > 0");
   TORCH_CHECK(x_.scalar_type() == at::kBFloat16 && w_.scalar_type() == at::kBFloat16,
               "f32_mm: x and w bfloat16");
-  const at::Tensor w = w_.contiguous();
-  at::Tensor out = tiled_mm(x_.contiguous().to(at::kFloat), w, w, 16, 0, tile,
-                            resolved_isa(isa), false);
+  const at::Tensor w = w_.contiguous(), x = x_.contiguous();
+  at::Tensor bias;
   if (bias_.has_value()) {
     TORCH_CHECK(bias_->numel() == w.size(0), "f32_mm: bias [O]");
-    out.add_(bias_->to(at::kFloat));
+    bias = bias_->to(at::kFloat).contiguous();
   }
+  isa = resolved_isa(isa);
+  if (isa >= 1)
+    return own_mm(x, nullptr, w, w.size(0), bias.defined() ? bias.data_ptr<float>() : nullptr,
+                  tile, isa);
+  at::Tensor out = tiled_mm(x.to(at::kFloat), w, w, 16, 0, tile, isa, false);
+  if (bias.defined()) out.add_(bias);
   return out.to(at::kBFloat16);
 }
 
@@ -311,78 +349,3 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile) -> Tensor", &bf16_mm);
   m.def("cpu_amx_bf16() -> int", [] { return int64_t(amx_bf16_ready()); });
 }
-
-#else  // PG_DQ_BODY: the row loops for one instruction set (PG_DQ_ISA 2, 1 or 0)
-
-#include "dequant_isa.h"  // vf, W and the vector helpers of this path
-
-// int8 row r: code * scale[r]
-template <bool RD, bool B16>
-inline void int8_row(const Job& j, int64_t r, void* dst) {
-  const int8_t* q = static_cast<const int8_t*>(j.q) + r * j.I;
-  const float s = scale_of(j.scale, j.scale_bf16, r);
-  int64_t i = 0;
-#if PG_DQ_ISA > 0
-  const vf vs = vset(s);
-#pragma GCC unroll 4
-  for (; i + W <= j.I; i += W) put(dst, i, vmul(from_s8(q + i), vs), RD, B16);
-#endif
-  for (; i < j.I; ++i) put1(dst, i, float(q[i]) * s, RD, B16);
-}
-
-// int4 row r: (nibble - 8) * scale[r, i / group], 32 codes (16 bytes) at a time
-template <bool RD, bool B16>
-inline void int4_row(const Job& j, int64_t r, void* dst) {
-  const uint8_t* q = static_cast<const uint8_t*>(j.q) + r * (j.I / 2);
-  const int64_t G = j.I / j.group;
-  for (int64_t g = 0; g < G; ++g) {
-    const float s = scale_of(j.scale, j.scale_bf16, r * G + g);
-    int64_t i = g * j.group;
-    const int64_t end = i + j.group;
-#if PG_DQ_ISA > 0
-    const vf vs = vset(s);
-    for (; j.group % 32 == 0 && i < end; i += 32) {
-      const __m128i b = _mm_loadu_si128((const __m128i*)(q + i / 2)), mask = _mm_set1_epi8(15);
-      const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-      const __m128i c[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};  // in order
-      vf w[32 / W];
-      widen32(c, w);
-      for (int k = 0; k < 32 / W; ++k) put(dst, i + k * W, vmul(vsub8(w[k]), vs), RD, B16);
-    }
-#endif
-    for (; i < end; ++i) {
-      const int code = i % 2 ? q[i / 2] >> 4 : q[i / 2] & 15;
-      put1(dst, i, float(code - 8) * s, RD, B16);
-    }
-  }
-}
-
-// bfloat16 row r as it is (bits 16: f32_mm's weight widened to float32)
-template <bool B16>
-inline void bf16_row(const Job& j, int64_t r, void* dst) {
-  const c10::BFloat16* w = static_cast<const c10::BFloat16*>(j.q) + r * j.I;
-  int64_t i = 0;
-#if PG_DQ_ISA > 0
-#pragma GCC unroll 4
-  for (; i + W <= j.I; i += W) put(dst, i, vload(w + i), false, B16);
-#endif
-  for (; i < j.I; ++i) put1(dst, i, float(w[i]), false, B16);
-}
-
-// (RD: round to bfloat16; B16: bfloat16 out), known at compile time
-template <bool RD, bool B16>
-void rows_as(const Job& j, int64_t a, int64_t b) {
-  for (int64_t r = a; r < b; ++r) {
-    void* dst = static_cast<char*>(j.dst) + (r - j.r0) * j.I * (B16 ? 2 : 4);
-    if (j.bits == 16) bf16_row<B16>(j, r, dst);
-    else if (j.bits == 8) int8_row<RD, B16>(j, r, dst);
-    else int4_row<RD, B16>(j, r, dst);
-  }
-}
-
-void rows(const Job& j, int64_t a, int64_t b) {
-  if (j.out_bf16) return j.round ? rows_as<true, true>(j, a, b) : rows_as<false, true>(j, a, b);
-  j.round ? rows_as<true, false>(j, a, b) : rows_as<false, false>(j, a, b);
-}
-
-#endif  // PG_DQ_BODY

@@ -1,5 +1,5 @@
 // Vector helpers of dequant.cpp and quantize.cpp for one instruction set (PG_DQ_ISA 2 AVX-512,
-// 1 AVX2, 0 none: W = 1, scalar code only); included by their per-ISA sections (PG_DQ_BODY,
+// 1 AVX2, 0 none: W = 1, scalar code only); included by their per-ISA sections (dequant_rows.h,
 // PG_QZ_BODY), inside the section's namespace.
 #if PG_DQ_ISA == 2
 constexpr int W = 16;  // floats per vector

@@ -46,6 +46,8 @@ HEADERS = tuple(
     SOURCE.with_name(h)
     for h in (
         "dequant_isa.h",
+        "dequant_rows.h",
+        "f32_gemm.h",
         "dequant_amx.h",
         "int4_dot_common.h",
         "int4_dot_body.h",

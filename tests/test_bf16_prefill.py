@@ -170,13 +170,14 @@ def test_our_float32_gemm_gives_a_row_the_same_bits_alone_in_any_batch_tile_or_t
         torch.set_num_threads(threads)
 
 
-def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monkeypatch):
+def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_rows_alone_on_our_gemm(monkeypatch):
     """matvec.linear with float32 products on (F32_PREFILL True; AMX_PREFILL off so that AMX
     hosts take it too): F32_MIN_ROWS bfloat16 rows and more without autograd give f32_mm's bits
     (bias added in float32); fewer rows, a smaller weight than F32_MIN_WEIGHTS, float32, a
-    gradient to record, rows_alone (the server: float32 GEMMs round by row count) and
-    F32_PREFILL False give F.linear's. The default is on
-    exactly where PyTorch's oneDNN has no bfloat16 GEMM."""
+    gradient to record and F32_PREFILL False give F.linear's. Under rows_alone (the server)
+    only a prefill's rows on our GEMM's vector paths take it, with the same bits for a row in
+    a batch of 17 or 40; never on the scalar path (PyTorch's float32 GEMM rounds by row
+    count). The default is on exactly where PyTorch's oneDNN has no bfloat16 GEMM."""
     assert cpu_kernels.available(), cpu_kernels.why_not()
     slow = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     monkeypatch.setattr(cpu_kernels, "_state", dict(cpu_kernels._state))
@@ -204,7 +205,18 @@ def test_linear_takes_f32_mm_where_bfloat16_gemms_are_slow_never_rows_alone(monk
 
     assert f32(x.view(2, 20, 96), w, b) and f32(x, w) and f32(x[: matvec.F32_MIN_ROWS], w, b)
     assert not f32(x[: matvec.F32_MIN_ROWS - 1], w, b)
-    assert not f32(x, w, b, rows_alone=True) and not f32(x.float(), w.float())
+    # rows_alone: a prefill's rows (more than FEW_ROWS) on our GEMM's vector paths, where a row
+    # gets the same bits alone and in any batch; a few rows (decoding) keep F.linear's
+    vector = cpu_kernels.isa() >= 1
+    few = x[: matvec.FEW_ROWS]
+    assert f32(x, w, b, rows_alone=True) == vector and not f32(few, w, b, rows_alone=True)
+    if vector:
+        both = matvec.linear(x, w, b, True)
+        assert torch.equal(matvec.linear(x[: matvec.FEW_ROWS + 1], w, b, True), both[:17])
+    monkeypatch.setenv(cpu_kernels.ENV_ISA, "scalar")  # PyTorch's float32 GEMM per tile
+    assert not f32(x, w, b, rows_alone=True) and f32(x, w, b)
+    monkeypatch.delenv(cpu_kernels.ENV_ISA)
+    assert not f32(x.float(), w.float())
     assert not f32(x, w.clone().requires_grad_(), grad=True)
     assert not f32(x, w[:-1], b[:-1])  # a weight smaller than F32_MIN_WEIGHTS
     monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)

@@ -87,6 +87,39 @@ def test_staggered_requests_equal_alone_tiny(pipeline_dir):
     assert engine.pool.shifts > 0 and engine.stats["max_rows"] > 1, engine.stats
 
 
+def test_staggered_bfloat16_requests_equal_alone_on_float32_products(pipeline_dir, monkeypatch):
+    """bfloat16 on a host without a fast bfloat16 GEMM (forced here, and for every weight):
+    under the engine's rows_alone the prefills take our float32 GEMM (f32_mm, a row's bits
+    whatever the batch), decoding keeps the bfloat16 products; each request still gets its
+    tokens alone (on a CPU without AVX2, the scalar path: bfloat16 products)."""
+    from paligemma.quant import kernels as cpu_kernels
+    from paligemma.quant import matvec
+
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    monkeypatch.setattr(cpu_kernels, "F32_PREFILL", True)
+    monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(matvec, "AMX_PREFILL", False)
+    ops, rows = torch.ops.paligemma_cpu, []
+    real = ops.f32_mm
+    monkeypatch.setattr(ops, "f32_mm", lambda x, *a: rows.append(len(x)) or real(x, *a))
+    pipe = paligemma.load(pipeline_dir, dtype=torch.bfloat16)
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8) for _ in range(2)]
+    reqs = mixed(images, lengths=(6, 2, 9, 4))
+    alone = [pipe.generate(im, p, max_new_tokens=n) for im, p, n in reqs]
+    engine = Engine(pipe, max_batch=3, pool_len=40)
+    rows.clear()
+    jobs = [Job([im], p, n) for im, p, n in reqs]
+    answer(engine, jobs, [0.002 * (i % 4) for i in range(len(jobs))])
+    assert [j.choices[0].text for j in jobs] == [a.text for a in alone]
+    assert [j.choices[0].tokens for j in jobs] == [len(a.token_ids) for a in alone]
+    if cpu_kernels.isa() >= 1:  # the prefills, nothing else
+        assert rows and min(rows) > matvec.FEW_ROWS, rows
+    else:  # the scalar path (PyTorch's float32 GEMM) keeps bfloat16 products under rows_alone
+        assert not rows
+    assert engine.stats["max_rows"] > 1, engine.stats
+
+
 def test_staggered_requests_equal_alone_embedded(embedded_pipe, scenes):
     reqs = mixed([s.image for s in scenes], lengths=(20, 3, 40, 8, 1, 12))
     alone = [embedded_pipe.generate(im, p, max_new_tokens=n).text for im, p, n in reqs]

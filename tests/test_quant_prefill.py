@@ -299,10 +299,11 @@ def test_f32_tiles_hold_the_bf16_weight_and_sum_in_float32(cls):
 
 
 @pytest.mark.parametrize("cls", [q.Int8Linear, q.Int4Linear])
-def test_layers_take_f32_tiles_where_bf16_gemms_are_slow_never_rows_alone(cls, monkeypatch):
+def test_layers_take_f32_tiles_where_bf16_gemms_are_slow_rows_alone_on_our_gemm(cls, monkeypatch):
     """F32_PREFILL True (AMX_PREFILL off so AMX hosts take it too): bfloat16 prefill rows give
-    dequant_mm f32=1's bits in F32_TILE tiles; under set_rows_alone_ (the server) and with
-    F32_PREFILL False, the bfloat16 tiles' (f32=0)."""
+    dequant_mm f32=1's bits in F32_TILE tiles; under set_rows_alone_ (the server) too on our
+    GEMM's vector paths (a row's bits alone there), the bfloat16 tiles' (f32=0) on the scalar
+    path; with F32_PREFILL False, the bfloat16 tiles'."""
     from paligemma.model import set_rows_alone_
 
     ops, calls = torch.ops.paligemma_cpu, []
@@ -325,7 +326,11 @@ def test_layers_take_f32_tiles_where_bf16_gemms_are_slow_never_rows_alone(cls, m
     run(f32, 1)
     set_rows_alone_(nn.Sequential(m))
     assert m.rows_alone
-    run(bf16, 0)
+    if cpu_kernels.isa() >= 1:
+        run(f32, 1)
+    monkeypatch.setenv(cpu_kernels.ENV_ISA, "scalar")
+    run(real(*args, q.TILE, 0, 0, 0), 0)
+    monkeypatch.delenv(cpu_kernels.ENV_ISA)
     set_rows_alone_(nn.Sequential(m), False)
     monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)
     run(bf16, 0)

@@ -297,11 +297,13 @@ def set_rows_alone_(model: nn.Module, on: bool = True) -> nn.Module:
     still move the softmax's and the kernels' summation order. Off (the default), a
     left-padded batch is bit-exact with transformers' batched computation instead. The matrix
     products must give a row the same bits in any batch too: true in bfloat16 on the CPU
-    (torch.mv for one row, as `load_model` installs, and 2..16-row products agree), not in
-    float32 (MKL's products round by row count). Every module that declares `rows_alone` gets
-    the setting: the decoder's attention, the CPU linears that choose torch.mv for a single
-    row (quant/matvec.py), the quantised linears and the patch convolution (CpuConv2d); these
-    then keep bfloat16 products where they would take float32 ones (cpu_kernels.f32_prefill)."""
+    (torch.mv for one row, as `load_model` installs, and 2..16-row products agree), and in our
+    own float32 GEMM (dequant.cpp's f32_mm on its vector paths), not in PyTorch's float32 ones
+    (MKL's products round by row count). Every module that declares `rows_alone` gets the
+    setting: the decoder's attention, the CPU linears that choose torch.mv for a single row
+    (quant/matvec.py), the quantised linears and the patch convolution (CpuConv2d); where they
+    would take float32 products (cpu_kernels.f32_prefill), the linears then take them only for
+    prefills (more than 16 rows) on our GEMM, and the convolution keeps bfloat16."""
     for m in model.modules():
         if isinstance(m, TextAttention) or hasattr(m, "rows_alone"):
             m.rows_alone = on

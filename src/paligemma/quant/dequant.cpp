@@ -243,11 +243,13 @@ at::Tensor tiled_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& 
 }
 
 // x bf16[M, K] @ B.T (+ bias f32[O]) -> bf16[M, O] on our float32 GEMM (f32_gemm.h; isa 1 or
-// 2): B = w's rows, or job's dequantised; |tile| rounded up to 16: output columns per block.
+// 2): B = w's rows, or job's dequantised, in blocks of at most |tile| output columns.
 at::Tensor own_mm(const at::Tensor& x, const Job* job, const at::Tensor& w, int64_t O,
                   const float* bias, int64_t tile, int64_t isa) {
   const int64_t M = x.size(0), K = x.size(1), panels = (M + 5) / 6;
-  const int64_t nc = (std::abs(tile) + 15) / 16 * 16;
+  // |tile| columns per block at most, fewer where O is small: 8 blocks a thread or more
+  const int64_t share = (O + 8 * at::get_num_threads() - 1) / (8 * at::get_num_threads());
+  const int64_t nc = (std::min(std::abs(tile), std::max<int64_t>(share, 16)) + 15) / 16 * 16;
   at::Tensor ap = at::empty({panels * 6 * K}, x.options().dtype(at::kFloat));
   at::Tensor out = at::empty({M, O}, x.options().dtype(at::kBFloat16));
   const auto* xp = x.data_ptr<c10::BFloat16>();
@@ -259,8 +261,10 @@ at::Tensor own_mm(const at::Tensor& x, const Job* job, const at::Tensor& w, int6
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     PG_GEMM(pack_x(xp, M, K, p0, p1, a));
   });
-  at::parallel_for(0, (O + 15) / 16, 1, [&](int64_t c0, int64_t c1) {
-    PG_GEMM(gemm_cols(a, M, K, job, wp, bias, c0 * 16, std::min(O, c1 * 16), nc, o, O));
+  std::atomic<int64_t> next{0};  // column blocks, taken as threads come free
+  const int64_t teams = std::min<int64_t>(at::get_num_threads(), (O + nc - 1) / nc);
+  at::parallel_for(0, teams, 1, [&](int64_t, int64_t) {
+    PG_GEMM(gemm_blocks(a, M, K, job, wp, bias, O, nc, next, o));
   });
 #undef PG_GEMM
 #else

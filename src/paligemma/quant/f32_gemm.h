@@ -4,11 +4,13 @@
 // GEMM's own panels as it packs them, so no float32 copy of the weight is made. Included by
 // dequant.cpp's per-ISA sections with PG_DQ_ISA >= 1 (AVX2 + FMA code, also under AVX-512).
 //
-// Blocking (BLIS's): x packed once per call into MR-row panels per KC block of K; per thread,
-// its output columns NC at a time: per KC block the NC columns are packed into NR-column panels
-// (L2), then an MR x NR micro-kernel (12 accumulators) runs over every x panel, adding into the
-// block's float32 sums [Mp, NC]. Each output element is one FMA chain over k = 0, 1, ..., K - 1
-// whatever M, the thread count or NC: the same bits for a row alone or in any batch.
+// Blocking (BLIS's): x packed once per call into MR-row panels per KC block of K; the output
+// columns in blocks of NC that threads take in turn as they come free (a busy host's stalled
+// thread holds up one block, not half the product): per KC block the NC columns are packed into
+// NR-column panels (L2), then an MR x NR micro-kernel (12 accumulators) runs over every x
+// panel, adding into the block's float32 sums [Mp, NC]. Each output element is one FMA chain
+// over k = 0, 1, ..., K - 1 whatever M, the thread count or NC: the same bits for a row alone
+// or in any batch.
 constexpr int kMR = 6, kNR = 16, kKC = 256;
 
 // 8 x 8 floats transposed: r[i] lane j -> r[j] lane i
@@ -125,16 +127,17 @@ inline void round_out(const float* s, const float* bias, int64_t n, uint16_t* ou
   for (; j < n; ++j) out[j] = bf16_bits(s[j] + (bias ? bias[j] : 0.f));
 }
 
-// Output columns [n0, n1) of out bf16[M, ldo] (+ bias f32[O] when given) from x packed by
-// pack_x (ap): B's rows are w's (bfloat16 [O, K]) or, with `job`, dequantised nc rows at a
-// time into a float32 buffer.
-inline void gemm_cols(const float* ap, int64_t M, int64_t K, const Job* job,
-                      const c10::BFloat16* w, const float* bias, int64_t n0, int64_t n1,
-                      int64_t nc, uint16_t* out, int64_t ldo) {
-  const int64_t Mp = (M + kMR - 1) / kMR * kMR;
+// Blocks of nc output columns of out bf16[M, O] (+ bias f32[O] when given), taken in turn from
+// `next` (block b: columns [b * nc, b * nc + nc) clamped to O) until all are taken, from x
+// packed by pack_x (ap): B's rows are w's (bfloat16 [O, K]) or, with `job`, dequantised a
+// block at a time into a float32 buffer.
+inline void gemm_blocks(const float* ap, int64_t M, int64_t K, const Job* job,
+                        const c10::BFloat16* w, const float* bias, int64_t O, int64_t nc,
+                        std::atomic<int64_t>& next, uint16_t* out) {
+  const int64_t Mp = (M + kMR - 1) / kMR * kMR, blocks = (O + nc - 1) / nc;
   std::vector<float> sums(Mp * nc), panels(kKC * nc), deq(job ? nc * K : 0);
-  for (int64_t nb = n0; nb < n1; nb += nc) {
-    const int64_t nw = std::min(nc, n1 - nb);
+  for (int64_t b = next++; b < blocks; b = next++) {
+    const int64_t nb = b * nc, nw = std::min(nc, O - nb);
     const void* src = w;
     int64_t first = 0;  // B's row n is row n - first of src
     if (job) {  // this block's rows dequantised
@@ -154,6 +157,6 @@ inline void gemm_cols(const float* ap, int64_t M, int64_t K, const Job* job,
                        sums.data() + m * nc + p, nc, k0 == 0);
     }
     for (int64_t m = 0; m < M; ++m)
-      round_out(sums.data() + m * nc, bias ? bias + nb : nullptr, nw, out + m * ldo + nb);
+      round_out(sums.data() + m * nc, bias ? bias + nb : nullptr, nw, out + m * O + nb);
   }
 }

@@ -69,7 +69,7 @@ class _QuantizedLinear(nn.Module):
     in_features: int
     out_features: int
     bias: nn.Parameter | None
-    rows_alone = False  # set by model.set_rows_alone_: no float32 prefill (rounds by row count)
+    rows_alone = False  # set by model.set_rows_alone_: float32 tiles only on our GEMM (isa >= 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _on_cpu_inference(x):
@@ -278,7 +278,9 @@ def _chunked(layer: _QuantizedLinear, flat: torch.Tensor) -> torch.Tensor:
     if _TILED.issuperset((flat.dtype, layer.scale.dtype)) and cpu_kernels.available():
         bits, group = (8, 0) if isinstance(layer, Int8Linear) else (4, layer.group)
         amx = int(AMX_PREFILL and cpu_kernels.amx_bf16())
-        f32 = int(not amx and not layer.rows_alone and cpu_kernels.f32_prefill())
+        # float32 tiles under rows_alone only on our GEMM's vector paths (a row's bits alone)
+        ours = not layer.rows_alone or cpu_kernels.isa() >= 1
+        f32 = int(not amx and ours and cpu_kernels.f32_prefill())
         tile = F32_TILE if f32 and flat.dtype == torch.bfloat16 else TILE
         return torch.ops.paligemma_cpu.dequant_mm(
             flat, layer.weight, layer.scale, bits, group, tile, cpu_kernels.isa(), amx, f32

@@ -16,9 +16,11 @@ added in float32, one rounding, each row's result independent of the other rows;
 F.linear re-lays the weight out on every call, a cost that more rows amortise: from about 400
 rows its GEMM is the faster one. Where the CPU has no fast bfloat16 GEMM at all
 (`cpu_kernels.f32_prefill()`: no AMX-BF16, and PyTorch's oneDNN takes no bfloat16 here, e.g.
-AVX2-only CPUs), F32_MIN_ROWS bfloat16 rows and more take float32 products instead (f32_mm: the
-weight widened a tile of rows at a time, one rounding at the end); not under `rows_alone`, as
-float32 GEMMs round by row count.
+AVX2-only CPUs), F32_MIN_ROWS bfloat16 rows and more take float32 products instead (f32_mm:
+our float32 GEMM, the weight widened as it is packed, one rounding at the end); under
+`rows_alone` only more than FEW_ROWS rows (a prefill) and only on its vector paths, whose
+rows' bits do not depend on the batch (PyTorch's float32 GEMM, the scalar path's, rounds by
+row count).
 `install_matvec_(model)` swaps every plain nn.Linear for a MatVecLinear and the decoder's tied
 head for a MatVecHead, by name and sharing the very same parameters, so state dicts, LoRA and
 quantize_ see the model as before (and the MLPs' GeluTanh for gelu.py's CpuGeluTanh, the patch
@@ -49,8 +51,9 @@ MAX_ROWS = 384
 AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
 MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
 # float32 products (cpu_kernels.f32_prefill()) from this many rows: a 2-core AMD EPYC (AVX2),
-# 16384 x 2048 bfloat16 weight, f32_mm against F.linear: 2 rows 1.0x, 8 rows 1.8x, 266 rows 6-7x
-F32_MIN_ROWS = 4
+# 16384 x 2048 and 2048 x 16384 bfloat16 weights, f32_mm's time over F.linear's: 2 rows 1.1x,
+# 3 rows 0.77x, 4 rows 0.62x, 8 rows 0.43x, 16 rows 0.26x (266 rows: ~1/7)
+F32_MIN_ROWS = 3
 # ... for weights of at least this many elements: smaller products gain nothing, and keep
 # PyTorch's bits (its bfloat16 fallback's sums run in another order for some widths; the tiny
 # models' parity with transformers in bfloat16 is bit for bit, tested)
@@ -72,11 +75,14 @@ def _bf16_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _f32_products(weight: torch.Tensor, rows_alone: bool) -> bool:
+def _f32_products(weight: torch.Tensor, rows_alone: bool, rows: int = 0) -> bool:
     """Float32 products for a bfloat16 weight (module docstring): where the CPU has no fast
-    bfloat16 GEMM, a weight of F32_MIN_WEIGHTS elements or more, and not rows_alone (float32
-    GEMMs round by row count: the server's bits)."""
-    return not rows_alone and weight.numel() >= F32_MIN_WEIGHTS and cpu_kernels.f32_prefill()
+    bfloat16 GEMM, a weight of F32_MIN_WEIGHTS elements or more; under rows_alone (the
+    server's bits) only for more than FEW_ROWS rows on our GEMM's vector paths, where a row's
+    bits do not depend on the others (as the AMX path's; `rows` 0: never)."""
+    if weight.numel() < F32_MIN_WEIGHTS or not cpu_kernels.f32_prefill():
+        return False
+    return not rows_alone or (rows > FEW_ROWS and cpu_kernels.isa() >= 1)
 
 
 def _prefill_path(
@@ -92,7 +98,7 @@ def _prefill_path(
     amx = AMX_PREFILL and FEW_ROWS < rows <= MAX_ROWS and x.shape[-1] % 32 == 0
     if amx and cpu_kernels.amx_bf16():
         return "amx"
-    return "f32" if _f32_products(weight, rows_alone) else None
+    return "f32" if _f32_products(weight, rows_alone, rows) else None
 
 
 def linear(

@@ -256,10 +256,13 @@ def test_patch_conv_takes_float32_products_where_bf16_gemms_are_slow(monkeypatch
     """install_matvec_ swaps a plain nn.Conv2d (SigLIP's patch embedding) for a CpuConv2d
     holding the same parameters under the same names. With float32 products on (F32_PREFILL
     True), bfloat16 CPU input gives the float32 convolution rounded once (close to float64);
-    F32_PREFILL False, a weight smaller than F32_MIN_WEIGHTS, rows_alone and a gradient to
-    record give PyTorch's bfloat16 convolution, bit for bit."""
+    F32_PREFILL False, a weight smaller than F32_MIN_WEIGHTS and a gradient to record give
+    PyTorch's bfloat16 convolution, bit for bit. Under rows_alone (the server) the patches go
+    through f32_mm on our GEMM's vector paths (an image's bits the same alone and in a batch),
+    an overlapping convolution and the scalar path keep PyTorch's bfloat16 one."""
     from paligemma.model import set_rows_alone_
 
+    assert cpu_kernels.available(), cpu_kernels.why_not()
     g = torch.Generator().manual_seed(0)
     conv = torch.nn.Conv2d(3, 48, 14, stride=14).to(torch.bfloat16)
     with torch.no_grad():
@@ -296,8 +299,21 @@ def test_patch_conv_takes_float32_products_where_bf16_gemms_are_slow(monkeypatch
         monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", w.numel() + 1)
         assert torch.equal(run(x, False), plain)
         monkeypatch.setattr(matvec, "F32_MIN_WEIGHTS", w.numel())
-        set_rows_alone_(model)
-        assert new.rows_alone and torch.equal(run(x, False), plain)
+        set_rows_alone_(model)  # the server: our GEMM over the patches, or PyTorch's bfloat16
+        assert new.rows_alone
+        if cpu_kernels.isa() >= 1:
+            seen.clear()
+            got = new(x)
+            assert seen == [] and got.shape == plain.shape  # no convolution ran
+            assert ((got.double() - want).abs() <= 2.0**-8 * want.abs() + 1e-6).all()
+            assert torch.equal(new(x[1:]), got[1:])  # an image alone: its bits in the batch
+            overlapping = torch.nn.Conv2d(3, 48, 14, stride=7).to(torch.bfloat16)
+            conv7 = set_rows_alone_(matvec.install_matvec_(torch.nn.Sequential(overlapping)))[0]
+            assert type(conv7) is matvec.CpuConv2d  # not patches: PyTorch's bfloat16 one
+            assert torch.equal(conv7(x), F.conv2d(x, conv7.weight, conv7.bias, 7))
+        monkeypatch.setenv(cpu_kernels.ENV_ISA, "scalar")  # PyTorch's float32 GEMMs: bfloat16
+        assert torch.equal(run(x, False), plain)
+        monkeypatch.delenv(cpu_kernels.ENV_ISA)
         set_rows_alone_(model, False)
         monkeypatch.setattr(cpu_kernels, "F32_PREFILL", False)
         assert torch.equal(run(x, False), plain)

@@ -89,9 +89,10 @@ def test_staggered_requests_equal_alone_tiny(pipeline_dir):
 
 def test_staggered_bfloat16_requests_equal_alone_on_float32_products(pipeline_dir, monkeypatch):
     """bfloat16 on a host without a fast bfloat16 GEMM (forced here, and for every weight):
-    under the engine's rows_alone the prefills take our float32 GEMM (f32_mm, a row's bits
-    whatever the batch), decoding keeps the bfloat16 products; each request still gets its
-    tokens alone (on a CPU without AVX2, the scalar path: bfloat16 products)."""
+    under the engine's rows_alone the prefills and the patch embedding take our float32 GEMM
+    (f32_mm, a row's bits whatever the batch), decoding keeps the bfloat16 products; each
+    request still gets its tokens alone (on a CPU without AVX2, the scalar path: bfloat16
+    products)."""
     from paligemma.quant import kernels as cpu_kernels
     from paligemma.quant import matvec
 
@@ -101,7 +102,7 @@ def test_staggered_bfloat16_requests_equal_alone_on_float32_products(pipeline_di
     monkeypatch.setattr(matvec, "AMX_PREFILL", False)
     ops, rows = torch.ops.paligemma_cpu, []
     real = ops.f32_mm
-    monkeypatch.setattr(ops, "f32_mm", lambda x, *a: rows.append(len(x)) or real(x, *a))
+    monkeypatch.setattr(ops, "f32_mm", lambda x, *a: rows.append(x.shape) or real(x, *a))
     pipe = paligemma.load(pipeline_dir, dtype=torch.bfloat16)
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8) for _ in range(2)]
@@ -113,8 +114,10 @@ def test_staggered_bfloat16_requests_equal_alone_on_float32_products(pipeline_di
     answer(engine, jobs, [0.002 * (i % 4) for i in range(len(jobs))])
     assert [j.choices[0].text for j in jobs] == [a.text for a in alone]
     assert [j.choices[0].tokens for j in jobs] == [len(a.token_ids) for a in alone]
-    if cpu_kernels.isa() >= 1:  # the prefills, nothing else
-        assert rows and min(rows) > matvec.FEW_ROWS, rows
+    patch = pipe.model.vision.patch_embed.weight[0].numel()  # its patches: any count of rows
+    if cpu_kernels.isa() >= 1:  # the prefills and the patch embedding, nothing else
+        assert any(k == patch for _, k in rows), rows
+        assert all(n > matvec.FEW_ROWS for n, k in rows if k != patch), rows
     else:  # the scalar path (PyTorch's float32 GEMM) keeps bfloat16 products under rows_alone
         assert not rows
     assert engine.stats["max_rows"] > 1, engine.stats

@@ -303,7 +303,8 @@ def set_rows_alone_(model: nn.Module, on: bool = True) -> nn.Module:
     setting: the decoder's attention, the CPU linears that choose torch.mv for a single row
     (quant/matvec.py), the quantised linears and the patch convolution (CpuConv2d); where they
     would take float32 products (cpu_kernels.f32_prefill), the linears then take them only for
-    prefills (more than 16 rows) on our GEMM, and the convolution keeps bfloat16."""
+    prefills (more than 16 rows) on our GEMM, and the patch convolution our GEMM over its
+    patches."""
     for m in model.modules():
         if isinstance(m, TextAttention) or hasattr(m, "rows_alone"):
             m.rows_alone = on

@@ -148,18 +148,38 @@ class CpuConv2d(nn.Conv2d):
     """nn.Conv2d (same tensors, same names; SigLIP's patch embedding) that takes float32
     products for bfloat16 CPU inputs where the CPU has no fast bfloat16 GEMM
     (cpu_kernels.f32_prefill(), weights of F32_MIN_WEIGHTS elements and more, no gradient to
-    record, not rows_alone): PyTorch's bfloat16 convolution there is a slow loop (a 224 px
-    patch embedding of SigLIP So400m on a 2-core AMD EPYC: 289 ms, against 6.6 ms widened to
-    float32 and rounded back once)."""
+    record): PyTorch's bfloat16 convolution there is a slow loop (a 224 px patch embedding of
+    SigLIP So400m on a 2-core AMD EPYC: 289 ms, against 6.6 ms widened to float32 and rounded
+    back once). Under rows_alone (the server) a patch convolution (stride = kernel, no padding)
+    takes f32_mm over its patches on our GEMM's vector paths instead, each patch's bits
+    independent of the batch; any other convolution keeps PyTorch's bfloat16 one there."""
 
-    rows_alone = False  # set by model.set_rows_alone_: PyTorch's bfloat16 convolution (its bits)
+    rows_alone = False  # set by model.set_rows_alone_ (module docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if not (_bf16_inference(x, w, b) and _f32_products(w, self.rows_alone)):
+        if not _bf16_inference(x, w, b) or not _f32_products(w, self.rows_alone, FEW_ROWS + 1):
             return super().forward(x)
+        if self.rows_alone:
+            return self._patch_mm(x) if self._patches(x) else super().forward(x)
         wide = None if b is None else b.float()
         return self._conv_forward(x.float(), w.float(), wide).to(torch.bfloat16)
+
+    def _patches(self, x: torch.Tensor) -> bool:
+        """A patch embedding: non-overlapping kernel-sized patches tiling x (B, C, H, W)."""
+        plain = self.padding in ((0, 0), "valid") and self.dilation == (1, 1) and self.groups == 1
+        k = self.kernel_size
+        fits = x.dim() == 4 and x.shape[2] % k[0] == 0 and x.shape[3] % k[1] == 0
+        return plain and tuple(self.stride) == tuple(k) and fits
+
+    def _patch_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, O, H / kh, W / kw): f32_mm of the patches (rows, C * kh * kw)."""
+        (kh, kw), (n, c, h, w) = self.kernel_size, x.shape
+        gh, gw = h // kh, w // kw
+        rows = x.reshape(n, c, gh, kh, gw, kw).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * kh * kw)
+        weight = self.weight.reshape(self.out_channels, -1)
+        out = torch.ops.paligemma_cpu.f32_mm(rows, weight, self.bias, F32_TILE, cpu_kernels.isa())
+        return out.view(n, gh, gw, -1).permute(0, 3, 1, 2)
 
 
 def _swapped(module: nn.Module) -> nn.Module | None:

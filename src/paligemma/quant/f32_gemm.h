@@ -1,7 +1,8 @@
 // Our float32 GEMM for the bfloat16 prefill on CPUs without a fast bfloat16 GEMM (AVX2 hosts):
-// out f32[M, O] = x[M, K] @ B[O, K].T, B's rows bfloat16 (a plain weight) or dequantised from
-// int8 / int4 codes (a Job: float32 holding the bfloat16 path's values), widened into the
-// GEMM's own panels as it packs them, so no float32 copy of the weight is made. Included by
+// out bf16[M, O] = x bf16[M, K] @ B[O, K].T (+ bias f32[O]) summed in float32 and rounded once,
+// B's rows bfloat16 (a plain weight) or dequantised from int8 / int4 codes (a Job: float32
+// holding the bfloat16 path's values), widened into the GEMM's own panels as it packs them, so
+// no float32 copy of the weight is made. Included by
 // dequant.cpp's per-ISA sections with PG_DQ_ISA >= 1 (AVX2 + FMA code, also under AVX-512).
 //
 // Blocking (BLIS's): x packed once per call into MR-row panels per KC block of K; the output

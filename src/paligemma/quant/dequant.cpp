@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -244,19 +245,19 @@ at::Tensor tiled_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& 
 
 // x bf16[M, K] @ B.T (+ bias f32[O]) -> bf16[M, O] on our float32 GEMM (f32_gemm.h; isa 1 or
 // 2): B = w's rows, or job's dequantised, in blocks of at most |tile| output columns.
-at::Tensor own_mm(const at::Tensor& x, const Job* job, const at::Tensor& w, int64_t O,
+at::Tensor own_mm(const at::Tensor& x, const Job* job, const c10::BFloat16* w, int64_t O,
                   const float* bias, int64_t tile, int64_t isa) {
-  const int64_t M = x.size(0), K = x.size(1), panels = (M + 5) / 6;
+#ifdef PG_DQ_X86
+  constexpr int64_t MR = pg_dq_avx2::kMR;  // x rows per panel
+  const int64_t M = x.size(0), K = x.size(1), panels = (M + MR - 1) / MR;
   // |tile| columns per block at most, fewer where O is small: 8 blocks a thread or more
   const int64_t share = (O + 8 * at::get_num_threads() - 1) / (8 * at::get_num_threads());
   const int64_t nc = (std::min(std::abs(tile), std::max<int64_t>(share, 16)) + 15) / 16 * 16;
-  at::Tensor ap = at::empty({panels * 6 * K}, x.options().dtype(at::kFloat));
+  at::Tensor ap = at::empty({panels * MR * K}, x.options().dtype(at::kFloat));
   at::Tensor out = at::empty({M, O}, x.options().dtype(at::kBFloat16));
   const auto* xp = x.data_ptr<c10::BFloat16>();
-  const auto* wp = job ? nullptr : w.data_ptr<c10::BFloat16>();
   float* a = ap.data_ptr<float>();
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
-#ifdef PG_DQ_X86
 #define PG_GEMM(CALL) (isa == 2 ? pg_dq_avx512::CALL : pg_dq_avx2::CALL)
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     PG_GEMM(pack_x(xp, M, K, p0, p1, a));
@@ -264,13 +265,14 @@ at::Tensor own_mm(const at::Tensor& x, const Job* job, const at::Tensor& w, int6
   std::atomic<int64_t> next{0};  // column blocks, taken as threads come free
   const int64_t teams = std::min<int64_t>(at::get_num_threads(), (O + nc - 1) / nc);
   at::parallel_for(0, teams, 1, [&](int64_t, int64_t) {
-    PG_GEMM(gemm_blocks(a, M, K, job, wp, bias, O, nc, next, o));
+    PG_GEMM(gemm_blocks(a, M, K, job, w, bias, O, nc, next, o));
   });
 #undef PG_GEMM
+  return out;
 #else
   TORCH_CHECK(false, "own_mm: x86 only");
+  return at::Tensor();
 #endif
-  return out;
 }
 
 at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& scale_,
@@ -287,7 +289,7 @@ at::Tensor dequant_mm(const at::Tensor& x_, const at::Tensor& q_, const at::Tens
   if (f32 && x.scalar_type() == at::kBFloat16 && isa >= 1) {  // float32 holding bfloat16 values
     const bool s16 = scale.scalar_type() == at::kBFloat16;
     const Job job{q.data_ptr(), scale.data_ptr(), s16, false, true, bits, group, I, nullptr, 0};
-    return own_mm(x, &job, q, q.size(0), nullptr, tile, isa);
+    return own_mm(x, &job, nullptr, q.size(0), nullptr, tile, isa);
   }
   if (f32 && x.scalar_type() == at::kBFloat16)  // the same values, PyTorch's float32 GEMM
     return tiled_mm(x.to(at::kFloat), q, scale, bits, group, tile, isa, true).to(at::kBFloat16);
@@ -314,8 +316,8 @@ at::Tensor f32_mm(const at::Tensor& x_, const at::Tensor& w_,
   }
   isa = resolved_isa(isa);
   if (isa >= 1)
-    return own_mm(x, nullptr, w, w.size(0), bias.defined() ? bias.data_ptr<float>() : nullptr,
-                  tile, isa);
+    return own_mm(x, nullptr, w.data_ptr<c10::BFloat16>(), w.size(0),
+                  bias.defined() ? bias.data_ptr<float>() : nullptr, tile, isa);
   at::Tensor out = tiled_mm(x.to(at::kFloat), w, w, 16, 0, tile, isa, false);
   if (bias.defined()) out.add_(bias);
   return out.to(at::kBFloat16);

@@ -136,28 +136,27 @@ inline void gemm_blocks(const float* ap, int64_t M, int64_t K, const Job* job,
                         const c10::BFloat16* w, const float* bias, int64_t O, int64_t nc,
                         std::atomic<int64_t>& next, uint16_t* out) {
   const int64_t Mp = (M + kMR - 1) / kMR * kMR, blocks = (O + nc - 1) / nc;
-  std::vector<float> sums(Mp * nc), panels(kKC * nc), deq(job ? nc * K : 0);
+  // this thread's buffers, every element written before it is read (no zero-filling)
+  const std::unique_ptr<float[]> sums(new float[Mp * nc]), panels(new float[kKC * nc]);
+  const std::unique_ptr<float[]> deq(job ? new float[nc * K] : nullptr);
   for (int64_t b = next++; b < blocks; b = next++) {
     const int64_t nb = b * nc, nw = std::min(nc, O - nb);
-    const void* src = w;
-    int64_t first = 0;  // B's row n is row n - first of src
+    const void* src = job ? static_cast<const void*>(deq.get()) : w + nb * K;  // B's row nb
     if (job) {  // this block's rows dequantised
       Job j = *job;
-      j.dst = deq.data(), j.r0 = nb;
+      j.dst = deq.get(), j.r0 = nb;
       rows(j, nb, nb + nw);
-      src = deq.data(), first = nb;
     }
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
       const int64_t kc = std::min<int64_t>(kKC, K - k0);
       for (int64_t p = 0; p < nw; p += kNR)
-        pack_b(src, !job, K, nb - first + p, std::min<int64_t>(kNR, nw - p), k0, kc,
-               panels.data() + p * kKC);
+        pack_b(src, !job, K, p, std::min<int64_t>(kNR, nw - p), k0, kc, panels.get() + p * kKC);
       for (int64_t m = 0; m < Mp; m += kMR)
         for (int64_t p = 0; p < nw; p += kNR)
-          micro_kernel(kc, ap + k0 * Mp + m * kc, panels.data() + p * kKC,
-                       sums.data() + m * nc + p, nc, k0 == 0);
+          micro_kernel(kc, ap + k0 * Mp + m * kc, panels.get() + p * kKC,
+                       sums.get() + m * nc + p, nc, k0 == 0);
     }
     for (int64_t m = 0; m < M; ++m)
-      round_out(sums.data() + m * nc, bias ? bias + nb : nullptr, nw, out + m * O + nb);
+      round_out(sums.get() + m * nc, bias ? bias + nb : nullptr, nw, out + m * O + nb);
   }
 }

@@ -75,14 +75,15 @@ def _bf16_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _f32_products(weight: torch.Tensor, rows_alone: bool, rows: int = 0) -> bool:
+def _f32_products(weight: torch.Tensor, rows_alone: bool, alone_ok: bool = False) -> bool:
     """Float32 products for a bfloat16 weight (module docstring): where the CPU has no fast
     bfloat16 GEMM, a weight of F32_MIN_WEIGHTS elements or more; under rows_alone (the
-    server's bits) only for more than FEW_ROWS rows on our GEMM's vector paths, where a row's
-    bits do not depend on the others (as the AMX path's; `rows` 0: never)."""
+    server's bits) only where the caller allows it (`alone_ok`: a prefill's rows, a patch
+    embedding's patches) and on our GEMM's vector paths, where a row's bits do not depend on
+    the others (as the AMX path's)."""
     if weight.numel() < F32_MIN_WEIGHTS or not cpu_kernels.f32_prefill():
         return False
-    return not rows_alone or (rows > FEW_ROWS and cpu_kernels.isa() >= 1)
+    return not rows_alone or (alone_ok and cpu_kernels.isa() >= 1)
 
 
 def _prefill_path(
@@ -98,7 +99,7 @@ def _prefill_path(
     amx = AMX_PREFILL and FEW_ROWS < rows <= MAX_ROWS and x.shape[-1] % 32 == 0
     if amx and cpu_kernels.amx_bf16():
         return "amx"
-    return "f32" if _f32_products(weight, rows_alone, rows) else None
+    return "f32" if _f32_products(weight, rows_alone, rows > FEW_ROWS) else None
 
 
 def linear(
@@ -158,7 +159,7 @@ class CpuConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if not _bf16_inference(x, w, b) or not _f32_products(w, self.rows_alone, FEW_ROWS + 1):
+        if not _bf16_inference(x, w, b) or not _f32_products(w, self.rows_alone, True):
             return super().forward(x)
         if self.rows_alone:
             return self._patch_mm(x) if self._patches(x) else super().forward(x)

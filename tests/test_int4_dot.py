@@ -176,6 +176,37 @@ def test_int8_dot_matches_float64_on_every_path():
             assert rel_err(got, want) < 1e-6, (isa, vnni, rows, o, i)
 
 
+def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
+    """int4_dot / int8_dot: each row of a batch of 1..17 rows (plain AVX2 runs 3 and more in
+    passes of up to 8 rows with int16 partial sums; 1 and 2 another loop) equals that row's
+    own call bit for bit on every path, with groups of one chunk, half a chunk and two chunks
+    (int4 32 / 64 / 128; int8's activation groups 32 / 64), a chunk's tail (I = 1088) and an
+    output tail (O = 33): the integer sums are exact and the float steps the same per row."""
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    cases = (
+        (4, 33, 1088, 32),
+        (4, 40, 256, 64),
+        (4, 24, 384, 128),
+        (8, 33, 1088, 32),
+        (8, 40, 256, 64),
+    )
+    for bits, o, i, group in cases:
+        if bits == 4:
+            codes = torch.randint(0, 256, (o, i // 2), dtype=torch.uint8)
+            scale, op = torch.rand(o, i // group).to(torch.bfloat16), ops.int4_dot
+        else:
+            codes = torch.randint(-128, 128, (o, i), dtype=torch.int8)
+            scale, op = torch.rand(o).to(torch.bfloat16), ops.int8_dot
+        x = torch.randn(17, i).to(torch.bfloat16)
+        x[2, :group] = 0
+        for isa, vnni in variants():
+            alone = torch.cat([op(x[r : r + 1], codes, scale, group, isa, vnni) for r in range(17)])
+            for rows in (2, 3, 4, 6, 7, 8, 11, 12, 16, 17):
+                got = op(x[:rows], codes, scale, group, isa, vnni)
+                assert torch.equal(got, alone[:rows]), (bits, group, isa, vnni, rows)
+
+
 def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
     """One row keeps the float kernel (it streams at the bandwidth limit); 2 to DOT_ROWS
     bfloat16 rows take int8_dot; both within int8 activations' error; no copy is kept."""

@@ -6,12 +6,13 @@ transformers float32 (its fastest first token on such hosts). Uses bench_vs_tran
 cached checkpoint (created if missing).
 
     python benchmarks/avx2_first_token.py [--json out.json] [--only ours-bf16 hf-f32 ...]
-                                          [--rounds 3]
+                                          [--rounds 3] [--preset paligemma-3b-448]
 
 --rounds N: the configurations run in turn N times (the order reversed every other round), so
 that a shared host's slow minutes fall on all of them; each configuration keeps its best round,
 and each round's first token over transformers float32's in the same round is reported with
-the median of those ratios.
+the median of those ratios. --preset: another resolution (its checkpoint made and cached as
+bench_vs_transformers.py does).
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--json", default="avx2_first_token.json")
     ap.add_argument("--rounds", type=int, default=1, help="runs of every configuration, in turn")
+    ap.add_argument("--preset", default="paligemma-3b-224", help="default: %(default)s")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    path = Path(args.cache_dir) / "paligemma-3b-224"
+    path = Path(args.cache_dir) / args.preset
     if args.worker:
         print("RESULT " + json.dumps(worker(path, args.worker)), flush=True)
         return
-    bvt.make_checkpoint(bvt.preset_config("paligemma-3b-224", None), path)
+    bvt.make_checkpoint(bvt.preset_config(args.preset, None), path)
     results = {
+        "preset": args.preset,
         "host": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
     }
@@ -90,7 +93,8 @@ def main() -> None:
     for r in range(args.rounds):
         rounds.append({})
         for name in args.only if r % 2 == 0 else args.only[::-1]:
-            cmd = [sys.executable, __file__, "--cache-dir", args.cache_dir, "--worker", name]
+            cmd = [sys.executable, __file__, "--cache-dir", args.cache_dir]
+            cmd += ["--preset", args.preset, "--worker", name]
             result = bvt.run_worker(cmd)
             if result is None:
                 continue

@@ -198,8 +198,8 @@ class Attention(nn.Module):
         # Kv head g serves query heads g*G ... g*G+G-1: group the queries instead of copying k, v
         # (a decode step: the G queries in one call, K and V read once).
         q = q.reshape(b, kv, (n // kv) * t, h)  # (B, K, G*T, H)
-        if fused:
-            rows = mask.repeat(1, 1, n // kv, 1)  # (B, 1, G*T, S): row g*T + t is query t
+        if fused:  # (B, 1, G*T, S): row g*T + t is query t (one query: the mask broadcasts)
+            rows = mask if t == 1 else mask.repeat(1, 1, n // kv, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=self.scale)
         else:  # (B, K, G*T, H)
             out = self._eager(q, k, v, mask, self.fused is None and t == 1 and _cpu_half(q))

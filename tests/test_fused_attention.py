@@ -111,6 +111,49 @@ def test_half_precision_cpu_decode_steps_skip_the_slow_eager_products(tmp_path, 
     assert (default - ref).abs().max().item() <= bound, bound
 
 
+def test_fused_decode_steps_group_their_query_heads_and_prefills_let_the_kernel(
+    tmp_path, monkeypatch
+):
+    """On the CPU a fused call of fewer than gemma.GQA_MIN_QUERIES queries (a decode step) hands
+    PyTorch the G query heads of each key / value head as G rows (its own grouping, enable_gqa,
+    is 5-15x slower there), a longer one (a prefill) uses enable_gqa; the grouped step is within
+    bfloat16 rounding of the enable_gqa one."""
+    from paligemma import gemma
+
+    tiny_hf_model(False, seed=3, lively=True).save_pretrained(tmp_path)
+    model = paligemma.load_model(tmp_path, dtype=torch.bfloat16)
+    n, kv = model.cfg.text.num_heads, model.cfg.text.num_kv_heads
+    assert kv < n  # the tiny oracle shares its key / value heads
+    ids, mask, types, pixels = make_batch(0)
+    one = torch.ones(3, 1, dtype=torch.long)
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        if k.shape[1] == kv:  # the decoder's (SigLIP's have a key head per query head)
+            calls.append((tuple(q.shape), kw.get("enable_gqa", False)))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(gemma.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(config, "FUSED_ATTENTION_MIN_TOKENS", 4)  # the 15-token prefill fused
+    steps = {}
+    for least in (4, 1):  # prefill rows (4+ queries) on enable_gqa; then every call
+        monkeypatch.setattr(gemma, "GQA_MIN_QUERIES", least)
+        cache = model.new_cache(3, ids.shape[1] + 1)
+        with torch.inference_mode():
+            model(ids, pixels.to(torch.bfloat16), mask, types, cache=cache)
+            prefill, calls[:] = list(calls), []
+            step = model(torch.full((3, 1), 7), attention_mask=one, token_type_ids=one, cache=cache)
+        steps[least], decode, calls[:] = step.float(), list(calls), []
+        layers = model.cfg.text.depth
+        assert len(prefill) >= layers and all(gqa and shape[1] == n for shape, gqa in prefill)
+        grouped = least > 1
+        assert len(decode) == layers
+        for shape, gqa in decode:
+            assert (shape == (3, kv, n // kv, model.cfg.text.head_dim)) == grouped != gqa
+    diff = (steps[4] - steps[1]).abs().max().item()
+    assert diff <= 0.02 * steps[1].abs().max().item(), diff
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_in_place_steps_change_no_bit(hf_checkpoint, dtype):
     """The eager path without autograd (in-place scale, soft-cap, mask, GELU, product) gives

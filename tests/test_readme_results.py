@@ -92,6 +92,38 @@ def test_speed_table_is_the_benchmark_json():
         assert quoted.format(value) in " ".join(README.split()), quoted.format(value)
 
 
+def test_avx2_one_run_table_is_its_json():
+    """The AVX2 host's full run: transformers bfloat16 at batch 1 only, memory after batch 1."""
+    run = result("avx2-paligemma-3b-224-s25-after.json")
+    runs = run["results"]
+    theirs = [r for name, r in runs.items() if name.startswith("transformers")]
+    ref_first = min(r["first_token_s"] for r in theirs)
+    ref_decode = max(r["decode_tok_s_b1"] for r in theirs)
+    ref_rss = min(r["peak_rss_b1_gb"] for r in theirs)
+    rows = runs_table("| PaliGemma-3B-224, AVX2, one run |", runs)
+    for name, r in runs.items():
+        decode, b8 = r["decode_tok_s_b1"], r.get("decode_tok_s_b8")
+        expected = [
+            r["first_token_s"],
+            r["first_token_s"] / ref_first,
+            decode,
+            decode / ref_decode,
+            100 * decode / r["bandwidth_limit_tok_s"],
+            b8,
+            b8 / decode if b8 else None,
+            r["peak_rss_b1_gb"],
+            r["peak_rss_b1_gb"] / ref_rss,
+        ]
+        check_row(rows[name], expected, name)
+        if b8 is None:
+            assert rows[name][5] == rows[name][6] == "—", name
+    ours = runs["ours bfloat16 (default)"]["first_token_s"]
+    text = " ".join(README.split())
+    for quant in ("int8", "int4"):
+        assert f"{runs['ours ' + quant]['first_token_s'] / ours:.2f}×" in text, quant
+    assert f"bandwidth up to {run['bandwidth_gbs']:.1f} GB/s" in text
+
+
 def test_int8_kernel_table_is_its_json():
     run = result("cpu2-paligemma-3b-224-int8-kernel.json")
     runs, ref = run["results"], run["results"]["transformers bfloat16"]

@@ -124,6 +124,22 @@ def test_avx2_one_run_table_is_its_json():
     assert f"bandwidth up to {run['bandwidth_gbs']:.1f} GB/s" in text
 
 
+def test_avx2_448_first_token_is_its_json():
+    rounds = [
+        r
+        for run in ("run1", "run2")
+        for r in result(f"avx2-first-token-448-s25-{run}.json")["rounds"]
+    ]
+    ours = [r["ours-bf16"]["first_token_s"] for r in rounds]
+    theirs = [r["hf-f32"]["first_token_s"] for r in rounds]
+    text = " ".join(README.split())
+    assert f"ours bfloat16 {min(ours):.2f}–{max(ours):.2f} s" in text
+    assert f"transformers float32 {min(theirs):.2f}–{max(theirs):.2f} s" in text
+    each = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
+    assert f"per round {each} of its first token" in text
+    assert f"(best against best {min(ours) / min(theirs):.2f}×" in text
+
+
 def test_int8_kernel_table_is_its_json():
     run = result("cpu2-paligemma-3b-224-int8-kernel.json")
     runs, ref = run["results"], run["results"]["transformers bfloat16"]

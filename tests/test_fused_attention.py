@@ -117,8 +117,12 @@ def test_fused_decode_steps_group_their_query_heads_and_prefills_let_the_kernel(
     """On the CPU a fused call of fewer than gemma.GQA_MIN_QUERIES queries (a decode step) hands
     PyTorch the G query heads of each key / value head as G rows (its own grouping, enable_gqa,
     is 5-15x slower there), a longer one (a prefill) uses enable_gqa; the grouped step is within
-    bfloat16 rounding of the enable_gqa one."""
+    bfloat16 rounding of the enable_gqa one. (The Python block's calls: the C++ decode block
+    makes the same ones, tests/test_decode_block.py.)"""
     from paligemma import gemma
+    from paligemma.quant import decode_block
+
+    monkeypatch.setattr(decode_block, "FAST_DECODE", False)
 
     tiny_hf_model(False, seed=3, lively=True).save_pretrained(tmp_path)
     model = paligemma.load_model(tmp_path, dtype=torch.bfloat16)

@@ -40,7 +40,14 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-OTHERS = ("dequant.cpp", "int4_dot.cpp", "int4_dot_isa.cpp", "quantize.cpp", "gelu.cpp")
+OTHERS = (
+    "dequant.cpp",
+    "int4_dot.cpp",
+    "int4_dot_isa.cpp",
+    "quantize.cpp",
+    "gelu.cpp",
+    "decode_block.cpp",
+)
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(
     SOURCE.with_name(h)

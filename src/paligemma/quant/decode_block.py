@@ -1,0 +1,167 @@
+"""A decoder block's decode step on the CPU as one C++ call (decode_block.cpp).
+
+A decode step of PaliGemma-3B at batch 1 calls ~100 small ops a layer from Python (norms, RoPE's
+slices, views, the cache write, the residuals) around the matrix products; on a 2-core AMD EPYC
+that is ~25-35 ms of a ~90 ms int4 step. CpuDecodeBlock (gemma.Block, the same submodules)
+sends a step's block to decode_block.cpp, which calls the same ATen ops and our kernels in the
+same order with the same arguments: the Python block's result bit for bit (tested), minus the
+Python. `install_matvec_` (matvec.py) swaps the decoder's blocks for it at load.
+
+It is taken when the step is plain: one query token a row, a KV cache, no autograd, CPU, our
+kernels built, FAST_DECODE, no module hooks, the block's own classes (RMSNorm, gemma.Attention,
+gemma.MLP, a GeluTanh), and its seven linears (q, k, v, o, gate, up, down) all of one kind that
+`_linears` names: int4 / int8 with int4_dot / int8_dot's product for these rows, int8 at one row
+(int8_matmul), or float weights whose rows go through torch.mv or F.linear (no float32
+products: matvec.py's prefill paths stay in Python). Anything else (LoRA, hooks, a prefill,
+training) runs the Python block.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .. import gemma
+from ..activations import GeluTanh
+from ..gemma import MLP, Attention, Block, RMSNorm, _cpu_half
+from . import gelu as cpu_gelu
+from . import kernels as cpu_kernels
+from . import matvec
+from .linear import KERNEL_ROWS, Int4Linear, Int8Linear
+
+FAST_DECODE = True  # decode steps' blocks through decode_block.cpp (False: the Python block)
+DOTS, INT8_MATMUL, MV, LINEAR = 0, 1, 2, 3  # decode_block.cpp's `linear`
+
+
+class Plan(NamedTuple):
+    """How decode_block.cpp computes a step (its arguments of the same names)."""
+
+    linear: int  # DOTS, INT8_MATMUL, MV or LINEAR
+    weights: list[torch.Tensor]  # q, k, v, o, gate, up, down
+    scales: list[torch.Tensor]  # the same order ([] for float weights)
+    dot: list[int]  # bits, group, isa, vnni (isa: also int8_matmul's)
+    attention: int  # 0 eager, 1 eager with float32 products, 2 fused
+    gelu_isa: int  # gelu.cpp's path, -2: ATen's GELU
+
+
+class CpuDecodeBlock(Block):
+    """gemma.Block whose plain CPU decode steps run as one decode_block.cpp call."""
+
+    @classmethod
+    def of(cls, block: Block) -> CpuDecodeBlock:
+        """The twin of `block`, holding its very submodules (no copy)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.local = block.local
+        for name, child in block._modules.items():  # (Gemma 1's two post-norms: one Identity)
+            setattr(new, name, child)
+        return new.train(block.training)
+
+    def forward(self, x, rope, masks, cache, layer, start):
+        plan = self._plan(x, cache, start)
+        if plan is None:
+            return super().forward(x, rope, masks, cache, layer, start)
+        mask = masks[1] if self.local else masks[0]
+        attn = self.attn
+        return torch.ops.paligemma_cpu.decode_block(
+            x,
+            self._norms(),
+            self.attn_norm.eps,
+            plan.linear,
+            plan.weights,
+            plan.scales,
+            plan.dot,
+            rope[0],
+            rope[1],
+            mask,
+            cache.k,
+            cache.v,
+            layer,
+            start,
+            [attn.num_heads, attn.num_kv_heads, attn.head_dim],
+            attn.scale,
+            attn.softcap,
+            plan.attention,
+            attn.rows_alone,
+            plan.gelu_isa,
+            torch.finfo(x.dtype).min,
+        )
+
+    def _norms(self) -> list[torch.Tensor]:
+        norms = [self.attn_norm.weight, self.mlp_norm.weight]
+        if isinstance(self.post_attn_norm, RMSNorm):
+            norms += [self.post_attn_norm.weight, self.post_mlp_norm.weight]
+        return norms
+
+    def _plan(self, x: torch.Tensor, cache, start) -> Plan | None:
+        """decode_block.cpp's arguments for this step, or None where the Python block runs
+        (module docstring)."""
+        if not FAST_DECODE or cache is None or type(start) is not int or x.shape[1] != 1:
+            return None
+        if x.device.type != "cpu" or torch.is_grad_enabled() or not self._plain():
+            return None
+        if gemma.GQA_MIN_QUERIES <= 1:  # one query through enable_gqa: the Python block's
+            return None
+        if not cpu_kernels.available():
+            return None
+        attn, mlp = self.attn, self.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+        linears += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        products = _linears(linears, x, attn.rows_alone)
+        if products is None:
+            return None
+        wide = attn.fused is None and _cpu_half(x)  # eager with float32 products
+        attention = 2 if attn._use_fused(1, x) else int(wide)
+        take = type(mlp.act) is cpu_gelu.CpuGeluTanh and cpu_gelu.FAST_GELU
+        take = take and x.dtype == torch.bfloat16
+        gelu_isa = cpu_kernels.isa() if take else -2
+        return Plan(*products, attention, gelu_isa)
+
+    def _plain(self) -> bool:
+        """The block's own classes, and no hooks anywhere in it (they must run)."""
+        attn, mlp = self.attn, self.mlp
+        post = (self.post_attn_norm, self.post_mlp_norm)
+        post_ok = all(type(m) is nn.Identity for m in post) or all(type(m) is RMSNorm for m in post)
+        kinds = type(self.attn_norm) is RMSNorm and type(self.mlp_norm) is RMSNorm and post_ok
+        kinds = kinds and type(attn) is Attention and type(mlp) is MLP
+        if not kinds or type(mlp.act) not in (GeluTanh, cpu_gelu.CpuGeluTanh):
+            return False
+        if _global_hooks():
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+
+def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tuple | None:
+    """Plan's (linear, weights, scales, dot) when all seven take one product that
+    decode_block.cpp makes as the layers would, else None."""
+    kind = type(linears[0])
+    if kind not in (Int4Linear, Int8Linear, matvec.MatVecLinear):  # e.g. LoRA-wrapped
+        return None
+    if any(type(m) is not kind or m.bias is not None for m in linears):
+        return None
+    weights = [m.weight for m in linears]
+    rows = x.numel() // x.shape[-1]
+    if kind in (Int4Linear, Int8Linear):
+        dot_kind = linears[0]._dot_kind()
+        if any(m._dot_kind() != dot_kind for m in linears):
+            return None
+        scales = [m.scale for m in linears]
+        if linears[0]._dot_rows(x, dot_kind):
+            bits, group, _ = dot_kind
+            return DOTS, weights, scales, [bits, group, *cpu_kernels.dot_path(rows)]
+        if kind is Int8Linear and rows <= KERNEL_ROWS:  # one row (the dots start at two)
+            return INT8_MATMUL, weights, scales, [8, 0, cpu_kernels.isa(), 0]
+        return None
+    if any(matvec._prefill_path(x, w, None, rows_alone) for w in weights):
+        return None
+    mode = MV if matvec._matvec(x, rows_alone) else LINEAR
+    return mode, weights, [], [0, 0, 0, 0]
+
+
+def _global_hooks() -> bool:
+    """Forward hooks registered for every module (torch.nn.modules.module's globals)."""
+    from torch.nn.modules import module as m
+
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks)

@@ -1,0 +1,110 @@
+"""A decode step's block as one C++ call (quant/decode_block.py, decode_block.cpp): the logits
+of every step equal the Python block's bit for bit, for PaliGemma 1 and 2 (soft-caps, sliding
+window, post-norms), float and int8 / int4 layers, one row and left-padded batches, with and
+without rows_alone; and it is taken exactly where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_batch, tiny_hf_model
+
+import paligemma
+from paligemma import gemma
+from paligemma import generate as engine
+from paligemma.lora import apply_lora_
+from paligemma.model import set_fused_attention_, set_rows_alone_
+from paligemma.quant import decode_block
+from paligemma.quant import kernels as cpu_kernels
+
+STEPS = 9  # past PaliGemma 2's window of 6
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["pg1", "pg2"])
+def checkpoint(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("decode-block")
+    tiny_hf_model(request.param, seed=3, lively=True).save_pretrained(path)
+    return path
+
+
+def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor], int]:
+    """Logits of a prefill and STEPS decode steps fed the same tokens, and how many block calls
+    took the C++ path."""
+    taken = []
+    plan = decode_block.CpuDecodeBlock._plan
+
+    def spy(self, *args):
+        out = plan(self, *args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(decode_block, "FAST_DECODE", fast)
+    monkeypatch.setattr(decode_block.CpuDecodeBlock, "_plan", spy)
+    ids, mask, types, pixels = (t[:batch] for t in make_batch(seed=batch))
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
+    _, cache, logits = engine._prefill(model, inputs, STEPS)
+    out, g = [logits], torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        tokens = torch.randint(5, 290, (batch,), generator=g)
+        out.append(engine._step(model, cache, tokens))
+    monkeypatch.undo()
+    return out, sum(taken)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_steps_equal_the_python_block_bit_for_bit(checkpoint, quantize, dtype, monkeypatch):
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    model = paligemma.load_model(checkpoint, dtype=dtype, quantize=quantize)
+    blocks = model.decoder.blocks
+    assert all(type(b) is decode_block.CpuDecodeBlock for b in blocks)
+    for batch, alone in ((1, False), (3, False), (3, True), (2, True)):
+        set_rows_alone_(model, alone)
+        python, none = steps(model, batch, monkeypatch, fast=False)
+        fast, taken = steps(model, batch, monkeypatch, fast=True)
+        assert none == 0
+        # float32 activations keep float products in int4 layers (int4_matmul, no dot kernel):
+        # the Python block; int8 ones take int8_matmul, which the C++ block calls too
+        python_only = quantize == "int4" and dtype == torch.float32
+        assert taken == (0 if python_only else len(blocks) * STEPS), (batch, alone)
+        for a, b in zip(python, fast, strict=True):
+            assert torch.equal(a, b), (batch, alone, (a - b).abs().max())
+    set_rows_alone_(model, False)
+
+
+def test_eager_and_fused_attention_settings_match_too(checkpoint, monkeypatch):
+    """set_fused_attention_(True / False) on a bfloat16 int4 model: the C++ block follows the
+    layer's setting (fused where it has no soft-cap; eager in bfloat16 products)."""
+    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    for on in (True, False):
+        set_fused_attention_(model, on)
+        python, _ = steps(model, 3, monkeypatch, fast=False)
+        fast, taken = steps(model, 3, monkeypatch, fast=True)
+        assert taken == len(model.decoder.blocks) * STEPS
+        assert all(torch.equal(a, b) for a, b in zip(python, fast, strict=True)), on
+
+
+def test_the_python_block_runs_where_the_step_is_not_plain(checkpoint, monkeypatch):
+    """A forward hook (it must run), autograd, a prefill, LoRA, and one query through
+    enable_gqa take the Python block."""
+    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    block = model.decoder.blocks[0]
+    x = torch.randn(1, 1, model.cfg.text.width, dtype=torch.bfloat16)
+    cache = model.new_cache(1, 4)
+    with torch.no_grad():
+        assert block._plan(x, cache, 0) is not None
+        assert block._plan(x, None, 0) is None  # no cache
+        assert block._plan(x.expand(1, 2, -1), cache, 0) is None  # two query tokens
+        assert block._plan(x, cache, torch.tensor([0])) is None  # a CUDA-graph style start
+        handle = block.mlp.down_proj.register_forward_hook(lambda *a: None)
+        assert block._plan(x, cache, 0) is None
+        handle.remove()
+        assert block._plan(x, cache, 0) is not None
+        monkeypatch.setattr(gemma, "GQA_MIN_QUERIES", 1)  # one query through enable_gqa
+        assert block._plan(x, cache, 0) is None
+        monkeypatch.undo()
+        with torch.enable_grad():  # autograd on
+            assert block._plan(x, cache, 0) is None
+        assert block._plan(x, cache, 0) is not None
+        apply_lora_(model, rank=2)  # LoRA-wrapped linears
+        assert block._plan(x, cache, 0) is None

@@ -140,6 +140,22 @@ def test_avx2_448_first_token_is_its_json():
     assert f"(best against best {min(ours) / min(theirs):.2f}×" in text
 
 
+
+def test_avx2_896_first_token_is_its_json():
+    run = result("avx2-first-token-896-s26.json")
+    ours, theirs = run["ours-bf16"], run["hf-f32"]
+    text = " ".join(README.split())
+    for quoted, value in (
+        ("ours bfloat16 {:.1f} s", ours["first_token_s"]),
+        ("transformers float32 {:.1f} s", theirs["first_token_s"]),
+        ("({:.2f}× its first token", ours["first_token_s"] / theirs["first_token_s"]),
+        ("decode {:.2f}", ours["decode_tok_s_b1"]),
+        ("against {:.2f} tok/s", theirs["decode_tok_s_b1"]),
+        ("peak memory {:.1f}", ours["peak_rss_b1_gb"]),
+        ("against {:.1f} GB", theirs["peak_rss_b1_gb"]),
+    ):  # fmt: skip
+        assert quoted.format(value) in text, quoted.format(value)
+
 def test_int8_kernel_table_is_its_json():
     run = result("cpu2-paligemma-3b-224-int8-kernel.json")
     runs, ref = run["results"], run["results"]["transformers bfloat16"]

@@ -140,7 +140,6 @@ def test_avx2_448_first_token_is_its_json():
     assert f"(best against best {min(ours) / min(theirs):.2f}×" in text
 
 
-
 def test_avx2_896_first_token_is_its_json():
     run = result("avx2-first-token-896-s26.json")
     ours, theirs = run["ours-bf16"], run["hf-f32"]
@@ -155,6 +154,7 @@ def test_avx2_896_first_token_is_its_json():
         ("against {:.1f} GB", theirs["peak_rss_b1_gb"]),
     ):  # fmt: skip
         assert quoted.format(value) in text, quoted.format(value)
+
 
 def test_int8_kernel_table_is_its_json():
     run = result("cpu2-paligemma-3b-224-int8-kernel.json")

@@ -177,19 +177,22 @@ def test_int8_dot_matches_float64_on_every_path():
 
 
 def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
-    """int4_dot / int8_dot: each row of a batch of 1..17 rows (plain AVX2 runs 3 and more in
-    passes of up to 8 rows with int16 partial sums; 1 and 2 another loop) equals that row's
-    own call bit for bit on every path, with groups of one chunk, half a chunk and two chunks
-    (int4 32 / 64 / 128; int8's activation groups 32 / 64), a chunk's tail (I = 1088) and an
-    output tail (O = 33): the integer sums are exact and the float steps the same per row."""
+    """int4_dot / int8_dot: each row of a batch of 1..17 rows equals that row's own call bit for
+    bit on every path (plain AVX2 runs one row in its own loop, int4_dot_row.h, where a row's
+    group is 1, 2 or 4 whole 32-byte vectors, and more rows in the transposing one), with groups
+    of half a chunk to four chunks (int4 32 / 64 / 128 / 256; int8's activation groups 32 / 64 /
+    128), a chunk's tail (I = 1088) and an output tail (O = 33): the integer sums are exact and
+    the float steps the same per row."""
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     cases = (
         (4, 33, 1088, 32),
         (4, 40, 256, 64),
         (4, 24, 384, 128),
+        (4, 17, 512, 256),
         (8, 33, 1088, 32),
         (8, 40, 256, 64),
+        (8, 17, 512, 128),
     )
     for bits, o, i, group in cases:
         if bits == 4:
@@ -208,16 +211,29 @@ def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
 
 
 def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
-    """One row keeps the float kernel (it streams at the bandwidth limit); 2 to DOT_ROWS
-    bfloat16 rows take int8_dot; both within int8 activations' error; no copy is kept."""
-    layer, calls, w = spied(q.Int8Linear, monkeypatch)
-    with torch.no_grad():
-        for rows, dots in ((1, 0), (2, 1), (q.DOT_ROWS, 2), (q.DOT_ROWS + 1, 2)):
-            x = torch.randn(rows, 256).to(torch.bfloat16)
-            got = layer(x)
-            want = nn.functional.linear(x.float(), w, layer.bias)
-            assert rel_err(got, want) < 0.01 and len(calls) == dots, rows
-    assert kept_bytes(layer) == 0
+    """2 to DOT_ROWS bfloat16 rows take int8_dot; one row too where the CPU runs its AVX2
+    one-row loop (cpu_kernels.int8_dot_from() 1: AVX2 without VNNI, or PALIGEMMA_CPU_ISA=avx2),
+    else the float kernel (it streams at the bandwidth limit there); all within int8
+    activations' error; no copy is kept."""
+    for level in ("avx2", None):
+        if level:
+            monkeypatch.setenv(cpu_kernels.ENV_ISA, level)
+            assert cpu_kernels.int8_dot_from() == 1
+        else:
+            monkeypatch.delenv(cpu_kernels.ENV_ISA, raising=False)
+        one = int(cpu_kernels.int8_dot_from() == 1)
+        plain = cpu_kernels.isa() == 1 and not int(torch.ops.paligemma_cpu.cpu_vnni()) & 1
+        assert one == plain, (level, one)
+        layer, calls, w = spied(q.Int8Linear, monkeypatch)
+        with torch.no_grad():
+            for rows, dots in ((1, one), (2, one + 1), (q.DOT_ROWS, one + 2)):
+                x = torch.randn(rows, 256).to(torch.bfloat16)
+                got = layer(x)
+                want = nn.functional.linear(x.float(), w, layer.bias)
+                assert rel_err(got, want) < 0.01 and len(calls) == dots, (level, rows)
+            layer(torch.randn(q.DOT_ROWS + 1, 256).to(torch.bfloat16))
+            assert len(calls) == one + 2
+        assert kept_bytes(layer) == 0
 
 
 def test_few_rows_take_avx_vnni_where_the_cpu_has_it(monkeypatch):

@@ -67,12 +67,13 @@ def counted(monkeypatch) -> list[int]:
 def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeypatch):
     """bfloat16 decoding rows: one kernel call for the three layers, outputs equal to the layers'
     own (bfloat16, their shapes). Elsewhere each layer runs alone: float32 rows, more rows than
-    DOT_ROWS, one int8 row (the float kernel), a layer with a bias, mixed classes, a layer with a
-    forward hook (which then runs)."""
+    DOT_ROWS, one int8 row where it takes the float kernel (cpu_kernels.int8_dot_from() 2), a
+    layer with a bias, mixed classes, a layer with a forward hook (which then runs)."""
     calls = counted(monkeypatch)
     three = layers(cls)
+    one_row = cls is q.Int4Linear or cpu_kernels.int8_dot_from() == 1
     with torch.inference_mode():
-        for rows in (2, 8, q.DOT_ROWS):
+        for rows in (1, 2, 8, q.DOT_ROWS) if one_row else (2, 8, q.DOT_ROWS):
             x = torch.randn(1, rows, 128).to(torch.bfloat16)
             want = [m(x) for m in three]
             calls.clear()
@@ -92,7 +93,7 @@ def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeyp
         }
         seen = []
         alone["hooked"][0][1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
-        if cls is q.Int8Linear:
+        if not one_row:
             alone["one int8 row"] = (three, bf16[:1], 0)
         for name, (mods, x, dots) in alone.items():
             want = [m(x) for m in mods]

@@ -58,6 +58,7 @@ HEADERS = tuple(
         "dequant_amx.h",
         "int4_dot_common.h",
         "int4_dot_body.h",
+        "int4_dot_row.h",
         "int4_dot_amx.h",
     )
 )
@@ -245,6 +246,19 @@ def dot_path(rows: int) -> tuple[int, int]:
     if not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and int(_state["vnni"]) & 1:
         return 1, 1
     return isa(), vnni()
+
+
+def int8_dot_from() -> int:
+    """The fewest rows at which int8 layers take int8_dot (int8 activations, integer products)
+    rather than the float kernel int8_matmul: 1 where int8_dot runs AVX2 without VNNI (its
+    one-row loop, int4_dot_row.h; on a 2-core AMD EPYC 34.6 GB/s a core from cache against
+    13.7 for the transposing loop, and batch-1 int8 decoding 8.4-8.5 tok/s against 7.3 with
+    the float kernel), else 2 (the VNNI / AMX hosts' measurement: there the float kernel leads
+    at one row). Needs available()."""
+    if "vnni" not in _state:
+        _state["vnni"] = int(torch.ops.paligemma_cpu.cpu_vnni())
+    plain = isa() == 1 and (vnni() == 0 or not int(_state["vnni"]) & 1)  # as dot_path(1) runs
+    return 1 if plain else 2
 
 
 def why_not() -> str | None:

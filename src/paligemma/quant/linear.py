@@ -11,7 +11,8 @@ never an expanded copy):
     up to DOT_ROWS rows of x in an INT8_ACTIVATIONS dtype (bfloat16, float16: decoding): our
         int4 / int8 x int8-activation kernels (int4_dot.cpp: x quantised per row and group,
         integer dot products, one pass over the saved weight for all rows, no copy; int8 from
-        2 rows, where its float kernel turns compute-bound); the output in x's dtype, and
+        2 rows, where its float kernel turns compute-bound, or from 1 where the CPU runs
+        int8_dot's AVX2 one-row loop: cpu_kernels.int8_dot_from()); the output in x's dtype, and
         layers that read the same x (gemma.project: q, k, v; gate, up) in one call
         (`together`: int4_dots / int8_dots, x quantised once, one parallel region);
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
@@ -160,7 +161,8 @@ class Int8Linear(_QuantizedLinear):
         return self.weight[rows].to(self.scale.dtype) * self.scale[rows, None]
 
     def _dot_kind(self) -> tuple[int, int, int]:
-        return 8, INT8_DOT_GROUP if self.in_features % INT8_DOT_GROUP == 0 else 0, 2
+        fewest = cpu_kernels.int8_dot_from() if cpu_kernels.available() else 2
+        return 8, INT8_DOT_GROUP if self.in_features % INT8_DOT_GROUP == 0 else 0, fewest
 
     def _few_rows(self, flat: torch.Tensor) -> torch.Tensor | None:
         out = self._dot(flat)

@@ -252,8 +252,8 @@ def int8_dot_from() -> int:
     """The fewest rows at which int8 layers take int8_dot (int8 activations, integer products)
     rather than the float kernel int8_matmul: 1 where int8_dot runs AVX2 without VNNI (its
     one-row loop, int4_dot_row.h; on a 2-core AMD EPYC 34.6 GB/s a core from cache against
-    13.7 for the transposing loop, and batch-1 int8 decoding 8.4-8.5 tok/s against 7.3 with
-    the float kernel), else 2 (the VNNI / AMX hosts' measurement: there the float kernel leads
+    13.7 for the transposing loop, and batch-1 int8 decoding 1.10x the float kernel's rate,
+    median of 6 rounds alternating in one process), else 2 (the VNNI / AMX hosts' measurement: there the float kernel leads
     at one row). Needs available()."""
     if "vnni" not in _state:
         _state["vnni"] = int(torch.ops.paligemma_cpu.cpu_vnni())

@@ -241,24 +241,36 @@ def dot_path(rows: int) -> tuple[int, int]:
     """(isa, vnni) for int4_dot / int8_dot on `rows` rows: the CPU's best, except AVX-VNNI's
     256-bit path for a few rows (NARROW_VNNI_ROWS); PALIGEMMA_CPU_ISA, when set, decides
     alone. Needs available()."""
-    if "vnni" not in _state:
-        _state["vnni"] = int(torch.ops.paligemma_cpu.cpu_vnni())
-    if not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and int(_state["vnni"]) & 1:
+    return _dot_path(rows)
+
+
+def _dot_path(rows: int) -> tuple[int, int]:
+    """dot_path's answer (tests spy on dot_path's calls as the kernels' calls)."""
+    if not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and _avx_vnni():
         return 1, 1
     return isa(), vnni()
 
 
-def int8_dot_from() -> int:
-    """The fewest rows at which int8 layers take int8_dot (int8 activations, integer products)
-    rather than the float kernel int8_matmul: 1 where int8_dot runs AVX2 without VNNI (its
-    one-row loop, int4_dot_row.h; on a 2-core AMD EPYC 34.6 GB/s a core from cache against
-    13.7 for the transposing loop, and batch-1 int8 decoding 1.10x the float kernel's rate,
-    median of 6 rounds alternating in one process), else 2 (the VNNI / AMX hosts' measurement: there the float kernel leads
-    at one row). Needs available()."""
+def _avx_vnni() -> bool:
+    """The CPU has AVX-VNNI (the 256-bit VNNI). Needs available()."""
     if "vnni" not in _state:
         _state["vnni"] = int(torch.ops.paligemma_cpu.cpu_vnni())
-    plain = isa() == 1 and (vnni() == 0 or not int(_state["vnni"]) & 1)  # as dot_path(1) runs
-    return 1 if plain else 2
+    return bool(int(_state["vnni"]) & 1)
+
+
+def int8_dot_from() -> int:
+    """The fewest rows at which int8 layers take int8_dot (int8 activations, integer products)
+    rather than the float kernel int8_matmul: 1 where a row runs int8_dot's AVX2 loop without
+    VNNI (its one-row loop, int4_dot_row.h; on a 2-core AMD EPYC 34.6 GB/s a core from cache
+    against 13.7 for the transposing loop, and batch-1 int8 decoding 1.10x the float kernel's
+    rate, median of 6 rounds alternating in one process), else 2 (the VNNI / AMX hosts'
+    measurement: there the float kernel leads at one row). Needs available(). Asked per layer
+    and decode step, so kept per PALIGEMMA_CPU_ISA value."""
+    key = "int8_dot_from:" + os.environ.get(ENV_ISA, "")
+    if key not in _state:
+        path, level = _dot_path(1)  # level -1 / -2: VNNI where the CPU has it
+        _state[key] = 1 if path == 1 and (level == 0 or not _avx_vnni()) else 2
+    return int(_state[key])
 
 
 def why_not() -> str | None:

@@ -1,7 +1,9 @@
-"""A decode step's block as one C++ call (quant/decode_block.py, decode_block.cpp): the logits
-of every step equal the Python block's bit for bit, for PaliGemma 1 and 2 (soft-caps, sliding
-window, post-norms), float and int8 / int4 layers, one row and left-padded batches, with and
-without rows_alone; and it is taken exactly where it applies."""
+"""A decode step's block as one C++ call (quant/decode_block.py, decode_block.cpp): with ATen's
+ops between the products (OWN_OPS off) the logits of every step equal the Python block's bit
+for bit, for PaliGemma 1 and 2 (soft-caps, sliding window, post-norms), float and int8 / int4
+layers, one row and left-padded batches, with and without rows_alone; it is taken exactly where
+it applies, and decode_ops.cpp's loops exactly for quantised bfloat16 steps (their accuracy:
+tests/test_decode_ops.py)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor
         return out
 
     monkeypatch.setattr(decode_block, "FAST_DECODE", fast)
+    monkeypatch.setattr(decode_block, "OWN_OPS", False)
     monkeypatch.setattr(decode_block.CpuDecodeBlock, "_plan", spy)
     ids, mask, types, pixels = (t[:batch] for t in make_batch(seed=batch))
     inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
@@ -82,6 +85,21 @@ def test_eager_and_fused_attention_settings_match_too(checkpoint, monkeypatch):
         fast, taken = steps(model, 3, monkeypatch, fast=True)
         assert taken == len(model.decoder.blocks) * STEPS
         assert all(torch.equal(a, b) for a, b in zip(python, fast, strict=True)), on
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_own_ops_are_planned_for_quantised_bfloat16_steps_only(checkpoint, quantize, dtype):
+    model = paligemma.load_model(checkpoint, dtype=dtype, quantize=quantize)
+    block = model.decoder.blocks[0]
+    cache = model.new_cache(2, 4)
+    with torch.no_grad():
+        plan = block._plan(torch.randn(2, 1, model.cfg.text.width, dtype=dtype), cache, 0)
+    if quantize == "int4" and dtype == torch.float32:  # the Python block (see above)
+        assert plan is None
+        return
+    own = quantize is not None and dtype == torch.bfloat16
+    assert plan.ops == (min(cpu_kernels.isa(), 1) if own else -1)
 
 
 def test_the_python_block_runs_where_the_step_is_not_plain(checkpoint, monkeypatch):

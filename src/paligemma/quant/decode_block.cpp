@@ -8,17 +8,21 @@
 //                linear, weights [q, k, v, o, gate, up, down], scales (same order, or []),
 //                dot [bits, group, isa, vnni], cos, sin [B, 1, 1, H], mask bool [B, 1, 1, S],
 //                cache_k, cache_v [L, B, K, S_max, H], layer, start, heads [N, K, H],
-//                scale, softcap?, attention, rows_alone, gelu_isa, lowest) -> [B, 1, D]
+//                scale, softcap?, attention, rows_alone, gelu_isa, lowest, ops=-1) -> [B, 1, D]
 //
 // linear: 0 int4_dots / int8_dots (dot = [bits, group, isa, vnni]: the layers read the same x in
 // one call, as gemma.project does), 1 int8_matmul (isa = dot[2]: int8 at one row), 2 torch.mv
-// (one float row: matvec.py), 3 F.linear (float weights). attention: 0 eager, 1 eager with float32 products ("wide"),
-// 2 fused (scaled_dot_product_attention). rows_alone: each row over its own key span
+// (one float row: matvec.py), 3 F.linear (float weights). attention: 0 eager, 1 eager with
+// float32 products ("wide"), 2 fused (scaled_dot_product_attention). rows_alone: each row over its own key span
 // (gemma.Attention._one_query_rows). gelu_isa: >= -1 gelu.cpp's kernel on that path, -2 ATen's.
-// lowest: the value masked scores take (torch.finfo(dtype).min).
+// lowest: the value masked scores take (torch.finfo(dtype).min). ops: -1 the ATen ops above;
+// >= 0 (bfloat16 only) decode_ops.h's loops for RMSNorm, RoPE and the cache write, attention
+// and the residual adds, attention on that path (1 AVX2, 0 scalar): not the Python block's bits
+// (its summation order differs), bounded by tests instead.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include "decode_ops.h"
 #include <torch/library.h>
 
 #include <initializer_list>
@@ -155,13 +159,49 @@ at::Tensor one_query_rows(const Attn& a, const at::Tensor& q, const at::Tensor& 
   return out;
 }
 
+// GeGLU's gelu(gate) * up in place (gelu.cpp's kernel, or ATen's).
+void geglu(at::Tensor& gate, const at::Tensor& up, int64_t gelu_isa) {
+  if (gelu_isa >= -1) {
+    static const auto gelu = op<GeluFn>("paligemma_cpu::gelu_tanh_");
+    gelu.call(gate, up, gelu_isa);
+  } else {
+    at::gelu_(gate, "tanh").mul_(up);
+  }
+}
+
+struct Step {  // where the step reads and writes
+  const at::Tensor &cos, &sin, &mask, &cache_k, &cache_v;
+  int64_t layer, start;
+};
+
+// The block with decode_ops.h's loops between the products (ops >= 0).
+at::Tensor own_ops(const Linears& L, const at::Tensor& x, at::TensorList norms, double eps,
+                   const Step& t, const Attn& a, int64_t gelu_isa, int64_t ops) {
+  TORCH_CHECK(t.mask.size(-1) == t.start + 1, "decode_block: the mask must cover slots 0..start");
+  const at::Tensor x0 = x.contiguous();
+  const Tensors qkv = project(L, pg_ops::rms(x0, norms[0], eps), {0, 1, 2});
+  const at::Tensor q =
+      pg_ops::rope_write(qkv[0], qkv[1], qkv[2], t.cos.contiguous(), t.sin.contiguous(),
+                         t.cache_k, t.cache_v, t.layer, t.start);  // (B, N, H) float32
+  const at::Tensor out = pg_ops::attend(q, t.cache_k, t.cache_v, t.layer, t.mask, a.scale,
+                                        a.softcap, ops);  // (B, 1, N H)
+  at::Tensor y = project(L, out, {3})[0];
+  if (norms.size() == 4) y = pg_ops::rms(y, norms[2], eps);
+  const at::Tensor x1 = pg_ops::add(x0, y);
+  Tensors gate_up = project(L, pg_ops::rms(x1, norms[1], eps), {4, 5});
+  geglu(gate_up[0], gate_up[1], gelu_isa);
+  at::Tensor m = project(L, gate_up[0], {6})[0];
+  if (norms.size() == 4) m = pg_ops::rms(m, norms[3], eps);
+  return pg_ops::add(x1, m);
+}
+
 at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, int64_t linear,
                         at::TensorList weights, at::TensorList scales, at::IntArrayRef dot,
                         const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
                         const at::Tensor& cache_k, const at::Tensor& cache_v, int64_t layer,
                         int64_t start, at::IntArrayRef heads, double scale,
                         std::optional<double> softcap, int64_t attention, bool rows_alone,
-                        int64_t gelu_isa, double lowest) {
+                        int64_t gelu_isa, double lowest, int64_t ops) {
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "decode_block: x must be [B, 1, D]");
   TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decode_block: 2 or 4 norms");
   TORCH_CHECK(weights.size() == 7 && (scales.empty() || scales.size() == 7),
@@ -173,6 +213,10 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
   const std::vector<int64_t> d(dot.begin(), dot.end());
   const Linears L{linear, w, s, d};
   const Attn a{scale, softcap, attention, lowest};
+  if (ops >= 0) {
+    const Step t{cos, sin, mask, cache_k, cache_v, layer, start};
+    return own_ops(L, x, norms, eps, t, a, gelu_isa, ops);
+  }
   const int64_t b = x.size(0), n = heads[0], kv = heads[1], h = heads[2];
 
   // x += post_attn_norm(attn(attn_norm(x)))
@@ -191,14 +235,8 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
 
   // x += post_mlp_norm(mlp(mlp_norm(x)))
   Tensors gate_up = project(L, rms(x1, norms[1], eps), {4, 5});
-  at::Tensor& gate = gate_up[0];
-  if (gelu_isa >= -1) {
-    static const auto gelu = op<GeluFn>("paligemma_cpu::gelu_tanh_");
-    gelu.call(gate, gate_up[1], gelu_isa);
-  } else {
-    at::gelu_(gate, "tanh").mul_(gate_up[1]);
-  }
-  at::Tensor m = project(L, gate, {6})[0];
+  geglu(gate_up[0], gate_up[1], gelu_isa);
+  at::Tensor m = project(L, gate_up[0], {6})[0];
   if (norms.size() == 4) m = rms(m, norms[3], eps);
   return at::add(x1, m);
 }
@@ -210,6 +248,6 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
       "decode_block(Tensor x, Tensor[] norms, float eps, int linear, Tensor[] weights, "
       "Tensor[] scales, int[] dot, Tensor cos, Tensor sin, Tensor mask, Tensor(a!) cache_k, "
       "Tensor(b!) cache_v, int layer, int start, int[] heads, float scale, float? softcap, "
-      "int attention, bool rows_alone, int gelu_isa, float lowest) -> Tensor",
+      "int attention, bool rows_alone, int gelu_isa, float lowest, int ops=-1) -> Tensor",
       &decode_block);
 }

@@ -14,6 +14,13 @@ gemma.MLP, a GeluTanh), and its seven linears (q, k, v, o, gate, up, down) all o
 (int8_matmul), or float weights whose rows go through torch.mv or F.linear (no float32
 products: matvec.py's prefill paths stay in Python). Anything else (LoRA, hooks, a prefill,
 training) runs the Python block.
+
+Between the products, decode_block.cpp calls ATen's ops as the Python block does, except in
+quantised layers' bfloat16 steps (OWN_OPS, Plan.ops): there decode_ops.cpp's loops do RMSNorm,
+RoPE and the cache write, one query's attention and the residual adds, which cost ATen ~0.3 ms
+a layer in small-op overhead on a 2-core host (~5% of an int4 step of PaliGemma-3B). Their
+summation order is not ATen's, so those steps are not the Python block's bits: bounded against
+float64 and float32 in tests/test_decode_ops.py (as close to float32 as the Python block's).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from . import matvec
 from .linear import KERNEL_ROWS, Int4Linear, Int8Linear
 
 FAST_DECODE = True  # decode steps' blocks through decode_block.cpp (False: the Python block)
+OWN_OPS = True  # quantised bfloat16 steps: decode_ops.cpp's loops between the products
 DOTS, INT8_MATMUL, MV, LINEAR = 0, 1, 2, 3  # decode_block.cpp's `linear`
 
 
@@ -44,6 +52,7 @@ class Plan(NamedTuple):
     dot: list[int]  # bits, group, isa, vnni (isa: also int8_matmul's)
     attention: int  # 0 eager, 1 eager with float32 products, 2 fused
     gelu_isa: int  # gelu.cpp's path, -2: ATen's GELU
+    ops: int  # decode_ops.cpp's loops on that path (1 AVX2, 0 scalar), -1: ATen's ops
 
 
 class CpuDecodeBlock(Block):
@@ -87,6 +96,7 @@ class CpuDecodeBlock(Block):
             attn.rows_alone,
             plan.gelu_isa,
             torch.finfo(x.dtype).min,
+            plan.ops,
         )
 
     def _norms(self) -> list[torch.Tensor]:
@@ -117,7 +127,7 @@ class CpuDecodeBlock(Block):
         take = type(mlp.act) is cpu_gelu.CpuGeluTanh and cpu_gelu.FAST_GELU
         take = take and x.dtype == torch.bfloat16
         gelu_isa = cpu_kernels.isa() if take else -2
-        return Plan(*products, attention, gelu_isa)
+        return Plan(*products, attention, gelu_isa, _ops(products[0], x, cache))
 
     def _plain(self) -> bool:
         """The block's own classes, and no hooks anywhere in it (they must run)."""
@@ -158,6 +168,18 @@ def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tup
         return None
     mode = MV if matvec._matvec(x, rows_alone) else LINEAR
     return mode, weights, [], [0, 0, 0, 0]
+
+
+def _ops(linear: int, x: torch.Tensor, cache) -> int:
+    """Plan.ops: decode_ops.cpp's loops for quantised layers' bfloat16 steps (their products
+    are approximate already; float layers keep the Python block's bits), else -1."""
+    if not OWN_OPS or linear not in (DOTS, INT8_MATMUL) or x.dtype != torch.bfloat16:
+        return -1
+    if cache.k.dtype != torch.bfloat16 or cache.k.stride(-1) != 1:
+        return -1
+    if cache.v.dtype != cache.k.dtype or cache.v.stride() != cache.k.stride():
+        return -1
+    return min(cpu_kernels.isa(), 1)
 
 
 def _global_hooks() -> bool:

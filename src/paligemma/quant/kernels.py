@@ -47,6 +47,7 @@ OTHERS = (
     "quantize.cpp",
     "gelu.cpp",
     "decode_block.cpp",
+    "decode_ops.cpp",
 )
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(
@@ -60,6 +61,7 @@ HEADERS = tuple(
         "int4_dot_body.h",
         "int4_dot_row.h",
         "int4_dot_amx.h",
+        "decode_ops.h",
     )
 )
 # Sources compiled several times, once per -DPG_DOT_PART=k (an instruction set's loop each, so

@@ -107,6 +107,7 @@ void values_scalar(const Heads& a, const float* p, const float* inv, uint16_t* o
 #ifdef PG_OPS_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define PG_OPS_INLINE inline __attribute__((always_inline))
 namespace pg_ops {
 namespace {
 
@@ -121,37 +122,67 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
+// Scores of C keys from idx[i] on (C = 2: 2 J independent FMA chains, where one chain's latency
+// would bound the loop, and q's vectors read once for both keys).
+template <int J, int C>
+PG_OPS_INLINE void keys_avx2(const Heads& a, int64_t i, float* out) {
+  const float* q = a.q;
+  const int64_t h = a.h, n = a.n;
+  const uint16_t* k[C];
+  __m256 acc[C][J];
+  for (int c = 0; c < C; ++c) {
+    k[c] = a.k + a.idx[i + c] * a.stride;
+    for (int j = 0; j < J; ++j) acc[c][j] = _mm256_setzero_ps();
+  }
+  for (int64_t d = 0; d < h; d += 8) {
+    __m256 kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = load8(k[c] + d);
+    for (int j = 0; j < J; ++j) {
+      const __m256 qv = _mm256_loadu_ps(q + j * h + d);
+      for (int c = 0; c < C; ++c) acc[c][j] = _mm256_fmadd_ps(qv, kv[c], acc[c][j]);
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int j = 0; j < J; ++j) out[j * n + i + c] = hsum(acc[c][j]);
+}
+
 template <int J>
 void scores_avx2(const Heads& a, float* out) {
-  for (int64_t i = 0; i < a.n; ++i) {
-    const uint16_t* kr = a.k + a.idx[i] * a.stride;
-    __m256 acc[J];
-    for (int j = 0; j < J; ++j) acc[j] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < a.h; d += 8) {
-      const __m256 kv = load8(kr + d);
+  int64_t i = 0;
+  for (; i + 2 <= a.n; i += 2) keys_avx2<J, 2>(a, i, out);
+  if (i < a.n) keys_avx2<J, 1>(a, i, out);
+}
+
+// Values' C vectors from d on (C = 2: independent chains again; each output value still sums
+// its keys in order).
+template <int J, int C>
+PG_OPS_INLINE void columns_avx2(const Heads& a, const float* p, const float* inv, int64_t d,
+                                uint16_t* out) {
+  const int64_t n = a.n, stride = a.stride;
+  __m256 acc[C][J];
+  for (int c = 0; c < C; ++c)
+    for (int j = 0; j < J; ++j) acc[c][j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t* vr = a.v + a.idx[i] * stride + d;
+    for (int c = 0; c < C; ++c) {
+      const __m256 vv = load8(vr + 8 * c);
       for (int j = 0; j < J; ++j)
-        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + j * a.h + d), kv, acc[j]);
+        acc[c][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j * n + i), vv, acc[c][j]);
     }
-    for (int j = 0; j < J; ++j) out[j * a.n + i] = hsum(acc[j]);
   }
+  for (int c = 0; c < C; ++c)
+    for (int j = 0; j < J; ++j) {
+      alignas(32) float f[8];
+      _mm256_store_ps(f, _mm256_mul_ps(acc[c][j], _mm256_set1_ps(inv[j])));
+      for (int e = 0; e < 8; ++e) out[j * a.h + d + 8 * c + e] = to_bf(f[e]);
+    }
 }
 
 template <int J>
 void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out) {
-  for (int64_t d = 0; d < a.h; d += 8) {
-    __m256 acc[J];
-    for (int j = 0; j < J; ++j) acc[j] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < a.n; ++i) {
-      const __m256 vv = load8(a.v + a.idx[i] * a.stride + d);
-      for (int j = 0; j < J; ++j)
-        acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j * a.n + i), vv, acc[j]);
-    }
-    for (int j = 0; j < J; ++j) {
-      alignas(32) float f[8];
-      _mm256_store_ps(f, _mm256_mul_ps(acc[j], _mm256_set1_ps(inv[j])));
-      for (int e = 0; e < 8; ++e) out[j * a.h + d + e] = to_bf(f[e]);
-    }
-  }
+  int64_t d = 0;
+  for (; d + 16 <= a.h; d += 16) columns_avx2<J, 2>(a, p, inv, d, out);
+  if (d < a.h) columns_avx2<J, 1>(a, p, inv, d, out);
 }
 
 template <int J>
@@ -175,6 +206,7 @@ void pass_avx2(const Heads& a, float* s, const float* p, const float* inv, uint1
 
 }  // namespace
 }  // namespace pg_ops
+#undef PG_OPS_INLINE
 #pragma GCC pop_options
 #endif
 

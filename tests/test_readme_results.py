@@ -380,3 +380,32 @@ def test_final_224_table_is_its_json(header, file, with_bw):
         expected += [r["decode_tok_s_b8"] / r["decode_tok_s_b1"], r["peak_rss_gb"]]
         expected += [r["peak_rss_gb"] / rss]
         check_row(cells, expected, name)
+
+
+def test_decode_ops_paragraph_is_its_jsons():
+    """ "A quantised step's small ops as loops": the A/B run's medians and ranges, and the
+    quantised rows of the benchmark run after it."""
+    ab = result("avx2-decode-ops-ab-s28.json")
+    runs = result("avx2-paligemma-3b-224-s28-ours.json")["results"]
+    i8, i4, bf = runs["ours int8"], runs["ours int4"], runs["ours bfloat16 (default)"]
+    text = " ".join(README.split())
+    quotes = []
+    for mode in ("int4", "int8"):
+        a, o = ab[mode]["aten_tok_s"], ab[mode]["own_tok_s"]
+        quotes.append(f"{mode} median {ab[mode]['median_ratio']:.2f}×" if mode == "int4" else
+                      f"int8 {ab[mode]['median_ratio']:.2f}× (")  # fmt: skip
+        quotes.append(f"{min(a):.2f}-{max(a):.2f}")
+        quotes.append(f"{min(o):.2f}-{max(o):.2f}")
+    for r, name in ((i8, "int8"), (i4, "int4")):
+        pct = 100 * r["decode_tok_s_b1"] / r["bandwidth_limit_tok_s"]
+        quotes.append(f"{name} {r['decode_tok_s_b1']:.2f} tok/s ({pct:.0f}% of its limit)"
+                      if name == "int8" else
+                      f"{name} {r['decode_tok_s_b1']:.2f} ({pct:.0f}%)")  # fmt: skip
+    b8, b4 = (r["decode_tok_s_b8"] / r["decode_tok_s_b1"] for r in (i8, i4))
+    quotes.append(f"batch 8 over batch 1 {b8:.1f}× / {b4:.1f}×")
+    quotes.append(
+        f"first token {i8['first_token_s']:.2f} s / {i4['first_token_s']:.2f} s against "
+        f"bfloat16's {bf['first_token_s']:.2f} s"
+    )
+    for quoted in quotes:
+        assert quoted in text, quoted

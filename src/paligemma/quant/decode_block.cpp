@@ -13,12 +13,13 @@
 // linear: 0 int4_dots / int8_dots (dot = [bits, group, isa, vnni]: the layers read the same x in
 // one call, as gemma.project does), 1 int8_matmul (isa = dot[2]: int8 at one row), 2 torch.mv
 // (one float row: matvec.py), 3 F.linear (float weights). attention: 0 eager, 1 eager with
-// float32 products ("wide"), 2 fused (scaled_dot_product_attention). rows_alone: each row over its own key span
-// (gemma.Attention._one_query_rows). gelu_isa: >= -1 gelu.cpp's kernel on that path, -2 ATen's.
-// lowest: the value masked scores take (torch.finfo(dtype).min). ops: -1 the ATen ops above;
-// >= 0 (bfloat16 only) decode_ops.h's loops for RMSNorm, RoPE and the cache write, attention
-// and the residual adds, attention on that path (1 AVX2, 0 scalar): not the Python block's bits
-// (its summation order differs), bounded by tests instead.
+// float32 products ("wide"), 2 fused (scaled_dot_product_attention). rows_alone: each row over
+// its own key span (gemma.Attention._one_query_rows). gelu_isa: >= -1 gelu.cpp's kernel on that
+// path, -2 ATen's. lowest: the value masked scores take (torch.finfo(dtype).min). ops: -1 ATen's
+// ops, as the Python block calls them (AtenOps); >= 0 (bfloat16 only) decode_ops.h's loops for
+// RMSNorm, RoPE and the cache write, attention and the residual adds (OwnOps), attention on that
+// path (1 AVX2, 0 scalar): not the Python block's bits (their summation order differs), bounded
+// by tests instead. Both run one skeleton, `block`.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -169,30 +170,69 @@ void geglu(at::Tensor& gate, const at::Tensor& up, int64_t gelu_isa) {
   }
 }
 
-struct Step {  // where the step reads and writes
+struct Step {  // where a step's attention reads and writes
   const at::Tensor &cos, &sin, &mask, &cache_k, &cache_v;
   int64_t layer, start;
+  int64_t n, kv, h;  // heads: query, key / value, dimension
+  bool rows_alone;
 };
 
-// The block with decode_ops.h's loops between the products (ops >= 0).
-at::Tensor own_ops(const Linears& L, const at::Tensor& x, at::TensorList norms, double eps,
-                   const Step& t, const Attn& a, int64_t gelu_isa, int64_t ops) {
-  TORCH_CHECK(t.mask.size(-1) == t.start + 1, "decode_block: the mask must cover slots 0..start");
-  const at::Tensor x0 = x.contiguous();
-  const Tensors qkv = project(L, pg_ops::rms(x0, norms[0], eps), {0, 1, 2});
-  const at::Tensor q =
-      pg_ops::rope_write(qkv[0], qkv[1], qkv[2], t.cos.contiguous(), t.sin.contiguous(),
-                         t.cache_k, t.cache_v, t.layer, t.start);  // (B, N, H) float32
-  const at::Tensor out = pg_ops::attend(q, t.cache_k, t.cache_v, t.layer, t.mask, a.scale,
-                                        a.softcap, ops);  // (B, 1, N H)
-  at::Tensor y = project(L, out, {3})[0];
-  if (norms.size() == 4) y = pg_ops::rms(y, norms[2], eps);
-  const at::Tensor x1 = pg_ops::add(x0, y);
-  Tensors gate_up = project(L, pg_ops::rms(x1, norms[1], eps), {4, 5});
+// The ops between the products as the Python block calls them (ATen's).
+struct AtenOps {
+  const Step& t;
+  const Attn& a;
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, double eps) const {
+    return rms(x, w, eps);
+  }
+  at::Tensor add(const at::Tensor& x, const at::Tensor& y) const { return at::add(x, y); }
+  // q, k, v [B, 1, *] -> RoPE, the cache write, attention -> [B, 1, N H]
+  at::Tensor attention(const Tensors& qkv) const {
+    const int64_t b = qkv[0].size(0), n = t.n, kv = t.kv, h = t.h;
+    const at::Tensor q = rope(qkv[0].view({b, 1, n, h}).transpose(1, 2), t.cos, t.sin);  // B N 1 H
+    const at::Tensor k = rope(qkv[1].view({b, 1, kv, h}).transpose(1, 2), t.cos, t.sin);  // B K 1 H
+    const at::Tensor v = qkv[2].view({b, 1, kv, h}).transpose(1, 2);
+    const at::Tensor keys = t.cache_k.select(0, t.layer), values = t.cache_v.select(0, t.layer);
+    keys.slice(2, t.start, t.start + 1).copy_(k);  // kv_cache.KVCache.write
+    values.slice(2, t.start, t.start + 1).copy_(v);
+    const at::Tensor ks = keys.slice(2, 0, t.start + 1), vs = values.slice(2, 0, t.start + 1);
+    const at::Tensor out =
+        t.rows_alone ? one_query_rows(a, q, ks, vs, t.mask) : attend(a, q, ks, vs, t.mask);
+    return out.transpose(1, 2).reshape({b, 1, n * h});
+  }
+};
+
+// decode_ops.h's loops (ops >= 0: the attention's path); x must be contiguous.
+struct OwnOps {
+  const Step& t;
+  const Attn& a;
+  int64_t isa;
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, double eps) const {
+    return pg_ops::rms(x, w, eps);
+  }
+  at::Tensor add(const at::Tensor& x, const at::Tensor& y) const { return pg_ops::add(x, y); }
+  at::Tensor attention(const Tensors& qkv) const {
+    const at::Tensor q = pg_ops::rope_write(qkv[0], qkv[1], qkv[2], t.cos.contiguous(),
+                                            t.sin.contiguous(), t.cache_k, t.cache_v, t.layer,
+                                            t.start);  // (B, N, H) float32
+    return pg_ops::attend(q, t.cache_k, t.cache_v, t.layer, t.mask, a.scale, a.softcap, isa);
+  }
+};
+
+// gemma.Block's forward for one query token a row, with Ops between the products.
+template <typename Ops>
+at::Tensor block(const Ops& o, const Linears& L, const at::Tensor& x, at::TensorList norms,
+                 double eps, int64_t gelu_isa) {
+  // x += post_attn_norm(attn(attn_norm(x)))
+  at::Tensor y = project(L, o.attention(project(L, o.norm(x, norms[0], eps), {0, 1, 2})), {3})[0];
+  if (norms.size() == 4) y = o.norm(y, norms[2], eps);
+  const at::Tensor x1 = o.add(x, y);
+
+  // x += post_mlp_norm(mlp(mlp_norm(x)))
+  Tensors gate_up = project(L, o.norm(x1, norms[1], eps), {4, 5});
   geglu(gate_up[0], gate_up[1], gelu_isa);
   at::Tensor m = project(L, gate_up[0], {6})[0];
-  if (norms.size() == 4) m = pg_ops::rms(m, norms[3], eps);
-  return pg_ops::add(x1, m);
+  if (norms.size() == 4) m = o.norm(m, norms[3], eps);
+  return o.add(x1, m);
 }
 
 at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, int64_t linear,
@@ -213,32 +253,11 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
   const std::vector<int64_t> d(dot.begin(), dot.end());
   const Linears L{linear, w, s, d};
   const Attn a{scale, softcap, attention, lowest};
-  if (ops >= 0) {
-    const Step t{cos, sin, mask, cache_k, cache_v, layer, start};
-    return own_ops(L, x, norms, eps, t, a, gelu_isa, ops);
-  }
-  const int64_t b = x.size(0), n = heads[0], kv = heads[1], h = heads[2];
-
-  // x += post_attn_norm(attn(attn_norm(x)))
-  const Tensors qkv = project(L, rms(x, norms[0], eps), {0, 1, 2});
-  const at::Tensor q = rope(qkv[0].view({b, 1, n, h}).transpose(1, 2), cos, sin);  // (B, N, 1, H)
-  const at::Tensor k = rope(qkv[1].view({b, 1, kv, h}).transpose(1, 2), cos, sin);  // (B, K, 1, H)
-  const at::Tensor v = qkv[2].view({b, 1, kv, h}).transpose(1, 2);
-  const at::Tensor keys = cache_k.select(0, layer), values = cache_v.select(0, layer);
-  keys.slice(2, start, start + 1).copy_(k);  // kv_cache.KVCache.write
-  values.slice(2, start, start + 1).copy_(v);
-  const at::Tensor ks = keys.slice(2, 0, start + 1), vs = values.slice(2, 0, start + 1);
-  const at::Tensor out = rows_alone ? one_query_rows(a, q, ks, vs, mask) : attend(a, q, ks, vs, mask);
-  at::Tensor y = project(L, out.transpose(1, 2).reshape({b, 1, n * h}), {3})[0];
-  if (norms.size() == 4) y = rms(y, norms[2], eps);
-  const at::Tensor x1 = at::add(x, y);
-
-  // x += post_mlp_norm(mlp(mlp_norm(x)))
-  Tensors gate_up = project(L, rms(x1, norms[1], eps), {4, 5});
-  geglu(gate_up[0], gate_up[1], gelu_isa);
-  at::Tensor m = project(L, gate_up[0], {6})[0];
-  if (norms.size() == 4) m = rms(m, norms[3], eps);
-  return at::add(x1, m);
+  const Step t{cos, sin, mask, cache_k, cache_v, layer, start, heads[0], heads[1], heads[2],
+               rows_alone};
+  if (ops < 0) return block(AtenOps{t, a}, L, x, norms, eps, gelu_isa);
+  TORCH_CHECK(mask.size(-1) == start + 1, "decode_block: the mask must cover slots 0..start");
+  return block(OwnOps{t, a, ops}, L, x.contiguous(), norms, eps, gelu_isa);
 }
 
 }  // namespace

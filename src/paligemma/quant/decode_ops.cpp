@@ -22,19 +22,9 @@ int64_t pg_cpu_isa();  // kernels.cpp
 namespace pg_ops {
 namespace {
 
-inline float bf(uint16_t h) {
-  const uint32_t b = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-inline uint16_t to_bf(float f) {  // round to nearest even; NaN -> quiet NaN
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
+// bfloat16 bits <-> float32 as PyTorch converts (round to nearest even; NaN -> 0x7fc0)
+inline float bf(uint16_t h) { return c10::detail::f32_from_bits(h); }
+inline uint16_t to_bf(float f) { return c10::detail::round_to_nearest_even(f); }
 
 inline float rnd(float f) { return bf(to_bf(f)); }
 
@@ -185,22 +175,22 @@ void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out
   if (d < a.h) columns_avx2<J, 1>(a, p, inv, d, out);
 }
 
-template <int J>
-void both_avx2(const Heads& a, float* s, const float* p, const float* inv, uint16_t* out,
-               bool scores) {
-  if (scores)
-    scores_avx2<J>(a, s);
-  else
-    values_avx2<J>(a, p, inv, out);
+// The scores and the values of a task's J (1-4) heads, J a compile-time count.
+void scores_avx2(const Heads& a, float* s) {
+  switch (a.j) {
+    case 1: return scores_avx2<1>(a, s);
+    case 2: return scores_avx2<2>(a, s);
+    case 3: return scores_avx2<3>(a, s);
+    default: return scores_avx2<4>(a, s);
+  }
 }
 
-void pass_avx2(const Heads& a, float* s, const float* p, const float* inv, uint16_t* out,
-               bool scores) {
+void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out) {
   switch (a.j) {
-    case 1: return both_avx2<1>(a, s, p, inv, out, scores);
-    case 2: return both_avx2<2>(a, s, p, inv, out, scores);
-    case 3: return both_avx2<3>(a, s, p, inv, out, scores);
-    default: return both_avx2<4>(a, s, p, inv, out, scores);
+    case 1: return values_avx2<1>(a, p, inv, out);
+    case 2: return values_avx2<2>(a, p, inv, out);
+    case 3: return values_avx2<3>(a, p, inv, out);
+    default: return values_avx2<4>(a, p, inv, out);
   }
 }
 
@@ -215,15 +205,27 @@ namespace {
 
 constexpr int64_t kHeadsPerTask = 4;  // query heads a task takes (two tasks for one kv head of 8)
 
+// A task's two passes: AVX2 + FMA where asked (simd), else the scalar loops.
+void scores(const Heads& a, float* s, bool simd) {
+#ifdef PG_OPS_X86
+  if (simd) return scores_avx2(a, s);
+#endif
+  scores_scalar(a, s);
+}
+
+void values(const Heads& a, const float* p, const float* inv, uint16_t* out, bool simd) {
+#ifdef PG_OPS_X86
+  if (simd) return values_avx2(a, p, inv, out);
+#endif
+  values_scalar(a, p, inv, out);
+}
+
 // Scores, softmax and values of a task's heads; out [J, H].
 void attend_heads(const Heads& a, float scale, float cap, bool uniform, int64_t isa,
                   uint16_t* out) {
   std::vector<float> s(a.j * a.n), inv(a.j);
-  const bool simd = isa >= 1 && a.h % 8 == 0;
-#ifdef PG_OPS_X86
-  if (simd) pass_avx2(a, s.data(), nullptr, nullptr, nullptr, true);
-#endif
-  if (!simd) scores_scalar(a, s.data());
+  const bool simd = isa >= 1 && a.h % 8 == 0;  // whole 8-float vectors a head
+  scores(a, s.data(), simd);
   for (int64_t j = 0; j < a.j; ++j) {
     float* row = s.data() + j * a.n;
     float top = -INFINITY;
@@ -237,10 +239,7 @@ void attend_heads(const Heads& a, float scale, float cap, bool uniform, int64_t 
     for (int64_t i = 0; i < a.n; ++i) sum += (row[i] = std::exp(row[i] - top));
     inv[j] = float(1.0 / sum);
   }
-#ifdef PG_OPS_X86
-  if (simd) pass_avx2(a, nullptr, s.data(), inv.data(), out, false);
-#endif
-  if (!simd) values_scalar(a, s.data(), inv.data(), out);
+  values(a, s.data(), inv.data(), out, simd);
 }
 
 }  // namespace

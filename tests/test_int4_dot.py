@@ -210,6 +210,34 @@ def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
                 assert torch.equal(got, alone[:rows]), (bits, group, isa, vnni, rows)
 
 
+def test_products_at_their_bounds_on_every_path():
+    """Every product of a row at its largest magnitude and of one sign (x quantised to +-127 in
+    every group; int4 codes 15 / 0, int8 codes -128 / 127), so the 16-bit pair sums of the
+    maddubs loops sit at their bounds (int8 on plain AVX2: |w| = 128 times x with w's sign) and a
+    group's int32 sums at theirs; codes 8 / 7 and -1 / 0 beside them. Equal to float64 on every
+    path, at 1 to 17 rows, groups of half a chunk to four chunks."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    o, i = 24, 512
+    for bits, group in ((4, 32), (4, 64), (4, 256), (8, 32), (8, 64), (8, 128)):
+        if bits == 4:  # per output row one code: 15, 0, 8, 7 (both nibbles)
+            byte = torch.tensor([0xFF, 0x00, 0x88, 0x77], dtype=torch.uint8).repeat(o // 4)
+            codes = byte[:, None].expand(o, i // 2).contiguous()
+            w, op = portable_codes(codes).double() - 8, ops.int4_dot
+            scale = torch.ones(o, i // group)
+        else:
+            code = torch.tensor([-128, 127, -1, 0], dtype=torch.int8).repeat(o // 4)
+            codes = code[:, None].expand(o, i).contiguous()
+            w, op, scale = codes.double(), ops.int8_dot, torch.ones(o)
+        for sign in (1.0, -1.0):
+            x = torch.full((17, i), sign * 0.5, dtype=torch.bfloat16)  # xs 0.5 / 127, xq 127
+            want = x.double() @ w.T
+            for isa, vnni in variants():
+                for rows in (1, 2, 3, 8, 16, 17):
+                    got = op(x[:rows], codes, scale, group, isa, vnni)
+                    assert torch.equal(got.double(), want[:rows]), (bits, group, isa, vnni, rows)
+
+
 def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
     """2 to DOT_ROWS bfloat16 rows take int8_dot; one row too where the CPU runs its AVX2
     one-row loop (cpu_kernels.int8_dot_from() 1: AVX2 without VNNI, or PALIGEMMA_CPU_ISA=avx2),

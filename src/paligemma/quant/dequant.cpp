@@ -62,13 +62,8 @@
 
 namespace {
 
-// float -> bfloat16 bits, round to nearest even (PyTorch's conversion; NaN stays NaN)
-inline uint16_t bf16_bits(float f) {
-  if (f != f) return 0x7fc0;
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return uint16_t((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-}
+// float -> bfloat16 bits: PyTorch's own conversion (round to nearest even; NaN -> 0x7fc0)
+inline uint16_t bf16_bits(float f) { return c10::detail::round_to_nearest_even(f); }
 
 // One weight value to dst[i]: rounded to bfloat16 first when `round` (a bfloat16 scale).
 inline void put1(void* dst, int64_t i, float f, bool round, bool out_bf16) {

@@ -52,18 +52,9 @@ constexpr float kLo = -87.f, kHi = 88.f, kOver = 88.72283935546875f;
 constexpr float kP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                          4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 
-inline uint16_t to_bf16(float f) {  // round to nearest even; NaN -> quiet NaN
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
-inline float from_bf16(uint16_t h) {
-  const uint32_t b = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
+// PyTorch's own conversions: round to nearest even, NaN -> quiet NaN 0x7fc0.
+inline uint16_t to_bf16(float f) { return c10::detail::round_to_nearest_even(f); }
+inline float from_bf16(uint16_t h) { return c10::detail::f32_from_bits(h); }
 
 // gelu of one float32 value: the vector paths' steps (gelu in the body below), one at a time.
 inline float gelu1(float x) {

@@ -409,3 +409,30 @@ def test_decode_ops_paragraph_is_its_jsons():
     )
     for quoted in quotes:
         assert quoted in text, quoted
+
+
+def test_int8_sign_paragraph_is_its_jsons():
+    """ "int8 for 2 to 16 rows on plain AVX2": the kernel A/B's medians and the benchmark's
+    quantised rows after it."""
+    ab = result("avx2-int8-sign-ab-s29.json")["results"]
+    runs = result("avx2-paligemma-3b-224-s29-quant.json")["results"]
+    before = result("avx2-paligemma-3b-224-s28-ours.json")["results"]["ours int8"]
+    i8, i4 = runs["ours int8"], runs["ours int4"]
+    text = " ".join(README.split())
+    r = {k: ab[f"int8 dot ours default r{k}"]["ratio_median"] for k in (2, 4, 8, 16)}
+    r8 = ab["int8 dot ours default r8"]
+    int4 = [ab[f"int4 dot ours default r{k}"]["ratio_median"] for k in (1, 2, 4, 8, 16)]
+    quotes = [
+        f"int8 2 rows {r[2]:.2f}×, 4 rows {r[4]:.2f}×, 8 rows {r[8]:.2f}×",
+        f"({r8['base_ms']:.2f} → {r8['this_ms']:.2f} ms), 16 rows {r[16]:.2f}×",
+        f"int4, unchanged, {min(int4):.2f}-{max(int4):.2f}×",
+        f"int8 batch 8 {i8['decode_tok_s_b8']:.2f} tok/s against {before['decode_tok_s_b8']:.2f}",
+    ]
+    for row, name in ((i8, "int8"), (i4, "int4")):
+        pct = 100 * row["decode_tok_s_b1"] / row["bandwidth_limit_tok_s"]
+        quotes.append(f"{row['decode_tok_s_b8'] / row['decode_tok_s_b1']:.1f}×")
+        quotes.append(f"{row['decode_tok_s_b1']:.2f} tok/s, {pct:.0f}%" if name == "int8" else
+                      f"int4 {row['decode_tok_s_b1']:.2f} tok/s ({pct:.0f}%)")  # fmt: skip
+    for quoted in quotes:
+        assert quoted in text, quoted
+    assert all(x > 1.1 for x in r.values()) and min(int4) > 0.9 and max(int4) < 1.15

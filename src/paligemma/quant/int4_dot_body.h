@@ -101,14 +101,18 @@ inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {  // |pair sums| <= 2 * 
 #if PG_ISA == 1
 // AVX2 without VNNI: |w| times x with w's sign, the exact product (|pair sums| <= 2 * 128 * 127
 // < 2^15), so no offset: one maddubs and one madd per row of x where the flipped codes' two
-// nibbles took two of each. Measured on a 2-core AMD EPYC (16384 x 2048 weights from memory,
-// old and new builds in 4 alternating process pairs): 2 rows 1.13x, 4 rows 1.43x, 8 rows 1.26x,
-// 16 rows 1.31x (medians). (AVX-512 has no sign_epi8: its non-VNNI loop keeps the nibbles.)
+// nibbles took two of each (here and in int4_dot_row.h's one-row loop). Measured on a 2-core AMD
+// EPYC, benchmarks/ab_builds.py (16384 x 2048 weights from memory, 4 process pairs): 2 rows
+// 1.39x, 4 rows 1.20x, 8 rows 1.29x, 16 rows 1.42x. (AVX-512 has no sign_epi8: its non-VNNI
+// loop keeps the nibbles.)
+inline vi signed_pairs(vi abs_w, vi w, vi x) {  // int16 pair sums of w * x
+  return _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(x, w));
+}
 struct W8 { vi a, w; };
 inline W8 prep8(vi v) { return {_mm256_abs_epi8(v), v}; }
 constexpr bool kOffset8 = false;
 inline vi dot8(vi acc, W8 w, const int32_t* x) {
-  const vi p = _mm256_maddubs_epi16(w.a, _mm256_sign_epi8(_mm256_set1_epi32(x[0]), w.w));
+  const vi p = signed_pairs(w.a, w.w, _mm256_set1_epi32(x[0]));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 #else

@@ -12,8 +12,8 @@
 // 34.6 GB/s against dot_block's 13.7; int4 16.6 against 16.5 (its nibble unpacking and the lane
 // reduction cost what the transposition did; from memory over the decoder's layer shapes it
 // measured 1.02-1.22x, processes alternating on a noisy host).
-// int8 multiplies |w| by x with w's sign (|pair sums| <= 2 * 128 * 127 < 2^15: no saturation),
-// the exact product, so its group sum needs no offset (dot_block's flipped codes less `off`).
+// int8 multiplies |w| by x with w's sign (int4_dot_body.h's signed_pairs, as dot_block's dot8 on
+// this instruction set): the exact product, so its group sum needs no offset (kOffset8).
 
 // a[l]: 8 int32 partial sums of row l -> one vector, lane l: the sum of a[l]'s lanes.
 PG_INLINE __m256i row_sums(const __m256i* a) {
@@ -82,14 +82,14 @@ void one_row(const Dot& d, int64_t o0, int64_t o1) {
           const __m256i p =
               BITS == 4 ? _mm256_add_epi16(_mm256_maddubs_epi16(lo4(c), xv[2 * v]),
                                            _mm256_maddubs_epi16(hi4(c), xv[2 * v + 1]))
-                        : _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv[v], c));
+                        : signed_pairs(_mm256_abs_epi8(c), c, xv[v]);
           acc = iadd(acc, _mm256_madd_epi16(p, ones));
         }
         a[l] = acc;
       }
       if (BITS == 4 && g % L == 0) group_scales(d, o, g, std::min<int64_t>(L, d.G - g), sc);
       const vf s = BITS == 4 ? sc[g % L] : fload(kOnes);
-      f = group_sum(row_sums(a), BITS == 4 ? d.off[g] : 0, s, d.xs[g], f);
+      f = group_sum(row_sums(a), BITS == 4 || kOffset8 ? d.off[g] : 0, s, d.xs[g], f);
     }
     const vf rs = BITS == 8 ? row_scales(d, o) : fload(kOnes);
     float buf[L];

@@ -162,6 +162,7 @@ def test_int4_layers_take_the_dot_kernel_for_bfloat16_rows(monkeypatch):
 
 def test_int8_dot_matches_float64_on_every_path():
     """int8 codes int8[O, I] and one scale per row (any of SCALE_DTYPES), the same odd shapes."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     shapes = ((40, 64, 32), (33, 128, 64), (70, 192, 64), (9, 1088, 32))
@@ -183,6 +184,7 @@ def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
     of half a chunk to four chunks (int4 32 / 64 / 128 / 256; int8's activation groups 32 / 64 /
     128), a chunk's tail (I = 1088) and an output tail (O = 33): the integer sums are exact and
     the float steps the same per row."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
     cases = (
@@ -291,6 +293,7 @@ def test_amx_equals_the_vnni_path_bit_for_bit():
     rows, within float32 rounding of float64; the default (-1) equals both. Elsewhere: no AMX
     is claimed without the CPU's flags, forcing it raises, and the default equals the VNNI /
     AVX2 path it falls back to."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
     ops = torch.ops.paligemma_cpu
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""

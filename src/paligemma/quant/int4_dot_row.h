@@ -14,6 +14,12 @@
 // measured 1.02-1.22x, processes alternating on a noisy host).
 // int8 multiplies |w| by x with w's sign (int4_dot_body.h's signed_pairs, as dot_block's dot8 on
 // this instruction set): the exact product, so its group sum needs no offset (kOffset8).
+// int4 splits x's words into the nibbles' halves once a call (not once a group and block of 8
+// rows), and reduces two rows' 16-bit products with one hadd_epi16 + one madd (pair_sums) before
+// the lanes' reduction (pair_rows), where one madd per row and row_sums' six hadd_epi32 were:
+// fewer multiplies and shuffles per byte, the same int32 sums. In one process, alternating with
+// the previous loop (same bits): 1.26x one thread from cache, 1.07-1.18x from memory at 2
+// threads over the decoder's shapes and the output head (benchmarks/ab_builds.py: 1.19x).
 
 // a[l]: 8 int32 partial sums of row l -> one vector, lane l: the sum of a[l]'s lanes.
 PG_INLINE __m256i row_sums(const __m256i* a) {
@@ -51,13 +57,31 @@ inline bool one_row_call(int64_t mb, int bits, const Dot& d, int64_t o0, int64_t
   }
 }
 
+// int4: rows l and l + 1's group products p0, p1 (int16, each lane the sum of 4 products) ->
+// int32 partial sums, lanes [l, l, l + 1, l + 1 | the same]: hadd_epi16 adds a row's lanes in
+// pairs first (|8 products| <= 8 * 15 * 127 < 2^15), so one madd serves two rows.
+PG_INLINE __m256i pair_sums(__m256i p0, __m256i p1) {
+  return _mm256_madd_epi16(_mm256_hadd_epi16(p0, p1), _mm256_set1_epi16(1));
+}
+
+// q[k]: pair_sums of rows 2k, 2k + 1 -> one vector, lane l: row l's sum.
+PG_INLINE __m256i pair_rows(const __m256i* q) {
+  const __m256i u0 = _mm256_hadd_epi32(q[0], q[1]), u1 = _mm256_hadd_epi32(q[2], q[3]);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                          _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
 // Output rows [o0, o1) (o0 a multiple of 8) for one row of x; V 32-byte vectors per row and
-// group (int4: group / 64; int8: group / 32).
+// group (int4: group / 64; int8: group / 32). int4 splits x's words into its nibbles' halves
+// once a call (split_words; int8 reads x's vectors as they lie).
 template <int BITS, int V>
 void one_row(const Dot& d, int64_t o0, int64_t o1) {
   constexpr int IB = BITS == 4 ? 8 : 4;              // inputs per dword
   const int64_t stride = d.I / IB * 4;               // bytes per weight row
   const __m256i ones = _mm256_set1_epi16(1);
+  struct alignas(32) Vec { __m256i v; };
+  std::vector<Vec> split(BITS == 4 ? 2 * d.G * V : 0);  // int4: 2V vectors per group
+  for (int64_t b = 0; BITS == 4 && b < d.G * V; ++b) split_words(d.x4 + 16 * b, split[2 * b].v, split[2 * b + 1].v);
   for (int64_t o = o0; o < o1; o += L) {
     const uint8_t* row[L];
     for (int l = 0; l < L; ++l) row[l] = d.q + std::min(o + l, d.O - 1) * stride;
@@ -67,29 +91,41 @@ void one_row(const Dot& d, int64_t o0, int64_t o1) {
     vf f = fzero(), sc[L];
     for (int64_t g = 0; g < d.G; ++g) {
       for (int64_t k = 0; k < 32 * L * V; k += 64) __builtin_prefetch(ahead + g * 32 * L * V + k, 0, 3);
-      // x's group: V vectors (int8), or V low-nibble and V high-nibble vectors (int4).
-      __m256i xv[2 * V], a[L];
-      for (int v = 0; v < V; ++v) {
-        const int64_t b = (g * V + v) * 8;  // the vector's first dword in a row
-        if constexpr (BITS == 4) split_words(d.x4 + 2 * b, xv[2 * v], xv[2 * v + 1]);
-        else xv[v] = iload((const uint8_t*)(d.x4 + b));
-      }
-      for (int l = 0; l < L; ++l) {  // a row's group at a time: one live accumulator
-        const uint8_t* w = row[l] + g * V * 32;
-        __m256i acc = izero();
-        for (int v = 0; v < V; ++v) {
-          const __m256i c = iload(w + 32 * v);
-          const __m256i p =
-              BITS == 4 ? _mm256_add_epi16(_mm256_maddubs_epi16(lo4(c), xv[2 * v]),
-                                           _mm256_maddubs_epi16(hi4(c), xv[2 * v + 1]))
-                        : signed_pairs(_mm256_abs_epi8(c), c, xv[v]);
-          acc = iadd(acc, _mm256_madd_epi16(p, ones));
+      __m256i sums;  // lane l: row o + l's group sum
+      if constexpr (BITS == 4) {  // two rows at a time (pair_sums)
+        const Vec* xv = &split[2 * g * V];
+        __m256i q[L / 2];
+        for (int l = 0; l < L; l += 2) {
+          __m256i acc = izero();
+          for (int v = 0; v < V; ++v) {
+            __m256i p[2];
+            for (int h = 0; h < 2; ++h) {
+              const __m256i c = iload(row[l + h] + (g * V + v) * 32);
+              p[h] = _mm256_add_epi16(_mm256_maddubs_epi16(lo4(c), xv[2 * v].v),
+                                      _mm256_maddubs_epi16(hi4(c), xv[2 * v + 1].v));
+            }
+            acc = iadd(acc, pair_sums(p[0], p[1]));
+          }
+          q[l / 2] = acc;
         }
-        a[l] = acc;
+        sums = pair_rows(q);
+      } else {  // a row's group at a time: one live accumulator
+        __m256i xv[V], a[L];
+        for (int v = 0; v < V; ++v) xv[v] = iload((const uint8_t*)(d.x4 + (g * V + v) * 8));
+        for (int l = 0; l < L; ++l) {
+          const uint8_t* w = row[l] + g * V * 32;
+          __m256i acc = izero();
+          for (int v = 0; v < V; ++v) {
+            const __m256i c = iload(w + 32 * v);
+            acc = iadd(acc, _mm256_madd_epi16(signed_pairs(_mm256_abs_epi8(c), c, xv[v]), ones));
+          }
+          a[l] = acc;
+        }
+        sums = row_sums(a);
       }
       if (BITS == 4 && g % L == 0) group_scales(d, o, g, std::min<int64_t>(L, d.G - g), sc);
       const vf s = BITS == 4 ? sc[g % L] : fload(kOnes);
-      f = group_sum(row_sums(a), BITS == 4 || kOffset8 ? d.off[g] : 0, s, d.xs[g], f);
+      f = group_sum(sums, BITS == 4 || kOffset8 ? d.off[g] : 0, s, d.xs[g], f);
     }
     const vf rs = BITS == 8 ? row_scales(d, o) : fload(kOnes);
     float buf[L];

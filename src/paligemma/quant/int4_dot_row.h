@@ -17,9 +17,10 @@
 // int4 splits x's words into the nibbles' halves once a call (not once a group and block of 8
 // rows), and reduces two rows' 16-bit products with one hadd_epi16 + one madd (pair_sums) before
 // the lanes' reduction (pair_rows), where one madd per row and row_sums' six hadd_epi32 were:
-// fewer multiplies and shuffles per byte, the same int32 sums. In one process, alternating with
-// the previous loop (same bits): 1.26x one thread from cache, 1.07-1.18x from memory at 2
-// threads over the decoder's shapes and the output head (benchmarks/ab_builds.py: 1.19x).
+// fewer multiplies and shuffles per byte, the same int32 sums. Against the previous loop in one
+// process, alternating (`benchmarks/ab_builds.py --base 2baf5d4 --in-process`, 2 threads, from
+// memory, same bits): 1.04-1.10x over the decoder's shapes, 1.01x on the output head; one
+// thread from cache (a standalone build of both): 1.26x.
 
 // a[l]: 8 int32 partial sums of row l -> one vector, lane l: the sum of a[l]'s lanes.
 PG_INLINE __m256i row_sums(const __m256i* a) {

@@ -436,3 +436,39 @@ def test_int8_sign_paragraph_is_its_jsons():
     for quoted in quotes:
         assert quoted in text, quoted
     assert all(x > 1.1 for x in r.values()) and min(int4) > 0.9 and max(int4) < 1.15
+
+
+def test_int4_pairs_paragraph_is_its_jsons():
+    """ "int4's one row, fewer operations per byte": both A/Bs and the benchmark's rows after."""
+    inproc = result("avx2-int4-pairs-inprocess-s30.json")["results"]
+    pairs = result("avx2-int4-pairs-ab-s30.json")["results"]
+    runs = result("avx2-paligemma-3b-224-s30-quant.json")["results"]
+    before = result("avx2-paligemma-3b-224-s29-quant.json")["results"]["ours int4"]
+    text = " ".join(README.split())
+
+    def r(bits, o, i):
+        return inproc[f"int{bits} {o}x{i} r1"]["ratio_median"]
+
+    i8 = [r(8, o, i) for o, i in ((2560, 2048), (2048, 2048), (16384, 2048), (2048, 16384))]
+    i8.append(r(8, 257216, 2048))
+    p4, p8 = pairs["int4 dot ours default r1"], pairs["int8 dot ours default r1"]
+    i4, i8run = runs["ours int4"], runs["ours int8"]
+    quotes = [
+        f"int4 q/k/v {r(4, 2560, 2048):.2f}×, o {r(4, 2048, 2048):.2f}×",
+        f"gate / up {r(4, 16384, 2048):.2f}×, down {r(4, 2048, 16384):.2f}×",
+        f"output head {r(4, 257216, 2048):.2f}×; int8, unchanged, {min(i8):.2f}-{max(i8):.2f}×",
+        f"int4 {p4['ratio_median']:.2f}×, the unchanged int8 {p8['ratio_median']:.2f}×",
+        f"per-pair ratios {min(p8['ratios']):.2f}-{max(p8['ratios']):.2f}",
+        f"int4 {i4['decode_tok_s_b1']:.2f} tok/s against {before['decode_tok_s_b1']:.2f}",
+        f"batch 8 {i4['decode_tok_s_b8']:.2f} "
+        f"({i4['decode_tok_s_b8'] / i4['decode_tok_s_b1']:.1f}×)",
+        f"{100 * i4['decode_tok_s_b1'] / i4['bandwidth_limit_tok_s']:.0f}% of its limit",
+        f"probe read {i4['bandwidth_gbs']:.1f} GB/s",
+        f"int8 {i8run['decode_tok_s_b1']:.2f} tok/s "
+        f"({100 * i8run['decode_tok_s_b1'] / i8run['bandwidth_limit_tok_s']:.0f}%)",
+    ]
+    for quoted in quotes:
+        assert quoted in text, quoted
+    assert all(v["bit_exact"] for v in inproc.values())
+    int4 = [v["ratio_median"] for k, v in inproc.items() if k.startswith("int4")]
+    assert min(int4) > 1.0 and min(i8) > 0.95 and max(i8) < 1.05

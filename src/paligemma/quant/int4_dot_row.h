@@ -82,7 +82,8 @@ void one_row(const Dot& d, int64_t o0, int64_t o1) {
   const __m256i ones = _mm256_set1_epi16(1);
   struct alignas(32) Vec { __m256i v; };
   std::vector<Vec> split(BITS == 4 ? 2 * d.G * V : 0);  // int4: 2V vectors per group
-  for (int64_t b = 0; BITS == 4 && b < d.G * V; ++b) split_words(d.x4 + 16 * b, split[2 * b].v, split[2 * b + 1].v);
+  for (int64_t b = 0; BITS == 4 && b < d.G * V; ++b)
+    split_words(d.x4 + 16 * b, split[2 * b].v, split[2 * b + 1].v);
   for (int64_t o = o0; o < o1; o += L) {
     const uint8_t* row[L];
     for (int l = 0; l < L; ++l) row[l] = d.q + std::min(o + l, d.O - 1) * stride;

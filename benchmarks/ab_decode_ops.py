@@ -1,14 +1,16 @@
 """A/B of a quantised decode step's small ops: ATen's (decode_block.OWN_OPS = False, the Python
-block's bits) against decode_ops.cpp's loops (OWN_OPS = True), in one process (not a test):
+block's bits) against decode_ops.cpp's loops (OWN_OPS = True), in one process (not a test); or,
+with --switch KEEP_PLANS, each step's plan derived again (False) against kept (True):
 
     python benchmarks/ab_decode_ops.py [--model DIR] [--modes int8 int4] [--rounds 8]
-                                       [--tokens 16] [--json F]
+                                       [--tokens 16] [--switch OWN_OPS] [--json F]
 
 Per mode, the saved quantised checkpoint DIR-<mode> (made by bench_vs_transformers.py; default
 DIR: its cached PaliGemma-3B-224) is loaded once; each round decodes `--tokens` tokens at batch 1
 with ATen's ops, then with the loops (the same prompt and image). A shared host's memory
 bandwidth drifts by 1.5x within seconds, so the figure is the median of the per-round ratios
-(loops / ATen), with every round's rate kept in the JSON.
+(loops / ATen: the switch on / off), with every round's rate kept in the JSON ("aten_tok_s" /
+"own_tok_s" for OWN_OPS, "off_tok_s" / "on_tok_s" otherwise).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def rate(model, inputs: dict, tokens: int, own: bool) -> float:
-    """Decode tokens/s of one batch-1 generation with OWN_OPS = own."""
-    decode_block.OWN_OPS = own
+def rate(model, inputs: dict, tokens: int, switch: str, on: bool) -> float:
+    """Decode tokens/s of one batch-1 generation with decode_block.<switch> = on."""
+    setattr(decode_block, switch, on)
     timings: dict = {}
     config = engine.GenerationConfig(max_new_tokens=tokens + 1)
     for _ in engine.stream(model, inputs, config, set(), timings=timings):
@@ -49,18 +51,19 @@ def rate(model, inputs: dict, tokens: int, own: bool) -> float:
     return (timings["steps"] - 1) / timings["decode_s"]
 
 
-def run(path: Path, rounds: int, tokens: int) -> dict:
+def run(path: Path, rounds: int, tokens: int, switch: str) -> dict:
     model = paligemma.load_model(path, dtype=torch.bfloat16)
     inputs = bench_generate.inputs(model.cfg, 1, 10)
-    rate(model, inputs, 2, True)  # warm-up
-    aten, own = [], []
+    rate(model, inputs, 2, switch, True)  # warm-up
+    off, on = [], []
     for r in range(rounds):
-        aten.append(rate(model, inputs, tokens, False))
-        own.append(rate(model, inputs, tokens, True))
-        print(f"  round {r + 1}: ATen {aten[-1]:.2f} tok/s, loops {own[-1]:.2f}", flush=True)
-    decode_block.OWN_OPS = True
-    ratio = statistics.median(o / a for o, a in zip(own, aten, strict=True))
-    return {"aten_tok_s": aten, "own_tok_s": own, "median_ratio": ratio}
+        off.append(rate(model, inputs, tokens, switch, False))
+        on.append(rate(model, inputs, tokens, switch, True))
+        print(f"  round {r + 1}: {switch} off {off[-1]:.2f} tok/s, on {on[-1]:.2f}", flush=True)
+    setattr(decode_block, switch, True)
+    ratio = statistics.median(o / a for o, a in zip(on, off, strict=True))
+    names = ("aten_tok_s", "own_tok_s") if switch == "OWN_OPS" else ("off_tok_s", "on_tok_s")
+    return {names[0]: off, names[1]: on, "median_ratio": ratio}
 
 
 def main() -> None:
@@ -73,16 +76,20 @@ def main() -> None:
     ap.add_argument(
         "--tokens", type=int, default=16, help="new tokens a run (default: %(default)s)"
     )
+    ap.add_argument(
+        "--switch", default="OWN_OPS", choices=["OWN_OPS", "KEEP_PLANS"],
+        help="decode_block's switch to toggle (default: %(default)s)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rates and ratios here")
     args = ap.parse_args()
-    out = {"host": cpu_name(), "threads": torch.get_num_threads()}
+    out = {"host": cpu_name(), "threads": torch.get_num_threads(), "switch": args.switch}
     for mode in args.modes:
         path = args.model.with_name(f"{args.model.name}-{mode}")
         if not (path / "config.json").is_file():
             sys.exit(f"{path}: no saved {mode} checkpoint (bench_vs_transformers.py makes it)")
         print(f"{mode}: {path}", flush=True)
-        out[mode] = run(path, args.rounds, args.tokens)
-        print(f"{mode}: loops / ATen, median of {args.rounds} rounds: "
+        out[mode] = run(path, args.rounds, args.tokens, args.switch)
+        print(f"{mode}: {args.switch} on / off, median of {args.rounds} rounds: "
               f"{out[mode]['median_ratio']:.3f}", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

@@ -126,3 +126,44 @@ def test_the_python_block_runs_where_the_step_is_not_plain(checkpoint, monkeypat
         assert block._plan(x, cache, 0) is not None
         apply_lora_(model, rank=2)  # LoRA-wrapped linears
         assert block._plan(x, cache, 0) is None
+
+
+def test_a_quantised_plan_is_kept_until_what_it_reads_changes(checkpoint, monkeypatch):
+    """_plan keeps a quantised step's plan (the same weights list, not derived again) while the
+    step's rows, dtype and cache, the switches, PALIGEMMA_CPU_ISA and the block's modules, hooks
+    and tensors stay; any of them changing derives it again, with the new answer."""
+    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    block = model.decoder.blocks[0]
+    x = torch.randn(1, 1, model.cfg.text.width, dtype=torch.bfloat16)
+    cache = model.new_cache(1, 4)
+    derived = []
+    derive = decode_block.CpuDecodeBlock._derive
+    monkeypatch.setattr(
+        decode_block.CpuDecodeBlock, "_derive", lambda *a: derived.append(1) or derive(*a)
+    )
+    with torch.no_grad():
+        first = block._plan(x, cache, 0)
+        again = block._plan(x, cache, 1)
+        assert first is not None and again.weights is first.weights and len(derived) == 1
+        assert block._plan(x.expand(2, 1, -1), model.new_cache(2, 4), 0).weights is not None
+        assert len(derived) == 2  # two rows
+        handle = block.mlp.down_proj.register_forward_hook(lambda *a: None)
+        assert block._plan(x, cache, 0) is None  # a hook must run
+        handle.remove()
+        assert block._plan(x, cache, 0) is not None
+        monkeypatch.setenv(cpu_kernels.ENV_ISA, "scalar")
+        assert block._plan(x, cache, 0).dot[2:] == [0, 0]  # isa 0, no VNNI
+        monkeypatch.delenv(cpu_kernels.ENV_ISA)
+        assert block._plan(x, cache, 0).dot == first.dot
+        monkeypatch.setattr(decode_block, "OWN_OPS", False)
+        assert block._plan(x, cache, 0).ops == -1
+        monkeypatch.setattr(decode_block, "OWN_OPS", True)
+        down = block.mlp.down_proj
+        old = down.weight
+        down.weight = old.clone()  # a new tensor: the plan must carry it
+        assert block._plan(x, cache, 0).weights[6] is down.weight
+        down.weight = old
+        n = len(derived)
+        block._plan(x, cache, 0)
+        block._plan(x, cache, 0)
+        assert len(derived) == n + 1

@@ -121,13 +121,14 @@ class CpuDecodeBlock(Block):
         if not cpu_kernels.available():
             return None
         attention = self._attention(x)
-        key = self._key(x, cache)
-        memo = self.__dict__.get("_memo")
-        if KEEP_PLANS and memo is not None and memo[0] == key:
+        memo = self.__dict__.get("_memo")  # (key, plan) of the last quantised step
+        if KEEP_PLANS and memo is not None and memo[0] == self._key(x, cache):
             return memo[1]._replace(attention=attention)
         plan = self._derive(x, cache, attention)
         if plan is not None and plan.linear in (DOTS, INT8_MATMUL):  # (float: matvec's flags)
-            self.__dict__["_memo"] = (key, plan)
+            self.__dict__["_memo"] = (self._key(x, cache), plan)
+        else:  # float layers' steps compute no key
+            self.__dict__.pop("_memo", None)
         return plan
 
     def _derive(self, x: torch.Tensor, cache, attention: int) -> Plan | None:

@@ -39,7 +39,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # PaliGemma-3B's decoder (q, k, v as one; o; gate; down) and its output head: (O, I)
 SHAPES = [(2_560, 2_048), (2_048, 2_048), (16_384, 2_048), (2_048, 16_384), (257_216, 2_048)]
-PARTS = 4  # int4_dot_isa.cpp's parts (kernels.PARTS)
 COPY = 2**29  # --in-process: bytes of weight copies per shape (past the last level cache)
 LIBS = {"base": "paligemma_base", "this": "paligemma_cpu"}
 
@@ -71,7 +70,8 @@ def build_base(base: Path, tmp: Path) -> None:
     compile_, link = kernels._flags()
     compile_ += ["-fvisibility=hidden"]  # its loops' names are this tree's too
     units = [("int4_dot.cpp", []), ("stub.cpp", [])]
-    units += [("int4_dot_isa.cpp", [f"-DPG_DOT_PART={k}"]) for k in range(1, PARTS + 1)]
+    parts = kernels.PARTS["int4_dot_isa.cpp"]
+    units += [("int4_dot_isa.cpp", [f"-DPG_DOT_PART={k}"]) for k in range(1, parts + 1)]
     objects = []
     for k, (name, defines) in enumerate(units):
         objects.append(str(tmp / f"unit{k}.o"))
@@ -127,14 +127,18 @@ def in_process(args) -> dict:
     return out
 
 
-def host() -> str:
-    """The CPU's model name and the threads used."""
+def write_in_process(args, base: Path, tmp: Path) -> None:
+    """--in-process: build `base`'s kernels, compare, print and write the JSON."""
     import torch
+    from ab_decode_ops import cpu_name
 
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-             if ln.startswith("model name")] if cpuinfo.exists() else []  # fmt: skip
-    return f"{names[0] if names else 'unknown CPU'}, {torch.get_num_threads()} threads"
+    (tmp / "lib").mkdir()
+    build_base(base, tmp / "lib")
+    result = in_process(args)
+    if args.json:
+        meta = {"base": args.base, "in_process": True, "rows": args.rows, "rounds": args.rounds}
+        meta["host"] = f"{cpu_name()}, {torch.get_num_threads()} threads"
+        Path(args.json).write_text(json.dumps({**meta, "results": result}, indent=1))
 
 
 def compare(runs: list[tuple[dict, dict]]) -> dict:
@@ -162,29 +166,23 @@ def main() -> None:
     )
     ap.add_argument("--base", required=True, help="the earlier commit")
     ap.add_argument("--pairs", type=int, default=4, help="process pairs (default 4)")
-    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument(
+        "--rows", type=int, nargs="+", help="rows of x (default: 1 2 4 8 16; --in-process: 1)"
+    )
     ap.add_argument("--calls", type=int, default=20, help="bench_kernels.py's rounds (median)")
     ap.add_argument("--only", nargs="+", default=["dot ours default"], help="paths (substrings)")
     ap.add_argument("--json", help="write the comparison here")
     ap.add_argument("--in-process", action="store_true", help="both builds in one process")
     ap.add_argument("--rounds", type=int, default=30, help="--in-process: rounds (median)")
     args = ap.parse_args()
-    if args.in_process and args.rows == ap.get_default("rows"):
-        args.rows = [1]
+    args.rows = args.rows or ([1] if args.in_process else [1, 2, 4, 8, 16])
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         git = ["git", "-C", str(ROOT)]
         subprocess.run([*git, "worktree", "add", "--detach", str(base), args.base], check=True)
         try:
             if args.in_process:
-                (Path(tmp) / "lib").mkdir()
-                build_base(base, Path(tmp) / "lib")
-                result = in_process(args)
-                if args.json:
-                    meta = {"base": args.base, "in_process": True, "rows": args.rows}
-                    meta |= {"rounds": args.rounds, "host": host()}
-                    Path(args.json).write_text(json.dumps({**meta, "results": result}, indent=1))
-                return
+                return write_in_process(args, base, Path(tmp))
             runs = []
             for k in range(args.pairs):
                 order = [base, ROOT] if k % 2 == 0 else [ROOT, base]

@@ -1,6 +1,8 @@
 """A/B of a quantised decode step's small ops: ATen's (decode_block.OWN_OPS = False, the Python
 block's bits) against decode_ops.cpp's loops (OWN_OPS = True), in one process (not a test); or,
-with --switch KEEP_PLANS, each step's plan derived again (False) against kept (True):
+with --switch KEEP_PLANS, each step's plan derived again (False) against kept (True); or, with
+--switch ONE_CALL (decode_layers.py), the blocks called one by one (False) against all of a
+step's blocks in one call (True):
 
     python benchmarks/ab_decode_ops.py [--model DIR] [--modes int8 int4] [--rounds 8]
                                        [--tokens 16] [--switch OWN_OPS] [--json F]
@@ -29,8 +31,9 @@ import bench_generate
 
 import paligemma
 from paligemma import generate as engine
-from paligemma.quant import decode_block
+from paligemma.quant import decode_block, decode_layers
 
+SWITCHES = {"OWN_OPS": decode_block, "KEEP_PLANS": decode_block, "ONE_CALL": decode_layers}
 DEFAULT = Path.home() / ".cache" / "paligemma-bench" / "paligemma-3b-224"
 
 
@@ -42,8 +45,8 @@ def cpu_name() -> str:
 
 
 def rate(model, inputs: dict, tokens: int, switch: str, on: bool) -> float:
-    """Decode tokens/s of one batch-1 generation with decode_block.<switch> = on."""
-    setattr(decode_block, switch, on)
+    """Decode tokens/s of one batch-1 generation with the module's <switch> = on."""
+    setattr(SWITCHES[switch], switch, on)
     timings: dict = {}
     config = engine.GenerationConfig(max_new_tokens=tokens + 1)
     for _ in engine.stream(model, inputs, config, set(), timings=timings):
@@ -60,7 +63,7 @@ def run(path: Path, rounds: int, tokens: int, switch: str) -> dict:
         off.append(rate(model, inputs, tokens, switch, False))
         on.append(rate(model, inputs, tokens, switch, True))
         print(f"  round {r + 1}: {switch} off {off[-1]:.2f} tok/s, on {on[-1]:.2f}", flush=True)
-    setattr(decode_block, switch, True)
+    setattr(SWITCHES[switch], switch, True)
     ratio = statistics.median(o / a for o, a in zip(on, off, strict=True))
     names = ("aten_tok_s", "own_tok_s") if switch == "OWN_OPS" else ("off_tok_s", "on_tok_s")
     return {names[0]: off, names[1]: on, "median_ratio": ratio}
@@ -77,8 +80,8 @@ def main() -> None:
         "--tokens", type=int, default=16, help="new tokens a run (default: %(default)s)"
     )
     ap.add_argument(
-        "--switch", default="OWN_OPS", choices=["OWN_OPS", "KEEP_PLANS"],
-        help="decode_block's switch to toggle (default: %(default)s)",
+        "--switch", default="OWN_OPS", choices=sorted(SWITCHES),
+        help="the switch to toggle (default: %(default)s)",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rates and ratios here")
     args = ap.parse_args()

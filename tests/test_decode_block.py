@@ -16,7 +16,7 @@ from paligemma import gemma
 from paligemma import generate as engine
 from paligemma.lora import apply_lora_
 from paligemma.model import set_fused_attention_, set_rows_alone_
-from paligemma.quant import decode_block
+from paligemma.quant import decode_block, decode_layers
 from paligemma.quant import kernels as cpu_kernels
 
 STEPS = 9  # past PaliGemma 2's window of 6
@@ -42,6 +42,7 @@ def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor
 
     monkeypatch.setattr(decode_block, "FAST_DECODE", fast)
     monkeypatch.setattr(decode_block, "OWN_OPS", False)
+    monkeypatch.setattr(decode_layers, "ONE_CALL", False)  # block by block (test_decode_layers)
     monkeypatch.setattr(decode_block.CpuDecodeBlock, "_plan", spy)
     ids, mask, types, pixels = (t[:batch] for t in make_batch(seed=batch))
     inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)

@@ -20,6 +20,13 @@
 // RMSNorm, RoPE and the cache write, attention and the residual adds (OwnOps), attention on that
 // path (1 AVX2, 0 scalar): not the Python block's bits (their summation order differs), bounded
 // by tests instead. Both run one skeleton, `block`.
+//
+//   decode_layers(x, norms (each layer's, in order), eps, linear, weights, scales (7 a layer),
+//                 dot, cos, sin, mask, local_mask?, local [L], cache_k, cache_v, start, heads,
+//                 scale, softcap?, attention, rows_alone, gelu_isa, lowest, ops=-1) -> [B, 1, D]
+//
+// decode_block for layers 0 .. L - 1 in turn, each with its own tensors and mask (local_mask
+// where local[l]): a quantised step's whole decoder in one call (decode_layers.py).
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -260,6 +267,34 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
   return block(OwnOps{t, a, ops}, L, x.contiguous(), norms, eps, gelu_isa);
 }
 
+// All the decoder's blocks of a decode step, one after another: decode_block for layer l with
+// its norms (norms.size() / L each), its 7 weights and scales, and the local mask where
+// local[l] (Gemma 2's sliding-window layers), the same arguments otherwise. decode_layers.py
+// says when it is taken.
+at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps, int64_t linear,
+                         at::TensorList weights, at::TensorList scales, at::IntArrayRef dot,
+                         const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
+                         const std::optional<at::Tensor>& local_mask, at::IntArrayRef local,
+                         const at::Tensor& cache_k, const at::Tensor& cache_v, int64_t start,
+                         at::IntArrayRef heads, double scale, std::optional<double> softcap,
+                         int64_t attention, bool rows_alone, int64_t gelu_isa, double lowest,
+                         int64_t ops) {
+  const int64_t n = local.size();
+  TORCH_CHECK(n > 0 && norms.size() % n == 0 && weights.size() == 7 * n &&
+                  (scales.empty() || scales.size() == 7 * n),
+              "decode_layers: per layer the same number of norms, 7 weights and their scales");
+  const int64_t k = norms.size() / n;
+  at::Tensor y = x;
+  for (int64_t l = 0; l < n; ++l) {
+    TORCH_CHECK(!local[l] || local_mask.has_value(), "decode_layers: a local layer needs its mask");
+    y = decode_block(y, norms.slice(k * l, k), eps, linear, weights.slice(7 * l, 7),
+                     scales.empty() ? scales : scales.slice(7 * l, 7), dot, cos, sin,
+                     local[l] ? *local_mask : mask, cache_k, cache_v, l, start, heads, scale,
+                     softcap, attention, rows_alone, gelu_isa, lowest, ops);
+  }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -269,4 +304,11 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
       "Tensor(b!) cache_v, int layer, int start, int[] heads, float scale, float? softcap, "
       "int attention, bool rows_alone, int gelu_isa, float lowest, int ops=-1) -> Tensor",
       &decode_block);
+  m.def(
+      "decode_layers(Tensor x, Tensor[] norms, float eps, int linear, Tensor[] weights, "
+      "Tensor[] scales, int[] dot, Tensor cos, Tensor sin, Tensor mask, Tensor? local_mask, "
+      "int[] local, Tensor(a!) cache_k, Tensor(b!) cache_v, int start, int[] heads, float scale, "
+      "float? softcap, int attention, bool rows_alone, int gelu_isa, float lowest, "
+      "int ops=-1) -> Tensor",
+      &decode_layers);
 }

@@ -37,6 +37,7 @@ from ..gemma import MLP, Attention, Block, RMSNorm, _cpu_half
 from . import gelu as cpu_gelu
 from . import kernels as cpu_kernels
 from . import linear, matvec
+from .kept import Kept, generation
 from .linear import KERNEL_ROWS, Int4Linear, Int8Linear
 
 FAST_DECODE = True  # decode steps' blocks through decode_block.cpp (False: the Python block)
@@ -55,6 +56,29 @@ class Plan(NamedTuple):
     attention: int  # 0 eager, 1 eager with float32 products, 2 fused
     gelu_isa: int  # gelu.cpp's path, -2: ATen's GELU
     ops: int  # decode_ops.cpp's loops on that path (1 AVX2, 0 scalar), -1: ATen's ops
+    norms: list[torch.Tensor]  # the RMSNorms' weights: attn, mlp (, post_attn, post_mlp)
+
+
+def plain_step(x: torch.Tensor, cache, start) -> bool:
+    """A step decode_block.cpp can take, as far as the step itself goes: one query token a
+    row with a KV cache, on the CPU, no autograd, our kernels built, FAST_DECODE."""
+    if not FAST_DECODE or cache is None or type(start) is not int or x.shape[1] != 1:
+        return False
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return False
+    if gemma.GQA_MIN_QUERIES <= 1:  # one query through enable_gqa: the Python block's
+        return False
+    return cpu_kernels.available()
+
+
+def step_key(x: torch.Tensor, cache) -> tuple:
+    """What a kept plan depends on besides the module tree: the step's dtype and rows, the
+    cache's layout, the switches and PALIGEMMA_CPU_ISA read in deriving it, global hooks."""
+    k, v = cache.k, cache.v
+    step = (x.dtype, x.numel() // x.shape[-1], k.dtype, k.stride(), v.dtype, v.stride())
+    switches = (OWN_OPS, cpu_gelu.FAST_GELU, os.environ.get(cpu_kernels.ENV_ISA))
+    switches += (linear.DOT_ROWS, linear.INT8_ACTIVATIONS, cpu_kernels.NARROW_VNNI_ROWS)
+    return (*step, *switches, _global_hooks())
 
 
 class CpuDecodeBlock(Block):
@@ -78,7 +102,7 @@ class CpuDecodeBlock(Block):
         attn = self.attn
         return torch.ops.paligemma_cpu.decode_block(
             x,
-            self._norms(),
+            plan.norms,
             self.attn_norm.eps,
             plan.linear,
             plan.weights,
@@ -109,26 +133,22 @@ class CpuDecodeBlock(Block):
 
     def _plan(self, x: torch.Tensor, cache, start) -> Plan | None:
         """decode_block.cpp's arguments for this step, or None where the Python block runs
-        (module docstring). A quantised plan is kept for the next steps while `_key` is the
-        same (deriving it took ~5 ms a step of PaliGemma-3B, ~7% of an int4 step); the checks
-        of the step itself run every time."""
-        if not FAST_DECODE or cache is None or type(start) is not int or x.shape[1] != 1:
-            return None
-        if x.device.type != "cpu" or torch.is_grad_enabled():
-            return None
-        if gemma.GQA_MIN_QUERIES <= 1:  # one query through enable_gqa: the Python block's
-            return None
-        if not cpu_kernels.available():
+        (module docstring). A quantised plan is kept for the next steps while what it was
+        derived from holds (kept.py; deriving it took ~5 ms a step of PaliGemma-3B, ~7% of an
+        int4 step); the checks of the step itself run every time."""
+        if not plain_step(x, cache, start):
             return None
         attention = self._attention(x)
-        memo = self.__dict__.get("_memo")  # (key, plan) of the last quantised step
-        if KEEP_PLANS and memo is not None and memo[0] == self._key(x, cache):
-            return memo[1]._replace(attention=attention)
+        kept, step = self.__dict__.get("_kept"), step_key(x, cache)
+        if KEEP_PLANS and kept is not None and kept.holds(step):
+            plan = kept.value
+            return plan if plan.attention == attention else plan._replace(attention=attention)
+        at = generation()
         plan = self._derive(x, cache, attention)
         if plan is not None and plan.linear in (DOTS, INT8_MATMUL):  # (float: matvec's flags)
-            self.__dict__["_memo"] = (self._key(x, cache), plan)
-        else:  # float layers' steps compute no key
-            self.__dict__.pop("_memo", None)
+            self.__dict__["_kept"] = Kept.of(self, at, step, plan)
+        else:  # float layers' steps keep nothing
+            self.__dict__.pop("_kept", None)
         return plan
 
     def _derive(self, x: torch.Tensor, cache, attention: int) -> Plan | None:
@@ -144,29 +164,12 @@ class CpuDecodeBlock(Block):
         take = type(mlp.act) is cpu_gelu.CpuGeluTanh and cpu_gelu.FAST_GELU
         take = take and x.dtype == torch.bfloat16
         gelu_isa = cpu_kernels.isa() if take else -2
-        return Plan(*products, attention, gelu_isa, _ops(products[0], x, cache))
+        return Plan(*products, attention, gelu_isa, _ops(products[0], x, cache), self._norms())
 
     def _attention(self, x: torch.Tensor) -> int:
         """Plan.attention: 2 fused, 1 eager with float32 products, 0 eager."""
         attn = self.attn
         return 2 if attn._use_fused(1, x) else int(attn.fused is None and _cpu_half(x))
-
-    def _key(self, x: torch.Tensor, cache) -> tuple:
-        """What a quantised plan is derived from: the step's dtype, rows and cache layout, the
-        switches and PALIGEMMA_CPU_ISA it reads, global hooks, and the block's module tree
-        (each module, its class, whether it has hooks, its tensors)."""
-        tree, stack = [], [self]
-        while stack:
-            m = stack.pop()
-            hooked = bool(m._forward_hooks or m._forward_pre_hooks)
-            tensors = [id(t) for t in m._parameters.values()] + [id(t) for t in m._buffers.values()]
-            tree.append((id(m), type(m), hooked, *tensors))
-            stack.extend(c for c in m._modules.values() if c is not None)
-        k, v = cache.k, cache.v
-        step = (x.dtype, x.numel() // x.shape[-1], k.dtype, k.stride(), v.dtype, v.stride())
-        switches = (OWN_OPS, cpu_gelu.FAST_GELU, os.environ.get(cpu_kernels.ENV_ISA))
-        switches += (linear.DOT_ROWS, linear.INT8_ACTIVATIONS, cpu_kernels.NARROW_VNNI_ROWS)
-        return (*step, *switches, _global_hooks(), *tree)
 
     def _plain(self) -> bool:
         """The block's own classes, and no hooks anywhere in it (they must run)."""

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import GeluTanh
-from ..gemma import Block, TiedHead
+from ..gemma import Block, GemmaDecoder, TiedHead
 from . import kernels as cpu_kernels
 from .gelu import CpuGeluTanh
 from .linear import F32_TILE, TILE  # output rows a thread takes at a time (AMX; float32)
@@ -220,11 +220,16 @@ def _conv_twin(module: nn.Conv2d) -> CpuConv2d:
 def install_matvec_(model: nn.Module) -> nn.Module:
     """In place: every plain nn.Linear becomes a MatVecLinear, the tied head a MatVecHead, the
     tanh GELU a CpuGeluTanh (gelu.py), every plain nn.Conv2d a CpuConv2d, every decoder block a
-    CpuDecodeBlock (decode_block.py: a decode step's block as one C++ call)."""
+    CpuDecodeBlock (decode_block.py: a decode step's block as one C++ call), the decoder a
+    CpuDecoder (decode_layers.py: a quantised decode step's blocks as one call)."""
     from .decode_block import CpuDecodeBlock  # (it reads this module's paths)
+    from .decode_layers import CpuDecoder
 
     for name, module in list(model.named_modules()):
-        new = CpuDecodeBlock.of(module) if type(module) is Block else _swapped(module)
+        if type(module) is GemmaDecoder:
+            new = CpuDecoder.of(module)
+        else:
+            new = CpuDecodeBlock.of(module) if type(module) is Block else _swapped(module)
         if new is None:
             continue
         new.train(module.training)

@@ -492,3 +492,30 @@ def test_kept_plans_paragraph_is_its_jsons():
     for quoted in quotes:
         assert quoted in text, quoted
     assert ab["int8"]["median_ratio"] > 1.0 and ab["int4"]["median_ratio"] > 1.0
+
+
+def test_one_call_paragraph_is_its_jsons():
+    """ "A step's blocks in one call": the in-process A/B and the benchmark's rows after."""
+    ab = result("avx2-one-call-ab-s31.json")
+    runs = result("avx2-paligemma-3b-224-s31-quant.json")["results"]
+    text = " ".join(README.split())
+    assert ab["switch"] == "ONE_CALL"
+    i4, i8 = ab["int4"], ab["int8"]
+    faster = sum(on > off for on, off in zip(i4["on_tok_s"], i4["off_tok_s"], strict=True))
+    spread = i8["on_tok_s"] + i8["off_tok_s"]
+    quotes = [
+        f"int4 {i4['median_ratio']:.2f}×, int8 {i8['median_ratio']:.2f}×",
+        f"int4 faster in {faster} of {len(i4['on_tok_s'])} rounds",
+        f"int8's rounds spread {min(spread):.1f}-{max(spread):.1f} tok/s",
+    ]
+    for name in ("int8", "int4"):
+        row = runs[f"ours {name}"]
+        pct = 100 * row["decode_tok_s_b1"] / row["bandwidth_limit_tok_s"]
+        quotes.append(
+            f"{name} {row['decode_tok_s_b1']:.2f} tok/s ({pct:.0f}% of a "
+            f"{row['bandwidth_gbs']:.1f} GB/s probe), batch 8 {row['decode_tok_s_b8']:.2f} "
+            f"({row['decode_tok_s_b8'] / row['decode_tok_s_b1']:.1f}×)"
+        )
+    for quoted in quotes:
+        assert quoted in text, quoted
+    assert i4["median_ratio"] > 1.0

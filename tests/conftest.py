@@ -95,6 +95,29 @@ def hf_checkpoint(request, tmp_path_factory):
     return model, path
 
 
+@pytest.fixture(scope="session", params=[False, True], ids=["pg1", "pg2"])
+def lively_checkpoint(request, tmp_path_factory):
+    """A lively tiny PaliGemma 1 / 2 (seed 3) saved with save_pretrained: its directory."""
+    path = tmp_path_factory.mktemp("lively-pg2" if request.param else "lively-pg1")
+    tiny_hf_model(request.param, seed=3, lively=True).save_pretrained(path)
+    return path
+
+
+def decode_logits(model, batch: int, steps: int) -> list[torch.Tensor]:
+    """Logits of a prefill of make_batch's first `batch` rows and `steps` decode steps fed the
+    same random tokens (seeded): one [batch, V] tensor a step."""
+    from paligemma import generate as engine
+
+    ids, mask, types, pixels = (t[:batch] for t in make_batch(seed=batch))
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
+    _, cache, logits = engine._prefill(model, inputs, steps)
+    out, g = [logits], torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        tokens = torch.randint(5, 290, (batch,), generator=g)
+        out.append(engine._step(model, cache, tokens))
+    return out
+
+
 def make_batch(seed: int = 0):
     """3 left-padded rows with different prompt and suffix lengths.
 

@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch, tiny_hf_model
+from conftest import decode_logits
 
 import paligemma
 from paligemma import gemma
-from paligemma import generate as engine
 from paligemma.lora import apply_lora_
 from paligemma.model import set_fused_attention_, set_rows_alone_
 from paligemma.quant import decode_block, decode_layers
 from paligemma.quant import kernels as cpu_kernels
 
 STEPS = 9  # past PaliGemma 2's window of 6
-
-
-@pytest.fixture(scope="module", params=[False, True], ids=["pg1", "pg2"])
-def checkpoint(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp("decode-block")
-    tiny_hf_model(request.param, seed=3, lively=True).save_pretrained(path)
-    return path
 
 
 def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor], int]:
@@ -44,22 +36,18 @@ def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor
     monkeypatch.setattr(decode_block, "OWN_OPS", False)
     monkeypatch.setattr(decode_layers, "ONE_CALL", False)  # block by block (test_decode_layers)
     monkeypatch.setattr(decode_block.CpuDecodeBlock, "_plan", spy)
-    ids, mask, types, pixels = (t[:batch] for t in make_batch(seed=batch))
-    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
-    _, cache, logits = engine._prefill(model, inputs, STEPS)
-    out, g = [logits], torch.Generator().manual_seed(0)
-    for _ in range(STEPS):
-        tokens = torch.randint(5, 290, (batch,), generator=g)
-        out.append(engine._step(model, cache, tokens))
+    out = decode_logits(model, batch, STEPS)
     monkeypatch.undo()
     return out, sum(taken)
 
 
 @pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_decode_steps_equal_the_python_block_bit_for_bit(checkpoint, quantize, dtype, monkeypatch):
+def test_decode_steps_equal_the_python_block_bit_for_bit(
+    lively_checkpoint, quantize, dtype, monkeypatch
+):
     assert cpu_kernels.available(), cpu_kernels.why_not()
-    model = paligemma.load_model(checkpoint, dtype=dtype, quantize=quantize)
+    model = paligemma.load_model(lively_checkpoint, dtype=dtype, quantize=quantize)
     blocks = model.decoder.blocks
     assert all(type(b) is decode_block.CpuDecodeBlock for b in blocks)
     for batch, alone in ((1, False), (3, False), (3, True), (2, True)):
@@ -76,10 +64,10 @@ def test_decode_steps_equal_the_python_block_bit_for_bit(checkpoint, quantize, d
     set_rows_alone_(model, False)
 
 
-def test_eager_and_fused_attention_settings_match_too(checkpoint, monkeypatch):
+def test_eager_and_fused_attention_settings_match_too(lively_checkpoint, monkeypatch):
     """set_fused_attention_(True / False) on a bfloat16 int4 model: the C++ block follows the
     layer's setting (fused where it has no soft-cap; eager in bfloat16 products)."""
-    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    model = paligemma.load_model(lively_checkpoint, dtype=torch.bfloat16, quantize="int4")
     for on in (True, False):
         set_fused_attention_(model, on)
         python, _ = steps(model, 3, monkeypatch, fast=False)
@@ -90,8 +78,8 @@ def test_eager_and_fused_attention_settings_match_too(checkpoint, monkeypatch):
 
 @pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_own_ops_are_planned_for_quantised_bfloat16_steps_only(checkpoint, quantize, dtype):
-    model = paligemma.load_model(checkpoint, dtype=dtype, quantize=quantize)
+def test_own_ops_are_planned_for_quantised_bfloat16_steps_only(lively_checkpoint, quantize, dtype):
+    model = paligemma.load_model(lively_checkpoint, dtype=dtype, quantize=quantize)
     block = model.decoder.blocks[0]
     cache = model.new_cache(2, 4)
     with torch.no_grad():
@@ -103,10 +91,10 @@ def test_own_ops_are_planned_for_quantised_bfloat16_steps_only(checkpoint, quant
     assert plan.ops == (min(cpu_kernels.isa(), 1) if own else -1)
 
 
-def test_the_python_block_runs_where_the_step_is_not_plain(checkpoint, monkeypatch):
+def test_the_python_block_runs_where_the_step_is_not_plain(lively_checkpoint, monkeypatch):
     """A forward hook (it must run), autograd, a prefill, LoRA, and one query through
     enable_gqa take the Python block."""
-    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    model = paligemma.load_model(lively_checkpoint, dtype=torch.bfloat16, quantize="int4")
     block = model.decoder.blocks[0]
     x = torch.randn(1, 1, model.cfg.text.width, dtype=torch.bfloat16)
     cache = model.new_cache(1, 4)
@@ -129,11 +117,11 @@ def test_the_python_block_runs_where_the_step_is_not_plain(checkpoint, monkeypat
         assert block._plan(x, cache, 0) is None
 
 
-def test_a_quantised_plan_is_kept_until_what_it_reads_changes(checkpoint, monkeypatch):
+def test_a_quantised_plan_is_kept_until_what_it_reads_changes(lively_checkpoint, monkeypatch):
     """_plan keeps a quantised step's plan (the same weights list, not derived again) while the
     step's rows, dtype and cache, the switches, PALIGEMMA_CPU_ISA and the block's modules, hooks
     and tensors stay; any of them changing derives it again, with the new answer."""
-    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    model = paligemma.load_model(lively_checkpoint, dtype=torch.bfloat16, quantize="int4")
     block = model.decoder.blocks[0]
     x = torch.randn(1, 1, model.cfg.text.width, dtype=torch.bfloat16)
     cache = model.new_cache(1, 4)

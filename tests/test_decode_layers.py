@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch, tiny_hf_model
+from conftest import decode_logits
 
 import paligemma
-from paligemma import generate as engine
 from paligemma.lora import apply_lora_
 from paligemma.model import set_rows_alone_
 from paligemma.quant import decode_block, decode_layers
@@ -19,13 +18,6 @@ from paligemma.quant import kernels as cpu_kernels
 from paligemma.quant.kept import Kept, generation
 
 STEPS = 9  # past PaliGemma 2's window of 6
-
-
-@pytest.fixture(scope="module", params=[False, True], ids=["pg1", "pg2"])
-def checkpoint(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp("decode-layers")
-    tiny_hf_model(request.param, seed=3, lively=True).save_pretrained(path)
-    return path
 
 
 def steps(model, batch: int, monkeypatch, one_call: bool) -> tuple[list[torch.Tensor], int]:
@@ -42,13 +34,7 @@ def steps(model, batch: int, monkeypatch, one_call: bool) -> tuple[list[torch.Te
     with monkeypatch.context() as patch:
         patch.setattr(decode_layers, "ONE_CALL", one_call)
         patch.setattr(decode_layers.CpuDecoder, "_layers", spy)
-        ids, mask, types, pixels = (t[:batch] for t in make_batch(seed=batch))
-        inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
-        _, cache, logits = engine._prefill(model, inputs, STEPS)
-        out, g = [logits], torch.Generator().manual_seed(0)
-        for _ in range(STEPS):
-            tokens = torch.randint(5, 290, (batch,), generator=g)
-            out.append(engine._step(model, cache, tokens))
+        out = decode_logits(model, batch, STEPS)
     return out, sum(taken)
 
 
@@ -56,10 +42,10 @@ def steps(model, batch: int, monkeypatch, one_call: bool) -> tuple[list[torch.Te
 @pytest.mark.parametrize("quantize", ["int8", "int4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_one_call_equals_the_blocks_one_by_one_bit_for_bit(
-    checkpoint, quantize, dtype, own_ops, monkeypatch
+    lively_checkpoint, quantize, dtype, own_ops, monkeypatch
 ):
     assert cpu_kernels.available(), cpu_kernels.why_not()
-    model = paligemma.load_model(checkpoint, dtype=dtype, quantize=quantize)
+    model = paligemma.load_model(lively_checkpoint, dtype=dtype, quantize=quantize)
     assert type(model.decoder) is decode_layers.CpuDecoder
     monkeypatch.setattr(decode_block, "OWN_OPS", own_ops)
     # float32 activations keep float products in int4 layers: no quantised plan, block by block
@@ -74,17 +60,17 @@ def test_one_call_equals_the_blocks_one_by_one_bit_for_bit(
     set_rows_alone_(model, False)
 
 
-def test_float_layers_run_block_by_block(checkpoint, monkeypatch):
-    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16)
+def test_float_layers_run_block_by_block(lively_checkpoint, monkeypatch):
+    model = paligemma.load_model(lively_checkpoint, dtype=torch.bfloat16)
     _, taken = steps(model, 1, monkeypatch, one_call=True)
     assert taken == 0
 
 
-def test_the_kept_arguments_follow_what_they_were_derived_from(checkpoint, monkeypatch):
+def test_the_kept_arguments_follow_what_they_were_derived_from(lively_checkpoint, monkeypatch):
     """Kept while nothing changes (the same lists, not derived again); a hook anywhere in a
     block, LoRA, a new weight, rows_alone, PALIGEMMA_CPU_ISA, a switch or the rows change them
     (or send the step block by block), with the new answer."""
-    model = paligemma.load_model(checkpoint, dtype=torch.bfloat16, quantize="int4")
+    model = paligemma.load_model(lively_checkpoint, dtype=torch.bfloat16, quantize="int4")
     decoder = model.decoder
     x = torch.randn(1, 1, model.cfg.text.width, dtype=torch.bfloat16)
     cache = model.new_cache(1, 4)

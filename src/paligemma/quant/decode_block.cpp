@@ -267,10 +267,7 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
   return block(OwnOps{t, a, ops}, L, x.contiguous(), norms, eps, gelu_isa);
 }
 
-// All the decoder's blocks of a decode step, one after another: decode_block for layer l with
-// its norms (norms.size() / L each), its 7 weights and scales, and the local mask where
-// local[l] (Gemma 2's sliding-window layers), the same arguments otherwise. decode_layers.py
-// says when it is taken.
+// decode_layers (the file's header): layer l's norms are norms.size() / L of them.
 at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps, int64_t linear,
                          at::TensorList weights, at::TensorList scales, at::IntArrayRef dot,
                          const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,

@@ -59,6 +59,18 @@ class Plan(NamedTuple):
     norms: list[torch.Tensor]  # the RMSNorms' weights: attn, mlp (, post_attn, post_mlp)
 
 
+def twin(cls: type, module: nn.Module, *attrs: str):
+    """A `cls` (a subclass of module's class) holding `module`'s very submodules (no copy), its
+    plain attributes `attrs` and its training mode: the CPU twins install_matvec_ swaps in."""
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    for name in attrs:
+        setattr(new, name, getattr(module, name))
+    for name, child in module._modules.items():
+        setattr(new, name, child)
+    return new.train(module.training)
+
+
 def plain_step(x: torch.Tensor, cache, start) -> bool:
     """A step decode_block.cpp can take, as far as the step itself goes: one query token a
     row with a KV cache, on the CPU, no autograd, our kernels built, FAST_DECODE."""
@@ -86,13 +98,9 @@ class CpuDecodeBlock(Block):
 
     @classmethod
     def of(cls, block: Block) -> CpuDecodeBlock:
-        """The twin of `block`, holding its very submodules (no copy)."""
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.local = block.local
-        for name, child in block._modules.items():  # (Gemma 1's two post-norms: one Identity)
-            setattr(new, name, child)
-        return new.train(block.training)
+        """The twin of `block`, holding its very submodules (Gemma 1's two post-norms: one
+        Identity) and its `local` flag."""
+        return twin(cls, block, "local")
 
     def forward(self, x, rope, masks, cache, layer, start):
         plan = self._plan(x, cache, start)

@@ -23,12 +23,11 @@ from operator import attrgetter
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from .. import config
 from ..gemma import GemmaDecoder, rope_angles
 from . import decode_block
-from .decode_block import DOTS, INT8_MATMUL, CpuDecodeBlock, plain_step, step_key
+from .decode_block import DOTS, INT8_MATMUL, CpuDecodeBlock, plain_step, step_key, twin
 from .kept import Kept, generation
 
 ONE_CALL = True  # plain quantised decode steps: all blocks in one call (False: one per block)
@@ -66,12 +65,7 @@ class CpuDecoder(GemmaDecoder):
     @classmethod
     def of(cls, decoder: GemmaDecoder) -> CpuDecoder:
         """The twin of `decoder`, holding its very submodules and config (no copy)."""
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.cfg, new.checkpointing = decoder.cfg, decoder.checkpointing
-        for name, child in decoder._modules.items():
-            setattr(new, name, child)
-        return new.train(decoder.training)
+        return twin(cls, decoder, "cfg", "checkpointing")
 
     def forward(
         self,
@@ -81,11 +75,10 @@ class CpuDecoder(GemmaDecoder):
         cache=None,
         start: int = 0,
     ) -> torch.Tensor:
-        layers = self._layers(x, cache, start) if ONE_CALL else None
-        if layers is None:
+        a = self._layers(x, cache, start) if ONE_CALL else None  # Layers
+        if a is None:
             return super().forward(x, positions, masks, cache, start)
         cos, sin = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
-        a = layers
         x = torch.ops.paligemma_cpu.decode_layers(
             x, a.norms, a.eps, a.linear, a.weights, a.scales, a.dot, cos, sin, masks[0],
             masks[1], a.local, cache.k, cache.v, start, a.heads, a.scale, a.softcap,

@@ -225,11 +225,10 @@ def install_matvec_(model: nn.Module) -> nn.Module:
     from .decode_block import CpuDecodeBlock  # (it reads this module's paths)
     from .decode_layers import CpuDecoder
 
+    twins = {Block: CpuDecodeBlock, GemmaDecoder: CpuDecoder}
     for name, module in list(model.named_modules()):
-        if type(module) is GemmaDecoder:
-            new = CpuDecoder.of(module)
-        else:
-            new = CpuDecodeBlock.of(module) if type(module) is Block else _swapped(module)
+        twin = twins.get(type(module))
+        new = twin.of(module) if twin else _swapped(module)
         if new is None:
             continue
         new.train(module.training)

@@ -26,8 +26,8 @@ def operands(rows: int, i: int, o: int, seed: int = 0):
     return x, w, torch.randn(o, generator=g).to(torch.bfloat16)
 
 
-# (in, out): one K block, several with a short last one (dequant_amx.h's kKB 256), output rows short of a
-# panel (the 16-row tail) and of a tile
+# (in, out): one K block, several with a short last one (dequant_amx.h's kKB 256), output rows
+# short of a panel (the 16-row tail) and of a tile
 SHAPES = [(64, 37), (96, 17), (1152, 300), (2080, 50)]
 
 

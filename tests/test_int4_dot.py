@@ -245,6 +245,7 @@ def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
     one-row loop (cpu_kernels.int8_dot_from() 1: AVX2 without VNNI, or PALIGEMMA_CPU_ISA=avx2),
     else the float kernel (it streams at the bandwidth limit there); all within int8
     activations' error; no copy is kept."""
+    assert cpu_kernels.available()
     for level in ("avx2", None):
         if level:
             monkeypatch.setenv(cpu_kernels.ENV_ISA, level)
@@ -252,7 +253,8 @@ def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
         else:
             monkeypatch.delenv(cpu_kernels.ENV_ISA, raising=False)
         one = int(cpu_kernels.int8_dot_from() == 1)
-        plain = cpu_kernels.isa() == 1 and not int(torch.ops.paligemma_cpu.cpu_vnni()) & 1
+        no_vnni = cpu_kernels.vnni() == 0 or not int(torch.ops.paligemma_cpu.cpu_vnni()) & 1
+        plain = cpu_kernels.isa() == 1 and no_vnni  # (PALIGEMMA_CPU_ISA=avx2: VNNI off)
         assert one == plain, (level, one)
         layer, calls, w = spied(q.Int8Linear, monkeypatch)
         with torch.no_grad():
@@ -267,14 +269,17 @@ def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
 
 
 def test_few_rows_take_avx_vnni_where_the_cpu_has_it(monkeypatch):
-    """dot_path: up to NARROW_VNNI_ROWS rows the 256-bit AVX-VNNI path (faster there on a CPU
-    with both VNNIs), more rows the CPU's best; PALIGEMMA_CPU_ISA, when set, decides alone."""
+    """dot_path: NARROW_VNNI_FROM to NARROW_VNNI_ROWS rows the 256-bit AVX-VNNI path (faster
+    there on a CPU with both VNNIs), a single row too unless the CPU's best is AVX-512-VNNI, more
+    rows the CPU's best; PALIGEMMA_CPU_ISA, when set, decides alone."""
     monkeypatch.delenv(cpu_kernels.ENV_ISA, raising=False)
-    has_avx_vnni = bool(int(torch.ops.paligemma_cpu.cpu_vnni()) & 1)
+    flags = int(torch.ops.paligemma_cpu.cpu_vnni())
     best = (cpu_kernels.isa(), cpu_kernels.vnni())
     few = cpu_kernels.dot_path(cpu_kernels.NARROW_VNNI_ROWS)
-    assert few == ((1, 1) if has_avx_vnni else best)
-    assert cpu_kernels.dot_path(1) == few
+    assert few == ((1, 1) if flags & 1 else best)
+    assert cpu_kernels.dot_path(cpu_kernels.NARROW_VNNI_FROM) == few
+    wide = best[0] == 2 and bool(flags & 2)
+    assert cpu_kernels.dot_path(1) == (best if wide else few)
     assert cpu_kernels.dot_path(cpu_kernels.NARROW_VNNI_ROWS + 1) == best
     monkeypatch.setenv(cpu_kernels.ENV_ISA, "avx2")
     assert cpu_kernels.dot_path(1) == (min(1, best[0]), 0)

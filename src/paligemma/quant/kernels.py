@@ -235,29 +235,47 @@ def f32_prefill() -> bool:
 
 # int4_dot / int8_dot at up to this many rows run AVX-VNNI's 256-bit code where the CPU has it,
 # even with AVX-512-VNNI: measured 1.9x faster at 1 row and 1.25-1.6x at 4 rows on a Xeon with
-# both (1 thread, 16384 x 2048), while from 8 rows the wider AVX-512 one is 1.4-1.9x faster.
+# both (1 thread, 16384 x 2048, the weight in cache), while from 8 rows the wider AVX-512 one is
+# 1.4-1.9x faster.
 NARROW_VNNI_ROWS = 4
+# ... from this many rows: a single row takes AVX-512-VNNI where the CPU has it. Decoding
+# PaliGemma-3B-224 (weights from memory, 2 threads, a 2-vCPU Xeon with both; paired rounds in
+# one process, wide / narrow): int4 1 row 1.034x (10 of 10 rounds faster), 2 rows 1.003x, 4
+# rows 0.954x; int8 2 rows 1.026x, 4 rows 0.894x (one int8 row takes the float kernel here).
+NARROW_VNNI_FROM = 2
 
 
 def dot_path(rows: int) -> tuple[int, int]:
     """(isa, vnni) for int4_dot / int8_dot on `rows` rows: the CPU's best, except AVX-VNNI's
-    256-bit path for a few rows (NARROW_VNNI_ROWS); PALIGEMMA_CPU_ISA, when set, decides
-    alone. Needs available()."""
+    256-bit path for a few rows (NARROW_VNNI_FROM to NARROW_VNNI_ROWS; a single row too where
+    the CPU has no AVX-512-VNNI); PALIGEMMA_CPU_ISA, when set, decides alone. Needs
+    available()."""
     return _dot_path(rows)
 
 
 def _dot_path(rows: int) -> tuple[int, int]:
     """dot_path's answer (tests spy on dot_path's calls as the kernels' calls)."""
-    if not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and _avx_vnni():
+    few = not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and _avx_vnni()
+    if few and (rows >= NARROW_VNNI_FROM or not _wide()):
         return 1, 1
     return isa(), vnni()
 
 
+def _wide() -> bool:
+    """The CPU's best dot path is AVX-512-VNNI (or AMX). Needs available()."""
+    return isa() == 2 and bool(_vnni_flags() & 2)
+
+
 def _avx_vnni() -> bool:
     """The CPU has AVX-VNNI (the 256-bit VNNI). Needs available()."""
+    return bool(_vnni_flags() & 1)
+
+
+def _vnni_flags() -> int:
+    """cpu_vnni(): 1 AVX-VNNI, 2 AVX-512-VNNI, 3 both, 0 neither. Needs available()."""
     if "vnni" not in _state:
         _state["vnni"] = int(torch.ops.paligemma_cpu.cpu_vnni())
-    return bool(int(_state["vnni"]) & 1)
+    return int(_state["vnni"])
 
 
 def int8_dot_from() -> int:

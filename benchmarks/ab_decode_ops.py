@@ -2,7 +2,9 @@
 block's bits) against decode_ops.cpp's loops (OWN_OPS = True), in one process (not a test); or,
 with --switch KEEP_PLANS, each step's plan derived again (False) against kept (True); or, with
 --switch ONE_CALL (decode_layers.py), the blocks called one by one (False) against all of a
-step's blocks in one call (True):
+step's blocks in one call (True); or, with --switch WIDE_ONE_ROW (kernels.py), a single row's
+dot products on AVX-VNNI's 256-bit loop (False) against AVX-512-VNNI's (True; the same where the
+CPU lacks either):
 
     python benchmarks/ab_decode_ops.py [--model DIR] [--modes int8 int4] [--rounds 8]
                                        [--tokens 16] [--switch OWN_OPS] [--json F]
@@ -32,8 +34,14 @@ import bench_generate
 import paligemma
 from paligemma import generate as engine
 from paligemma.quant import decode_block, decode_layers
+from paligemma.quant import kernels as cpu_kernels
 
-SWITCHES = {"OWN_OPS": decode_block, "KEEP_PLANS": decode_block, "ONE_CALL": decode_layers}
+SWITCHES = {
+    "OWN_OPS": decode_block,
+    "KEEP_PLANS": decode_block,
+    "ONE_CALL": decode_layers,
+    "WIDE_ONE_ROW": cpu_kernels,
+}
 DEFAULT = Path.home() / ".cache" / "paligemma-bench" / "paligemma-3b-224"
 
 

@@ -90,7 +90,7 @@ def step_key(x: torch.Tensor, cache) -> tuple:
     step = (x.dtype, x.numel() // x.shape[-1], k.dtype, k.stride(), v.dtype, v.stride())
     switches = (OWN_OPS, cpu_gelu.FAST_GELU, os.environ.get(cpu_kernels.ENV_ISA))
     switches += (linear.DOT_ROWS, linear.INT8_ACTIVATIONS, cpu_kernels.NARROW_VNNI_ROWS)
-    switches += (cpu_kernels.NARROW_VNNI_FROM,)
+    switches += (cpu_kernels.WIDE_ONE_ROW,)
     return (*step, *switches, _global_hooks())
 
 

@@ -238,17 +238,17 @@ def f32_prefill() -> bool:
 # both (1 thread, 16384 x 2048, the weight in cache), while from 8 rows the wider AVX-512 one is
 # 1.4-1.9x faster.
 NARROW_VNNI_ROWS = 4
-# ... from this many rows: a single row takes AVX-512-VNNI where the CPU has it. Decoding
+# ... but a single row takes AVX-512-VNNI where the CPU has it (False: AVX-VNNI's). Decoding
 # PaliGemma-3B-224 (weights from memory, 2 threads, a 2-vCPU Xeon with both; paired rounds in
 # one process, wide / narrow): int4 1 row 1.034x (10 of 10 rounds faster), 2 rows 1.003x, 4
 # rows 0.954x; int8 2 rows 1.026x, 4 rows 0.894x (one int8 row takes the float kernel here).
-NARROW_VNNI_FROM = 2
+WIDE_ONE_ROW = True
 
 
 def dot_path(rows: int) -> tuple[int, int]:
     """(isa, vnni) for int4_dot / int8_dot on `rows` rows: the CPU's best, except AVX-VNNI's
-    256-bit path for a few rows (NARROW_VNNI_FROM to NARROW_VNNI_ROWS; a single row too where
-    the CPU has no AVX-512-VNNI); PALIGEMMA_CPU_ISA, when set, decides alone. Needs
+    256-bit path for up to NARROW_VNNI_ROWS rows (but a single row where the CPU has
+    AVX-512-VNNI, WIDE_ONE_ROW); PALIGEMMA_CPU_ISA, when set, decides alone. Needs
     available()."""
     return _dot_path(rows)
 
@@ -256,7 +256,7 @@ def dot_path(rows: int) -> tuple[int, int]:
 def _dot_path(rows: int) -> tuple[int, int]:
     """dot_path's answer (tests spy on dot_path's calls as the kernels' calls)."""
     few = not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and _avx_vnni()
-    if few and (rows >= NARROW_VNNI_FROM or not _wide()):
+    if few and not (rows == 1 and WIDE_ONE_ROW and _wide()):
         return 1, 1
     return isa(), vnni()
 

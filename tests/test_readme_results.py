@@ -357,6 +357,7 @@ def test_higher_resolution_table_is_its_json():
         ("| PaliGemma-3B-224, session 19 |", "cpu2-paligemma-3b-224-s19.json", False),
         ("| PaliGemma-3B-224, session 20 |", "cpu2-paligemma-3b-224-s20-final.json", True),
         ("| PaliGemma-3B-224, session 21 |", "cpu2-paligemma-3b-224-s21.json", True),
+        ("| PaliGemma-3B-224, session 32 |", "amx-paligemma-3b-224-s32.json", True),
     ],
 )
 def test_final_224_table_is_its_json(header, file, with_bw):
@@ -519,3 +520,37 @@ def test_one_call_paragraph_is_its_jsons():
     for quoted in quotes:
         assert quoted in text, quoted
     assert i4["median_ratio"] > 1.0
+
+
+def test_amx_session_paragraph_is_its_jsons():
+    """ "Session 32: the AMX host again": the run before, the bfloat16-only run, the one-row A/B
+    and the 448 px run, as quoted."""
+    text = " ".join(README.split())
+    before = result("amx-paligemma-3b-224-s32-before.json")["results"]
+    bf16 = result("amx-paligemma-3b-224-s32-bf16.json")["results"]
+    at448 = result("amx-paligemma-3b-448-s32.json")["results"]
+    ab = result("amx-wide-one-row-ab-s32.json")
+
+    def first(res: dict) -> float:
+        return min(v["first_token_s"] for k, v in res.items() if k.startswith("transformers"))
+
+    ours, i4 = before["ours bfloat16 (default)"], before["ours int4"]
+    hf_decode = max(v["decode_tok_s_b1"] for k, v in before.items() if k.startswith("trans"))
+    i4_pct = 100 * i4["decode_tok_s_b1"] / i4["bandwidth_limit_tok_s"]
+    new = bf16["ours bfloat16 (default)"]["first_token_s"]
+    o448, s448 = at448["ours bfloat16 (default)"], at448["transformers bfloat16 sdpa"]
+    quotes = [
+        f"our first token {ours['first_token_s']:.2f} s against transformers' "
+        f"{first(before):.2f} s ({ours['first_token_s'] / first(before):.2f}×)",
+        f"int4 {i4['decode_tok_s_b1']:.2f} tok/s = {i4_pct:.0f}% of its limit and "
+        f"{i4['decode_tok_s_b1'] / hf_decode:.2f}× transformers' bfloat16 decode",
+        f"our first token {new:.2f} s against transformers' best {first(bf16):.2f} s "
+        f"(**{new / first(bf16):.2f}×**)",
+        f"amx-wide-one-row-ab-s32.json`: {ab['int4']['median_ratio']:.3f}×",
+        f"our first token {o448['first_token_s']:.2f} s against SDPA's "
+        f"{s448['first_token_s']:.2f} s (**{o448['first_token_s'] / s448['first_token_s']:.2f}×**",
+        f"decode {o448['decode_tok_s_b1']:.2f} against {s448['decode_tok_s_b1']:.2f} tok/s",
+    ]
+    for quoted in quotes:
+        assert quoted in text, quoted
+    assert ab["switch"] == "WIDE_ONE_ROW"

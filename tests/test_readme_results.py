@@ -551,6 +551,22 @@ def test_amx_session_paragraph_is_its_jsons():
         f"{s448['first_token_s']:.2f} s (**{o448['first_token_s'] / s448['first_token_s']:.2f}×**",
         f"decode {o448['decode_tok_s_b1']:.2f} against {s448['decode_tok_s_b1']:.2f} tok/s",
     ]
+    second = result("amx-paligemma-3b-224-s32-second.json")["results"]
+    o2, i8, i4 = (second[k] for k in ("ours bfloat16 (default)", "ours int8", "ours int4"))
+    ref = [v for k, v in second.items() if k.startswith("transformers")]
+    rate, b8 = "decode_tok_s_b1", "decode_tok_s_b8"
+    quotes += [
+        f"our first token {o2['first_token_s']:.2f} s against {first(second):.2f} s "
+        f"({o2['first_token_s'] / first(second):.2f}×), decode "
+        f"{o2[rate] / max(v[rate] for v in ref):.2f}×, RSS "
+        f"{o2['peak_rss_gb'] / min(v['peak_rss_gb'] for v in ref):.2f}×",
+        f"int8 at {100 * i8[rate] / i8['bandwidth_limit_tok_s']:.0f}% of its limit, int4 at "
+        f"{100 * i4[rate] / i4['bandwidth_limit_tok_s']:.0f}% and "
+        f"{i4[rate] / max(v[rate] for v in ref):.2f}×",
+        f"int8 {i8[b8] / i8[rate]:.2f}×, int4 {i4[b8] / i4[rate]:.2f}×",
+        f"{i8['first_token_s'] / o2['first_token_s']:.2f}× / "
+        f"{i4['first_token_s'] / o2['first_token_s']:.2f}× our bfloat16's",
+    ]
     for quoted in quotes:
         assert quoted in text, quoted
     assert ab["switch"] == "WIDE_ONE_ROW"

@@ -570,3 +570,17 @@ def test_amx_session_paragraph_is_its_jsons():
     for quoted in quotes:
         assert quoted in text, quoted
     assert ab["switch"] == "WIDE_ONE_ROW"
+
+
+def test_amx_quantised_load_sentence_is_its_json():
+    """Session 32's quantised-load run, as the README quotes it."""
+    run = result("amx-quant-load-3b-s32.json")
+    text = " ".join(README.split())
+    i8, i4 = run["int8"], run["int4"]
+    quoted = (
+        f"bfloat16 in {run['bfloat16']['load_s']:.2f} s; int8 {i8['peak_ratio']:.3f}× its peak "
+        f"in {i8['time_ratio']:.2f}× its time, int4 {i4['peak_ratio']:.3f}× in "
+        f"{i4['time_ratio']:.2f}×"
+    )
+    assert quoted in text, quoted
+    assert run["repeats"] == 3

@@ -211,3 +211,17 @@ def hf_processor(path):
 def embedded_pipe():
     """The embedded demo model (float32), loaded once for the tests that only read it."""
     return paligemma.load()
+
+
+def spy_taken(patch, cls, name: str) -> list[bool]:
+    """Wraps cls.<name> through `patch` (a monkeypatch or its context); the list gets, per call,
+    whether it returned something (a plan or a result: the fast path taken)."""
+    taken, method = [], getattr(cls, name)
+
+    def spy(self, *args):
+        out = method(self, *args)
+        taken.append(out is not None)
+        return out
+
+    patch.setattr(cls, name, spy)
+    return taken

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import decode_logits
+from conftest import decode_logits, spy_taken
 
 import paligemma
 from paligemma import gemma
@@ -24,18 +24,10 @@ STEPS = 9  # past PaliGemma 2's window of 6
 def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor], int]:
     """Logits of a prefill and STEPS decode steps fed the same tokens, and how many block calls
     took the C++ path."""
-    taken = []
-    plan = decode_block.CpuDecodeBlock._plan
-
-    def spy(self, *args):
-        out = plan(self, *args)
-        taken.append(out is not None)
-        return out
-
     monkeypatch.setattr(decode_block, "FAST_DECODE", fast)
     monkeypatch.setattr(decode_block, "OWN_OPS", False)
     monkeypatch.setattr(decode_layers, "ONE_CALL", False)  # block by block (test_decode_layers)
-    monkeypatch.setattr(decode_block.CpuDecodeBlock, "_plan", spy)
+    taken = spy_taken(monkeypatch, decode_block.CpuDecodeBlock, "_plan")
     out = decode_logits(model, batch, STEPS)
     monkeypatch.undo()
     return out, sum(taken)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import decode_logits
+from conftest import decode_logits, spy_taken
 
 import paligemma
 from paligemma.lora import apply_lora_
@@ -23,17 +23,9 @@ STEPS = 9  # past PaliGemma 2's window of 6
 def steps(model, batch: int, monkeypatch, one_call: bool) -> tuple[list[torch.Tensor], int]:
     """Logits of a prefill and STEPS decode steps fed the same tokens, and how many steps took
     decode_layers."""
-    taken = []
-    layers = decode_layers.CpuDecoder._layers
-
-    def spy(self, *args):
-        out = layers(self, *args)
-        taken.append(out is not None)
-        return out
-
     with monkeypatch.context() as patch:
         patch.setattr(decode_layers, "ONE_CALL", one_call)
-        patch.setattr(decode_layers.CpuDecoder, "_layers", spy)
+        taken = spy_taken(patch, decode_layers.CpuDecoder, "_layers")
         out = decode_logits(model, batch, STEPS)
     return out, sum(taken)
 

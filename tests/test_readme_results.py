@@ -574,9 +574,11 @@ def test_amx_second_run_sentence_is_its_json():
         assert quoted in text, quoted
 
 
-def test_amx_quantised_load_sentence_is_its_json():
-    """Session 32's quantised-load run, as the README quotes it."""
-    run = result("amx-quant-load-3b-s32.json")
+@pytest.mark.parametrize("name", ["amx-quant-load-3b-s32.json", "amx-quant-load-3b-s33.json"])
+def test_amx_quantised_load_sentence_is_its_json(name):
+    """Sessions 32's and 33's quantised-load runs, as the README quotes them; since 33 (int8
+    lookups in the head's codes) both peaks are within the issue's 0.75x / 0.6x."""
+    run = result(name)
     text = " ".join(README.split())
     i8, i4 = run["int8"], run["int4"]
     quoted = (
@@ -586,3 +588,6 @@ def test_amx_quantised_load_sentence_is_its_json():
     )
     assert quoted in text, quoted
     assert run["repeats"] == 3
+    if name.endswith("s33.json"):
+        assert i8["peak_ratio"] <= 0.75 and i4["peak_ratio"] <= 0.6
+        assert i8["time_ratio"] <= 2 and i4["time_ratio"] <= 2

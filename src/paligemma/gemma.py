@@ -289,10 +289,17 @@ class GemmaDecoder(nn.Module):
         self.head = TiedHead()  # features swap it by name (quantised copy, CPU matrix-vector)
         self.checkpointing = False  # recompute block activations in backward (training only)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activations' dtype: the embedding's (features may swap it for one that has no
+        `weight`, such as quant.linear.Int8Embedding, which gives its `dtype`)."""
+        embed = self.embed
+        return embed.weight.dtype if isinstance(embed, nn.Embedding) else embed.dtype
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """int[B, T] -> float[B, T, D]; scaled by sqrt(D) rounded to the weight dtype."""
-        w = self.embed.weight
-        return F.embedding(ids, w) * torch.tensor(self.cfg.width**0.5, dtype=w.dtype)
+        rows = self.embed(ids)  # (B, T, D)
+        return rows * torch.tensor(self.cfg.width**0.5, dtype=rows.dtype)
 
     def forward(
         self,
@@ -314,7 +321,7 @@ class GemmaDecoder(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, V) through the tied embedding, soft-capped for Gemma 2."""
-        logits = self.head(h, self.embed.weight)
+        logits = self.head(h, getattr(self.embed, "weight", None))  # a quantised head: its own
         if self.cfg.final_softcap is not None:
             cap = self.cfg.final_softcap
             logits = torch.tanh(logits / cap) * cap

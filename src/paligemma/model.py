@@ -99,7 +99,7 @@ class PaliGemma(nn.Module):
 
     def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """float[I, 3, S, S] in [-1, 1] -> float[I, L, D] image token embeddings (unscaled)."""
-        return self.projector(self.vision(pixel_values)).to(self.decoder.embed.weight.dtype)
+        return self.projector(self.vision(pixel_values)).to(self.decoder.dtype)
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """int[B, T] ids in [0, V) -> float[B, T, D]: embedding * sqrt(D), the factor rounded to
@@ -268,7 +268,7 @@ class PaliGemma(nn.Module):
             raise ValueError(
                 f"inputs_embeds must be float[B, T, {width}], got {tuple(inputs_embeds.shape)}"
             )
-        return inputs_embeds.to(self.decoder.embed.weight.dtype)
+        return inputs_embeds.to(self.decoder.dtype)
 
 
 def _given_masks(

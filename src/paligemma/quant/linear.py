@@ -4,7 +4,8 @@
 that keep the same names for their tensors (`weight` holds the integer codes, `scale` the
 float scales), so a quantised model's state dict saves and loads like any other; the decoder's
 tied head (gemma.TiedHead) becomes a quantised copy of the embedding matrix (Int8Head /
-Int4Head, tensors `decoder.head.weight` and `.scale`). store.py says how such a model is saved.
+Int4Head, tensors `decoder.head.weight` and `.scale`), and in int8 the embedding lookups read
+that copy's codes (Int8Embedding). store.py says how such a model is saved.
 
 Which matrix product runs, on the CPU without autograd (decoding reads 1 or 0.5 byte per weight,
 never an expanded copy):
@@ -259,6 +260,27 @@ class Int4Head(Int4Linear):
         return super().forward(h)
 
 
+class Int8Embedding(nn.Module):
+    """The tied embedding looked up in the int8 head's codes: row v is codes[v] * scale[v], the
+    head's own dequantised row, so an int8 model keeps the (V, D) matrix once, in int8 (a
+    bfloat16 copy for lookups alone is 1 GB of Gemma's 257,152 x 2,048). It holds no tensor:
+    the state dict keeps `decoder.head.weight` and `.scale`. (int4 keeps the float matrix for
+    lookups: its group-wise codes are too coarse for the embedded model's <loc> tokens.)"""
+
+    def __init__(self, head: Int8Head) -> None:
+        super().__init__()
+        self._head = (head,)  # not a submodule: its tensors are saved once, under decoder.head
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._head[0].scale.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """int[...] ids -> float[..., D] rows in the scale's dtype."""
+        head = self._head[0]
+        return head.weight[ids].to(head.scale.dtype) * head.scale[ids].unsqueeze(-1)
+
+
 def _filled(layer: nn.Module, linear: nn.Linear, codes_scale: tuple) -> nn.Module:
     """`layer` holding the codes and scales, and the linear's bias, on its device."""
     layer.weight.copy_(codes_scale[0])
@@ -321,8 +343,8 @@ def quantize_(
     """In place: every float linear (nn.Linear or a subclass) whose name matches `include`
     (fnmatch patterns; default the decoder's layers, add "vision.blocks.*" for the image encoder)
     becomes Int8 / Int4. With `head`, the tied output head becomes a quantised copy
-    (`decoder.head`) while the embedding lookup keeps the float matrix: per decoded token the
-    head is a third of the bytes read."""
+    (`decoder.head`; per decoded token the head is a third of the bytes read), and in int8 the
+    embedding lookups read its codes (Int8Embedding; int4's keep the float matrix)."""
     if mode not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
     for name in targets(model, include):
@@ -335,6 +357,8 @@ def quantize_(
         tied = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         tied.weight = weight  # no copy: from_linear reads it once
         decoder.head = _quantized(tied, mode, group, head=True)
+        if mode == "int8":
+            decoder.embed = Int8Embedding(decoder.head)
     return model
 
 

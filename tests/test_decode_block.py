@@ -17,13 +17,18 @@ from paligemma.lora import apply_lora_
 from paligemma.model import set_fused_attention_, set_rows_alone_
 from paligemma.quant import decode_block, decode_layers
 from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import rmsnorm as cpu_rms
 
 STEPS = 9  # past PaliGemma 2's window of 6
 
 
-def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor], int]:
+def steps(
+    model, batch: int, monkeypatch, fast: bool, rms_width: int | None = None
+) -> tuple[list[torch.Tensor], int]:
     """Logits of a prefill and STEPS decode steps fed the same tokens, and how many block calls
-    took the C++ path."""
+    took the C++ path (rms_width: rmsnorm.py's MIN_WIDTH meanwhile)."""
+    if rms_width is not None:
+        monkeypatch.setattr(cpu_rms, "MIN_WIDTH", rms_width)
     monkeypatch.setattr(decode_block, "FAST_DECODE", fast)
     monkeypatch.setattr(decode_block, "OWN_OPS", False)
     monkeypatch.setattr(decode_layers, "ONE_CALL", False)  # block by block (test_decode_layers)
@@ -33,19 +38,23 @@ def steps(model, batch: int, monkeypatch, fast: bool) -> tuple[list[torch.Tensor
     return out, sum(taken)
 
 
+@pytest.mark.parametrize("own_rms", [False, True], ids=["aten-rms", "own-rms"])
 @pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_decode_steps_equal_the_python_block_bit_for_bit(
-    lively_checkpoint, quantize, dtype, monkeypatch
+    lively_checkpoint, quantize, dtype, own_rms, monkeypatch
 ):
+    """own_rms: the tiny models' norms take rmsnorm.py's loop as model-sized ones do (bfloat16;
+    the C++ block then computes its norms with it too: ops -2)."""
     assert cpu_kernels.available(), cpu_kernels.why_not()
+    width = 1 if own_rms else None
     model = paligemma.load_model(lively_checkpoint, dtype=dtype, quantize=quantize)
     blocks = model.decoder.blocks
     assert all(type(b) is decode_block.CpuDecodeBlock for b in blocks)
     for batch, alone in ((1, False), (3, False), (3, True), (2, True)):
         set_rows_alone_(model, alone)
-        python, none = steps(model, batch, monkeypatch, fast=False)
-        fast, taken = steps(model, batch, monkeypatch, fast=True)
+        python, none = steps(model, batch, monkeypatch, fast=False, rms_width=width)
+        fast, taken = steps(model, batch, monkeypatch, fast=True, rms_width=width)
         assert none == 0
         # float32 activations keep float products in int4 layers (int4_matmul, no dot kernel):
         # the Python block; int8 ones take int8_matmul, which the C++ block calls too

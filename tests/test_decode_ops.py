@@ -12,10 +12,12 @@ from conftest import make_batch, tiny_hf_model
 
 import paligemma
 from paligemma import generate as engine
-from paligemma.gemma import apply_rope, rope_angles
+from paligemma.gemma import RMSNorm, apply_rope, rope_angles
 from paligemma.model import set_rows_alone_
 from paligemma.quant import decode_block
 from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant import rmsnorm as cpu_rms
+from paligemma.quant.rmsnorm import CpuRMSNorm
 
 ISAS = [0, 1] if cpu_kernels.available() and cpu_kernels.isa() >= 1 else [0]
 
@@ -45,6 +47,44 @@ def test_rms_is_float64_rounded_once(weight_dtype):
     # a broken norm (another eps would be invisible; the (1 + w) is not)
     with pytest.raises(AssertionError):
         near_bf16(out, xd * (xd.pow(2).mean(-1, keepdim=True) + 1e-6).rsqrt() * w.double(), 1.0)
+
+
+def test_rms_rows_are_their_own_bits_and_the_prefill_norm_takes_them(monkeypatch):
+    """Many rows (four side by side, over threads) give each row the bits it gets alone; Gemma's
+    RMSNorm on model-sized bfloat16 rows (CpuRMSNorm, installed at load) is that loop, within
+    one bfloat16 rounding of PyTorch's float32 op, and keeps PyTorch's op below MIN_WIDTH, in
+    float32 and with autograd."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(1, 271, 2048, generator=g) * 3).bfloat16()
+    w = torch.randn(2048, generator=g).bfloat16()
+    many = torch.ops.paligemma_cpu.decode_rms(x, w, 1e-6)
+    alone = torch.cat([torch.ops.paligemma_cpu.decode_rms(r, w, 1e-6) for r in x.split(1, 1)], 1)
+    assert torch.equal(many, alone)
+    norm = CpuRMSNorm.of(RMSNorm(2048, 1e-6))
+    with torch.no_grad():
+        norm.weight.copy_(w)
+    with torch.no_grad():
+        assert torch.equal(norm(x), many)
+        reference = RMSNorm.forward(norm, x)  # PyTorch's rms_norm in float32
+        assert (norm(x) != reference).float().mean() < 1e-3
+        assert ((norm(x).float() - reference.float()).abs() <= reference.float().abs() / 128).all()
+        strided = torch.cat([x, x], -1)[..., :2048]  # the same rows, 4,096 values apart
+        assert not strided.is_contiguous() and torch.equal(norm(strided), many)
+        monkeypatch.setattr(cpu_rms, "MIN_WIDTH", 4096)
+        assert torch.equal(norm(x), reference)
+    monkeypatch.undo()
+    assert torch.equal(norm(x.float()), RMSNorm.forward(norm, x.float()))
+    xg = x.clone().requires_grad_()
+    assert norm(xg).grad_fn is not None
+    assert torch.equal(norm(xg).detach(), RMSNorm.forward(norm, x).detach())
+    # a decode step's C++ block follows the block's norms: ATen's ops with this loop (-2)
+    with torch.no_grad():
+        step = x[:, :1]
+        kv = torch.zeros(1, 1, 1, 4, 8, dtype=torch.bfloat16)
+        cache = type("Cache", (), {"k": kv, "v": kv})()
+        assert decode_block._ops(decode_block.LINEAR, step, cache, norm) == -2
+        assert decode_block._ops(decode_block.LINEAR, step.float(), cache, norm) == -1
+        assert decode_block._ops(decode_block.LINEAR, step, cache, RMSNorm(2048, 1e-6)) == -1
 
 
 def test_rope_and_the_cache_write_equal_apply_rope_bit_for_bit():

@@ -16,7 +16,9 @@
 // float32 products ("wide"), 2 fused (scaled_dot_product_attention). rows_alone: each row over
 // its own key span (gemma.Attention._one_query_rows). gelu_isa: >= -1 gelu.cpp's kernel on that
 // path, -2 ATen's. lowest: the value masked scores take (torch.finfo(dtype).min). ops: -1 ATen's
-// ops, as the Python block calls them (AtenOps); >= 0 (bfloat16 only) decode_ops.h's loops for
+// ops, as the Python block calls them (AtenOps); -2 the same with its RMSNorm through
+// decode_ops.h's loop (where the Python block's norms are rmsnorm.py's CpuRMSNorm that take
+// it: model-sized bfloat16 rows); >= 0 (bfloat16 only) decode_ops.h's loops for
 // RMSNorm, RoPE and the cache write, attention and the residual adds (OwnOps), attention on that
 // path (1 AVX2, 0 scalar): not the Python block's bits (their summation order differs), bounded
 // by tests instead. Both run one skeleton, `block`.
@@ -188,8 +190,9 @@ struct Step {  // where a step's attention reads and writes
 struct AtenOps {
   const Step& t;
   const Attn& a;
+  bool own_rms;  // ops -2: CpuRMSNorm's loop (rmsnorm.py)
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, double eps) const {
-    return rms(x, w, eps);
+    return own_rms ? pg_ops::rms(x.contiguous(), w, eps) : rms(x, w, eps);
   }
   at::Tensor add(const at::Tensor& x, const at::Tensor& y) const { return at::add(x, y); }
   // q, k, v [B, 1, *] -> RoPE, the cache write, attention -> [B, 1, N H]
@@ -262,7 +265,7 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
   const Attn a{scale, softcap, attention, lowest};
   const Step t{cos, sin, mask, cache_k, cache_v, layer, start, heads[0], heads[1], heads[2],
                rows_alone};
-  if (ops < 0) return block(AtenOps{t, a}, L, x, norms, eps, gelu_isa);
+  if (ops < 0) return block(AtenOps{t, a, ops == -2}, L, x, norms, eps, gelu_isa);
   TORCH_CHECK(mask.size(-1) == start + 1, "decode_block: the mask must cover slots 0..start");
   return block(OwnOps{t, a, ops}, L, x.contiguous(), norms, eps, gelu_isa);
 }

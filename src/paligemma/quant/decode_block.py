@@ -37,8 +37,11 @@ from ..gemma import MLP, Attention, Block, RMSNorm, _cpu_half
 from . import gelu as cpu_gelu
 from . import kernels as cpu_kernels
 from . import linear, matvec
+from . import rmsnorm as cpu_rms
 from .kept import Kept, generation
 from .linear import KERNEL_ROWS, Int4Linear, Int8Linear
+
+NORMS = (RMSNorm, cpu_rms.CpuRMSNorm)  # the norm classes the C++ block computes as they do
 
 FAST_DECODE = True  # decode steps' blocks through decode_block.cpp (False: the Python block)
 OWN_OPS = True  # quantised bfloat16 steps: decode_ops.cpp's loops between the products
@@ -55,7 +58,8 @@ class Plan(NamedTuple):
     dot: list[int]  # bits, group, isa, vnni (isa: also int8_matmul's)
     attention: int  # 0 eager, 1 eager with float32 products, 2 fused
     gelu_isa: int  # gelu.cpp's path, -2: ATen's GELU
-    ops: int  # decode_ops.cpp's loops on that path (1 AVX2, 0 scalar), -1: ATen's ops
+    ops: int  # decode_ops.cpp's loops on that path (1 AVX2, 0 scalar), -1: ATen's ops (-2: with
+    # rmsnorm.py's loop for the norms, as the block's CpuRMSNorm)
     norms: list[torch.Tensor]  # the RMSNorms' weights: attn, mlp (, post_attn, post_mlp)
 
 
@@ -89,6 +93,7 @@ def step_key(x: torch.Tensor, cache) -> tuple:
     k, v = cache.k, cache.v
     step = (x.dtype, x.numel() // x.shape[-1], k.dtype, k.stride(), v.dtype, v.stride())
     switches = (OWN_OPS, cpu_gelu.FAST_GELU, os.environ.get(cpu_kernels.ENV_ISA))
+    switches += (cpu_rms.FAST_RMS, cpu_rms.MIN_WIDTH)
     switches += (linear.DOT_ROWS, linear.INT8_ACTIVATIONS, cpu_kernels.NARROW_VNNI_ROWS)
     switches += (cpu_kernels.WIDE_ONE_ROW,)
     return (*step, *switches, _global_hooks())
@@ -173,7 +178,8 @@ class CpuDecodeBlock(Block):
         take = type(mlp.act) is cpu_gelu.CpuGeluTanh and cpu_gelu.FAST_GELU
         take = take and x.dtype == torch.bfloat16
         gelu_isa = cpu_kernels.isa() if take else -2
-        return Plan(*products, attention, gelu_isa, _ops(products[0], x, cache), self._norms())
+        ops = _ops(products[0], x, cache, self.attn_norm)
+        return Plan(*products, attention, gelu_isa, ops, self._norms())
 
     def _attention(self, x: torch.Tensor) -> int:
         """Plan.attention: 2 fused, 1 eager with float32 products, 0 eager."""
@@ -184,8 +190,10 @@ class CpuDecodeBlock(Block):
         """The block's own classes, and no hooks anywhere in it (they must run)."""
         attn, mlp = self.attn, self.mlp
         post = (self.post_attn_norm, self.post_mlp_norm)
-        post_ok = all(type(m) is nn.Identity for m in post) or all(type(m) is RMSNorm for m in post)
-        kinds = type(self.attn_norm) is RMSNorm and type(self.mlp_norm) is RMSNorm and post_ok
+        norms = (self.attn_norm, self.mlp_norm)
+        post_ok = all(type(m) is nn.Identity for m in post) or len({*map(type, post + norms)}) == 1
+        kinds = type(self.attn_norm) in NORMS and type(self.mlp_norm) is type(self.attn_norm)
+        kinds = kinds and post_ok
         kinds = kinds and type(attn) is Attention and type(mlp) is MLP
         if not kinds or type(mlp.act) not in (GeluTanh, cpu_gelu.CpuGeluTanh):
             return False
@@ -221,15 +229,17 @@ def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tup
     return mode, weights, [], [0, 0, 0, 0]
 
 
-def _ops(linear: int, x: torch.Tensor, cache) -> int:
+def _ops(linear: int, x: torch.Tensor, cache, norm: nn.Module) -> int:
     """Plan.ops: decode_ops.cpp's loops for quantised layers' bfloat16 steps (their products
-    are approximate already; float layers keep the Python block's bits), else -1."""
+    are approximate already; float layers keep the Python block's bits), else ATen's ops: -2
+    where the block's norms (`norm` one of them) take rmsnorm.py's loop, -1 where not."""
+    aten = -2 if type(norm) is cpu_rms.CpuRMSNorm and cpu_rms.kernel_takes(x, norm.weight) else -1
     if not OWN_OPS or linear not in (DOTS, INT8_MATMUL) or x.dtype != torch.bfloat16:
-        return -1
+        return aten
     if cache.k.dtype != torch.bfloat16 or cache.k.stride(-1) != 1:
-        return -1
+        return aten
     if cache.v.dtype != cache.k.dtype or cache.v.stride() != cache.k.stride():
-        return -1
+        return aten
     return min(cpu_kernels.isa(), 1)
 
 

@@ -244,6 +244,27 @@ void attend_heads(const Heads& a, float scale, float cap, bool uniform, int64_t 
 
 }  // namespace
 
+namespace {
+
+// N rows of rms (x, y: the first row; rows d apart): each row's squares summed in order, in
+// double, the N sums side by side (independent chains in flight: the same bits as one row at a
+// time, ~3x its speed).
+template <int N>
+void rms_rows(const uint16_t* x, uint16_t* y, int64_t d, const float* w1, double eps) {
+  double sum[N] = {};
+  for (int64_t i = 0; i < d; ++i)
+    for (int k = 0; k < N; ++k) {
+      const double v = bf(x[k * d + i]);
+      sum[k] += v * v;
+    }
+  for (int k = 0; k < N; ++k) {
+    const float rstd = float(1.0 / std::sqrt(sum[k] / double(d) + eps));
+    for (int64_t i = 0; i < d; ++i) y[k * d + i] = to_bf(bf(x[k * d + i]) * rstd * w1[i]);
+  }
+}
+
+}  // namespace
+
 at::Tensor rms(const at::Tensor& x, const at::Tensor& w, double eps) {
   check_bf16(x, "rms's x");
   const int64_t d = x.size(-1), rows = x.numel() / d;
@@ -252,12 +273,17 @@ at::Tensor rms(const at::Tensor& x, const at::Tensor& w, double eps) {
   at::Tensor y = at::empty_like(x);
   const uint16_t* xp = bits(x);
   uint16_t* yp = bits_mut(y);
-  for (int64_t r = 0; r < rows; ++r, xp += d, yp += d) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < d; ++i) sum += double(bf(xp[i])) * bf(xp[i]);
-    const float rstd = float(1.0 / std::sqrt(sum / double(d) + eps));
-    for (int64_t i = 0; i < d; ++i) yp[i] = to_bf(bf(xp[i]) * rstd * w1[i]);
-  }
+  // Rows over threads from 64K values (a decode step's few rows stay on this thread).
+  const int64_t grain = std::max<int64_t>(4, (int64_t(1) << 16) / std::max<int64_t>(d, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; r += 4) {
+      const int64_t o = r * d;
+      if (b - r >= 4) rms_rows<4>(xp + o, yp + o, d, w1.data(), eps);
+      else if (b - r == 3) rms_rows<3>(xp + o, yp + o, d, w1.data(), eps);
+      else if (b - r == 2) rms_rows<2>(xp + o, yp + o, d, w1.data(), eps);
+      else rms_rows<1>(xp + o, yp + o, d, w1.data(), eps);
+    }
+  });
   return y;
 }
 

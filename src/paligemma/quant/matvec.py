@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import GeluTanh
-from ..gemma import Block, GemmaDecoder, TiedHead
+from ..gemma import Block, GemmaDecoder, RMSNorm, TiedHead
 from . import kernels as cpu_kernels
 from .gelu import CpuGeluTanh
 from .linear import F32_TILE, TILE  # output rows a thread takes at a time (AMX; float32)
+from .rmsnorm import CpuRMSNorm
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
 # ... and past this many F.linear again: ours / F.linear GEMM time on PaliGemma-3B's shapes, 1
@@ -189,6 +190,8 @@ def _swapped(module: nn.Module) -> nn.Module | None:
         return MatVecHead()
     if type(module) is GeluTanh:
         return CpuGeluTanh()
+    if type(module) is RMSNorm:
+        return CpuRMSNorm.of(module)
     if type(module) is nn.Conv2d:
         return _conv_twin(module)
     if type(module) is not nn.Linear:
@@ -219,7 +222,8 @@ def _conv_twin(module: nn.Conv2d) -> CpuConv2d:
 
 def install_matvec_(model: nn.Module) -> nn.Module:
     """In place: every plain nn.Linear becomes a MatVecLinear, the tied head a MatVecHead, the
-    tanh GELU a CpuGeluTanh (gelu.py), every plain nn.Conv2d a CpuConv2d, every decoder block a
+    tanh GELU a CpuGeluTanh (gelu.py), Gemma's RMSNorm a CpuRMSNorm (rmsnorm.py), every plain
+    nn.Conv2d a CpuConv2d, every decoder block a
     CpuDecodeBlock (decode_block.py: a decode step's block as one C++ call), the decoder a
     CpuDecoder (decode_layers.py: a quantised decode step's blocks as one call)."""
     from .decode_block import CpuDecodeBlock  # (it reads this module's paths)

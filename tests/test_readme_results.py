@@ -362,6 +362,12 @@ def test_higher_resolution_table_is_its_json():
         ("| PaliGemma-3B-224, session 20 |", "cpu2-paligemma-3b-224-s20-final.json", True),
         ("| PaliGemma-3B-224, session 21 |", "cpu2-paligemma-3b-224-s21.json", True),
         ("| PaliGemma-3B-224, session 32 |", "amx-paligemma-3b-224-s32.json", True),
+        ("| PaliGemma-3B-224, session 33 |", "amx-paligemma-3b-224-s33.json", True),
+        (
+            "| PaliGemma-3B-224, session 33, RMSNorm loop |",
+            "amx-paligemma-3b-224-s33-rms.json",
+            True,
+        ),
     ],
 )
 def test_final_224_table_is_its_json(header, file, with_bw):
@@ -591,3 +597,24 @@ def test_amx_quantised_load_sentence_is_its_json(name):
     if name.endswith("s33.json"):
         assert i8["peak_ratio"] <= 0.75 and i4["peak_ratio"] <= 0.6
         assert i8["time_ratio"] <= 2 and i4["time_ratio"] <= 2
+
+
+def test_amx_session_33_sentences_are_their_jsons():
+    """ "Session 33": the two 224 px runs' ratios as the text quotes them, and the 448 px run."""
+    text = " ".join(README.split())
+    a = result("amx-paligemma-3b-224-s33.json")["results"]
+    b = result("amx-paligemma-3b-224-s33-rms.json")["results"]
+    at448 = result("amx-paligemma-3b-448-s33.json")["results"]
+    (fa, da, _), (fb, db, _) = reference_best(a), reference_best(b)
+    oa, ob = a["ours bfloat16 (default)"], b["ours bfloat16 (default)"]
+    i4a, i4b = a["ours int4"]["decode_tok_s_b1"], b["ours int4"]["decode_tok_s_b1"]
+    o448, s448 = at448["ours bfloat16 (default)"], at448["transformers bfloat16 sdpa"]
+    quotes = [
+        f"our first token {oa['first_token_s'] / fa:.3f}× / {ob['first_token_s'] / fb:.3f}×",
+        f"{i4a / da:.2f}× / {i4b / db:.3f}× transformers' decode",
+        f"our first token {o448['first_token_s']:.2f} s against SDPA's "
+        f"{s448['first_token_s']:.2f} s ({o448['first_token_s'] / s448['first_token_s']:.2f}×)",
+        f"decode {o448['decode_tok_s_b1']:.2f} against {s448['decode_tok_s_b1']:.2f} tok/s",
+    ]
+    for quoted in quotes:
+        assert quoted in text, quoted

@@ -73,14 +73,15 @@ def run_info(args: argparse.Namespace) -> None:
         cfg = model.cfg
     _describe(cfg)
     if model is not None:
-        from ..quant.store import describe
+        from ..quant.store import LOOKUP, describe
 
         spec = describe(model)
         form = "float" if spec is None else f"quantised {spec['mode']}"
         if spec is not None:
-            form += f" ({len(spec['modules'])} layers" + (
-                f", groups of {spec['group']})" if spec["group"] else ")"
-            )
+            layers = [m for m in spec["modules"] if m != LOOKUP]
+            form += f" ({len(layers)} layers"
+            form += f", groups of {spec['group']}" if spec["group"] else ""
+            form += ", embeddings read from the head's codes)" if LOOKUP in spec["modules"] else ")"
         print(f"  weights    {form}, {model.dtype}, {_weight_bytes(model) / 2**20:,.1f} MiB")
 
 

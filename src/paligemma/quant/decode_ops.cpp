@@ -247,8 +247,9 @@ void attend_heads(const Heads& a, float scale, float cap, bool uniform, int64_t 
 namespace {
 
 // N rows of rms (x, y: the first row; rows d apart): each row's squares summed in order, in
-// double, the N sums side by side (independent chains in flight: the same bits as one row at a
-// time, ~3x its speed).
+// double, the N sums side by side (independent chains in flight; each row's bits as alone). With
+// the rows over 2 threads of an AMX Xeon: 0.26 ms a (268, 2048) norm, against 0.54 ms one row
+// at a time on one thread.
 template <int N>
 void rms_rows(const uint16_t* x, uint16_t* y, int64_t d, const float* w1, double eps) {
   double sum[N] = {};

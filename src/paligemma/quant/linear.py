@@ -330,6 +330,9 @@ _HAS_KERNELS = all(hasattr(torch, op) for op in _KERNELS)
 
 
 QUANTIZED = (Int8Linear, Int4Linear, Int8Head, Int4Head)  # every quantised module class
+# modes whose embedding lookups read the quantised head's codes (Int8Embedding): int8's rows are
+# within 1/254 of a row's largest value; int4's group-wise ones are too coarse (its docstring)
+LOOKUP_MODES = ("int8",)
 DECODER_LINEARS = "decoder.blocks.*"
 
 
@@ -357,7 +360,7 @@ def quantize_(
         tied = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         tied.weight = weight  # no copy: from_linear reads it once
         decoder.head = _quantized(tied, mode, group, head=True)
-        if mode == "int8":
+        if mode in LOOKUP_MODES:
             decoder.embed = Int8Embedding(decoder.head)
     return model
 

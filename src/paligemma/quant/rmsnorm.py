@@ -5,8 +5,8 @@ gemma.RMSNorm takes PyTorch's `rms_norm` on a float32 copy of x: a (268, 2048) p
 costs ~2.2 ms (2 threads, AMX Xeon) in its passes and temporaries, 37 of them ~80 ms of a
 PaliGemma-3B-224 prefill (~8%). The loop reads each bfloat16 row once: squares summed in double
 in order (four rows side by side), rsqrt(mean + eps) rounded to float32, then x * rstd * (1 + w)
-in float32 and one rounding to bfloat16, rows spread over threads: ~0.15 ms there. It differs
-from PyTorch's float32 sums in the last bit of a few outputs (3 of the 548,864 in that norm);
+in float32 and one rounding to bfloat16, rows spread over threads: 0.26 ms there. It differs
+from PyTorch's float32 sums in the last bit of a few outputs (2-3 of the 548,864 in that norm);
 tests/test_decode_ops.py bounds it against float64. Rows narrower than MIN_WIDTH (the tiny
 test models, whose bfloat16 parity with the reference is bit for bit) keep PyTorch's op, as
 does anything with autograd, another dtype or device.

@@ -24,7 +24,16 @@ from torch import nn
 
 from ..gemma import TiedHead
 from .codes import quantize_weight
-from .linear import QUANTIZED, Int4Head, Int4Linear, Int8Embedding, Int8Head, Int8Linear, targets
+from .linear import (
+    LOOKUP_MODES,
+    QUANTIZED,
+    Int4Head,
+    Int4Linear,
+    Int8Embedding,
+    Int8Head,
+    Int8Linear,
+    targets,
+)
 
 QUANT_FILE = "quantization.json"  # marks a checkpoint of a quantised model (our tensor names)
 HEAD, EMBED = "decoder.head", "decoder.embed.weight"  # the tied head and the matrix it copies
@@ -82,7 +91,7 @@ def plan(model: nn.Module, mode: str, group: int = 64) -> dict:
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
     names = targets(model)
     if isinstance(getattr(getattr(model, "decoder", None), "head", None), TiedHead):
-        names += [HEAD, LOOKUP] if mode == "int8" else [HEAD]  # as quantize_ does
+        names += [HEAD, LOOKUP] if mode in LOOKUP_MODES else [HEAD]  # as quantize_ does
     return {"mode": mode, "group": group if mode == "int4" else None, "modules": sorted(names)}
 
 

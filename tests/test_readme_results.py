@@ -618,3 +618,17 @@ def test_amx_session_33_sentences_are_their_jsons():
     ]
     for quoted in quotes:
         assert quoted in text, quoted
+
+
+def test_amx_int8_prefetch_hint_sentence_is_its_json():
+    """ "Kept: int8_dot's prefetch into L2 only": the in-process A/B's per-shape medians."""
+    run = result("amx-int8-prefetch-hint-ab-s33.json")
+    text = " ".join(README.split())
+    medians = {bits: [] for bits in ("int8", "int4")}
+    for name, r in run["results"].items():
+        medians[name.split()[0]].append(r["ratio_median"])
+        assert r["bit_exact"], name
+    i8, i4 = medians["int8"], medians["int4"]
+    assert f"gives int8 {min(i8):.2f}-{max(i8):.2f}× over" in text
+    assert f"{min(i4):.2f}-{max(i4):.2f}× (the noise floor" in text
+    assert run["in_process"] and run["rounds"] == 20 and min(i8) > 1.0

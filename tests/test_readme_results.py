@@ -368,6 +368,7 @@ def test_higher_resolution_table_is_its_json():
             "amx-paligemma-3b-224-s33-rms.json",
             True,
         ),
+        ("| PaliGemma-3B-224, session 33, end |", "amx-paligemma-3b-224-s33-end.json", True),
     ],
 )
 def test_final_224_table_is_its_json(header, file, with_bw):
@@ -632,3 +633,28 @@ def test_amx_int8_prefetch_hint_sentence_is_its_json():
     assert f"gives int8 {min(i8):.2f}-{max(i8):.2f}× over" in text
     assert f"{min(i4):.2f}-{max(i4):.2f}× (the noise floor" in text
     assert run["in_process"] and run["rounds"] == 20 and min(i8) > 1.0
+
+
+def test_amx_session_33_end_run_meets_what_the_readme_says():
+    """The end-of-session run: the sentence's figures, and each 224 px target it says holds."""
+    res = result("amx-paligemma-3b-224-s33-end.json")["results"]
+    text = " ".join(README.split())
+    first, decode, rss = reference_best(res)
+    ours, i8, i4 = (res[k] for k in ("ours bfloat16 (default)", "ours int8", "ours int4"))
+    rate, b8 = "decode_tok_s_b1", "decode_tok_s_b8"
+    pct = {n: 100 * r[rate] / r["bandwidth_limit_tok_s"] for n, r in (("i8", i8), ("i4", i4))}
+    quotes = [
+        f"our first token {ours['first_token_s'] / first:.3f}× the reference's, decode "
+        f"{ours[rate] / decode:.2f}×, RSS {ours['peak_rss_gb'] / rss:.2f}×",
+        f"int4 at {pct['i4']:.0f}% of its limit and {i4[rate] / decode:.2f}× transformers'",
+        f"int8 at {pct['i8']:.0f}%; int8 / int4 first token "
+        f"{i8['first_token_s'] / ours['first_token_s']:.2f}× / "
+        f"{i4['first_token_s'] / ours['first_token_s']:.2f}× ours",
+        f"batch 8 over batch 1 {i8[b8] / i8[rate]:.2f}× / {i4[b8] / i4[rate]:.2f}×",
+    ]
+    for quoted in quotes:
+        assert quoted in text, quoted
+    assert ours["first_token_s"] / first <= 0.8 and ours[rate] / decode >= 1.0
+    assert ours["peak_rss_gb"] / rss <= 1.0 and pct["i4"] >= 70 and pct["i8"] >= 75
+    assert i4[rate] / decode >= 4 and min(i8[b8] / i8[rate], i4[b8] / i4[rate]) >= 5
+    assert max(i8["first_token_s"], i4["first_token_s"]) / ours["first_token_s"] <= 1.2

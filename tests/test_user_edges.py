@@ -128,13 +128,7 @@ def test_finetune_defaults_to_the_embedded_model(image_file, tmp_path, capsys):
     assert config["base_model_name_or_path"].endswith("assets")
 
 
-def embedded_depth() -> int:
-    from paligemma.pipeline import EMBEDDED_DIR
-
-    return paligemma.load_model(EMBEDDED_DIR).cfg.text.depth
-
-
-def test_info_on_a_quantised_checkpoint_and_the_preset_list(tmp_path, capsys):
+def test_info_on_a_quantised_checkpoint_and_the_preset_list(tmp_path, capsys, embedded_pipe):
     """info counts the architecture's parameters whatever the weights' form (packed codes are
     not parameters), says the checkpoint is quantised, and --list describes every preset."""
     from paligemma.config import CONFIGS
@@ -150,7 +144,7 @@ def test_info_on_a_quantised_checkpoint_and_the_preset_list(tmp_path, capsys):
         text = capsys.readouterr().out
         assert text.splitlines()[0] == count, text
         assert f"quantised {mode}" in text
-        layers = 7 * embedded_depth() + 1  # the decoder's linears and the head's copy
+        layers = 7 * embedded_pipe.model.cfg.text.depth + 1  # decoder linears, the head's copy
         lookups = ", embeddings read from the head's codes" if mode == "int8" else ""
         assert f"({layers} layers{', groups of 64' if mode == 'int4' else ''}{lookups})" in text
     assert "weights    float" in float_info

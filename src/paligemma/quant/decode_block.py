@@ -190,10 +190,9 @@ class CpuDecodeBlock(Block):
         """The block's own classes, and no hooks anywhere in it (they must run)."""
         attn, mlp = self.attn, self.mlp
         post = (self.post_attn_norm, self.post_mlp_norm)
-        norms = (self.attn_norm, self.mlp_norm)
-        post_ok = all(type(m) is nn.Identity for m in post) or len({*map(type, post + norms)}) == 1
-        kinds = type(self.attn_norm) in NORMS and type(self.mlp_norm) is type(self.attn_norm)
-        kinds = kinds and post_ok
+        norms = [self.attn_norm, self.mlp_norm]
+        norms += [] if all(type(m) is nn.Identity for m in post) else list(post)
+        kinds = type(norms[0]) in NORMS and len({type(m) for m in norms}) == 1  # one class
         kinds = kinds and type(attn) is Attention and type(mlp) is MLP
         if not kinds or type(mlp.act) not in (GeluTanh, cpu_gelu.CpuGeluTanh):
             return False

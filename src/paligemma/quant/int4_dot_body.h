@@ -208,10 +208,9 @@ float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
 
 // n dwords from `off` of each of the L rows (n <= L; past n: zeros), transposed: v[j] = dword j
 // of every row, lane l from row l.
-// `ahead`: L * L * 4 bytes of the next L rows (contiguous), prefetched to L2 at the pace they
-// are read (the rows' L strided streams are a poor pattern for the hardware prefetchers).
-// The prefetch's locality hint: int8 on AVX-512 into L2 only (_MM_HINT_T1), the rest into L1
-// too (T0). In one process, this build against the one before (T0 for all; `ab_builds.py --base
+// `ahead`: L * L * 4 bytes of the next L rows (contiguous), prefetched at the pace they are
+// read (the rows' L strided streams are a poor pattern for the hardware prefetchers), with
+// locality HINT: kHint, int8 on AVX-512 into L2 only (_MM_HINT_T1), the rest into L1 too (T0). In one process, this build against the one before (T0 for all; `ab_builds.py --base
 // 93fcfce --in-process --rounds 20`, 2 threads of an AMX Xeon, from memory, one row): int8
 // 1.05-1.14x over the decoder's shapes and the head, int4 (the same code) 0.99-1.01x; int4 with
 // T1 too measured 0.96-1.01x.

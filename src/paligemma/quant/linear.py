@@ -158,8 +158,12 @@ class Int8Linear(_QuantizedLinear):
 
     def dequantize(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """The float weight (rows start:end), in the scale's dtype."""
-        rows = slice(start, end)
-        return self.weight[rows].to(self.scale.dtype) * self.scale[rows, None]
+        return self.rows(slice(start, end))
+
+    def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
+        """The float rows `index` (a slice, or int ids of any shape -> (*ids.shape, I)), in the
+        scale's dtype: codes * scale, one rounding."""
+        return self.weight[index].to(self.scale.dtype) * self.scale[index, None]
 
     def _dot_kind(self) -> tuple[int, int, int]:
         fewest = cpu_kernels.int8_dot_from() if cpu_kernels.available() else 2
@@ -277,8 +281,7 @@ class Int8Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """int[...] ids -> float[..., D] rows in the scale's dtype."""
-        head = self._head[0]
-        return head.weight[ids].to(head.scale.dtype) * head.scale[ids].unsqueeze(-1)
+        return self._head[0].rows(ids)
 
 
 def _filled(layer: nn.Module, linear: nn.Linear, codes_scale: tuple) -> nn.Module:

@@ -43,6 +43,7 @@ from ..gemma import Block, GemmaDecoder, RMSNorm, TiedHead
 from . import kernels as cpu_kernels
 from .gelu import CpuGeluTanh
 from .linear import F32_TILE, TILE  # output rows a thread takes at a time (AMX; float32)
+from .malloc import keep_freed_blocks
 from .rmsnorm import CpuRMSNorm
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
@@ -229,6 +230,7 @@ def install_matvec_(model: nn.Module) -> nn.Module:
     from .decode_block import CpuDecodeBlock  # (it reads this module's paths)
     from .decode_layers import CpuDecoder
 
+    keep_freed_blocks()  # a prefill's activations reuse freed blocks (malloc.py)
     twins = {Block: CpuDecodeBlock, GemmaDecoder: CpuDecoder}
     for name, module in list(model.named_modules()):
         twin = twins.get(type(module))

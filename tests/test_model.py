@@ -311,3 +311,37 @@ def test_last_position_logits_never_copy_the_head():
     assert seen.largest < model.decoder.embed.weight.numel() and got.shape == (3, 1, 300)
     with torch.inference_mode():  # (float32 GEMMs may round by row count: MKL on AVX2 hosts)
         assert torch.allclose(got, model(ids, px, am, tt)[:, -1:], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])
+def test_last_position_prefill_equals_the_full_one(monkeypatch, v2):
+    """num_logits=1 (a prefill for its next token) cuts the final block to the last row of each
+    sequence (gemma.PRUNE_MIN_TOKENS lowered for the tiny model): the logits of the full prefill
+    (float32, 1e-5), its cache bit for bit, and the same greedy tokens after it."""
+    from paligemma import gemma
+    from paligemma import generate as engine
+    from paligemma.quant.matvec import install_matvec_
+
+    model = install_matvec_(tiny(v2))  # as loaded on the CPU
+    ids, mask, types, pixels = make_batch(0)
+    rows: list[int] = []
+    model.decoder.blocks[-1].mlp.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[1]))
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, pixel_values=pixels)
+
+    def prefill(min_tokens: int):
+        monkeypatch.setattr(gemma, "PRUNE_MIN_TOKENS", min_tokens)
+        cache = model.new_cache(3, ids.shape[1] + 2)
+        with torch.no_grad():
+            logits = model(ids, pixels, mask, types, cache=cache, num_logits=1)
+        tokens = engine.generate(model, inputs, engine.GenerationConfig(max_new_tokens=4), set())
+        return logits, cache, tokens.tokens
+
+    cut, cut_cache, cut_tokens = prefill(1)
+    assert rows[0] == 1  # the final block's MLP: one row a sequence
+    rows.clear()
+    full, full_cache, full_tokens = prefill(10**9)
+    assert rows[0] == ids.shape[1]  # ... and all of them
+    assert cut.shape == full.shape == (3, 1, model.cfg.text.vocab_size)
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cut_cache.k, full_cache.k) and torch.equal(cut_cache.v, full_cache.v)
+    assert cut_tokens == full_tokens

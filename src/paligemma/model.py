@@ -162,6 +162,7 @@ class PaliGemma(nn.Module):
             local_mask=local_mask,
             cache=cache,
             positions=positions,
+            last=num_logits,
         )
         if num_logits is not None:
             h = h[:, -num_logits:]
@@ -186,8 +187,10 @@ class PaliGemma(nn.Module):
         local_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
+        last: int | None = None,
     ) -> torch.Tensor:
-        """Final-normed hidden states float[B, T, D], before the output head (`logits`).
+        """Final-normed hidden states float[B, T, D], before the output head (`logits`); with
+        `last`, of the last `last` positions only, float[B, last, D] (GemmaDecoder.forward).
 
         Inputs, either: input_ids int[B, T] (with image placeholders) and pixel_values
         float[I, 3, S, S]; or inputs_embeds float[B, T, D], embedded by the caller (e.g.
@@ -229,7 +232,7 @@ class PaliGemma(nn.Module):
             positions = past_real[:, None] + input_mask.long().cumsum(1)  # (B, T)
         if mask is None:
             mask, local_mask = self.default_masks(key_mask, key_prefix, is_prefix, start)
-        return self.decoder(x, positions, (mask, local_mask), cache, start)  # (B, T, D)
+        return self.decoder(x, positions, (mask, local_mask), cache, start, last)  # (B, T, D)
 
     def default_masks(
         self,

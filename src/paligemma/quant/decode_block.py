@@ -108,10 +108,10 @@ class CpuDecodeBlock(Block):
         Identity) and its `local` flag."""
         return twin(cls, block, "local")
 
-    def forward(self, x, rope, masks, cache, layer, start):
-        plan = self._plan(x, cache, start)
+    def forward(self, x, rope, masks, cache, layer, start, last=None):
+        plan = self._plan(x, cache, start)  # a decode step's one row: `last` changes nothing
         if plan is None:
-            return super().forward(x, rope, masks, cache, layer, start)
+            return super().forward(x, rope, masks, cache, layer, start, last)
         mask = masks[1] if self.local else masks[0]
         attn = self.attn
         return torch.ops.paligemma_cpu.decode_block(

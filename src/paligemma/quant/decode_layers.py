@@ -74,10 +74,11 @@ class CpuDecoder(GemmaDecoder):
         masks: tuple[torch.Tensor, torch.Tensor | None],
         cache=None,
         start: int = 0,
+        last: int | None = None,
     ) -> torch.Tensor:
-        a = self._layers(x, cache, start) if ONE_CALL else None  # Layers
+        a = self._layers(x, cache, start) if ONE_CALL else None  # Layers (a step: `last` is 1)
         if a is None:
-            return super().forward(x, positions, masks, cache, start)
+            return super().forward(x, positions, masks, cache, start, last)
         cos, sin = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         x = torch.ops.paligemma_cpu.decode_layers(
             x, a.norms, a.eps, a.linear, a.weights, a.scales, a.dot, cos, sin, masks[0],

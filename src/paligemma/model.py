@@ -163,9 +163,7 @@ class PaliGemma(nn.Module):
             cache=cache,
             positions=positions,
             last=num_logits,
-        )
-        if num_logits is not None:
-            h = h[:, -num_logits:]
+        )  # (B, num_logits or T, D)
         return self.logits(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

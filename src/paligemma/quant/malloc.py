@@ -19,6 +19,7 @@ itself.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -27,18 +28,11 @@ MMAP_THRESHOLD = 256 << 20  # blocks under 256 MB from the heap (a 448 px prefil
 TRIM_THRESHOLD = 1 << 30  # the heap's free top kept up to 1 GB
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
-_done: list[bool] = []  # [whether the settings took], once per process
 
-
+@functools.cache  # once per process
 def keep_freed_blocks() -> bool:
     """Set glibc's thresholds (module docstring) once per process; True when they are set
     (now or before), False on other C libraries or with PALIGEMMA_MALLOC=0."""
-    if not _done:
-        _done.append(_set())
-    return _done[0]
-
-
-def _set() -> bool:
     if os.environ.get(ENV, "1") == "0" or platform.system() != "Linux":
         return False
     if platform.libc_ver()[0] != "glibc":

@@ -370,6 +370,7 @@ def test_higher_resolution_table_is_its_json():
         ),
         ("| PaliGemma-3B-224, session 33, end |", "amx-paligemma-3b-224-s33-end.json", True),
         ("| PaliGemma-3B-224, session 34 |", "amx-paligemma-3b-224-s34.json", True),
+        ("| PaliGemma-3B-224, session 35 |", "amx-paligemma-3b-224-s35.json", True),
     ],
 )
 def test_final_224_table_is_its_json(header, file, with_bw):
@@ -674,3 +675,63 @@ def test_amx_session_34_448_sentence_is_its_json():
     )
     assert quote in text, quote
     assert ours["first_token_s"] / first <= 0.8
+
+
+def test_amx_session_35_sentences_are_their_jsons():
+    """Session 35: the 224 px run's sentence (and the one target it misses), the 448 px run, the
+    prefill A/Bs of benchmarks/ab_prefill.py and the int4 loop A/Bs that were not kept."""
+    text = " ".join(README.split())
+    res = result("amx-paligemma-3b-224-s35.json")["results"]
+    first, decode, rss = reference_best(res)
+    ours, i8, i4 = (res[k] for k in ("ours bfloat16 (default)", "ours int8", "ours int4"))
+    rate, b8 = "decode_tok_s_b1", "decode_tok_s_b8"
+    pct = {n: 100 * r[rate] / r["bandwidth_limit_tok_s"] for n, r in (("i8", i8), ("i4", i4))}
+    quotes = [
+        f"our first token {ours['first_token_s'] / first:.3f}× the reference's, decode "
+        f"{ours[rate] / decode:.2f}×, RSS {ours['peak_rss_gb'] / rss:.2f}×; int8 at "
+        f"{pct['i8']:.0f}%; int8 / int4 first token "
+        f"{i8['first_token_s'] / ours['first_token_s']:.2f}× / "
+        f"{i4['first_token_s'] / ours['first_token_s']:.2f}× ours; batch 8 over batch 1 "
+        f"{i8[b8] / i8[rate]:.2f}× / {i4[b8] / i4[rate]:.2f}×; int4 at "
+        f"{i4[rate] / decode:.2f}× transformers' decode, but at {pct['i4']:.0f}% of its limit",
+    ]
+    assert ours["first_token_s"] / first <= 0.8 and ours[rate] / decode >= 1.0
+    assert ours["peak_rss_gb"] / rss <= 1.0 and pct["i8"] >= 75 and pct["i4"] < 70
+    assert i4[rate] / decode >= 4 and min(i8[b8] / i8[rate], i4[b8] / i4[rate]) >= 5
+    big = result("amx-paligemma-3b-448-s35.json")["results"]
+    f448, d448, r448 = reference_best(big)
+    o448 = big["ours bfloat16 (default)"]
+    quotes.append(
+        f"our first token {o448['first_token_s']:.2f} s against {f448:.2f} s "
+        f"({o448['first_token_s'] / f448:.3f}×), decode {o448[rate] / d448:.2f}×, "
+        f"RSS {o448['peak_rss_gb'] / r448:.2f}×"
+    )
+    for size in (224, 448):
+        prune = result(f"amx-prune-ab-{size}-s35.json")
+        r = prune["prefill_s_ratios"]
+        quotes.append(
+            f"PRUNE at {size} px {prune['prefill_s_median_ratio']:.3f}× ({len(r)} rounds, "
+            f"{min(r):.2f}-{max(r):.2f})"
+        )
+        malloc = result(f"amx-malloc-ab-{size}-s35.json")
+        assert [x["malloc_set"] for x in malloc["on"]] == [True] * len(malloc["on"])
+        assert not any(x["malloc_set"] for x in malloc["off"])
+        r = malloc["prefill_s_ratios"]
+        quotes.append(
+            f"MALLOC at {size} px {malloc['prefill_s_median_ratio']:.3f}× ({len(r)} rounds, "
+            f"{min(r):.2f}-{max(r):.2f}), decode {malloc['decode_tok_s_median_ratio']:.3f}×, "
+            f"peak RSS {malloc['peak_rss_gb_median_ratio']:.3f}×"
+        )
+    for name in ("int4-row-loop", "dot-dynamic-tiles", "int4-scale-prefetch"):
+        ab = result(f"amx-{name}-ab-s35.json")
+        assert ab["in_process"] and not ab["kept"] and ab["base"] == "5d721bf"
+        ratios = {bits: [r["ratio_median"] for k, r in ab["results"].items() if k.startswith(bits)]
+                  for bits in ("int4", "int8")}  # fmt: skip
+        assert all(r["bit_exact"] for r in ab["results"].values())
+        four, eight = ratios["int4"], ratios["int8"]
+        quotes.append(
+            f"int4 {min(four):.2f}-{max(four):.2f}× (int8 {min(eight):.2f}-{max(eight):.2f}×; "
+            f"`amx-{name}-ab-s35.json`"
+        )
+    for quoted in quotes:
+        assert quoted in text, quoted

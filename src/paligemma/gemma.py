@@ -327,7 +327,8 @@ class GemmaDecoder(nn.Module):
         only (a prefill for its next token): then the final block, whose other positions'
         outputs nothing reads, computes its queries, attention output and MLP for those rows
         alone (its keys and values for all; PaliGemma-3B, paired on a 2 vCPU AMX Xeon: the
-        prefill 0.975x at 224 px, 0.938x at 448). Inputs under PRUNE_MIN_TOKENS tokens run
+        prefill 0.975x / 0.955x at 224 px in two sessions, at 448 px 0.938x / 1.000x, inside
+        that host's noise; benchmarks/ab_prefill.py). Inputs under PRUNE_MIN_TOKENS tokens run
         every row in every block, then give their last `last`."""
         t = x.shape[1]
         cut = last if last is not None and last < t and t >= PRUNE_MIN_TOKENS else None

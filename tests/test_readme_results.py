@@ -740,3 +740,59 @@ def test_amx_session_35_sentences_are_their_jsons():
         )
     for quoted in quotes:
         assert quoted in text, quoted
+
+
+def test_where_the_speed_targets_stand_is_its_jsons():
+    """The summary table: each cell is its run's figure, bold exactly where the target holds."""
+    rows = dict(table("| target | AMX host"))
+
+    def cell(values: list[float], fmt: str, ok: bool, tail: str = "") -> str:
+        text = " / ".join(fmt.format(v) for v in values)
+        return (f"**{text}**" if ok else text) + tail
+
+    for col, file in enumerate(("amx-paligemma-3b-224-s35.json", "avx2-paligemma-3b-224-s27.json")):
+        res = result(file)["results"]
+        ref = [v for k, v in res.items() if k.startswith("transformers")]
+        rss_key = "peak_rss_gb" if all("decode_tok_s_b8" in v for v in ref) else "peak_rss_b1_gb"
+        first, decode, _ = reference_best(res)
+        rss = min(v[rss_key] for v in ref)  # batch-1 peaks where the reference ran batch 1 only
+        ours, i8, i4 = (res[k] for k in ("ours bfloat16 (default)", "ours int8", "ours int4"))
+        rate, b8 = "decode_tok_s_b1", "decode_tok_s_b8"
+        pct = [100 * r[rate] / r["bandwidth_limit_tok_s"] for r in (i8, i4)]
+        firsts = [r["first_token_s"] / ours["first_token_s"] for r in (i8, i4)]
+        batch = [r[b8] / r[rate] for r in (i8, i4)]
+        f, d, m = ours["first_token_s"] / first, ours[rate] / decode, ours[rss_key] / rss
+        expected = {
+            "default first token ≤ 0.8× the reference's": cell([f], "{:.2f}×", f <= 0.8),
+            "default decode ≥ 1.0× the reference's": cell([d], "{:.2f}×", d >= 1.0),
+            "default peak RSS ≤ 1.0× the reference's": cell([m], "{:.2f}×", m <= 1.0),
+            "int8 decode ≥ 75% of its bandwidth limit": cell(pct[:1], "{:.0f}%", pct[0] >= 75),
+            "int4 decode ≥ 70% of its bandwidth limit": cell(pct[1:], "{:.0f}%", pct[1] >= 70),
+            "int4 decode ≥ 4× transformers' bfloat16": cell(
+                [i4[rate] / decode], "{:.2f}×", i4[rate] / decode >= 4
+            ),
+            "int8 / int4 first token ≤ 1.2× our bfloat16's": cell(
+                firsts, "{:.2f}×", max(firsts) <= 1.2
+            ),
+            "int8 / int4 batch 8 ≥ 5× batch 1": cell(batch, "{:.2f}×", min(batch) >= 5),
+        }
+        for target, text in expected.items():
+            assert rows[target][col] == text, (file, target, rows[target][col], text)
+    big = result("amx-paligemma-3b-448-s35.json")["results"]
+    ratio = big["ours bfloat16 (default)"]["first_token_s"] / reference_best(big)[0]
+    at448 = rows["default first token ≤ 0.8× the reference's, 448 px"]
+    assert at448 == [cell([ratio], "{:.2f}×", ratio <= 0.8), "**0.74×** (session 25)"]
+    assert "(best against best 0.74×; target ≤ 0.8× at 448)" in " ".join(README.split())
+    load = result("amx-quant-load-3b-s33.json")
+    i8, i4 = load["int8"], load["int4"]
+    ok = (
+        i8["peak_ratio"] <= 0.75
+        and i4["peak_ratio"] <= 0.6
+        and max(i8["time_ratio"], i4["time_ratio"]) <= 2
+    )
+    text = (
+        f"{i8['peak_ratio']:.2f}× / {i4['peak_ratio']:.2f}×, "
+        f"{i8['time_ratio']:.2f}× / {i4['time_ratio']:.2f}×"
+    )
+    load_row = rows["int8 / int4 load from bfloat16: peak ≤ 0.75× / 0.6×, time ≤ 2×"]
+    assert load_row == [(f"**{text}**" if ok else text) + " (session 33)", "—"]

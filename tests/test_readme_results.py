@@ -796,3 +796,42 @@ def test_where_the_speed_targets_stand_is_its_jsons():
     )
     load_row = rows["int8 / int4 load from bfloat16: peak ≤ 0.75× / 0.6×, time ≤ 2×"]
     assert load_row == [(f"**{text}**" if ok else text) + " (session 33)", "—"]
+
+
+def test_int4_layout_bound_sentence_is_its_runs():
+    """benchmarks/int4_layout_bound.c's three runs: the ranges the README quotes and the
+    interleaved layout's gain over today's in every run."""
+    text = (RESULTS / "amx-int4-layout-bound-s35.txt").read_text()
+    runs = [dict() for _ in range(text.count("one thread"))]
+    run = -1
+    for line in text.splitlines():
+        if line.startswith("one thread"):
+            run += 1
+        elif "from L2" in line:
+            name, figures = line.split("from L2")
+            l2, memory = (float(v) for v in re.findall(r"\d+\.\d", figures))
+            runs[run][name.strip()] = (l2, memory)
+    assert len(runs) == 3
+
+    def span(name: str, at: int) -> str:
+        values = [r[name][at] for r in runs]
+        return f"{min(values):.1f}-{max(values):.1f}"
+
+    saved = [r[n][1] for r in runs for n in ("saved rows, T0", "saved rows, T1")]
+    gains = [r["interleaved, T1"][1] / r["saved rows, T0"][1] for r in runs]
+    mem_saved = f"{min(saved):.1f}-{max(saved):.1f}"
+    quotes = [
+        f"plain read {span('plain read', 1)} GB/s, saved rows {mem_saved}, interleaved with L2 "
+        f"prefetches {span('interleaved, T1', 1)}, i.e. {min(gains):.2f}-{max(gains):.2f}× the "
+        "saved rows with L1 prefetches",
+    ]
+    interleaved_l2 = [r[n][0] for r in runs for n in ("interleaved, T0", "interleaved, T1")]
+    saved_l2 = [r[n][0] for r in runs for n in ("saved rows, T0", "saved rows, T1")]
+    quotes.append(
+        f"from {min(interleaved_l2):.1f}-{max(interleaved_l2):.1f} to "
+        f"{min(saved_l2):.1f}-{max(saved_l2):.1f} GB/s"
+    )
+    flat = " ".join(README.split())
+    for quoted in quotes:
+        assert quoted in flat, quoted
+    assert min(gains) > 1.2

@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--switch is required (one of {', '.join(SWITCHES)})")
     if not (args.model / "config.json").is_file():
         sys.exit(f"{args.model}: no saved checkpoint (bench_vs_transformers.py makes one)")
-    rounds = args.rounds or (4 if args.switch == "MALLOC" else 10)
+    rounds = (4 if args.switch == "MALLOC" else 10) if args.rounds is None else args.rounds
+    if rounds < 1 or args.prefills < 1:
+        ap.error("--rounds and --prefills take a count of 1 or more")
     out = {"host": cpu_name(), "threads": torch.get_num_threads(), "switch": args.switch}
     out["model"] = args.model.name
     print(f"{args.switch} off / on, {rounds} rounds, {args.model}", flush=True)

@@ -71,8 +71,10 @@ def test_malloc_rounds_run_processes_with_the_setting_off_and_on(ab_prefill, che
         assert on > 0 and off > 0 and out[f"{key}_ratios"] == pytest.approx([on / off])
 
 
-def test_a_missing_checkpoint_or_switch_is_a_clear_error(ab_prefill, tmp_path):
+def test_a_missing_checkpoint_or_switch_is_a_clear_error(ab_prefill, checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="no saved checkpoint"):
         ab_prefill.main(["--switch", "PRUNE", "--model", str(tmp_path)])
     with pytest.raises(SystemExit):
         ab_prefill.main(["--model", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        ab_prefill.main(["--switch", "PRUNE", "--model", str(checkpoint), "--rounds", "0"])

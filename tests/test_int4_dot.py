@@ -64,8 +64,11 @@ def test_int4_dot_matches_float64_on_every_path():
     paths = variants()
     assert len(paths) >= 2  # scalar, and the x86 CI hosts' AVX2 at least
     shapes = ((40, 64, 32), (33, 128, 64), (16, 384, 128), (70, 192, 64), (9, 1088, 32))
+    # AVX-512-VNNI's one-row loop (int4_dot_slab.h) in whole slabs of 16 chunks (I = 2048,
+    # 4096), a slab's tail (I = 2304) and groups of one and two chunks:
+    shapes += ((33, 4096, 64), (20, 2304, 128), (17, 2048, 256))
     for (isa, vnni), rows in ((p, r) for p in paths for r in (1, 2, 3, 5, 8, 13, 16, 17)):
-        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 2, strict=False):
+        for (o, i, group), dtype in zip(shapes, SCALE_DTYPES * 3, strict=False):
             x = torch.randn(rows, i)
             x[0, :group] = 0
             x[-1] = 0 if rows > 2 else x[-1]
@@ -192,6 +195,8 @@ def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
         (4, 40, 256, 64),
         (4, 24, 384, 128),
         (4, 17, 512, 256),
+        (4, 33, 4096, 64),
+        (4, 20, 2304, 128),
         (8, 33, 1088, 32),
         (8, 40, 256, 64),
         (8, 17, 512, 128),

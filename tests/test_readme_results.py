@@ -838,3 +838,17 @@ def test_int4_layout_bound_sentence_is_its_runs():
     for quoted in quotes:
         assert quoted in flat, quoted
     assert min(gains) > 1.2
+
+
+def test_amx_session_35_end_run_sentence_is_its_json():
+    """The run after the kept one-row loop: the figures its sentence quotes."""
+    res = result("amx-paligemma-3b-224-s35-end.json")["results"]
+    first, decode, _ = reference_best(res)
+    ours, i4, rate = res["ours bfloat16 (default)"], res["ours int4"], "decode_tok_s_b1"
+    quote = (
+        f"int4 at {100 * i4[rate] / i4['bandwidth_limit_tok_s']:.0f}% of its limit, "
+        f"{i4[rate] / decode:.2f}× transformers' decode, batch 8 over batch 1 "
+        f"{i4['decode_tok_s_b8'] / i4[rate]:.2f}×; our first token "
+        f"{ours['first_token_s'] / first:.3f}×"
+    )
+    assert quote in " ".join(README.split()), quote

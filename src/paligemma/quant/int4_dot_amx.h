@@ -139,7 +139,7 @@ PG_INLINE void fill_panels(const Dot& d, const Rows& r, int64_t g, int64_t j, in
   const int64_t per = d.group / KC;
   for (int64_t k = 0; k < n; ++k) {
     const int64_t c = (g + k) * per + j;
-    for (int b = 0; b < 16 * CB; b += 64) __builtin_prefetch(r.ahead + c * 16 * CB + b, 0, 3);
+    for (int b = 0; b < 16 * CB; b += 64) __builtin_prefetch(r.ahead + c * 16 * CB + b, 0, 2);
     if (!r.direct) fill_panel<BITS, KC>(r.row, c * CB, panel + k * 16 * KC);
   }
 }

@@ -17,8 +17,9 @@
 // --base 24edaba --in-process`, from memory, 2 threads): 1.07-1.15x over the decoder's shapes
 // and the output head. A first version that kept the 16 group-scale vectors in registers across
 // the loop, held 16 row pointers and left whole slabs rolled measured 0.92-1.06x.
-// Rows of several slabs prefetch their next slab into L2 (session 36, `ab_builds.py --base
-// fb24114 --in-process`): down_proj's 2,048 x 16,384 1.14x, the other shapes unchanged.
+// The next slab in read order is prefetched into L2 (session 36, `ab_builds.py --in-process`,
+// against no prefetch): rows of several slabs (down_proj's 2,048 x 16,384) 1.14x; rows of one,
+// the next 16 rows' (I = 2,048: q/k/v, o, gate/up and the head) 1.10-1.17x.
 
 constexpr int64_t kSlab = 16;  // 64-byte chunks of a row per pass over 16 rows
 
@@ -96,10 +97,10 @@ inline void slab_rows(const Dot& d, int64_t o0, int64_t o1) {
     };
     for (int64_t k0 = 0; k0 < K; k0 += kSlab) {
       const int64_t nk = std::min(kSlab, K - k0);
-      // Rows of several slabs (16 strided streams): the same chunks of the rows' next slab
-      // prefetched into L2 as these are read. Rows of one slab (I = 2,048: 16 KB contiguous)
-      // are left to the hardware: 16 KB ahead into L1 measured 0.90-0.99x there.
-      const int64_t ahead = k0 + kSlab < K ? 64 * kSlab : 0;
+      // The same chunks of the next slab in read order prefetched into L2 as these are read:
+      // the rows' next slab (rows of several: 16 strided streams), else the next 16 rows' first
+      // (I = 2,048: 16 KB ahead; into L1 that measured 0.90-0.99x).
+      const int64_t ahead = k0 + kSlab < K ? 64 * kSlab : L * stride - 64 * k0;
       if (full && nk == kSlab) {
         slab_products<kSlab>(d.q + o * stride + 64 * k0, stride, xv + 2 * k0, sums, nk, ahead);
       } else if (full) {

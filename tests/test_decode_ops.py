@@ -19,7 +19,7 @@ from paligemma.quant import kernels as cpu_kernels
 from paligemma.quant import rmsnorm as cpu_rms
 from paligemma.quant.rmsnorm import CpuRMSNorm
 
-ISAS = [0, 1] if cpu_kernels.available() and cpu_kernels.isa() >= 1 else [0]
+ISAS = list(range(cpu_kernels.isa() + 1)) if cpu_kernels.available() else [0]
 
 
 @pytest.fixture(scope="module", autouse=True)

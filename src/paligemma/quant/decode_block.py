@@ -58,8 +58,8 @@ class Plan(NamedTuple):
     dot: list[int]  # bits, group, isa, vnni (isa: also int8_matmul's)
     attention: int  # 0 eager, 1 eager with float32 products, 2 fused
     gelu_isa: int  # gelu.cpp's path, -2: ATen's GELU
-    ops: int  # decode_ops.cpp's loops on that path (1 AVX2, 0 scalar), -1: ATen's ops (-2: with
-    # rmsnorm.py's loop for the norms, as the block's CpuRMSNorm)
+    ops: int  # decode_ops.cpp's loops on that path (2 AVX-512, 1 AVX2, 0 scalar), -1: ATen's
+    # ops (-2: with rmsnorm.py's loop for the norms, as the block's CpuRMSNorm)
     norms: list[torch.Tensor]  # the RMSNorms' weights: attn, mlp (, post_attn, post_mlp)
 
 
@@ -239,7 +239,7 @@ def _ops(linear: int, x: torch.Tensor, cache, norm: nn.Module) -> int:
         return aten
     if cache.v.dtype != cache.k.dtype or cache.v.stride() != cache.k.stride():
         return aten
-    return min(cpu_kernels.isa(), 1)
+    return cpu_kernels.isa()
 
 
 def _global_hooks() -> bool:

@@ -198,6 +198,10 @@ void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out
 }  // namespace pg_ops
 #undef PG_OPS_INLINE
 #pragma GCC pop_options
+
+namespace pg_ops {
+#include "attend_avx512.h"
+}  // namespace pg_ops
 #endif
 
 namespace pg_ops {
@@ -205,17 +209,19 @@ namespace {
 
 constexpr int64_t kHeadsPerTask = 4;  // query heads a task takes (two tasks for one kv head of 8)
 
-// A task's two passes: AVX2 + FMA where asked (simd), else the scalar loops.
-void scores(const Heads& a, float* s, bool simd) {
+// A task's two passes on `path`: 2 AVX-512, 1 AVX2 + FMA, 0 the scalar loops.
+void scores(const Heads& a, float* s, int path) {
 #ifdef PG_OPS_X86
-  if (simd) return scores_avx2(a, s);
+  if (path == 2) return scores_avx512(a, s);
+  if (path == 1) return scores_avx2(a, s);
 #endif
   scores_scalar(a, s);
 }
 
-void values(const Heads& a, const float* p, const float* inv, uint16_t* out, bool simd) {
+void values(const Heads& a, const float* p, const float* inv, uint16_t* out, int path) {
 #ifdef PG_OPS_X86
-  if (simd) return values_avx2(a, p, inv, out);
+  if (path == 2) return values_avx512(a, p, inv, out);
+  if (path == 1) return values_avx2(a, p, inv, out);
 #endif
   values_scalar(a, p, inv, out);
 }
@@ -224,8 +230,9 @@ void values(const Heads& a, const float* p, const float* inv, uint16_t* out, boo
 void attend_heads(const Heads& a, float scale, float cap, bool uniform, int64_t isa,
                   uint16_t* out) {
   std::vector<float> s(a.j * a.n), inv(a.j);
-  const bool simd = isa >= 1 && a.h % 8 == 0;  // whole 8-float vectors a head
-  scores(a, s.data(), simd);
+  // whole 16- or 8-float vectors a head, else the scalar loops
+  const int path = isa >= 2 && a.h % 16 == 0 ? 2 : (isa >= 1 && a.h % 8 == 0 ? 1 : 0);
+  scores(a, s.data(), path);
   for (int64_t j = 0; j < a.j; ++j) {
     float* row = s.data() + j * a.n;
     float top = -INFINITY;
@@ -239,7 +246,7 @@ void attend_heads(const Heads& a, float scale, float cap, bool uniform, int64_t 
     for (int64_t i = 0; i < a.n; ++i) sum += (row[i] = std::exp(row[i] - top));
     inv[j] = float(1.0 / sum);
   }
-  values(a, s.data(), inv.data(), out, simd);
+  values(a, s.data(), inv.data(), out, path);
 }
 
 }  // namespace

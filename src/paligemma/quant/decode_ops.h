@@ -37,7 +37,8 @@ at::Tensor rope_write(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 // One query a row over the cache's first S = mask.size(-1) slots: q [B, N, H] float32, mask
 // bool [B, 1, 1, S] (keys a row may see), scores q.k * scale, optionally softcap tanh(s / c) c,
 // softmax over the allowed keys -> out [B, 1, N H] bfloat16 (heads in order, as the o
-// projection reads them). isa: 1 AVX2 + FMA, 0 scalar.
+// projection reads them). isa: 2 AVX-512 (heads of a multiple of 16 values), 1 AVX2 + FMA
+// (of 8), 0 scalar.
 at::Tensor attend(const at::Tensor& q, const at::Tensor& cache_k, const at::Tensor& cache_v,
                   int64_t layer, const at::Tensor& mask, double scale,
                   std::optional<double> softcap, int64_t isa);

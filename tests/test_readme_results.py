@@ -371,6 +371,7 @@ def test_higher_resolution_table_is_its_json():
         ("| PaliGemma-3B-224, session 33, end |", "amx-paligemma-3b-224-s33-end.json", True),
         ("| PaliGemma-3B-224, session 34 |", "amx-paligemma-3b-224-s34.json", True),
         ("| PaliGemma-3B-224, session 35 |", "amx-paligemma-3b-224-s35.json", True),
+        ("| PaliGemma-3B-224, session 36 |", "amx-paligemma-3b-224-s36.json", True),
     ],
 )
 def test_final_224_table_is_its_json(header, file, with_bw):
@@ -753,7 +754,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
         text = " / ".join(fmt.format(v) for v in values)
         return (f"**{text}**" if ok else text) + tail
 
-    for col, file in enumerate(("amx-paligemma-3b-224-s35.json", "avx2-paligemma-3b-224-s27.json")):
+    for col, file in enumerate(("amx-paligemma-3b-224-s36.json", "avx2-paligemma-3b-224-s27.json")):
         res = result(file)["results"]
         ref = [v for k, v in res.items() if k.startswith("transformers")]
         rss_key = "peak_rss_gb" if all("decode_tok_s_b8" in v for v in ref) else "peak_rss_b1_gb"
@@ -852,3 +853,95 @@ def test_amx_session_35_end_run_sentence_is_its_json():
         f"{ours['first_token_s'] / first:.3f}×"
     )
     assert quote in " ".join(README.split()), quote
+
+
+def ab_range(file: str, keys: list[str], part: str | None = None) -> str:
+    """An in-process A/B's per-shape median ratios over `keys`, as the README quotes a range."""
+    run = result(file)
+    res = (run[part] if part else run)["results"]
+    ratios = [res[k]["ratio_median"] for k in keys]
+    assert all(res[k]["bit_exact"] for k in keys)
+    lo, hi = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+    return f"{lo}-{hi}×" if lo != hi else f"{lo}×"
+
+
+def test_amx_session_36_sentences_are_their_jsons():
+    """Session 36: the kept prefetches' and loops' A/B ranges, the limit's bytes, and the run
+    where every 224 px target holds on the AMX host (each target asserted)."""
+    text = " ".join(README.split())
+    wide = ["2560x2048", "2048x2048", "16384x2048", "257216x2048"]  # I = 2,048
+    every = [*wide, "2048x16384"]
+    quotes = [
+        "the next 16 rows' where a row is one slab (I = 2,048: q/k/v, o, gate/up and the head) "
+        + ab_range("amx-slab-prefetch-next-rows-ab-s36.json", [f"int4 {s} r1" for s in wide]),
+        "(down_proj, 2,048 × 16,384) "
+        + ab_range("amx-slab-prefetch-amx-pipeline-ab-s36.json", ["int4 2048x16384 r1"]),
+        "on the contiguous shapes, measured "
+        + ab_range("amx-slab-prefetch-l1-ab-s36.json", [f"int4 {s} r1" for s in wide]),
+        "twice as far ahead "
+        + ab_range("amx-slab-prefetch-twice-ahead-ab-s36.json", [f"int4 {s} r1" for s in every]),
+        "(int8 at 8 rows "
+        + ab_range("amx-slab-prefetch-amx-pipeline-ab-s36.json", [f"int8 {s} r8" for s in every])
+        + ", int4 "
+        + ab_range("amx-slab-prefetch-amx-pipeline-ab-s36.json", [f"int4 {s} r8" for s in every]),
+    ]
+    tiles = "amx-tiles-prefetch-ab-s36.json"
+    l2 = [ab_range(tiles, [f"int{b} {s} r8" for s in every], "l2_instead_of_l1") for b in (4, 8)]
+    quotes.append(f"rather than L1 (int4 {l2[0]}, int8 {l2[1]})")
+    down = [
+        result(tiles)[part]["results"]["int4 2048x16384 r8"]["ratio_median"]
+        for part in ("prefetch_rows_within_32kb", "int4_no_prefetch")
+    ]
+    quotes.append(f"(int4's down_proj {min(down):.2f}-{max(down):.2f}×")
+    run = result("amx-paligemma-3b-224-s36.json")["results"]
+    size = [
+        run[f"ours {m}"]["weight_bytes_per_token"] / 1e9
+        for m in ("bfloat16 (default)", "int8", "int4")
+    ]
+    quotes.append(
+        f"{size[0]:.2f} GB in bfloat16, {size[1]:.2f} GB in int8, {size[2]:.2f} GB in int4"
+    )
+    t = amx_224_targets("amx-paligemma-3b-224-s36.json")
+    i4 = run["ours int4"]
+    codes = 100 * i4["decode_tok_s_b1"] / i4["bandwidth_limit_codes_tok_s"]
+    quotes.append(
+        f"our first token {t['first']:.2f}× the reference's, decode {t['decode']:.2f}×, RSS "
+        f"{t['rss']:.2f}×; int8 at {t['i8_pct']:.0f}% of its limit; int8 / int4 first token "
+        f"{t['i8_first']:.2f}× / {t['i4_first']:.2f}× ours; batch 8 over batch 1 "
+        f"{t['i8_b8']:.2f}× / {t['i4_b8']:.2f}×; int4 at {t['i4_x']:.2f}× transformers' decode "
+        f"and at {t['i4_pct']:.0f}% of its limit ({codes:.0f}% counting its codes alone)"
+    )
+    for quoted in quotes:
+        assert quoted in text, quoted
+    assert t["first"] <= 0.8 and t["decode"] >= 1.0 and t["rss"] <= 1.0
+    assert t["i4_pct"] >= 70 and codes >= 70 and t["i8_pct"] >= 75 and t["i4_x"] >= 4
+    assert min(t["i8_b8"], t["i4_b8"]) >= 5 and max(t["i8_first"], t["i4_first"]) <= 1.2
+
+
+def test_amx_session_36_second_run_sentence_is_its_json():
+    """The second 224 px run of session 36: its figures, and the one target it misses."""
+    t = amx_224_targets("amx-paligemma-3b-224-s36-second.json")
+    i4 = result("amx-paligemma-3b-224-s36-second.json")["results"]["ours int4"]
+    codes = 100 * i4["decode_tok_s_b1"] / i4["bandwidth_limit_codes_tok_s"]
+    quote = (
+        f"our first token {t['first']:.3f}×, decode {t['decode']:.2f}×, RSS {t['rss']:.2f}×; "
+        f"int8 at {t['i8_pct']:.0f}%; int8 / int4 first token {t['i8_first']:.2f}× / "
+        f"{t['i4_first']:.2f}× ours; int4 at {t['i4_x']:.2f}× transformers' decode and "
+        f"{t['i4_pct']:.0f}% of its limit ({codes:.0f}% by its codes); batch 8 over batch 1 "
+        f"{t['i8_b8']:.2f}× / {t['i4_b8']:.2f}×: int4's batching missed its 5× there"
+    )
+    assert quote in " ".join(README.split()), quote
+    assert t["i4_b8"] < 5 <= t["i8_b8"] and t["first"] <= 0.8 and t["i4_pct"] >= 70
+
+
+def test_amx_session_36_attention_bullet_is_its_json():
+    """benchmarks/bench_attend.py's run: the ms a step the README quotes per path."""
+    res = result("amx-attend-s36.json")["results"]
+    ms = {b: {p: v["ms_per_step"] for p, v in res[f"batch {b}"].items()} for b in (1, 8)}
+    quote = (
+        f"at batch 8 (280 keys) {ms[8]['2']:.2f} ms a step against the AVX2 loop's "
+        f"{ms[8]['1']:.2f} ms (scalar {ms[8]['0']:.2f}), at batch 1 {ms[1]['2']:.2f} against "
+        f"{ms[1]['1']:.2f} ms"
+    )
+    assert quote in " ".join(README.split()), quote
+    assert ms[8]["2"] < ms[8]["1"] < ms[8]["0"]

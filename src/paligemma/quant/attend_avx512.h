@@ -6,8 +6,8 @@
 // each), so they equal it bit for bit given the same probabilities; the scores sum a key's 16
 // lanes in another order than the AVX2 loop's 8 (float32 sums either way, bounded against
 // float64 in tests/test_decode_ops.py). PaliGemma-3B's shapes (8 heads of 256, one kv head, 280
-// keys, 18 layers from memory, 2 threads of an AMX Xeon): batch 8 4.31 ms a step against the
-// AVX2 loops' 5.73 ms, batch 1 0.68 against 0.89 ms; the rest is reading the cache.
+// keys, 18 layers from memory, 2 threads of an AMX Xeon; benchmarks/bench_attend.py): batch 8
+// 4.77 ms a step against the AVX2 loops' 5.52 ms, batch 1 0.64 against 0.72 ms; the rest is reading the cache.
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")

@@ -945,3 +945,10 @@ def test_amx_session_36_attention_bullet_is_its_json():
     )
     assert quote in " ".join(README.split()), quote
     assert ms[8]["2"] < ms[8]["1"] < ms[8]["0"]
+
+
+def test_amx_session_36_quantise_bullet_is_its_json():
+    r = result("amx-quantize-x-threads-ab-s36.json")["results"]["int4 2048x16384 r8"]
+    quote = f"int4's down_proj at 8 rows {r['ratio_median']:.2f}×, the rest unchanged"
+    assert quote in " ".join(README.split()), quote
+    assert r["bit_exact"] and r["ratio_median"] > 1

@@ -117,6 +117,10 @@ inline int64_t placed(int64_t i, int64_t order) {
   return i - p + (p & 1) * (order / 2) + p / 2;
 }
 
+// Activations a thread quantises at least: passes over the threads from there (8 rows of a
+// 16,384-wide input: one call on 16 output rows 211 -> 180 us on 2 threads of an AMX Xeon).
+constexpr int64_t kQuantizeValues = 8192;
+
 // x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
 // off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations;
 // order: placed's (periodic within a group: order 1 per 8 inputs, order kc per kc, and group is a
@@ -131,23 +135,27 @@ void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, 
 #endif
   std::vector<int64_t> to(group);
   for (int64_t i = 0; i < group; ++i) to[i] = placed(i, order);
-  std::vector<float> row(I);
-  std::vector<int32_t> codes(group);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xp = bf16 ? row.data() : x.data_ptr<float>() + m * I;
-    if (bf16) {
-      const c10::BFloat16* src = x.data_ptr<c10::BFloat16>() + m * I;
-      for (int64_t i = 0; i < I; ++i) row[i] = float(src[i]);
-    }
-    for (int64_t g = 0; g < G; ++g) {
+  const float* xf = bf16 ? nullptr : x.data_ptr<float>();
+  const c10::BFloat16* xb = bf16 ? x.data_ptr<c10::BFloat16>() : nullptr;
+  // Groups over the threads (each group's codes are its own: the same bits in any split); a
+  // pass of fewer than kQuantizeValues values stays on this thread.
+  at::parallel_for(0, M * G, std::max<int64_t>(1, kQuantizeValues / group), [&](int64_t t0,
+                                                                                int64_t t1) {
+    std::vector<float> buf(group);
+    std::vector<int32_t> codes(group);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m = t / G, g = t % G;
+      const float* xp = bf16 ? buf.data() : xf + m * I + g * group;
+      if (bf16)
+        for (int64_t i = 0; i < group; ++i) buf[i] = float(xb[m * I + g * group + i]);
       int32_t sum;
-      sp[m * G + g] = quantize(xp + g * group, group, codes.data(), &sum);
+      sp[m * G + g] = quantize(xp, group, codes.data(), &sum);
       op[m * G + g] = zero * sum;
       int8_t* q = qp + m * I + g * group;
       for (int64_t i = 0; i < group; ++i) q[to[i]] = int8_t(codes[i]);
     }
-  }
+  });
   std::memset(qp + M * I, 0, (rows - M) * I);
   std::fill(sp + M * G, sp + rows * G, 0.f);
   std::fill(op + M * G, op + rows * G, 0);
@@ -216,8 +224,10 @@ Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc
        at::empty({G, 16}, opts.dtype(at::kInt))};
   const int32_t* q = (const int32_t*)r.q.data_ptr();
   int32_t* tq = t.q.data_ptr<int32_t>();
-  for (int64_t w = 0; w < words; ++w)
-    for (int64_t l = 0; l < rows; ++l) tq[w * rows + l] = q[l * words + w];
+  at::parallel_for(0, words, kQuantizeValues, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w)
+      for (int64_t l = 0; l < rows; ++l) tq[w * rows + l] = q[l * words + w];
+  });
   const float* s = r.s.data_ptr<float>();
   const int32_t* off = r.off.data_ptr<int32_t>();
   float* ts = t.s.data_ptr<float>();

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
 import paligemma
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def bench_module(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (the folder is no package)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
 
 VOCAB = 300
 IMAGE_ID = VOCAB - 1  # inside the vocabulary, as transformers' own tiny PaliGemma tests place it

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import tiny_hf_model
+from conftest import bench_module, tiny_hf_model
 
 from paligemma import gemma
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def ab_prefill():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import ab_prefill
-    finally:
-        sys.path.remove(str(BENCH))
-    return ab_prefill
+    return bench_module("ab_prefill")
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,16 @@ within float32 rounding of the AVX2 loop's output."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 from paligemma.quant import kernels
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench_attend():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_attend
-    finally:
-        sys.path.remove(str(BENCH))
-    return bench_attend
+    return bench_module("bench_attend")
 
 
 def test_every_path_is_timed_and_agrees(bench_attend, tmp_path):

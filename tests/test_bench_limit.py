@@ -3,26 +3,16 @@ loaded model's own, codes and scales (int4's bfloat16 scale per group is part of
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import tiny_hf_model
+from conftest import bench_module, tiny_hf_model
 
 import paligemma
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_vs_transformers
-    finally:
-        sys.path.remove(str(BENCH))
-    return bench_vs_transformers
+    return bench_module("bench_vs_transformers")
 
 
 @pytest.fixture(scope="module")

@@ -143,7 +143,8 @@ PG_INLINE void fill_panels(const Dot& d, const Rows& r, int64_t g, int64_t j, in
   const int64_t per = d.group / KC;
   for (int64_t k = 0; k < n; ++k) {
     const int64_t c = (g + k) * per + j;
-    if (r.ahead) for (int b = 0; b < 16 * CB; b += 64) __builtin_prefetch(r.ahead + c * 16 * CB + b, 0, 2);
+    if (r.ahead)
+      for (int b = 0; b < 16 * CB; b += 64) __builtin_prefetch(r.ahead + c * 16 * CB + b, 0, 2);
     if (!r.direct) fill_panel<BITS, KC>(r.row, c * CB, panel + k * 16 * KC);
   }
 }
@@ -159,6 +160,17 @@ PG_INLINE void group_products(const Dot& d, const Rows& r, int64_t g, int64_t j,
   if (n > 1) chunk_sums<1, NP, BITS, KC>(d, r, (g + 1) * per + j, j == 0, panel);
   if (n > 2) chunk_sums<2, NP, BITS, KC>(d, r, (g + 2) * per + j, j == 0, panel);
   if (n > 3) chunk_sums<3, NP, BITS, KC>(d, r, (g + 3) * per + j, j == 0, panel);
+}
+
+// The float steps of groups [k0, k1) (within one set of 4), in order, from their sums in cbuf;
+// sc: the 16 group-scale vectors of the current 16 groups (int4), reloaded at each 16th.
+template <int NP, int BITS>
+PG_INLINE void scale_groups(const Dot& d, int64_t o, int64_t k0, int64_t k1,
+                            int32_t (*cbuf)[4][16 * NP], vf* sc, const vi* idx, vf* f) {
+  for (int64_t k = k0; k < k1; ++k) {
+    if (BITS == 4 && k % 16 == 0) group_scales(d, o, k, std::min<int64_t>(16, d.G - k), sc);
+    scale_group<NP, BITS>(d, k, cbuf[(k / 4) % 2][k % 4], sc[k % 16], idx, f);
+  }
 }
 
 // C tiles 0..n - 1 to cbuf.
@@ -210,15 +222,9 @@ void amx_block(const Dot& d, int64_t o0, int64_t o1) {
       }
       if (j + 1 < per) continue;
       store_sums<NP>(n, cbuf[(g / 4) % 2]);
-      for (int64_t k = g - 4; k >= 0 && k < g; ++k) {  // the 4 groups before: scaled
-        if (BITS == 4 && k % 16 == 0) group_scales(d, o, k, std::min<int64_t>(16, d.G - k), sc);
-        scale_group<NP, BITS>(d, k, cbuf[(k / 4) % 2][k % 4], sc[k % 16], idx, f);
-      }
+      if (g >= 4) scale_groups<NP, BITS>(d, o, g - 4, g, cbuf, sc, idx, f);  // the 4 before
     }
-    for (int64_t k = (d.G - 1) / 4 * 4; k < d.G; ++k) {  // the last (up to 4) groups
-      if (BITS == 4 && k % 16 == 0) group_scales(d, o, k, std::min<int64_t>(16, d.G - k), sc);
-      scale_group<NP, BITS>(d, k, cbuf[(k / 4) % 2][k % 4], sc[k % 16], idx, f);
-    }
+    scale_groups<NP, BITS>(d, o, (d.G - 1) / 4 * 4, d.G, cbuf, sc, idx, f);  // the last (<= 4)
     store_rows<NP, BITS>(d, o, idx, f);
   }
   _tile_release();

@@ -115,6 +115,45 @@ def test_activation_ties_round_half_to_even_on_every_path():
     assert dequantized_x(lone, group)[0, :4].tolist() == [127.0, 2.0, 4.0, 0.0]
 
 
+def float32_codes(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activation codes and scales in torch's float32 steps: s = max|x| / 127 per row and
+    group, codes round_half_even(x / s) (IEEE division) clamped to [-127, 127], 0 where s = 0."""
+    xg = x.float().view(len(x), -1, group)
+    s = xg.abs().amax(-1, keepdim=True) / 127
+    codes = torch.where(s > 0, torch.round(xg / s), 0.0).clamp(-127, 127)
+    return codes.view(x.shape).to(torch.int8), s.squeeze(-1)
+
+
+def test_activation_codes_equal_float32_division_next_to_every_half_way_point():
+    """quantize_activations (the kernels' quantiser, int4_quantize_x.h) on every instruction-set
+    path equals torch's float32 steps bit for bit. The vector loops multiply by 1 / s and divide
+    only where a quotient lies within 2^-12 of a half-way point: here most values sit 0..4 ulps
+    from (k + 0.5) * s for scales that are not powers of two (where x * (1 / s) and x / s round
+    apart), the rest random, one group zero and one with a subnormal scale; float32 and
+    bfloat16 inputs."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    rows, groups, group = 6, 8, 64
+    m = torch.rand(rows, groups, 1) * 10 + 0.1  # each group's max |x|
+    k = torch.randint(-127, 127, (rows, groups, group)).float() + 0.5
+    near = (k * (m / 127)).view(torch.int32) + torch.randint(-4, 5, k.shape, dtype=torch.int32)
+    x = near.view(torch.float32)
+    x[..., 0] = m[..., 0]
+    x[rows // 2 :] = torch.randn(rows - rows // 2, groups, group)
+    x[0, 1] = 0  # a zero group: codes 0
+    x[1, 2] = torch.randn(group) * 1e-38  # a subnormal scale
+    x = x.view(rows, groups * group)
+    for xt in (x, x.to(torch.bfloat16)):
+        want_codes, want_scales = float32_codes(xt, group)
+        for isa in range(int(ops.cpu_isa()) + 1):
+            codes, scales = ops.quantize_activations(xt, group, isa)
+            assert torch.equal(scales, want_scales), (isa, xt.dtype)
+            assert torch.equal(codes, want_codes), (isa, xt.dtype, (codes != want_codes).sum())
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.quantize_activations(x, 48)
+
+
 def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
     """A quantised 256 -> 72 layer, the list that each int4_dot / int8_dot call appends to (they
     ask kernels.dot_path() once a call), and its dequantised weight."""

@@ -106,57 +106,37 @@ bool pg_amx_ready() { return amx_ready(); }  // (dequant_amx.h: AMX-BF16 needs t
 
 namespace {
 
-// Where input i of a group lands in xq. order 1 (int4, VNNI): 8k + p -> 8k + [0, 4, 1, 5, 2, 6,
-// 3, 7][p], the nibbles' order; order kc (int4, AMX): per chunk of kc, the even inputs, then the
-// odd ones, as the panel holds the codes; order 0: in place.
-inline int64_t placed(int64_t i, int64_t order) {
-  static constexpr int kPlace[8] = {0, 4, 1, 5, 2, 6, 3, 7};
-  if (order == 1) return (i & ~int64_t(7)) + kPlace[i & 7];
-  if (order == 0) return i;
-  const int64_t p = i % order;
-  return i - p + (p & 1) * (order / 2) + p / 2;
-}
-
 // Activations a thread quantises at least: passes over the threads from there (8 rows of a
 // 16,384-wide input: one call on 16 output rows 211 -> 180 us on 2 threads of an AMX Xeon).
 constexpr int64_t kQuantizeValues = 8192;
 
 // x [M, I] -> xq (as words), xs, off for rows [0, M) of a pass of `rows` (rows >= M: zeros).
 // off = zero * sum(xq): the codes' offset (8 for int4, 128 for int8) times the activations;
-// order: placed's (periodic within a group: order 1 per 8 inputs, order kc per kc, and group is a
-// multiple of both). Each group is quantised by the instruction set's loop (isa), then placed.
+// order: placed's (int4_dot_common.h); tiles: 0, or AMX's B tiles of that many rows. The groups
+// go over the threads, each thread all rows of its groups (a group's codes are its own: the same
+// bits in any split; fewer than kQuantizeValues values stay on this thread; AMX's tiles
+// interleave the rows' words, so a thread's stores fill whole cache lines), quantised by the
+// instruction set's loop (int4_quantize_x.h). Against the loop before (a vector function per
+// group, the codes placed one at a time, AMX's tiles transposed after), in one process
+// (`ab_builds.py --base d677e2f --in-process`, 2 threads of an AMX Xeon, from memory): int4 at 8
+// rows 1.08-1.11x on q/k/v, o and down_proj, 1.00x on the wide ones; int8 at 8 rows
+// 1.05-1.07x; one row 1.00-1.03x (amx-quantize-vector-ab-s37.json).
 void quantize_x(const at::Tensor& x, int64_t rows, int64_t group, int32_t zero, int64_t order,
-                int64_t isa, int8_t* qp, float* sp, int32_t* op) {
+                int64_t tiles, int64_t isa, int8_t* qp, float* sp, int32_t* op) {
   const int64_t M = x.size(0), I = x.size(1), G = I / group;
-  auto quantize = &pg_dot_scalar::quantize_group;
+  auto quantize = &pg_dot_scalar::quantize_groups;
 #ifdef PG_DOT_X86
-  if (isa == 2) quantize = &pg_dot_avx512::quantize_group;
-  if (isa == 1) quantize = &pg_dot_avx2::quantize_group;
+  if (isa == 2) quantize = &pg_dot_avx512::quantize_groups;
+  if (isa == 1) quantize = &pg_dot_avx2::quantize_groups;
 #endif
-  std::vector<int64_t> to(group);
-  for (int64_t i = 0; i < group; ++i) to[i] = placed(i, order);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const float* xf = bf16 ? nullptr : x.data_ptr<float>();
-  const c10::BFloat16* xb = bf16 ? x.data_ptr<c10::BFloat16>() : nullptr;
-  // Groups over the threads (each group's codes are its own: the same bits in any split); a
-  // pass of fewer than kQuantizeValues values stays on this thread.
-  at::parallel_for(0, M * G, std::max<int64_t>(1, kQuantizeValues / group), [&](int64_t t0,
-                                                                                int64_t t1) {
-    std::vector<float> buf(group);
-    std::vector<int32_t> codes(group);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t m = t / G, g = t % G;
-      const float* xp = bf16 ? buf.data() : xf + m * I + g * group;
-      if (bf16)
-        for (int64_t i = 0; i < group; ++i) buf[i] = float(xb[m * I + g * group + i]);
-      int32_t sum;
-      sp[m * G + g] = quantize(xp, group, codes.data(), &sum);
-      op[m * G + g] = zero * sum;
-      int8_t* q = qp + m * I + g * group;
-      for (int64_t i = 0; i < group; ++i) q[to[i]] = int8_t(codes[i]);
-    }
+  const void* xp = x.data_ptr();
+  if (tiles && M < rows) std::memset(qp, 0, rows * I);  // the padded rows' columns
+  at::parallel_for(0, G, std::max<int64_t>(1, kQuantizeValues / (group * M)), [&](int64_t g0,
+                                                                                  int64_t g1) {
+    quantize(xp, bf16, I, group, zero, order, tiles, M, g0, g1, qp, sp, op);
   });
-  std::memset(qp + M * I, 0, (rows - M) * I);
+  if (!tiles) std::memset(qp + M * I, 0, (rows - M) * I);
   std::fill(sp + M * G, sp + rows * G, 0.f);
   std::fill(op + M * G, op + rows * G, 0);
 }
@@ -204,30 +184,23 @@ int64_t amx_rows(int64_t mb) {
 }
 
 // One pass's activations as its loop reads them (kept alive for the Dot's pointers): quantised;
-// for AMX (kc > 0) as B tiles q [I / kc][kc / 4][rows] dwords, int4 inputs ordered per chunk of
-// kc as the panel, with s and off [G][16] (lane l: row l % rows; int8: off 0, as TDPBSSD
+// for AMX (kc > 0) straight into B tiles q [I / kc][kc / 4][rows] dwords, int4 inputs ordered per
+// chunk of kc as the panel, with s and off [G][16] (lane l: row l % rows; int8: off 0, as TDPBSSD
 // multiplies the signed codes).
 struct Xq {
   at::Tensor q, s, off;
 };
 Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc, int64_t isa) {
-  const int64_t I = x.size(1), G = I / group, words = I / 4;
+  const int64_t I = x.size(1), G = I / group;
   const auto opts = x.options();
-  Xq r{at::empty({rows, I}, opts.dtype(at::kChar)), at::empty({rows, G}, opts.dtype(at::kFloat)),
-       at::empty({rows, G}, opts.dtype(at::kInt))};
+  Xq r{kc ? at::empty({I / 4, rows}, opts.dtype(at::kInt)) : at::empty({rows, I}, opts.dtype(at::kChar)),
+       at::empty({rows, G}, opts.dtype(at::kFloat)), at::empty({rows, G}, opts.dtype(at::kInt))};
   const int64_t order = bits == 8 ? 0 : (kc ? kc : 1);
-  quantize_x(x, rows, group, bits == 4 ? 8 : 128, order, isa, r.q.data_ptr<int8_t>(),
-             r.s.data_ptr<float>(), r.off.data_ptr<int32_t>());
+  quantize_x(x, rows, group, bits == 4 ? 8 : 128, order, kc ? rows : 0, isa,
+             (int8_t*)r.q.data_ptr(), r.s.data_ptr<float>(), r.off.data_ptr<int32_t>());
   if (kc == 0) return r;
-  // AMX's B tiles: word w of row l at [w][l] (w runs over chunks of kc / 4 words in order).
-  Xq t{at::empty({words, rows}, opts.dtype(at::kInt)), at::empty({G, 16}, opts.dtype(at::kFloat)),
-       at::empty({G, 16}, opts.dtype(at::kInt))};
-  const int32_t* q = (const int32_t*)r.q.data_ptr();
-  int32_t* tq = t.q.data_ptr<int32_t>();
-  at::parallel_for(0, words, kQuantizeValues, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w)
-      for (int64_t l = 0; l < rows; ++l) tq[w * rows + l] = q[l * words + w];
-  });
+  // AMX's s and off: lane l of group g from row l % rows.
+  Xq t{r.q, at::empty({G, 16}, opts.dtype(at::kFloat)), at::empty({G, 16}, opts.dtype(at::kInt))};
   const float* s = r.s.data_ptr<float>();
   const int32_t* off = r.off.data_ptr<int32_t>();
   float* ts = t.s.data_ptr<float>();
@@ -345,6 +318,26 @@ std::vector<at::Tensor> int8_dots(const at::Tensor& x, at::TensorList q, at::Ten
   return dot(x, q, scale, group, isa, vnni, 8, dtype);
 }
 
+// The dot kernels' activation codes and scales for x [M, I] (float32 or bfloat16) on path isa
+// (-1: the CPU's best), in x's order: for tests (every path the same bits as the scalar one).
+std::tuple<at::Tensor, at::Tensor> quantize_activations(const at::Tensor& x_, int64_t group,
+                                                        int64_t isa) {
+  TORCH_CHECK(x_.dim() == 2, "quantize_activations: x must be [M, I]");
+  const int64_t I = x_.size(1), G = I / std::max<int64_t>(group, 1);
+  TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
+              "quantize_activations: the group size must be a multiple of 32 dividing I");
+  const Path p = path(isa, -1);
+  const at::Tensor x =
+      x_.scalar_type() == at::kBFloat16 ? x_.contiguous() : x_.to(at::kFloat).contiguous();
+  const auto opts = x.options();
+  at::Tensor q = at::empty({x.size(0), I}, opts.dtype(at::kChar));
+  at::Tensor s = at::empty({x.size(0), G}, opts.dtype(at::kFloat));
+  at::Tensor off = at::empty({x.size(0), G}, opts.dtype(at::kInt));
+  quantize_x(x, x.size(0), group, 0, 0, 0, p.isa, q.data_ptr<int8_t>(), s.data_ptr<float>(),
+             off.data_ptr<int32_t>());
+  return {q, s};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -354,6 +347,8 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("int4_dots(Tensor x, Tensor[] q, Tensor[] scale, " PG_DOT_ARGS " -> Tensor[]", &int4_dots);
   m.def("int8_dots(Tensor x, Tensor[] q, Tensor[] scale, " PG_DOT_ARGS " -> Tensor[]", &int8_dots);
 #undef PG_DOT_ARGS
+  m.def("quantize_activations(Tensor x, int group, int isa=-1) -> (Tensor, Tensor)",
+        &quantize_activations);
   m.def("cpu_vnni() -> int", &cpu_vnni);
   m.def("cpu_amx() -> int", &cpu_amx);
 }

@@ -135,33 +135,6 @@ inline vf fzero() { return PG_V(setzero_ps)(); }
 inline vf fload(const float* p) { return PG_V(loadu_ps)(p); }
 inline vf fmul(vf a, vf b) { return PG_V(mul_ps)(a, b); }
 inline void fstore(float* p, vf v) { PG_V(storeu_ps)(p, v); }
-// One group of x quantised (group: a multiple of L): c[i] = round_half_even(v[i] / s) clamped to
-// [-127, 127], s = max |v| / 127 (0: all codes 0); returns s, *sum = the codes' sum. The same
-// float steps as the scalar loop below (IEEE division; conversion in the default rounding mode).
-float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
-  const vf sign = PG_V(set1_ps)(-0.f);
-  vf amax = fzero();
-  for (int64_t i = 0; i < group; i += L) amax = PG_V(max_ps)(amax, PG_V(andnot_ps)(sign, fload(v + i)));
-  float lanes[L], m = 0.f;
-  fstore(lanes, amax);
-  for (int l = 0; l < L; ++l) m = std::max(m, lanes[l]);
-  const float s = m / 127.f;
-  vi total = izero();
-  const vf vs = PG_V(set1_ps)(s), lo = PG_V(set1_ps)(-127.f), hi = PG_V(set1_ps)(127.f);
-  for (int64_t i = 0; i < group; i += L) {
-    const vf r = PG_V(min_ps)(PG_V(max_ps)(PG_V(div_ps)(fload(v + i), vs), lo), hi);
-    const vi q = s > 0.f ? PG_V(cvtps_epi32)(r) : izero();
-    PG_SI(storeu)((vi*)(c + i), q);
-    total = iadd(total, q);
-  }
-  int32_t t[L];
-  PG_SI(storeu)((vi*)t, total);
-  *sum = 0;
-  for (int l = 0; l < L; ++l) *sum += t[l];
-  return s;
-}
-#undef PG_V
-#undef PG_SI
 #else
 constexpr int L = 1;  // portable scalar code: one output lane, a dword of one row
 using vi = int32_t;
@@ -193,17 +166,11 @@ inline vf fzero() { return 0.f; }
 inline vf fload(const float* p) { return *p; }
 inline vf fmul(vf a, vf b) { return a * b; }
 inline void fstore(float* p, vf v) { *p = v; }
-float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum) {
-  float amax = 0.f;
-  for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
-  const float s = amax / 127.f;
-  *sum = 0;
-  for (int64_t i = 0; i < group; ++i) {
-    c[i] = s > 0.f ? int32_t(std::min(std::max(std::nearbyint(v[i] / s), -127.f), 127.f)) : 0;
-    *sum += c[i];
-  }
-  return s;
-}
+#endif
+#include "int4_quantize_x.h"
+#if PG_ISA >= 1
+#undef PG_V
+#undef PG_SI
 #endif
 
 // n dwords from `off` of each of the L rows (n <= L; past n: zeros), transposed: v[j] = dword j

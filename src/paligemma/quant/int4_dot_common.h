@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -56,11 +57,25 @@ inline float scale_at(const Dot& d, int64_t i) {
     default: { constexpr int MB = 16; CALL; } break;           \
   }
 
+// Where input i of a group lands in xq. order 1 (int4, VNNI): 8k + p -> 8k + [0, 4, 1, 5, 2, 6,
+// 3, 7][p], the nibbles' order; order kc (int4, AMX): per chunk of kc, the even inputs, then the
+// odd ones, as the panel holds the codes; order 0: in place.
+inline int64_t placed(int64_t i, int64_t order) {
+  static constexpr int kPlace[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+  if (order == 1) return (i & ~int64_t(7)) + kPlace[i & 7];
+  if (order == 0) return i;
+  const int64_t p = i % order;
+  return i - p + (p & 1) * (order / 2) + p / 2;
+}
+
 // Each loop's entry points (int4_dot_body.h inside a namespace of its own; AMX's in
-// int4_dot_amx.h): the output rows [o0, o1) for mb rows, and one group's activation quantiser.
+// int4_dot_amx.h): the output rows [o0, o1) for mb rows, and the activation quantiser of a span
+// of groups (int4_quantize_x.h).
 #define PG_DOT_ENTRY_POINTS                                                      \
   void dot_tiles(int64_t mb, int bits, const Dot& d, int64_t o0, int64_t o1);   \
-  float quantize_group(const float* v, int64_t group, int32_t* c, int32_t* sum);
+  void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t zero,      \
+                       int64_t order, int64_t tiles, int64_t M, int64_t g0, int64_t g1,      \
+                       int8_t* q, float* s, int32_t* off);
 namespace pg_dot_avx512vnni {
 PG_DOT_ENTRY_POINTS
 void amx_tiles(int64_t np, int bits, int64_t kc, const Dot& d, int64_t o0, int64_t o1);

@@ -59,6 +59,7 @@ HEADERS = tuple(
         "dequant_amx.h",
         "int4_dot_common.h",
         "int4_dot_body.h",
+        "int4_quantize_x.h",
         "int4_dot_row.h",
         "int4_dot_slab.h",
         "int4_dot_amx.h",

@@ -13,6 +13,7 @@ to pair). Prints and writes, per path and row count, both builds' median time an
 host the speed of a whole process drifts, so only the paired ratios are compared.
 
     python benchmarks/ab_builds.py --base 2baf5d4 --in-process [--rounds 30] [--json F]
+                                   [--dtype bfloat16]
 
 --in-process: the base commit's int4_dot / int8_dot (int4_dot.cpp, int4_dot_isa.cpp's parts,
 their headers) is built as an op library of its own (torch.ops.paligemma_base) and loaded beside
@@ -21,7 +22,8 @@ between processes drops out. For each of the decoder's shapes (q/k/v, o, gate/up
 output head, int4 and int8, at 1 row (or --rows), enough copies of the weight to pass the last
 level cache are multiplied in turn, the two builds alternating round by round (the order
 alternating too); per shape the GB/s of each, the median (and range) of the per-round ratios,
-and whether the two agree bit for bit.
+and whether the two agree bit for bit. --dtype: the products' output (bfloat16 as the decode
+steps ask; default float32).
 """
 
 from __future__ import annotations
@@ -82,15 +84,15 @@ def build_base(base: Path, tmp: Path) -> None:
     torch.ops.load_library(str(out))
 
 
-def alternate(ops: dict, x, copies: list, group: int, rounds: int) -> dict[str, list[float]]:
+def alternate(ops: dict, x, copies: list, group: int, rounds: int, *extra) -> dict[str, list]:
     """Seconds per product of each op over `copies` of a weight, round by round (order
-    alternating; a warm-up round first, dropped)."""
+    alternating; a warm-up round first, dropped); `extra`: the ops' further arguments."""
     times: dict[str, list[float]] = {k: [] for k in ops}
     for r in range(rounds + 1):
         for k in list(ops)[:: 1 if r % 2 else -1]:
             start = time.perf_counter()
             for w, s in copies:
-                ops[k](x, w, s, group)
+                ops[k](x, w, s, group, *extra)
             times[k].append((time.perf_counter() - start) / len(copies))
     return {k: t[1:] for k, t in times.items()}
 
@@ -103,6 +105,7 @@ def in_process(args) -> dict:
     from paligemma.quant import linear as q
 
     out = {}
+    extra = (-1, -1, getattr(torch, args.dtype))  # the CPU's best path, the output's dtype
     for o, i in SHAPES:
         for bits, layer in quantized(o, i, torch.bfloat16).items():
             size = sum(t.numel() * t.element_size() for t in (layer.weight, layer.scale))
@@ -112,8 +115,8 @@ def in_process(args) -> dict:
             ops = {k: getattr(getattr(torch.ops, lib), name) for k, lib in LIBS.items()}
             for rows in args.rows:
                 x = torch.randn(rows, i).to(torch.bfloat16)
-                same = torch.equal(*(op(x, *copies[0], group) for op in ops.values()))
-                times = alternate(ops, x, copies, group, args.rounds)
+                same = torch.equal(*(op(x, *copies[0], group, *extra) for op in ops.values()))
+                times = alternate(ops, x, copies, group, args.rounds, *extra)
                 ratios = [b / t for b, t in zip(times["base"], times["this"], strict=True)]
                 r = {f"{k}_gb_s": size / statistics.median(t) / 1e9 for k, t in times.items()}
                 r |= {"ratio_median": statistics.median(ratios), "ratios": ratios}
@@ -137,6 +140,7 @@ def write_in_process(args, base: Path, tmp: Path) -> None:
     result = in_process(args)
     if args.json:
         meta = {"base": args.base, "in_process": True, "rows": args.rows, "rounds": args.rounds}
+        meta["dtype"] = args.dtype
         meta["host"] = f"{cpu_name()}, {torch.get_num_threads()} threads"
         Path(args.json).write_text(json.dumps({**meta, "results": result}, indent=1))
 
@@ -174,6 +178,13 @@ def main() -> None:
     ap.add_argument("--json", help="write the comparison here")
     ap.add_argument("--in-process", action="store_true", help="both builds in one process")
     ap.add_argument("--rounds", type=int, default=30, help="--in-process: rounds (median)")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="--in-process: the products' output dtype (bfloat16: as the decode steps; default "
+        "float32)",
+    )
     args = ap.parse_args()
     args.rows = args.rows or ([1] if args.in_process else [1, 2, 4, 8, 16])
     with tempfile.TemporaryDirectory() as tmp:

@@ -154,6 +154,29 @@ def test_activation_codes_equal_float32_division_next_to_every_half_way_point():
         ops.quantize_activations(x, 48)
 
 
+def test_bfloat16_output_is_the_float_output_rounded_on_every_path():
+    """dtype=bfloat16 (the decode steps' output) gives the float32 output rounded to nearest even
+    as torch rounds it, bit for bit on every path, and NaN where it is NaN (as c10::BFloat16:
+    0x7fc0 on every path): 1, 3 and 8 rows (AMX's too), an output tail (O = 37), a row with a
+    scale that is not a number, one whose sums overflow."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    o, i, group = 37, 256, 64
+    codes = torch.randint(0, 256, (o, i // 2), dtype=torch.uint8)
+    scale = torch.rand(o, i // group)
+    scale[3, 1], scale[5] = float("nan"), 1e38
+    for rows in (1, 3, 8):
+        x = torch.randn(rows, i).to(torch.bfloat16)
+        for isa, vnni in [*variants(), (-1, -1)]:
+            want = ops.int4_dot(x, codes, scale, group, isa, vnni).to(torch.bfloat16)
+            got = ops.int4_dot(x, codes, scale, group, isa, vnni, torch.bfloat16)
+            nan = want.isnan()
+            assert got.dtype == torch.bfloat16 and nan[:, 3].all() and torch.equal(got.isnan(), nan)
+            assert (got[nan].view(torch.int16) == 0x7FC0).all(), (rows, isa, vnni)
+            assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+
+
 def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
     """A quantised 256 -> 72 layer, the list that each int4_dot / int8_dot call appends to (they
     ask kernels.dot_path() once a call), and its dequantised weight."""

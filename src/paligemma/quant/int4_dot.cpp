@@ -235,10 +235,21 @@ void check(int bits, int64_t I, int64_t group, const at::Tensor& q, const at::Te
               "int8_dot: scale must be [O]");
 }
 
-// Rows [m0, m0 + mb) of out (its dtype) from part's float rows, output columns [o0, o1).
+// Rows [m0, m0 + mb) of out (its dtype) from part's float rows, output columns [o0, o1);
+// bfloat16 by the instruction set's loop (isa), with c10's rounding.
 void store(const float* part, int64_t O, at::Tensor& out, int64_t m0, int64_t mb, int64_t o0,
-           int64_t o1) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "int4_dot", [&] {
+           int64_t o1, int64_t isa) {
+  if (out.scalar_type() == at::kBFloat16) {
+    auto convert = &pg_dot_scalar::store_bf16;
+#ifdef PG_DOT_X86
+    if (isa == 2) convert = &pg_dot_avx512::store_bf16;
+    if (isa == 1) convert = &pg_dot_avx2::store_bf16;
+#endif
+    uint16_t* to = (uint16_t*)out.data_ptr() + m0 * O;
+    for (int64_t m = 0; m < mb; ++m) convert(part + m * O + o0, to + m * O + o0, o1 - o0);
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kHalf, out.scalar_type(), "int4_dot", [&] {
     scalar_t* to = out.data_ptr<scalar_t>() + m0 * O;
     for (int64_t m = 0; m < mb; ++m)
       for (int64_t o = o0; o < o1; ++o) to[m * O + o] = scalar_t(part[m * O + o]);
@@ -289,7 +300,7 @@ std::vector<at::Tensor> dot(const at::Tensor& x_, at::TensorList qs, at::TensorL
         if (lo >= hi) continue;
         const int64_t o0 = (lo - first[j]) * lanes, o1 = std::min(d[j].O, (hi - first[j]) * lanes);
         dot_rows(p, kc, rows, bits, d[j], o0, o1);
-        if (!direct) store(d[j].out, d[j].O, out[j], m0, mb, o0, o1);
+        if (!direct) store(d[j].out, d[j].O, out[j], m0, mb, o0, o1, p.isa);
       }
     });
   }

@@ -69,13 +69,14 @@ inline int64_t placed(int64_t i, int64_t order) {
 }
 
 // Each loop's entry points (int4_dot_body.h inside a namespace of its own; AMX's in
-// int4_dot_amx.h): the output rows [o0, o1) for mb rows, and the activation quantiser of a span
-// of groups (int4_quantize_x.h).
+// int4_dot_amx.h): the output rows [o0, o1) for mb rows; the activation quantiser of a span of
+// groups and the bfloat16 output's conversion (int4_quantize_x.h).
 #define PG_DOT_ENTRY_POINTS                                                      \
   void dot_tiles(int64_t mb, int bits, const Dot& d, int64_t o0, int64_t o1);   \
   void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t zero,      \
                        int64_t order, int64_t tiles, int64_t M, int64_t g0, int64_t g1,      \
-                       int8_t* q, float* s, int32_t* off);
+                       int8_t* q, float* s, int32_t* off);                                 \
+  void store_bf16(const float* src, uint16_t* dst, int64_t n);
 namespace pg_dot_avx512vnni {
 PG_DOT_ENTRY_POINTS
 void amx_tiles(int64_t np, int bits, int64_t kc, const Dot& d, int64_t o0, int64_t o1);

@@ -1,5 +1,6 @@
 // The dot kernels' activation quantiser for one instruction set, included by int4_dot_body.h
-// (its L, vi, vf, PG_V, PG_SI, cvt_scales; the scalar build's too). Defines quantize_groups.
+// (its L, vi, vf, PG_V, PG_SI, cvt_scales; the scalar build's too). Defines quantize_groups, and
+// store_bf16 for the products' bfloat16 output.
 //
 // Groups [g0, g1) of each row of x [M, I] (contiguous float32, or bfloat16 where bf16; group: a
 // multiple of 32 dividing I; group t = m * G + g starts at value t * group): codes c = round_half_even(v / s)
@@ -122,7 +123,29 @@ void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t
       off[t] = zero * sum_lanes(total);
     }
 }
+// n floats to bfloat16 (c10's rounding: to nearest even, NaN -> 0x7fc0), for the dots' output.
+void store_bf16(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vf f = PG_V(loadu_ps)(src + i);
+    const vi b = as_int(f), lsb = PG_SI(and)(PG_V(srli_epi32)(b, 16), PG_V(set1_epi32)(1));
+    vi r = PG_V(srli_epi32)(PG_V(add_epi32)(b, PG_V(add_epi32)(lsb, PG_V(set1_epi32)(0x7fff))), 16);
+#if PG_ISA == 2
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256((__m256i*)(dst + i), _mm512_cvtepi32_epi16(r));
 #else
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), as_int(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+    _mm_storeu_si128((__m128i*)(dst + i),
+                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+#endif
+  }
+  for (; i < n; ++i) dst[i] = c10::BFloat16(src[i]).x;
+}
+#else
+void store_bf16(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(src[i]).x;
+}
+
 void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t zero,
                      int64_t order, int64_t tiles, int64_t M, int64_t g0, int64_t g1, int8_t* q,
                      float* s, int32_t* off) {

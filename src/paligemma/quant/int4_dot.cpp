@@ -193,8 +193,9 @@ struct Xq {
 Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc, int64_t isa) {
   const int64_t I = x.size(1), G = I / group;
   const auto opts = x.options();
-  Xq r{kc ? at::empty({I / 4, rows}, opts.dtype(at::kInt)) : at::empty({rows, I}, opts.dtype(at::kChar)),
-       at::empty({rows, G}, opts.dtype(at::kFloat)), at::empty({rows, G}, opts.dtype(at::kInt))};
+  const at::Tensor q = kc ? at::empty({I / 4, rows}, opts.dtype(at::kInt))
+                          : at::empty({rows, I}, opts.dtype(at::kChar));
+  Xq r{q, at::empty({rows, G}, opts.dtype(at::kFloat)), at::empty({rows, G}, opts.dtype(at::kInt))};
   const int64_t order = bits == 8 ? 0 : (kc ? kc : 1);
   quantize_x(x, rows, group, bits == 4 ? 8 : 128, order, kc ? rows : 0, isa,
              (int8_t*)r.q.data_ptr(), r.s.data_ptr<float>(), r.off.data_ptr<int32_t>());

@@ -3,13 +3,13 @@
 // store_bf16 for the products' bfloat16 output.
 //
 // Groups [g0, g1) of each row of x [M, I] (contiguous float32, or bfloat16 where bf16; group: a
-// multiple of 32 dividing I; group t = m * G + g starts at value t * group): codes c = round_half_even(v / s)
-// clamped to [-127, 127] with s = max |v| / 127 (s = 0, or not a number: codes 0), in the same
-// float steps on every path (IEEE division, conversion in the default rounding mode): the same
-// bits whatever the instruction set or the split over threads. The codes go to q in `order`
-// (placed(), int4_dot_common.h): in x's layout (int8 [M, I]), or where `tiles` > 0 as AMX's B
-// tiles of a pass of that many rows (dword w of row m at dword w * tiles + m); s to s[t], zero *
-// sum(c) to off[t].
+// multiple of 32 dividing I; group t = m * G + g starts at value t * group): codes
+// c = round_half_even(v / s) clamped to [-127, 127] with s = max |v| / 127 (s = 0, or not a
+// number: codes 0), in the same float steps on every path (IEEE division, conversion in the
+// default rounding mode): the same bits whatever the instruction set or the split over threads.
+// The codes go to q in `order` (placed(), int4_dot_common.h): in x's layout (int8 [M, I]), or
+// where `tiles` > 0 as AMX's B tiles of a pass of that many rows (dword w of row m at dword
+// w * tiles + m); s to s[t], zero * sum(c) to off[t].
 //
 // The vector loop keeps a group in registers from load to store: one pass for the maximum, one
 // for the codes, placed by permutes (and for AMX written straight into the B tiles). Measured
@@ -153,13 +153,15 @@ void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t
   for (int64_t t0 = 0; t0 < M * (g1 - g0); ++t0) {
     const int64_t t = t0 / (g1 - g0) * (I / group) + g0 + t0 % (g1 - g0);
     for (int64_t i = 0; i < group; ++i)
-      v[i] = bf16 ? float(((const c10::BFloat16*)x)[t * group + i]) : ((const float*)x)[t * group + i];
+      v[i] = bf16 ? float(static_cast<const c10::BFloat16*>(x)[t * group + i])
+                  : static_cast<const float*>(x)[t * group + i];
     float amax = 0.f;
     for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
     const float st = amax / 127.f;
     int32_t sum = 0;
     for (int64_t i = 0; i < group; ++i) {
-      const int32_t c = st > 0.f ? int32_t(std::min(std::max(std::nearbyint(v[i] / st), -127.f), 127.f)) : 0;
+      const float r = std::min(std::max(std::nearbyint(v[i] / st), -127.f), 127.f);
+      const int32_t c = st > 0.f ? int32_t(r) : 0;
       const int64_t at = t * group + placed(i, order), m = at / I, j = at % I;
       q[tiles ? (j / 4 * tiles + m) * 4 + j % 4 : at] = int8_t(c);
       sum += c;

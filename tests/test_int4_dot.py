@@ -177,6 +177,35 @@ def test_bfloat16_output_is_the_float_output_rounded_on_every_path():
             assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
 
 
+def test_a_nan_activation_makes_its_row_nan_on_every_path():
+    """A NaN in a row of x: its group's scale is NaN and its codes 0 (quantize_activations), so
+    every product of that row is NaN, as a float product's would be, on every path (AMX's too),
+    int4 and int8; the other rows keep their bits (each equals its call without the NaN row)."""
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    ops = torch.ops.paligemma_cpu
+    torch.manual_seed(0)
+    o, i, group = 40, 256, 64
+    x = torch.randn(8, i).to(torch.bfloat16)
+    x[2, 70] = float("nan")
+    rest = [r for r in range(8) if r != 2]
+    paths = [*variants(), (-1, -1)] + ([(2, 2)] if int(ops.cpu_amx()) else [])
+    for isa in range(int(ops.cpu_isa()) + 1):
+        codes, scales = ops.quantize_activations(x, group, isa)
+        assert scales[2, 1].isnan() and not scales[rest].isnan().any()
+        assert (codes[2, group : 2 * group] == 0).all(), isa
+    for bits in (4, 8):
+        if bits == 4:
+            w = torch.randint(0, 256, (o, i // 2), dtype=torch.uint8)
+            scale, op = torch.rand(o, i // group), ops.int4_dot
+        else:
+            w = torch.randint(-128, 128, (o, i), dtype=torch.int8)
+            scale, op = torch.rand(o), ops.int8_dot
+        for isa, vnni in paths:
+            got = op(x, w, scale, group, isa, vnni)
+            assert got[2].isnan().all() and not got[rest].isnan().any(), (bits, isa, vnni)
+            assert torch.equal(got[rest], op(x[rest], w, scale, group, isa, vnni))
+
+
 def spied(cls, monkeypatch) -> tuple[nn.Module, list, torch.Tensor]:
     """A quantised 256 -> 72 layer, the list that each int4_dot / int8_dot call appends to (they
     ask kernels.dot_path() once a call), and its dequantised weight."""

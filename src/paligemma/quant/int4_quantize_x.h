@@ -4,9 +4,11 @@
 //
 // Groups [g0, g1) of each row of x [M, I] (contiguous float32, or bfloat16 where bf16; group: a
 // multiple of 32 dividing I; group t = m * G + g starts at value t * group): codes
-// c = round_half_even(v / s) clamped to [-127, 127] with s = max |v| / 127 (s = 0, or not a
-// number: codes 0), in the same float steps on every path (IEEE division, conversion in the
-// default rounding mode): the same bits whatever the instruction set or the split over threads.
+// c = round_half_even(v / s) clamped to [-127, 127] with s = max |v| / 127 (a group holding a
+// NaN: s NaN, so its products are NaN as a float product's would be; s = 0 or NaN: codes 0), in
+// the same float steps on every path (IEEE division; the clamp as max_ps / min_ps take a NaN
+// quotient, to -127; conversion in the default rounding mode): the same bits whatever the
+// instruction set or the split over threads.
 // The codes go to q in `order` (placed(), int4_dot_common.h): in x's layout (int8 [M, I]), or
 // where `tiles` > 0 as AMX's B tiles of a pass of that many rows (dword w of row m at dword
 // w * tiles + m); s to s[t], zero * sum(c) to off[t].
@@ -33,6 +35,22 @@ PG_INLINE int32_t sum_lanes(vi v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
   return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+#endif
+}
+
+// All bits set in the lanes that are not a number; whether any lane has a bit set.
+PG_INLINE vf unordered(vf a) {
+#if PG_ISA == 2
+  return _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q)));
+#else
+  return _mm256_cmp_ps(a, a, _CMP_UNORD_Q);
+#endif
+}
+PG_INLINE bool any_lane(vf m) {
+#if PG_ISA == 2
+  return _mm512_test_epi32_mask(_mm512_castps_si512(m), _mm512_castps_si512(m)) != 0;
+#else
+  return _mm256_movemask_ps(m) != 0;
 #endif
 }
 
@@ -88,10 +106,12 @@ void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t
         for (int k = 0; k < L / 4; ++k) std::memcpy(w + k * tiles, b + 4 * k, 4);
       };
       const uint8_t* v = (const uint8_t*)x + t * group * size;
-      vf amax = PG_V(setzero_ps)();
-      for (int64_t i = 0; i < group; i += L)
-        amax = PG_V(max_ps)(amax, PG_V(andnot_ps)(sign, cvt_scales(v + i * size, stype)));
-      const float st = max_lane(amax) / 127.f;
+      vf amax = PG_V(setzero_ps)(), nan = PG_V(setzero_ps)();
+      for (int64_t i = 0; i < group; i += L) {
+        const vf a = PG_V(andnot_ps)(sign, cvt_scales(v + i * size, stype));
+        amax = PG_V(max_ps)(amax, a), nan = PG_V(or_ps)(nan, unordered(a));
+      }
+      const float st = any_lane(nan) ? NAN : max_lane(amax) / 127.f;
       s[t] = st;
       if (!(st > 0.f)) {
         for (int64_t i = 0; i < group; i += L) put(i, PG_SI(setzero)());
@@ -156,12 +176,14 @@ void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t
       v[i] = bf16 ? float(static_cast<const c10::BFloat16*>(x)[t * group + i])
                   : static_cast<const float*>(x)[t * group + i];
     float amax = 0.f;
-    for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i]));
-    const float st = amax / 127.f;
+    bool nan = false;
+    for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(v[i])), nan |= v[i] != v[i];
+    const float st = nan ? NAN : amax / 127.f;
     int32_t sum = 0;
     for (int64_t i = 0; i < group; ++i) {
-      const float r = std::min(std::max(std::nearbyint(v[i] / st), -127.f), 127.f);
-      const int32_t c = st > 0.f ? int32_t(r) : 0;
+      float r = v[i] / st;
+      r = r > -127.f ? r : -127.f, r = r < 127.f ? r : 127.f;  // as the vector paths clamp
+      const int32_t c = st > 0.f ? int32_t(std::nearbyint(r)) : 0;
       const int64_t at = t * group + placed(i, order), m = at / I, j = at % I;
       q[tiles ? (j / 4 * tiles + m) * 4 + j % 4 : at] = int8_t(c);
       sum += c;

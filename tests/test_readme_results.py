@@ -991,7 +991,8 @@ def test_amx_session_36_quantise_bullet_is_its_json():
 
 
 def test_amx_session_37_bullets_are_their_jsons():
-    """Session 37: the quantiser's, the reciprocal's and the bfloat16 store's A/B ranges."""
+    """Session 37: the quantiser's, the reciprocal's, the bfloat16 store's and the NaN check's
+    A/B ranges."""
     text = " ".join(README.split())
     small = ["2560x2048", "2048x2048", "2048x16384"]  # q/k/v, o, down_proj
     wide = ["16384x2048", "257216x2048"]  # gate/up, the head
@@ -1014,6 +1015,11 @@ def test_amx_session_37_bullets_are_their_jsons():
         + " per shape, the head at 8 rows "
         + ab_range(store, ["int4 257216x2048 r8"]),
     ]
+    quotes.append(
+        "One compare per 16 values: "
+        + ab_range("amx-quantize-nan-ab-s37.json", rows)
+        + " over every shape and row count"
+    )
     for quoted in quotes:
         assert quoted in text, quoted
     assert result(vector)["kept"] and not result("amx-quantize-reciprocal-ab-s37.json")["kept"]
@@ -1021,8 +1027,8 @@ def test_amx_session_37_bullets_are_their_jsons():
 
 def test_amx_session_37_runs_are_their_jsons():
     """Session 37's three 224 px runs: the first meets every target (int4's batching at 5.00x,
-    quoted to three places), the second misses our first token's 0.8x only, the third (after the
-    session's last kernel change) meets every target."""
+    quoted to three places), the second misses our first token's 0.8x only, the third (at
+    cf7de7c, before the NaN handling) meets every target."""
     text = " ".join(README.split())
     t, quote = run_quote("amx-paligemma-3b-224-s37.json", later=False)
     quote += f". int4's batching is on its line ({t['i4_b8']:.3f}×)"

@@ -1028,7 +1028,7 @@ def test_amx_session_37_bullets_are_their_jsons():
 def test_amx_session_37_runs_are_their_jsons():
     """Session 37's three 224 px runs: the first meets every target (int4's batching at 5.00x,
     quoted to three places), the second misses our first token's 0.8x only, the third (at
-    cf7de7c, before the NaN handling) meets every target."""
+    d677907, before the NaN handling) meets every target."""
     text = " ".join(README.split())
     t, quote = run_quote("amx-paligemma-3b-224-s37.json", later=False)
     quote += f". int4's batching is on its line ({t['i4_b8']:.3f}×)"

@@ -1,13 +1,14 @@
 // decode_ops.cpp's one-query attention loops in AVX-512 (isa 2; heads of a multiple of 16
 // values): the AVX2 loops' work in 16-float vectors. Included by decode_ops.cpp after its AVX2
-// section, inside namespace pg_ops (no include guard: part of that file).
+// section, inside namespace pg_ops (no include guard: part of that file; its PG_OPS_BY_HEADS).
 //
 // The values keep the AVX2 loop's sums (each output value sums its keys in order with one FMA
 // each), so they equal it bit for bit given the same probabilities; the scores sum a key's 16
 // lanes in another order than the AVX2 loop's 8 (float32 sums either way, bounded against
 // float64 in tests/test_decode_ops.py). PaliGemma-3B's shapes (8 heads of 256, one kv head, 280
 // keys, 18 layers from memory, 2 threads of an AMX Xeon; benchmarks/bench_attend.py): batch 8
-// 4.77 ms a step against the AVX2 loops' 5.52 ms, batch 1 0.64 against 0.72 ms; the rest is reading the cache.
+// 4.77 ms a step against the AVX2 loops' 5.52 ms, batch 1 0.64 against 0.72 ms; the rest is
+// reading the cache.
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
@@ -81,22 +82,10 @@ void values_avx512(const Heads& a, const float* p, const float* inv, uint16_t* o
   for (; d < a.h; d += 16) columns_avx512<J, 1>(a, p, inv, d, out);
 }
 
-void scores_avx512(const Heads& a, float* s) {
-  switch (a.j) {
-    case 1: return scores_avx512<1>(a, s);
-    case 2: return scores_avx512<2>(a, s);
-    case 3: return scores_avx512<3>(a, s);
-    default: return scores_avx512<4>(a, s);
-  }
-}
+void scores_avx512(const Heads& a, float* s) { PG_OPS_BY_HEADS(a.j, scores_avx512<J>(a, s)); }
 
 void values_avx512(const Heads& a, const float* p, const float* inv, uint16_t* out) {
-  switch (a.j) {
-    case 1: return values_avx512<1>(a, p, inv, out);
-    case 2: return values_avx512<2>(a, p, inv, out);
-    case 3: return values_avx512<3>(a, p, inv, out);
-    default: return values_avx512<4>(a, p, inv, out);
-  }
+  PG_OPS_BY_HEADS(a.j, values_avx512<J>(a, p, inv, out));
 }
 
 }  // namespace

@@ -95,6 +95,15 @@ void values_scalar(const Heads& a, const float* p, const float* inv, uint16_t* o
 }  // namespace pg_ops
 
 #ifdef PG_OPS_X86
+// A task's J (1-4) heads as a compile-time count: CALL with J set (the vector loops' entries).
+#define PG_OPS_BY_HEADS(j, CALL)                \
+  switch (j) {                                  \
+    case 1: { constexpr int J = 1; CALL; } break; \
+    case 2: { constexpr int J = 2; CALL; } break; \
+    case 3: { constexpr int J = 3; CALL; } break; \
+    default: { constexpr int J = 4; CALL; } break; \
+  }
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define PG_OPS_INLINE inline __attribute__((always_inline))
@@ -176,22 +185,10 @@ void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out
 }
 
 // The scores and the values of a task's J (1-4) heads, J a compile-time count.
-void scores_avx2(const Heads& a, float* s) {
-  switch (a.j) {
-    case 1: return scores_avx2<1>(a, s);
-    case 2: return scores_avx2<2>(a, s);
-    case 3: return scores_avx2<3>(a, s);
-    default: return scores_avx2<4>(a, s);
-  }
-}
+void scores_avx2(const Heads& a, float* s) { PG_OPS_BY_HEADS(a.j, scores_avx2<J>(a, s)); }
 
 void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out) {
-  switch (a.j) {
-    case 1: return values_avx2<1>(a, p, inv, out);
-    case 2: return values_avx2<2>(a, p, inv, out);
-    case 3: return values_avx2<3>(a, p, inv, out);
-    default: return values_avx2<4>(a, p, inv, out);
-  }
+  PG_OPS_BY_HEADS(a.j, values_avx2<J>(a, p, inv, out));
 }
 
 }  // namespace
@@ -202,6 +199,7 @@ void values_avx2(const Heads& a, const float* p, const float* inv, uint16_t* out
 namespace pg_ops {
 #include "attend_avx512.h"
 }  // namespace pg_ops
+#undef PG_OPS_BY_HEADS
 #endif
 
 namespace pg_ops {

@@ -214,6 +214,11 @@ Xq pass_x(const at::Tensor& x, int64_t rows, int64_t group, int bits, int64_t kc
   return t;
 }
 
+// x as the quantiser reads it: contiguous bfloat16, or float32 (any other dtype converted).
+at::Tensor activations(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 ? x.contiguous() : x.to(at::kFloat).contiguous();
+}
+
 int scale_type(const at::Tensor& s) {
   const auto t = s.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
@@ -267,8 +272,7 @@ std::vector<at::Tensor> dot(const at::Tensor& x_, at::TensorList qs, at::TensorL
   TORCH_CHECK(n == int64_t(scales.size()), "int", bits, "_dot: one scale per weight");
   for (int64_t j = 0; j < n; ++j) check(bits, I, group, qs[j], scales[j]);
   const Path p = path(isa_, vnni);
-  const at::Tensor x =
-      x_.scalar_type() == at::kBFloat16 ? x_.contiguous() : x_.to(at::kFloat).contiguous();
+  const at::Tensor x = activations(x_);
   const int64_t M = x.size(0), G = I / group, lanes = p.isa == 2 ? 16 : (p.isa == 1 ? 8 : 1);
   const auto out_type = dtype.value_or(at::kFloat);
   TORCH_CHECK(out_type == at::kFloat || out_type == at::kBFloat16 || out_type == at::kHalf,
@@ -339,8 +343,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_activations(const at::Tensor& x_, in
   TORCH_CHECK(group > 0 && group % 32 == 0 && I % group == 0,
               "quantize_activations: the group size must be a multiple of 32 dividing I");
   const Path p = path(isa, -1);
-  const at::Tensor x =
-      x_.scalar_type() == at::kBFloat16 ? x_.contiguous() : x_.to(at::kFloat).contiguous();
+  const at::Tensor x = activations(x_);
   const auto opts = x.options();
   at::Tensor q = at::empty({x.size(0), I}, opts.dtype(at::kChar));
   at::Tensor s = at::empty({x.size(0), G}, opts.dtype(at::kFloat));

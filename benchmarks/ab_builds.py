@@ -13,7 +13,7 @@ to pair). Prints and writes, per path and row count, both builds' median time an
 host the speed of a whole process drifts, so only the paired ratios are compared.
 
     python benchmarks/ab_builds.py --base 2baf5d4 --in-process [--rounds 30] [--json F]
-                                   [--dtype bfloat16]
+                                   [--dtype bfloat16] [--isa 1 --vnni 0]
 
 --in-process: the base commit's int4_dot / int8_dot (int4_dot.cpp, int4_dot_isa.cpp's parts,
 their headers) is built as an op library of its own (torch.ops.paligemma_base) and loaded beside
@@ -23,7 +23,8 @@ output head, int4 and int8, at 1 row (or --rows), enough copies of the weight to
 level cache are multiplied in turn, the two builds alternating round by round (the order
 alternating too); per shape the GB/s of each, the median (and range) of the per-round ratios,
 and whether the two agree bit for bit. --dtype: the products' output (bfloat16 as the decode
-steps ask; default float32).
+steps ask; default float32); --isa / --vnni: one instruction set's loop (e.g. plain AVX2 on a
+CPU that has more) instead of the CPU's best.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def in_process(args) -> dict:
     from paligemma.quant import linear as q
 
     out = {}
-    extra = (-1, -1, getattr(torch, args.dtype))  # the CPU's best path, the output's dtype
+    extra = (args.isa, args.vnni, getattr(torch, args.dtype))  # the path, the output's dtype
     for o, i in SHAPES:
         for bits, layer in quantized(o, i, torch.bfloat16).items():
             size = sum(t.numel() * t.element_size() for t in (layer.weight, layer.scale))
@@ -140,7 +141,7 @@ def write_in_process(args, base: Path, tmp: Path) -> None:
     result = in_process(args)
     if args.json:
         meta = {"base": args.base, "in_process": True, "rows": args.rows, "rounds": args.rounds}
-        meta["dtype"] = args.dtype
+        meta |= {"dtype": args.dtype, "isa": args.isa, "vnni": args.vnni}
         meta["host"] = f"{cpu_name()}, {torch.get_num_threads()} threads"
         Path(args.json).write_text(json.dumps({**meta, "results": result}, indent=1))
 
@@ -184,6 +185,19 @@ def main() -> None:
         choices=["float32", "bfloat16"],
         help="--in-process: the products' output dtype (bfloat16: as the decode steps; default "
         "float32)",
+    )
+    ap.add_argument(
+        "--isa",
+        type=int,
+        default=-1,
+        help="--in-process: the kernels' instruction set (2 AVX-512, 1 AVX2, 0 scalar; default "
+        "-1: the CPU's best)",
+    )
+    ap.add_argument(
+        "--vnni",
+        type=int,
+        default=-1,
+        help="--in-process: 0 without VNNI, 1 with, 2 AMX tiles (default -1: the CPU's best)",
     )
     args = ap.parse_args()
     args.rows = args.rows or ([1] if args.in_process else [1, 2, 4, 8, 16])

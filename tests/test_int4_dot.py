@@ -274,10 +274,11 @@ def test_int8_dot_matches_float64_on_every_path():
 def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
     """int4_dot / int8_dot: each row of a batch of 1..17 rows equals that row's own call bit for
     bit on every path (plain AVX2 runs one row in its own loop, int4_dot_row.h, where a row's
-    group is 1, 2 or 4 whole 32-byte vectors, and more rows in the transposing one), with groups
-    of half a chunk to four chunks (int4 32 / 64 / 128 / 256; int8's activation groups 32 / 64 /
-    128), a chunk's tail (I = 1088) and an output tail (O = 33): the integer sums are exact and
-    the float steps the same per row."""
+    group is 1, 2 or 4 whole 32-byte vectors, in slabs of 16 of them, and more rows in the
+    transposing one), with groups of half a chunk to four chunks (int4 32 / 64 / 128 / 256; int8's
+    activation groups 32 / 64 / 128), several slabs and a slab's tail (I = 2304, 4096), a chunk's
+    tail (I = 1088) and an output tail (O = 33): the integer sums are exact and the float steps the
+    same per row."""
     assert cpu_kernels.available(), cpu_kernels.why_not()
     ops = torch.ops.paligemma_cpu
     torch.manual_seed(0)
@@ -291,6 +292,8 @@ def test_a_row_gets_its_bits_alone_and_in_any_batch_on_every_path():
         (8, 33, 1088, 32),
         (8, 40, 256, 64),
         (8, 17, 512, 128),
+        (8, 33, 4096, 64),
+        (8, 20, 2304, 128),
     )
     for bits, o, i, group in cases:
         if bits == 4:

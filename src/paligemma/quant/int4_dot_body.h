@@ -93,11 +93,16 @@ inline W8 prep8(vi v) { return {flip(v)}; }
 constexpr bool kOffset8 = true;  // dot8's sums carry 128 * sum xq (int4_dot.cpp's `off`)
 inline vi dot8(vi acc, W8 w, const int32_t* x) { return dpbusd(acc, w.u, PG_V(set1_epi32)(x[0])); }
 #else
-inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) {  // |pair sums| <= 2 * 15 * 127 < 2^15
-  const vi p = PG_V(add_epi16)(PG_V(maddubs_epi16)(lo, PG_V(set1_epi32)(x[0])),
-                               PG_V(maddubs_epi16)(hi, PG_V(set1_epi32)(x[1])));
-  return PG_V(add_epi32)(acc, PG_V(madd_epi16)(p, PG_V(set1_epi16)(1)));
+// int16 lanes: a dword's 8 products in pairs (|pair sums| <= 2 * 15 * 128 < 2^15, the dword's
+// two halves <= 7680).
+inline vi pair16(vi lo, vi hi, const int32_t* x) {
+  return PG_V(add_epi16)(PG_V(maddubs_epi16)(lo, PG_V(set1_epi32)(x[0])),
+                         PG_V(maddubs_epi16)(hi, PG_V(set1_epi32)(x[1])));
 }
+inline vi widen(vi acc, vi p16) { return PG_V(add_epi32)(acc, PG_V(madd_epi16)(p16, PG_V(set1_epi16)(1))); }
+inline vi add16(vi a, vi b) { return PG_V(add_epi16)(a, b); }
+constexpr int kSum16 = 4;  // dwords whose pair16 sums int16 lanes hold: 4 * 7680 < 2^15
+inline vi dot2(vi acc, vi lo, vi hi, const int32_t* x) { return widen(acc, pair16(lo, hi, x)); }
 #if PG_ISA == 1
 // AVX2 without VNNI: |w| times x with w's sign, the exact product (|pair sums| <= 2 * 128 * 127
 // < 2^15), so no offset: one maddubs and one madd per row of x where the flipped codes' two
@@ -239,6 +244,14 @@ void dot_block(const Dot& d, int64_t o0, int64_t o1) {
     for (int m = 0; m < MB; ++m) f[m] = fzero();
     for (int u = 0; u < U; ++u)
       for (int m = 0; m < MB; ++m) acc[u][m] = izero();
+#if PG_ISA >= 1 && !PG_VNNI
+    // int4 without VNNI: up to kSum16 steps' pair16 sums added in int16 lanes, widened to
+    // int32 by one madd (exact: the same int32 sums), where each dword took a madd and an add.
+    vi s16[U][MB];
+    for (int u = 0; u < U; ++u)
+      for (int m = 0; m < MB; ++m) s16[u][m] = izero();
+    int held = 0;  // steps in s16
+#endif
     int64_t g = 0, left = B;  // the group; its dwords still to come
     for (int64_t c = 0; c < nd; c += L) {
       vi v[L];
@@ -252,10 +265,22 @@ void dot_block(const Dot& d, int64_t o0, int64_t o1) {
             for (int m = 0; m < MB; ++m) acc[u][m] = dot8(acc[u][m], w, d.x4 + m * words + b);
           } else {
             const vi lo = lo4(v[j + u]), hi = hi4(v[j + u]);
+#if PG_ISA >= 1 && !PG_VNNI
+            for (int m = 0; m < MB; ++m)
+              s16[u][m] = add16(s16[u][m], pair16(lo, hi, d.x4 + m * words + 2 * b));
+#else
             for (int m = 0; m < MB; ++m)
               acc[u][m] = dot2(acc[u][m], lo, hi, d.x4 + m * words + 2 * b);
+#endif
           }
         }
+#if PG_ISA >= 1 && !PG_VNNI
+        if (BITS == 4 && (++held == kSum16 || left - U <= 0)) {
+          for (int u = 0; u < U; ++u)
+            for (int m = 0; m < MB; ++m) acc[u][m] = widen(acc[u][m], s16[u][m]), s16[u][m] = izero();
+          held = 0;
+        }
+#endif
         if ((left -= U) > 0) return;
         if (BITS == 4 && g % L == 0) group_scales(d, o, g, std::min<int64_t>(L, d.G - g), sc);
         const vf s = BITS == 4 ? sc[g % L] : fload(kOnes);

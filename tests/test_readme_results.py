@@ -1041,3 +1041,47 @@ def test_amx_session_37_runs_are_their_jsons():
     t, quote = run_quote("amx-paligemma-3b-224-s37-end.json", later=True)
     assert f"{quote}: every target held" in text, quote
     assert_targets(t)
+
+
+def bf16_mm_range(file: str) -> str:
+    """A bf16_mm A/B's per-shape median ratios (benchmarks/results, session 38), as quoted."""
+    ratios = [r["ratio_median"] for r in result(file)["results"].values()]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}×"
+
+
+def test_amx_session_38_sentences_are_their_jsons():
+    """Session 38: the plain-AVX2 loops' A/B ranges (kept) and the three A/Bs not kept."""
+    text = " ".join(README.split())
+    every = ["2560x2048", "2048x2048", "16384x2048", "2048x16384", "257216x2048"]
+    slabs, sums = "amx-avx2-row-slabs-ab-s38.json", "amx-int16-sums-ab-s38.json"
+    avx2, avx512 = "avx2 (--isa 1 --vnni 0)", "avx512 (--isa 2 --vnni 0)"
+    quotes = [
+        "int4 "
+        + ab_range(slabs, [f"int4 {s} r1" for s in every])
+        + ", int8 "
+        + ab_range(slabs, [f"int8 {s} r1" for s in every])
+        + " over the decoder's shapes",
+        "AVX2 loop "
+        + ab_range(sums, [f"int4 {s} r{r}" for s in every for r in (8, 16)], avx2)
+        + " at 8 and 16 rows, AVX-512 loop "
+        + ab_range(sums, [f"int4 {s} r8" for s in every], avx512)
+        + " at 8",
+        "vector adds (" + bf16_mm_range("amx-bf16-mm-zero-c-ab-s38.json") + ",",
+        "(bit-exact, " + bf16_mm_range("amx-bf16-mm-direct-a-ab-s38.json") + ",",
+        "dynamically ("
+        + ab_range(
+            "amx-dot-dynamic-chunks-ab-s38.json",
+            [f"int{b} {s} r{r}" for s in every for b in (4, 8) for r in (1, 8)],
+        ),
+    ]
+    for quoted in quotes:
+        assert quoted in text, quoted
+    variants = " ".join(result(slabs)["variants_not_kept"].values())
+    for figure in ("0.66-0.85x", "0.94-1.01x", "0.88-0.92x", "0.94-1.00x"):
+        assert figure in variants, figure
+    assert "the slabs ran at 0.66-0.85× of the old loop, prefetching into L1 0.94-1.01×" in text
+    assert "slabs of 8 or 32 chunks 0.88-1.00× of 16's" in text
+    assert result(slabs)["kept"] and result(sums)["kept"]
+    for file in ("zero-c", "direct-a"):
+        assert not result(f"amx-bf16-mm-{file}-ab-s38.json")["kept"]
+    assert not result("amx-dot-dynamic-chunks-ab-s38.json")["kept"]

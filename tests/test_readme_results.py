@@ -1061,6 +1061,11 @@ def test_amx_session_38_sentences_are_their_jsons():
         + ", int8 "
         + ab_range(slabs, [f"int8 {s} r1" for s in every])
         + " over the decoder's shapes",
+        "one-row loops (int4 "
+        + ab_range(slabs, [f"int4 {s} r1" for s in every])
+        + ", int8 "
+        + ab_range(slabs, [f"int8 {s} r1" for s in every])
+        + " at the kernel level",
         "AVX2 loop "
         + ab_range(sums, [f"int4 {s} r{r}" for s in every for r in (8, 16)], avx2)
         + " at 8 and 16 rows, AVX-512 loop "

@@ -798,7 +798,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
         text = " / ".join(fmt.format(v) for v in values)
         return (f"**{text}**" if ok else text) + tail
 
-    amx = "amx-paligemma-3b-224-s37-end.json"
+    amx = "amx-paligemma-3b-224-s38.json"
     for col, file in enumerate((amx, "avx2-paligemma-3b-224-s27.json")):
         res = result(file)["results"]
         ref = [v for k, v in res.items() if k.startswith("transformers")]
@@ -1090,3 +1090,10 @@ def test_amx_session_38_sentences_are_their_jsons():
     for file in ("zero-c", "direct-a"):
         assert not result(f"amx-bf16-mm-{file}-ab-s38.json")["kept"]
     assert not result("amx-dot-dynamic-chunks-ab-s38.json")["kept"]
+
+
+def test_amx_session_38_run_is_its_json():
+    """Session 38's 224 px run at the end of the session: its sentence, every target held."""
+    t, quote = run_quote("amx-paligemma-3b-224-s38.json", later=True)
+    assert quote + ": every 224 px target held" in " ".join(README.split()), quote
+    assert_targets(t)

@@ -65,6 +65,7 @@ HEADERS = tuple(
         "int4_dot_amx.h",
         "decode_ops.h",
         "attend_avx512.h",
+        "gelu_isa.h",
     )
 )
 # Sources compiled several times, once per -DPG_DOT_PART=k (an instruction set's loop each, so

@@ -4,13 +4,16 @@ paired round by round, on a saved checkpoint:
     python benchmarks/ab_prefill.py --switch MALLOC [--model DIR] [--rounds 4] [--prefills 4]
                                     [--json F]
     python benchmarks/ab_prefill.py --switch PRUNE  [--model DIR] [--rounds 10] [--json F]
+    python benchmarks/ab_prefill.py --switch GEGLU  [--model DIR] [--rounds 10] [--json F]
 
 MALLOC: glibc's malloc keeping freed activations (quant/malloc.py; PALIGEMMA_MALLOC=0 turns it
 off). It is a process's setting, so each round runs two processes, off and on (the order
 alternating from round to round), each the best of `--prefills` prefills after a warm-up, plus
 one batch-1 decode rate and the process's peak RSS. PRUNE: the final block for the last
 position only (gemma.PRUNE_MIN_TOKENS: 128, or off), toggled in one process, one prefill each
-way per round (the order alternating).
+way per round (the order alternating). GEGLU: Gemma's MLP prefill as one fused call on AMX
+(quant/gelu.py's FUSED_GEGLU: bf16_geglu, or two bf16_mm calls and gelu_tanh_), toggled the
+same way.
 
 DIR is a saved checkpoint (default: bench_vs_transformers.py's cached PaliGemma-3B-224; its
 `--preset paligemma-3b-448` run saves the 448 px one beside it). On a shared host a process's
@@ -38,11 +41,17 @@ from bench_vs_transformers import inputs
 import paligemma
 from paligemma import gemma
 from paligemma import generate as engine
+from paligemma.quant import gelu as cpu_gelu
 from paligemma.quant import malloc
 
 DEFAULT = Path.home() / ".cache" / "paligemma-bench" / "paligemma-3b-224"
-SWITCHES = ("MALLOC", "PRUNE")
 PRUNE_OFF = 1 << 62  # a PRUNE_MIN_TOKENS no input reaches
+# The switches toggled in one process: (module, setting, its value when off).
+TOGGLES = {
+    "PRUNE": (gemma, "PRUNE_MIN_TOKENS", PRUNE_OFF),
+    "GEGLU": (cpu_gelu, "FUSED_GEGLU", False),
+}
+SWITCHES = ("MALLOC", *TOGGLES)
 
 
 def timings(model, batch_inputs: dict, new_tokens: int) -> dict:
@@ -91,30 +100,32 @@ def malloc_rounds(path: Path, rounds: int, prefills: int) -> dict:
     return out
 
 
-def prune_rounds(path: Path, rounds: int) -> dict:
-    """One process, PRUNE_MIN_TOKENS default / off alternating: prefill seconds each way."""
+def toggle_rounds(path: Path, rounds: int, switch: str) -> dict:
+    """One process, the module setting of `switch` (TOGGLES) at its default / off alternating:
+    prefill seconds each way; the setting put back after."""
+    module, name, off = TOGGLES[switch]
     model = paligemma.load_model(path, dtype=torch.bfloat16)
     one = inputs(model.cfg, 1)
-    default = gemma.PRUNE_MIN_TOKENS
+    default = getattr(module, name)
     times: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for side in ("on", "off"):  # warm-up both ways
-            gemma.PRUNE_MIN_TOKENS = default if side == "on" else PRUNE_OFF
+            setattr(module, name, default if side == "on" else off)
             timings(model, one, 1)
         for r in range(rounds):
             for side in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                gemma.PRUNE_MIN_TOKENS = default if side == "on" else PRUNE_OFF
+                setattr(module, name, default if side == "on" else off)
                 times[side].append(timings(model, one, 1)["prefill_s"])
             print(f"  round {r + 1}: off {times['off'][-1]:.3f} s, on {times['on'][-1]:.3f} s")
     finally:
-        gemma.PRUNE_MIN_TOKENS = default
+        setattr(module, name, default)
     ratios = [b / a for a, b in zip(times["off"], times["on"], strict=True)]
     return {
         "off_prefill_s": times["off"],
         "on_prefill_s": times["on"],
         "prefill_s_ratios": ratios,
         "prefill_s_median_ratio": statistics.median(ratios),
-        "prune_min_tokens": default,
+        name.lower(): default,
     }
 
 
@@ -127,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--model", type=Path, default=DEFAULT, help="saved checkpoint (default: %(default)s)"
     )
-    ap.add_argument("--rounds", type=int, help="paired rounds (default: MALLOC 4, PRUNE 10)")
+    ap.add_argument(
+        "--rounds", type=int, help="paired rounds (default: MALLOC 4, PRUNE and GEGLU 10)"
+    )
     ap.add_argument(
         "--prefills", type=int, default=4, help="MALLOC: prefills a process (default: 4)"
     )
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         out |= malloc_rounds(args.model, rounds, args.prefills)
         keys = ("prefill_s", "decode_tok_s", "peak_rss_gb")
     else:
-        out |= prune_rounds(args.model, rounds)
+        out |= toggle_rounds(args.model, rounds, args.switch)
         keys = ("prefill_s",)
     for key in keys:
         print(f"{key}: on / off, median of {rounds} paired rounds {out[f'{key}_median_ratio']:.3f}")

@@ -52,6 +52,26 @@ def test_prune_rounds_toggle_the_cut_and_restore_it(ab_prefill, checkpoint, tmp_
     assert rows.count(1) == 4 and rows.count(full) == 4 and len(rows) == 8, rows
 
 
+def test_geglu_rounds_toggle_the_fused_mlp_and_restore_it(ab_prefill, checkpoint):
+    seen: list[bool] = []  # FUSED_GEGLU as each prefill's MLPs saw it
+    gelu = ab_prefill.cpu_gelu
+    geglu = gelu.CpuGeluTanh.geglu
+
+    def watched(self, *args):
+        seen.append(gelu.FUSED_GEGLU)
+        return geglu(self, *args)
+
+    gelu.CpuGeluTanh.geglu = watched
+    try:
+        out = ab_prefill.main(["--switch", "GEGLU", "--model", str(checkpoint), "--rounds", "2"])
+    finally:
+        gelu.CpuGeluTanh.geglu = geglu
+    assert out["fused_geglu"] is True and gelu.FUSED_GEGLU is True  # restored
+    assert len(out["on_prefill_s"]) == len(out["off_prefill_s"]) == 2
+    layers = len(seen) // 6  # warm-up on / off, rounds on, off / off, on: one call a layer each
+    assert layers > 0 and seen == [v for v in (1, 0, 1, 0, 0, 1) for _ in range(layers)], seen
+
+
 def test_malloc_rounds_run_processes_with_the_setting_off_and_on(ab_prefill, checkpoint):
     out = ab_prefill.main(
         ["--switch", "MALLOC", "--model", str(checkpoint), "--rounds", "1", "--prefills", "1"]

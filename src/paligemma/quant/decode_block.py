@@ -222,7 +222,7 @@ def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tup
         if kind is Int8Linear and rows <= KERNEL_ROWS:  # one row (the dots start at two)
             return INT8_MATMUL, weights, scales, [8, 0, cpu_kernels.isa(), 0]
         return None
-    if any(matvec._prefill_path(x, w, None, rows_alone) for w in weights):
+    if any(matvec.prefill_path(x, w, None, rows_alone) for w in weights):
         return None
     mode = MV if matvec._matvec(x, rows_alone) else LINEAR
     return mode, weights, [], [0, 0, 0, 0]

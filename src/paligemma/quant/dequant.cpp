@@ -22,6 +22,11 @@
 //       x @ w.T (+ bias) on the same AMX-BF16 GEMM, w's rows copied into its panels (no
 //       dequantisation): float32 sums, the bias added in float32, one rounding; I a multiple
 //       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py)
+//   bf16_geglu(x bf16[M, I], w_gate bf16[O, I], w_up bf16[O, I], tile) -> bf16[M, O]
+//       gelu_tanh(x @ w_gate.T) * (x @ w_up.T), GeGLU's hidden layer, bit for bit as bf16_mm
+//       twice and gelu_tanh_(gate, up) round it, with the GELU and the product applied to each
+//       span's float32 sums before they leave the thread (no gate / up tensors written and
+//       read back); the same shapes and errors as bf16_mm (Gemma's MLP prefill: geglu.py)
 //   f32_mm(x bf16[M, I], w bf16[O, I], bias?, tile, isa=-1) -> bf16[M, O]
 //       x @ w.T (+ bias) in float32 products: w's rows widened into our float32 GEMM's panels,
 //       `tile` output columns per block (f32_gemm.h; isa 0: widened `tile` rows at a time for
@@ -121,6 +126,7 @@ namespace pg_dq_scalar {
 #include "dequant_rows.h"
 #undef PG_DQ_ISA
 }  // namespace pg_dq_scalar
+#include "gelu_isa.h"  // (its common part, for dequant_amx.h's GeGLU store)
 #include "dequant_amx.h"
 
 namespace {
@@ -337,6 +343,19 @@ at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
   return amx_mm(x, w, w, 16, 0, tile, b);
 }
 
+at::Tensor bf16_geglu(const at::Tensor& x_, const at::Tensor& wg_, const at::Tensor& wu_,
+                      int64_t tile) {
+  TORCH_CHECK(amx_bf16_ready(), "bf16_geglu: no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(x_.dim() == 2 && wg_.dim() == 2 && wg_.sizes() == wu_.sizes() &&
+                  x_.size(1) == wg_.size(1) && tile > 0,
+              "bf16_geglu: x [M, I], w_gate and w_up [O, I], tile > 0");
+  for (const at::Tensor* t : {&x_, &wg_, &wu_})
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16, "bf16_geglu: x and the weights bfloat16");
+  TORCH_CHECK(x_.size(1) % 32 == 0, "bf16_geglu: in features a multiple of 32");
+  const at::Tensor x = x_.contiguous(), wg = wg_.contiguous(), wu = wu_.contiguous();
+  return amx_mm(x, wg, wg, 16, 0, tile, nullptr, &wu);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -348,5 +367,6 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
         &dequant_mm);
   m.def("f32_mm(Tensor x, Tensor w, Tensor? bias, int tile, int isa=-1) -> Tensor", &f32_mm);
   m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile) -> Tensor", &bf16_mm);
+  m.def("bf16_geglu(Tensor x, Tensor w_gate, Tensor w_up, int tile) -> Tensor", &bf16_geglu);
   m.def("cpu_amx_bf16() -> int", [] { return int64_t(amx_bf16_ready()); });
 }

@@ -30,6 +30,11 @@ bool pg_amx_ready();  // int4_dot.cpp: AMX-TILE and AMX-INT8 in CPUID, the OS's 
 #ifdef PG_DQ_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
+namespace pg_dq_gelu {  // gelu_tanh_'s AVX-512 loop, for bf16_geglu's store
+#define PG_GELU_ISA 2
+#include "gelu_isa.h"
+#undef PG_GELU_ISA
+}  // namespace pg_dq_gelu
 namespace pg_dq_amx {
 
 // inputs per K block: 256 against 512 took a bfloat16 PaliGemma-3B-224 prefill to 0.90x (paired
@@ -248,7 +253,7 @@ inline void panel_products(const Mm& d, const Panel& p, int64_t n16, float* c, P
 // Output rows [o0, o0 + n) on this thread, per K block of kKB inputs and panel of 32 rows: w holds
 // two panels (32 x (kKB + 32) bfloat16 each: the one multiplied, the next one dequantised), c
 // n16 x Mp floats.
-inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
+inline void span_products(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
   const int64_t n16 = (n + 15) / 16 * 16, panels = (n16 + 31) / 32, ld = kKB + 32;
   const int64_t jobs = (d.I + kKB - 1) / kKB * panels;
   auto job = [&](int64_t j) {  // K block j / panels, panel j % panels
@@ -266,22 +271,69 @@ inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
     next.finish(d);
     p = next;
   }
+}
+
+// GeGLU's store: out = gelu_tanh(gate) * up from the C of both (cg, cu: [n16][Mp]), each step
+// rounded as bf16_mm's store_out rounds gate and up (a zero bias added: -0 becomes +0) and
+// gelu_tanh_ then rounds the GELU and the product (its AVX-512 loop's steps, pg_dq_gelu): the
+// same bits as the three ops in turn.
+inline void store_geglu(const Mm& d, const float* cg, const float* cu, int64_t o0, int64_t n) {
+  namespace G = pg_dq_gelu;
+  __asm__ volatile("" ::: "memory");  // (the tile stores wrote cg and cu)
+  __m512i rg[16], ru[16];
+  alignas(64) uint16_t g[16], u[16], h[16];
+  for (int64_t mb = 0; mb < d.M; mb += 16) {
+    for (int64_t nb = 0; nb < n; nb += 16) {
+      const __mmask16 keep = n - nb >= 16 ? 0xffff : (1u << (n - nb)) - 1;
+      for (int l = 0; l < 16; ++l) {
+        rg[l] = _mm512_load_si512(cg + (nb + l) * d.Mp + mb);
+        ru[l] = _mm512_load_si512(cu + (nb + l) * d.Mp + mb);
+      }
+      transpose16(rg), transpose16(ru);
+      for (int64_t m = mb; m < std::min(mb + 16, d.M); ++m) {
+        const __m512 zero = _mm512_setzero_ps();
+        const __m512 fg = _mm512_add_ps(_mm512_castsi512_ps(rg[m - mb]), zero);
+        const __m512 fu = _mm512_add_ps(_mm512_castsi512_ps(ru[m - mb]), zero);
+        _mm256_store_si256((__m256i*)g, (__m256i)_mm512_cvtneps_pbh(fg));
+        _mm256_store_si256((__m256i*)u, (__m256i)_mm512_cvtneps_pbh(fu));
+        G::store(h, G::gelu(G::load(g)));
+        G::store(h, G::mul(G::load(h), G::load(u)));
+        _mm256_mask_storeu_epi16(d.out + m * d.O + o0 + nb, keep, _mm256_load_si256((const __m256i*)h));
+      }
+    }
+  }
+}
+
+inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
+  span_products(d, o0, n, w, c);
   store_out(d, c, o0, n);
 }
 
 // Spans of `tile` output rows, the next free one each time, on this thread (its tiles configured
 // here and released after; its buffers kept for its next call).
-inline void spans(const Mm& d, int64_t tile, std::atomic<int64_t>& next) {
+// With `up` (bf16_geglu: d the gate, *up the up projection, the same shapes), each span's
+// products of both, then store_geglu.
+inline void spans(const Mm& d, int64_t tile, std::atomic<int64_t>& next, const Mm* up = nullptr) {
   thread_local std::vector<uint16_t> wbuf;
   thread_local std::vector<float> cbuf;
-  const int64_t rows = (tile + 15) / 16 * 16;
+  const int64_t rows = (tile + 15) / 16 * 16, cn = rows * d.Mp + 16;
   wbuf.resize(std::max<size_t>(wbuf.size(), 64 * (kKB + 32) + 32));
-  cbuf.resize(std::max<size_t>(cbuf.size(), rows * d.Mp + 16));
+  cbuf.resize(std::max<size_t>(cbuf.size(), up ? 2 * cn : cn));
   auto* w = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(wbuf.data()) + 63) & ~63ul);
   auto* c = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cbuf.data()) + 63) & ~63ul);
   configure();
   const int64_t spans = (d.O + tile - 1) / tile;
-  for (int64_t t = next++; t < spans; t = next++) span(d, t * tile, std::min(tile, d.O - t * tile), w, c);
+  for (int64_t t = next++; t < spans; t = next++) {
+    const int64_t o0 = t * tile, n = std::min(tile, d.O - o0);
+    if (!up) {
+      span(d, o0, n, w, c);
+      continue;
+    }
+    float* cu = c + (cn - 16);  // (cn - 16: a multiple of 16 floats, so cu stays aligned)
+    span_products(d, o0, n, w, c);
+    span_products(*up, o0, n, w, cu);
+    store_geglu(d, c, cu, o0, n);
+  }
   _tile_release();
 }
 
@@ -310,7 +362,8 @@ bool amx_bf16_ready() {
 // float32 [O] or nullptr), kMaxRows rows of x a pass: x re-laid out (all threads), then each
 // thread takes spans of `tile` output rows.
 at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
-                  int64_t bits, int64_t group, int64_t tile, const float* bias = nullptr) {
+                  int64_t bits, int64_t group, int64_t tile, const float* bias = nullptr,
+                  const at::Tensor* up = nullptr) {
   const int64_t M = x.size(0), I = x.size(1), O = q.size(0);
   at::Tensor out = at::empty({M, O}, x.options());
 #ifdef PG_DQ_X86
@@ -327,10 +380,13 @@ at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
     at::parallel_for(0, Mp / 16, 1, [&](int64_t a, int64_t b) {
       for (; a < b; ++a) pg_dq_amx::pack_x(xp, d, a);
     });
+    pg_dq_amx::Mm du = d;  // bf16_geglu: the up projection's weight (bits 16, no bias)
+    if (up) du.q = du.scale = up->data_ptr();
     std::atomic<int64_t> next{0};
     const int64_t spans = (O + tile - 1) / tile;
-    at::parallel_for(0, std::min(spans, int64_t(at::get_num_threads())), 1,
-                     [&](int64_t, int64_t) { pg_dq_amx::spans(d, tile, next); });
+    at::parallel_for(0, std::min(spans, int64_t(at::get_num_threads())), 1, [&](int64_t, int64_t) {
+      pg_dq_amx::spans(d, tile, next, up ? &du : nullptr);
+    });
   }
 #endif
   return out;

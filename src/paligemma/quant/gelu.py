@@ -16,11 +16,16 @@ everything else keeps GeluTanh's ops.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..activations import GeluTanh
 from . import kernels as cpu_kernels
+from .linear import TILE  # output rows a thread takes at a time (as matvec's AMX GEMM)
 
 FAST_GELU = True  # bfloat16 CPU activations through gelu.cpp (False: PyTorch's kernel)
+# Gemma's MLP prefill on AMX as one call (bf16_geglu: GeGLU's GELU and product applied to the
+# GEMMs' float32 sums before they leave the thread; False: two bf16_mm calls and gelu_tanh_)
+FUSED_GEGLU = True
 
 
 def _kernel_takes(x: torch.Tensor, up: torch.Tensor | None) -> bool:
@@ -37,9 +42,33 @@ def _kernel_takes(x: torch.Tensor, up: torch.Tensor | None) -> bool:
 
 
 class CpuGeluTanh(GeluTanh):
-    """GeluTanh whose bfloat16 CPU activations go through gelu.cpp, in place."""
+    """GeluTanh whose bfloat16 CPU activations go through gelu.cpp, in place; for Gemma's MLP
+    also `geglu`, its hidden layer in one call where the prefill takes our AMX GEMM."""
 
     def forward(self, x: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
         if _kernel_takes(x, up):
             return torch.ops.paligemma_cpu.gelu_tanh_(x, up, cpu_kernels.isa())
         return super().forward(x, up)
+
+    def geglu(self, x: torch.Tensor, gate: nn.Module, up: nn.Module) -> torch.Tensor | None:
+        """gelu_tanh(gate(x)) * up(x) (..., out) through dequant.cpp's bf16_geglu, bit for bit
+        what the two projections and this module's forward give, where both projections are
+        plain MatVecLinears without bias whose rows take the AMX GEMM (matvec's "amx" path), no
+        hooks are set on them or on this module, and FAST_GELU and FUSED_GEGLU are on; else
+        None (the caller runs the three)."""
+        from .matvec import MatVecLinear, prefill_path  # (matvec imports this module)
+
+        if not (FAST_GELU and FUSED_GEGLU) or self._forward_hooks or self._forward_pre_hooks:
+            return None
+        layers = (gate, up)
+        if any(type(m) is not MatVecLinear or m.bias is not None for m in layers):
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in layers):
+            return None
+        if gate.weight.shape != up.weight.shape or gate.weight.dtype != up.weight.dtype:
+            return None
+        if any(prefill_path(x, m.weight, None, m.rows_alone) != "amx" for m in layers):
+            return None
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.paligemma_cpu.bf16_geglu(flat, gate.weight, up.weight, TILE)
+        return out.view(*x.shape[:-1], -1)  # (..., out)

@@ -88,7 +88,7 @@ def _f32_products(weight: torch.Tensor, rows_alone: bool, alone_ok: bool = False
     return not rows_alone or (alone_ok and cpu_kernels.isa() >= 1)
 
 
-def _prefill_path(
+def prefill_path(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows_alone: bool
 ) -> str | None:
     """ "amx" (bf16_mm), "f32" (f32_mm) or None (F.linear, torch.mv) for x's rows (module
@@ -113,7 +113,7 @@ def linear(
     """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv
     (with few threads, or `rows_alone`), bfloat16 prefill rows through our AMX-BF16 GEMM, or
     in float32 products where the CPU has no fast bfloat16 GEMM (module docstring)."""
-    path = _prefill_path(x, weight, bias, rows_alone)
+    path = prefill_path(x, weight, bias, rows_alone)
     if path is not None:
         flat = x.reshape(-1, x.shape[-1])
         if path == "amx":

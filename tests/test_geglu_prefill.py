@@ -1,0 +1,107 @@
+"""Gemma's MLP prefill as one AMX call (dequant.cpp's bf16_geglu, quant/gelu.py's
+CpuGeluTanh.geglu): bit for bit what two bf16_mm calls and gelu_tanh_ give, and taken only where
+both projections would take the AMX GEMM, with no hooks to skip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from paligemma.config import GemmaConfig
+from paligemma.gemma import MLP
+from paligemma.quant import gelu as cpu_gelu
+from paligemma.quant import kernels as cpu_kernels
+from paligemma.quant.matvec import install_matvec_
+
+
+def amx_bf16() -> bool:
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    return bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
+
+
+def operands(rows: int, i: int, o: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, i, generator=g).to(torch.bfloat16)
+    wg, wu = ((torch.randn(o, i, generator=g) * 0.1).to(torch.bfloat16) for _ in range(2))
+    return x, wg, wu
+
+
+def three_ops(x, wg, wu):
+    ops = torch.ops.paligemma_cpu
+    return ops.gelu_tanh_(ops.bf16_mm(x, wg, None, 256), ops.bf16_mm(x, wu, None, 256), -1)
+
+
+def test_bf16_geglu_is_bf16_mm_twice_and_gelu_tanh_bit_for_bit():
+    """Rows within one pass and past it (1,024 rows), K blocks with a short last one, output
+    rows short of a panel and of a tile, 1 and 2 threads; sums of +-0, huge, inf and NaN (the
+    roundings' and the GELU's edges). Without AMX-BF16 the op is a clear error."""
+    ops = torch.ops.paligemma_cpu
+    if not amx_bf16():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ops.bf16_geglu(*operands(20, 64, 8), 256)
+        return
+    threads = torch.get_num_threads()
+    try:
+        for (rows, i, o), n in zip(
+            [(268, 2048, 300), (17, 64, 37), (40, 2080, 17), (1100, 96, 50)],
+            (2, 1, 2, 2),
+            strict=True,
+        ):
+            torch.set_num_threads(n)
+            x, wg, wu = operands(rows, i, o, seed=rows)
+            got = ops.bf16_geglu(x, wg, wu, 256)
+            assert got.dtype == torch.bfloat16 and got.shape == (rows, o)
+            assert torch.equal(got.view(torch.int16), three_ops(x, wg, wu).view(torch.int16))
+        x, wg, wu = operands(32, 64, 48, seed=1)
+        x[0], x[1, :5] = 0.0, torch.tensor([math.inf, -math.inf, math.nan, 3e38, -3e38])
+        wg[0], wu[1] = -0.0, 0.0
+        wg[2, :2], wu[3, :2] = torch.tensor([1e30, -1e30]), torch.tensor([math.nan, 1.0])
+        got = ops.bf16_geglu(x, wg, wu, 256)
+        assert torch.equal(got.view(torch.int16), three_ops(x, wg, wu).view(torch.int16))
+        assert got.isnan().any() and (got.view(torch.int16) == -32768).any()  # NaN and -0 seen
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(RuntimeError, match="w_gate and w_up"):
+        ops.bf16_geglu(x, wg, wu[:5], 256)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.bf16_geglu(x[:, :40], wg[:, :40], wu[:, :40], 256)
+
+
+def mlp(width: int = 64, hidden: int = 96) -> MLP:
+    torch.manual_seed(0)
+    block = MLP(GemmaConfig(width=width, mlp_dim=hidden)).to(torch.bfloat16).eval()
+    return install_matvec_(torch.nn.Sequential(block))[0]
+
+
+def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(monkeypatch):
+    """Gemma's MLP after install_matvec_: the same output bits with FUSED_GEGLU on and off; the
+    fused call taken for a prefill's rows where the CPU has AMX-BF16, not for few rows, a
+    gradient to record, FUSED_GEGLU or FAST_GELU off, or a hook on a projection or the GELU."""
+    has, ops = amx_bf16(), torch.ops.paligemma_cpu
+    calls: list[int] = []
+    real = ops.bf16_geglu
+    monkeypatch.setattr(ops, "bf16_geglu", lambda *a: calls.append(1) or real(*a))
+    m = mlp()
+    x = torch.randn(2, 20, 64).to(torch.bfloat16)
+
+    def taken(x, grad: bool = False) -> bool:
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            got = m(x)
+            with monkeypatch.context() as off:
+                off.setattr(cpu_gelu, "FUSED_GEGLU", False)
+                assert torch.equal(got.view(torch.int16), m(x).view(torch.int16))
+        return bool(calls)
+
+    assert taken(x) == has
+    assert not taken(x[:1, :16]) and not taken(x, grad=True)
+    monkeypatch.setattr(cpu_gelu, "FAST_GELU", False)
+    assert not taken(x)
+    monkeypatch.setattr(cpu_gelu, "FAST_GELU", True)
+    for module in (m.gate_proj, m.up_proj, m.act):
+        hook = module.register_forward_hook(lambda *_: None)
+        assert not taken(x)
+        hook.remove()
+    assert taken(x) == has

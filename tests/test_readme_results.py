@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -1079,6 +1080,13 @@ def test_amx_session_38_sentences_are_their_jsons():
             [f"int{b} {s} r{r}" for s in every for b in (4, 8) for r in (1, 8)],
         ),
     ]
+    geglu = result("amx-geglu-ab-s38.json")
+    ratios, off, on = (geglu[k] for k in ("prefill_s_ratios", "off_prefill_s", "on_prefill_s"))
+    quotes.append(
+        f"on / off {geglu['prefill_s_median_ratio']:.3f} (median of {len(ratios)} paired rounds, "
+        f"{min(ratios):.2f}-{max(ratios):.2f}; {statistics.median(off):.3f} s against "
+        f"{statistics.median(on):.3f} s"
+    )
     for quoted in quotes:
         assert quoted in text, quoted
     variants = " ".join(result(slabs)["variants_not_kept"].values())

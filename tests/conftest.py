@@ -242,3 +242,15 @@ def spy_taken(patch, cls, name: str) -> list[bool]:
 
     patch.setattr(cls, name, spy)
     return taken
+
+
+def amx_bf16() -> bool:
+    """dequant.cpp's AMX-BF16 GEMMs (dequant_mm, bf16_mm, bf16_geglu) can run here; where they
+    cannot, the CPU lacks a flag for them."""
+    from paligemma.quant import kernels as cpu_kernels
+
+    assert cpu_kernels.available(), cpu_kernels.why_not()
+    has = bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
+    flags = Path("/proc/cpuinfo").read_text() if has else ""
+    assert not has or all(f in flags for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
+    return has

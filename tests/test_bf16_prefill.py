@@ -8,15 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import amx_bf16
 
 from paligemma.quant import kernels as cpu_kernels
 from paligemma.quant import linear as q_linear
 from paligemma.quant import matvec
-
-
-def amx_bf16() -> bool:
-    assert cpu_kernels.available(), cpu_kernels.why_not()
-    return bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
 
 
 def operands(rows: int, i: int, o: int, seed: int = 0):

@@ -8,17 +8,12 @@ import math
 
 import pytest
 import torch
+from conftest import amx_bf16
 
 from paligemma.config import GemmaConfig
 from paligemma.gemma import MLP
 from paligemma.quant import gelu as cpu_gelu
-from paligemma.quant import kernels as cpu_kernels
 from paligemma.quant.matvec import install_matvec_
-
-
-def amx_bf16() -> bool:
-    assert cpu_kernels.available(), cpu_kernels.why_not()
-    return bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
 
 
 def operands(rows: int, i: int, o: int, seed: int = 0):

@@ -4,10 +4,9 @@ product it feeds equals x @ dequantize().T without dequantising the matrix in Py
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import amx_bf16
 from torch import nn
 
 from paligemma.quant import codes as quant_codes
@@ -140,15 +139,6 @@ def test_quantiser_threads_share_the_rows_in_blocks():
             assert torch.equal(got[0][-5:], ops.quantize(w[-5:], bits, 64)[0])
     finally:
         torch.set_num_threads(threads)
-
-
-def amx_bf16() -> bool:
-    """dequant_mm's AMX-BF16 GEMM can run here; where it cannot, the CPU lacks a flag for it."""
-    assert cpu_kernels.available(), cpu_kernels.why_not()
-    has = bool(torch.ops.paligemma_cpu.cpu_amx_bf16())
-    flags = Path("/proc/cpuinfo").read_text() if has else ""
-    assert not has or all(f in flags for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
-    return has
 
 
 # (in, out, group): one K block and several (dequant_amx.h's kKB 256, a short last one), output

@@ -73,7 +73,8 @@ def mlp(width: int = 64, hidden: int = 96) -> MLP:
 def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(monkeypatch):
     """Gemma's MLP after install_matvec_: the same output bits with FUSED_GEGLU on and off; the
     fused call taken for a prefill's rows where the CPU has AMX-BF16, not for few rows, a
-    gradient to record, FUSED_GEGLU or FAST_GELU off, or a hook on a projection or the GELU."""
+    gradient to record or autograd on, FUSED_GEGLU or FAST_GELU off, or a hook on a projection,
+    on the GELU or for every module."""
     has, ops = amx_bf16(), torch.ops.paligemma_cpu
     calls: list[int] = []
     real = ops.bf16_geglu
@@ -92,6 +93,9 @@ def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(monkeypa
 
     assert taken(x) == has
     assert not taken(x[:1, :16]) and not taken(x, grad=True)
+    for p in m.parameters():  # autograd on, nothing to record: PyTorch's GELU in forward
+        p.requires_grad_(False)
+    assert not taken(x, grad=True)
     monkeypatch.setattr(cpu_gelu, "FAST_GELU", False)
     assert not taken(x)
     monkeypatch.setattr(cpu_gelu, "FAST_GELU", True)
@@ -99,4 +103,7 @@ def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(monkeypa
         hook = module.register_forward_hook(lambda *_: None)
         assert not taken(x)
         hook.remove()
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    assert not taken(x)
+    hook.remove()
     assert taken(x) == has

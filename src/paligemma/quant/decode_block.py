@@ -96,7 +96,7 @@ def step_key(x: torch.Tensor, cache) -> tuple:
     switches += (cpu_rms.FAST_RMS, cpu_rms.MIN_WIDTH)
     switches += (linear.DOT_ROWS, linear.INT8_ACTIVATIONS, cpu_kernels.NARROW_VNNI_ROWS)
     switches += (cpu_kernels.WIDE_ONE_ROW,)
-    return (*step, *switches, _global_hooks())
+    return (*step, *switches, matvec.hooked())
 
 
 class CpuDecodeBlock(Block):
@@ -196,9 +196,7 @@ class CpuDecodeBlock(Block):
         kinds = kinds and type(attn) is Attention and type(mlp) is MLP
         if not kinds or type(mlp.act) not in (GeluTanh, cpu_gelu.CpuGeluTanh):
             return False
-        if _global_hooks():
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        return not matvec.hooked(*self.modules())
 
 
 def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tuple | None:
@@ -240,10 +238,3 @@ def _ops(linear: int, x: torch.Tensor, cache, norm: nn.Module) -> int:
     if cache.v.dtype != cache.k.dtype or cache.v.stride() != cache.k.stride():
         return aten
     return cpu_kernels.isa()
-
-
-def _global_hooks() -> bool:
-    """Forward hooks registered for every module (torch.nn.modules.module's globals)."""
-    from torch.nn.modules import module as m
-
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks)

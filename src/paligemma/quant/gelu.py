@@ -54,16 +54,18 @@ class CpuGeluTanh(GeluTanh):
         """gelu_tanh(gate(x)) * up(x) (..., out) through dequant.cpp's bf16_geglu, bit for bit
         what the two projections and this module's forward give, where both projections are
         plain MatVecLinears without bias whose rows take the AMX GEMM (matvec's "amx" path), no
-        hooks are set on them or on this module, and FAST_GELU and FUSED_GEGLU are on; else
-        None (the caller runs the three)."""
-        from .matvec import MatVecLinear, prefill_path  # (matvec imports this module)
+        hooks are set on them, on this module or for every module, autograd is off (forward's
+        condition for gelu.cpp), and FAST_GELU and FUSED_GEGLU are on; else None (the caller
+        runs the three)."""
+        from .matvec import MatVecLinear, hooked, prefill_path  # (matvec imports this module)
 
-        if not (FAST_GELU and FUSED_GEGLU) or self._forward_hooks or self._forward_pre_hooks:
+        # (with autograd on, forward takes PyTorch's GELU: other bits)
+        if not (FAST_GELU and FUSED_GEGLU) or torch.is_grad_enabled():
             return None
         layers = (gate, up)
         if any(type(m) is not MatVecLinear or m.bias is not None for m in layers):
             return None
-        if any(m._forward_hooks or m._forward_pre_hooks for m in layers):
+        if hooked(self, *layers):
             return None
         if gate.weight.shape != up.weight.shape or gate.weight.dtype != up.weight.dtype:
             return None

@@ -62,6 +62,16 @@ F32_MIN_ROWS = 3
 F32_MIN_WEIGHTS = 2**18
 
 
+def hooked(*modules: nn.Module) -> bool:
+    """Forward hooks that a fused call would skip: on any of `modules`, or registered for every
+    module (torch.nn.modules.module's globals)."""
+    from torch.nn.modules import module as m
+
+    if m._global_forward_hooks or m._global_forward_pre_hooks:
+        return True
+    return any(k._forward_hooks or k._forward_pre_hooks for k in modules)
+
+
 def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
     """One row of x on the CPU, to go through torch.mv (module docstring)."""
     if x.device.type != "cpu" or x.numel() != x.shape[-1]:

@@ -13,6 +13,7 @@ from conftest import amx_bf16
 from paligemma.config import GemmaConfig
 from paligemma.gemma import MLP
 from paligemma.quant import gelu as cpu_gelu
+from paligemma.quant.linear import quantize_
 from paligemma.quant.matvec import install_matvec_
 
 
@@ -64,22 +65,62 @@ def test_bf16_geglu_is_bf16_mm_twice_and_gelu_tanh_bit_for_bit():
         ops.bf16_geglu(x[:, :40], wg[:, :40], wu[:, :40], 256)
 
 
-def mlp(width: int = 64, hidden: int = 96) -> MLP:
+def test_dequant_geglu_is_dequant_mm_twice_and_gelu_tanh_bit_for_bit():
+    """int8 and int4 codes (groups 32 to 128), float32 and bfloat16 scales, rows within a pass
+    and past it, output rows short of a panel: the same bits as dequant_mm's AMX path for gate
+    and up, then gelu_tanh_. Mismatched gate / up codes are an error; without AMX-BF16 the op
+    is one."""
+    ops = torch.ops.paligemma_cpu
+    x, wg, wu = operands(40, 256, 37, seed=3)
+    if not amx_bf16():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ops.dequant_geglu(x, *ops.quantize(wg, 8, 0), *ops.quantize(wu, 8, 0), 8, 0, 256)
+        return
+    for (rows, i, o), bits, group, sdtype in (
+        ((268, 2048, 300), 8, 0, torch.bfloat16),
+        ((40, 256, 37), 4, 32, torch.float32),
+        ((1100, 512, 50), 4, 128, torch.bfloat16),
+        ((20, 1024, 17), 4, 64, torch.float32),
+    ):
+        x, wg, wu = operands(rows, i, o, seed=rows)
+        (qg, sg), (qu, su) = (ops.quantize(w.float(), bits, group) for w in (wg, wu))
+        sg, su = sg.to(sdtype), su.to(sdtype)
+        gate, up = (
+            ops.dequant_mm(x, q, sc, bits, group, 256, -1, 1, 0) for q, sc in ((qg, sg), (qu, su))
+        )
+        want = ops.gelu_tanh_(gate, up, -1)
+        got = ops.dequant_geglu(x, qg, sg, qu, su, bits, group, 256)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (rows, bits, group)
+    with pytest.raises(RuntimeError, match="alike"):
+        ops.dequant_geglu(x, qg, sg, qu[:5], su[:5], bits, group, 256)
+
+
+def mlp(mode: str | None, width: int = 64, hidden: int = 96) -> MLP:
+    """Gemma's MLP in bfloat16 as loading installs it, its linears int8 / int4 (group 32) when
+    `mode` says so."""
     torch.manual_seed(0)
     block = MLP(GemmaConfig(width=width, mlp_dim=hidden)).to(torch.bfloat16).eval()
-    return install_matvec_(torch.nn.Sequential(block))[0]
+    model = torch.nn.Sequential(block)
+    if mode:
+        quantize_(model, mode, include="*", group=32, head=False)
+    return install_matvec_(model)[0]
 
 
-def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(monkeypatch):
-    """Gemma's MLP after install_matvec_: the same output bits with FUSED_GEGLU on and off; the
-    fused call taken for a prefill's rows where the CPU has AMX-BF16, not for few rows, a
-    gradient to record or autograd on, FUSED_GEGLU or FAST_GELU off, or a hook on a projection,
-    on the GELU or for every module."""
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(mode, monkeypatch):
+    """Gemma's MLP after install_matvec_ (bfloat16 linears: bf16_geglu; int8 / int4:
+    dequant_geglu): the same output bits with FUSED_GEGLU on and off; the fused call taken for a
+    prefill's rows where the CPU has AMX-BF16, not for few rows, a gradient to record or
+    autograd on, FUSED_GEGLU or FAST_GELU off, or a hook on a projection, on the GELU or for
+    every module."""
     has, ops = amx_bf16(), torch.ops.paligemma_cpu
     calls: list[int] = []
-    real = ops.bf16_geglu
-    monkeypatch.setattr(ops, "bf16_geglu", lambda *a: calls.append(1) or real(*a))
-    m = mlp()
+    name = "dequant_geglu" if mode else "bf16_geglu"
+    real = getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *a: calls.append(1) or real(*a))
+    m = mlp(mode)
+    if mode:
+        assert type(m.gate_proj).__name__ == f"Int{mode[3]}Linear"
     x = torch.randn(2, 20, 64).to(torch.bfloat16)
 
     def taken(x, grad: bool = False) -> bool:

@@ -26,7 +26,10 @@
 //       gelu_tanh(x @ w_gate.T) * (x @ w_up.T), GeGLU's hidden layer, bit for bit as bf16_mm
 //       twice and gelu_tanh_(gate, up) round it, with the GELU and the product applied to each
 //       span's float32 sums before they leave the thread (no gate / up tensors written and
-//       read back); the same shapes and errors as bf16_mm (Gemma's MLP prefill: geglu.py)
+//       read back); the same shapes and errors as bf16_mm (Gemma's MLP prefill: gelu.py)
+//   dequant_geglu(x bf16[M, I], q_gate, scale_gate, q_up, scale_up, bits, group, tile)
+//       -> bf16[M, O]: the same from int8 / int4 codes, bit for bit as dequant_mm's AMX path
+//       twice (amx=1) and gelu_tanh_ round it
 //   f32_mm(x bf16[M, I], w bf16[O, I], bias?, tile, isa=-1) -> bf16[M, O]
 //       x @ w.T (+ bias) in float32 products: w's rows widened into our float32 GEMM's panels,
 //       `tile` output columns per block (f32_gemm.h; isa 0: widened `tile` rows at a time for
@@ -356,6 +359,25 @@ at::Tensor bf16_geglu(const at::Tensor& x_, const at::Tensor& wg_, const at::Ten
   return amx_mm(x, wg, wg, 16, 0, tile, nullptr, &wu);
 }
 
+at::Tensor dequant_geglu(const at::Tensor& x_, const at::Tensor& qg_, const at::Tensor& sg_,
+                         const at::Tensor& qu_, const at::Tensor& su_, int64_t bits,
+                         int64_t group, int64_t tile) {
+  TORCH_CHECK(amx_bf16_ready(), "dequant_geglu: no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(x_.dim() == 2 && x_.scalar_type() == at::kBFloat16 && tile > 0,
+              "dequant_geglu: x bfloat16 [M, I], tile > 0");
+  const at::Tensor qg = qg_.contiguous(), sg = sg_.contiguous();
+  const at::Tensor qu = qu_.contiguous(), su = su_.contiguous();
+  const int64_t I = x_.size(1);
+  check_codes(qg, sg, bits, group, I);
+  check_codes(qu, su, bits, group, I);
+  TORCH_CHECK(qg.sizes() == qu.sizes() && sg.sizes() == su.sizes() &&
+                  sg.scalar_type() == su.scalar_type(),
+              "dequant_geglu: the gate's and up's codes and scales alike");
+  TORCH_CHECK(I % 32 == 0 && (bits == 8 || group % 32 == 0),
+              "dequant_geglu: in features (int4: the group) a multiple of 32");
+  return amx_mm(x_.contiguous(), qg, sg, bits, group, tile, nullptr, &qu, &su);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
@@ -368,5 +390,8 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("f32_mm(Tensor x, Tensor w, Tensor? bias, int tile, int isa=-1) -> Tensor", &f32_mm);
   m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile) -> Tensor", &bf16_mm);
   m.def("bf16_geglu(Tensor x, Tensor w_gate, Tensor w_up, int tile) -> Tensor", &bf16_geglu);
+  m.def("dequant_geglu(Tensor x, Tensor q_gate, Tensor scale_gate, Tensor q_up, Tensor scale_up, "
+        "int bits, int group, int tile) -> Tensor",
+        &dequant_geglu);
   m.def("cpu_amx_bf16() -> int", [] { return int64_t(amx_bf16_ready()); });
 }

@@ -274,7 +274,7 @@ inline void span_products(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float
 }
 
 // GeGLU's store: out = gelu_tanh(gate) * up from the C of both (cg, cu: [n16][Mp]), each step
-// rounded as bf16_mm's store_out rounds gate and up (a zero bias added: -0 becomes +0) and
+// rounded as store_out rounds gate and up (bf16_mm, dequant_mm; a zero bias added: -0 becomes +0) and
 // gelu_tanh_ then rounds the GELU and the product (its AVX-512 loop's steps, pg_dq_gelu): the
 // same bits as the three ops in turn.
 inline void store_geglu(const Mm& d, const float* cg, const float* cu, int64_t o0, int64_t n) {
@@ -311,8 +311,8 @@ inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
 
 // Spans of `tile` output rows, the next free one each time, on this thread (its tiles configured
 // here and released after; its buffers kept for its next call).
-// With `up` (bf16_geglu: d the gate, *up the up projection, the same shapes), each span's
-// products of both, then store_geglu.
+// With `up` (bf16_geglu / dequant_geglu: d the gate, *up the up projection, the same shapes and
+// codes), each span's products of both, then store_geglu.
 inline void spans(const Mm& d, int64_t tile, std::atomic<int64_t>& next, const Mm* up = nullptr) {
   thread_local std::vector<uint16_t> wbuf;
   thread_local std::vector<float> cbuf;
@@ -363,7 +363,7 @@ bool amx_bf16_ready() {
 // thread takes spans of `tile` output rows.
 at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                   int64_t bits, int64_t group, int64_t tile, const float* bias = nullptr,
-                  const at::Tensor* up = nullptr) {
+                  const at::Tensor* up = nullptr, const at::Tensor* up_scale = nullptr) {
   const int64_t M = x.size(0), I = x.size(1), O = q.size(0);
   at::Tensor out = at::empty({M, O}, x.options());
 #ifdef PG_DQ_X86
@@ -380,8 +380,8 @@ at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
     at::parallel_for(0, Mp / 16, 1, [&](int64_t a, int64_t b) {
       for (; a < b; ++a) pg_dq_amx::pack_x(xp, d, a);
     });
-    pg_dq_amx::Mm du = d;  // bf16_geglu: the up projection's weight (bits 16, no bias)
-    if (up) du.q = du.scale = up->data_ptr();
+    pg_dq_amx::Mm du = d;  // GeGLU: the up projection's weight and scales (no bias)
+    if (up) du.q = up->data_ptr(), du.scale = (up_scale ? up_scale : up)->data_ptr();
     std::atomic<int64_t> next{0};
     const int64_t spans = (O + tile - 1) / tile;
     at::parallel_for(0, std::min(spans, int64_t(at::get_num_threads())), 1, [&](int64_t, int64_t) {

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..activations import GeluTanh
 from . import kernels as cpu_kernels
-from .linear import TILE  # output rows a thread takes at a time (as matvec's AMX GEMM)
+from .linear import TILE, Int4Linear, Int8Linear  # TILE: output rows a thread takes at a time
 
 FAST_GELU = True  # bfloat16 CPU activations through gelu.cpp (False: PyTorch's kernel)
 # Gemma's MLP prefill on AMX as one call (bf16_geglu: GeGLU's GELU and product applied to the
@@ -51,26 +51,37 @@ class CpuGeluTanh(GeluTanh):
         return super().forward(x, up)
 
     def geglu(self, x: torch.Tensor, gate: nn.Module, up: nn.Module) -> torch.Tensor | None:
-        """gelu_tanh(gate(x)) * up(x) (..., out) through dequant.cpp's bf16_geglu, bit for bit
-        what the two projections and this module's forward give, where both projections are
-        plain MatVecLinears without bias whose rows take the AMX GEMM (matvec's "amx" path), no
-        hooks are set on them, on this module or for every module, autograd is off (forward's
-        condition for gelu.cpp), and FAST_GELU and FUSED_GEGLU are on; else None (the caller
-        runs the three)."""
+        """gelu_tanh(gate(x)) * up(x) (..., out) in one call, bit for bit what the two
+        projections and this module's forward give, where both projections are plain
+        MatVecLinears whose rows take the AMX GEMM (matvec's "amx" path: bf16_geglu) or int8 /
+        int4 layers of one kind whose rows take dequant_mm's AMX GEMM (`amx_prefill`:
+        dequant_geglu), without bias, no hooks are set on them, on this module or for every
+        module, autograd is off (forward's condition for gelu.cpp), and FAST_GELU and
+        FUSED_GEGLU are on; else None (the caller runs the three)."""
         from .matvec import MatVecLinear, hooked, prefill_path  # (matvec imports this module)
 
         # (with autograd on, forward takes PyTorch's GELU: other bits)
         if not (FAST_GELU and FUSED_GEGLU) or torch.is_grad_enabled():
             return None
-        layers = (gate, up)
-        if any(type(m) is not MatVecLinear or m.bias is not None for m in layers):
+        kind = type(gate)
+        if type(up) is not kind or gate.bias is not None or up.bias is not None:
             return None
-        if hooked(self, *layers):
-            return None
-        if gate.weight.shape != up.weight.shape or gate.weight.dtype != up.weight.dtype:
-            return None
-        if any(prefill_path(x, m.weight, None, m.rows_alone) != "amx" for m in layers):
+        if hooked(self, gate, up) or gate.weight.shape != up.weight.shape:
             return None
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.paligemma_cpu.bf16_geglu(flat, gate.weight, up.weight, TILE)
+        ops = torch.ops.paligemma_cpu
+        if kind is MatVecLinear:
+            if gate.weight.dtype != up.weight.dtype or any(
+                prefill_path(x, m.weight, None, m.rows_alone) != "amx" for m in (gate, up)
+            ):
+                return None
+            out = ops.bf16_geglu(flat, gate.weight, up.weight, TILE)
+        elif kind in (Int8Linear, Int4Linear):
+            spec = gate.amx_prefill(x)
+            if spec is None or spec != up.amx_prefill(x) or gate.scale.dtype != up.scale.dtype:
+                return None
+            w = (gate.weight, gate.scale, up.weight, up.scale)
+            out = ops.dequant_geglu(flat, *w, *spec, TILE)
+        else:
+            return None
         return out.view(*x.shape[:-1], -1)  # (..., out)

@@ -126,6 +126,27 @@ class _QuantizedLinear(nn.Module):
         ok = group and min_rows <= rows <= DOT_ROWS and x.dtype in INT8_ACTIVATIONS
         return rows if ok and cpu_kernels.available() else 0
 
+    def amx_prefill(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """(bits, group) where forward's product for x's rows is dequant_mm's AMX GEMM
+        (amx_mm: bfloat16 CPU rows past PACKED_ROWS and not the dot kernels', no autograd, a
+        float scale, AMX-BF16 and AMX_PREFILL, the AVX-512 path, in features and int4's group
+        multiples of 32), else None."""
+        rows = x.numel() // self.in_features
+        if not _on_cpu_inference(x) or rows <= PACKED_ROWS or x.dtype != torch.bfloat16:
+            return None
+        if self.scale.dtype not in _TILED or not cpu_kernels.available():
+            return None
+        if not (AMX_PREFILL and cpu_kernels.amx_bf16()) or cpu_kernels.isa() != 2:
+            return None
+        bits, group = (8, 0) if isinstance(self, Int8Linear) else (4, self.group)
+        if (
+            self.in_features % 32
+            or (bits == 4 and group % 32)
+            or self._dot_rows(x, self._dot_kind())
+        ):
+            return None
+        return bits, group
+
     def _dot(self, flat: torch.Tensor) -> torch.Tensor | None:
         """int4_dot / int8_dot's product in x's dtype, or None where it does not apply."""
         kind = self._dot_kind()

@@ -1089,6 +1089,13 @@ def test_amx_session_38_sentences_are_their_jsons():
     )
     for quoted in quotes:
         assert quoted in text, quoted
+    quant = result("amx-geglu-quant-ab-s38.json")
+    r8, r4 = (quant[m]["prefill_s_ratios"] for m in ("int8", "int4"))
+    assert (
+        f"on / off {quant['int8']['prefill_s_median_ratio']:.3f} (int8, {min(r8):.2f}-"
+        f"{max(r8):.2f}) and {quant['int4']['prefill_s_median_ratio']:.3f} (int4, "
+        f"{min(r4):.2f}-{max(r4):.2f}), medians of {len(r8)} paired rounds" in text
+    )
     variants = " ".join(result(slabs)["variants_not_kept"].values())
     for figure in ("0.66-0.85x", "0.94-1.01x", "0.88-0.92x", "0.94-1.00x"):
         assert figure in variants, figure

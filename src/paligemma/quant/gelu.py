@@ -63,10 +63,12 @@ class CpuGeluTanh(GeluTanh):
         # (with autograd on, forward takes PyTorch's GELU: other bits)
         if not (FAST_GELU and FUSED_GEGLU) or torch.is_grad_enabled():
             return None
-        kind = type(gate)
-        if type(up) is not kind or gate.bias is not None or up.bias is not None:
+        kind = type(gate)  # (a wrapped layer, e.g. LoRA's, has none of these kinds' tensors)
+        if kind not in (MatVecLinear, Int8Linear, Int4Linear) or type(up) is not kind:
             return None
-        if hooked(self, gate, up) or gate.weight.shape != up.weight.shape:
+        if gate.bias is not None or up.bias is not None or gate.weight.shape != up.weight.shape:
+            return None
+        if hooked(self, gate, up):
             return None
         flat = x.reshape(-1, x.shape[-1])
         ops = torch.ops.paligemma_cpu
@@ -76,12 +78,10 @@ class CpuGeluTanh(GeluTanh):
             ):
                 return None
             out = ops.bf16_geglu(flat, gate.weight, up.weight, TILE)
-        elif kind in (Int8Linear, Int4Linear):
+        else:
             spec = gate.amx_prefill(x)
             if spec is None or spec != up.amx_prefill(x) or gate.scale.dtype != up.scale.dtype:
                 return None
             w = (gate.weight, gate.scale, up.weight, up.scale)
             out = ops.dequant_geglu(flat, *w, *spec, TILE)
-        else:
-            return None
         return out.view(*x.shape[:-1], -1)  # (..., out)

@@ -131,21 +131,12 @@ class _QuantizedLinear(nn.Module):
         (amx_mm: bfloat16 CPU rows past PACKED_ROWS and not the dot kernels', no autograd, a
         float scale, AMX-BF16 and AMX_PREFILL, the AVX-512 path, in features and int4's group
         multiples of 32), else None."""
-        rows = x.numel() // self.in_features
-        if not _on_cpu_inference(x) or rows <= PACKED_ROWS or x.dtype != torch.bfloat16:
-            return None
-        if self.scale.dtype not in _TILED or not cpu_kernels.available():
-            return None
-        if not (AMX_PREFILL and cpu_kernels.amx_bf16()) or cpu_kernels.isa() != 2:
-            return None
         bits, group = (8, 0) if isinstance(self, Int8Linear) else (4, self.group)
-        if (
-            self.in_features % 32
-            or (bits == 4 and group % 32)
-            or self._dot_rows(x, self._dot_kind())
-        ):
-            return None
-        return bits, group
+        ok = _on_cpu_inference(x) and x.numel() // self.in_features > PACKED_ROWS
+        ok = ok and x.dtype == torch.bfloat16 and self.scale.dtype in _TILED
+        ok = ok and cpu_kernels.available() and AMX_PREFILL and cpu_kernels.amx_bf16()
+        ok = ok and cpu_kernels.isa() == 2 and not (self.in_features % 32 or group % 32)
+        return (bits, group) if ok and not self._dot_rows(x, self._dot_kind()) else None
 
     def _dot(self, flat: torch.Tensor) -> torch.Tensor | None:
         """int4_dot / int8_dot's product in x's dtype, or None where it does not apply."""

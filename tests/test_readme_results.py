@@ -799,7 +799,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
         text = " / ".join(fmt.format(v) for v in values)
         return (f"**{text}**" if ok else text) + tail
 
-    amx = "amx-paligemma-3b-224-s38-geglu.json"
+    amx = "amx-paligemma-3b-224-s38-end.json"
     for col, file in enumerate((amx, "avx2-paligemma-3b-224-s27.json")):
         res = result(file)["results"]
         ref = [v for k, v in res.items() if k.startswith("transformers")]
@@ -1108,11 +1108,16 @@ def test_amx_session_38_sentences_are_their_jsons():
 
 
 @pytest.mark.parametrize(
-    "file", ["amx-paligemma-3b-224-s38.json", "amx-paligemma-3b-224-s38-geglu.json"]
+    "file",
+    [
+        "amx-paligemma-3b-224-s38.json",
+        "amx-paligemma-3b-224-s38-geglu.json",
+        "amx-paligemma-3b-224-s38-end.json",
+    ],
 )
 def test_amx_session_38_runs_are_their_jsons(file):
-    """Session 38's 224 px runs, before and after the fused GeGLU: their sentences (the second
-    with our first token's seconds between), every target held."""
+    """Session 38's 224 px runs, before and after the fused GeGLU and at the last commit: their
+    sentences (the second with our first token's seconds between), every target held."""
     t, quote = run_quote(file, later=True)
     text = " ".join(README.split())
     if file.endswith("geglu.json"):

@@ -212,26 +212,38 @@ void tiles(const Mm& d, const uint16_t* w, int64_t ld, int64_t k0, int64_t kb, i
   if constexpr (NN == 2 && MM == 2) _tile_stored(3, c + c1 + 16, cs);
 }
 
-// C [n16][Mp] of output rows [o0, o0 + n) into out, 16 x 16 at a time, transposed, the bias
-// added, rounded: 16 rows of x at a time, each row's n outputs written in order (one column of
-// blocks at a time left each out row's lines to be fetched again: out's rows are O * 2 bytes
-// apart, so they share few cache sets; 10% of a 266 x 2048 x 16384 GEMM, measured).
-inline void store_out(const Mm& d, const float* c, int64_t o0, int64_t n) {
+// The C of NC products (c[k]: [n16][Mp]) of output rows [o0, o0 + n), 16 x 16 at a time,
+// transposed, the bias added, rounded to bfloat16 (nearest even): 16 rows of x at a time, for
+// each row and 16 outputs put(dst, keep, h), h[k] product k's values, dst their place in out,
+// each row's n outputs written in order (one column of blocks at a time left each out row's
+// lines to be fetched again: out's rows are O * 2 bytes apart, so they share few cache sets; 10%
+// of a 266 x 2048 x 16384 GEMM, measured).
+template <int NC, typename Put>
+inline void store_rows(const Mm& d, const float* const* c, int64_t o0, int64_t n, Put put) {
   __asm__ volatile("" ::: "memory");  // (the tile stores wrote c)
-  __m512i r[16];
+  __m512i r[NC][16];
   for (int64_t mb = 0; mb < d.M; mb += 16) {
     for (int64_t nb = 0; nb < n; nb += 16) {
       const __mmask16 keep = n - nb >= 16 ? 0xffff : (1u << (n - nb)) - 1;
       const __m512 b = d.bias ? _mm512_maskz_loadu_ps(keep, d.bias + o0 + nb) : _mm512_setzero_ps();
-      for (int l = 0; l < 16; ++l) r[l] = _mm512_load_si512(c + (nb + l) * d.Mp + mb);
-      transpose16(r);
+      for (int k = 0; k < NC; ++k) {
+        for (int l = 0; l < 16; ++l) r[k][l] = _mm512_load_si512(c[k] + (nb + l) * d.Mp + mb);
+        transpose16(r[k]);
+      }
       for (int64_t m = mb; m < std::min(mb + 16, d.M); ++m) {
-        const __m512 f = _mm512_add_ps(_mm512_castsi512_ps(r[m - mb]), b);
-        const __m256i h = (__m256i)_mm512_cvtneps_pbh(f);
-        _mm256_mask_storeu_epi16(d.out + m * d.O + o0 + nb, keep, h);
+        __m256i h[NC];
+        for (int k = 0; k < NC; ++k)
+          h[k] = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_castsi512_ps(r[k][m - mb]), b));
+        put(d.out + m * d.O + o0 + nb, keep, h);
       }
     }
   }
+}
+
+inline void store_out(const Mm& d, const float* c, int64_t o0, int64_t n) {
+  store_rows<1>(d, &c, o0, n, [](uint16_t* dst, __mmask16 keep, const __m256i* h) {
+    _mm256_mask_storeu_epi16(dst, keep, h[0]);
+  });
 }
 
 // One panel's products over all rows of x (2 x 2 tiles, fewer at the tails), dequantising the
@@ -273,35 +285,21 @@ inline void span_products(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float
   }
 }
 
-// GeGLU's store: out = gelu_tanh(gate) * up from the C of both (cg, cu: [n16][Mp]), each step
-// rounded as store_out rounds gate and up (bf16_mm, dequant_mm; a zero bias added: -0 becomes +0) and
-// gelu_tanh_ then rounds the GELU and the product (its AVX-512 loop's steps, pg_dq_gelu): the
-// same bits as the three ops in turn.
+// GeGLU's store: out = gelu_tanh(gate) * up from the C of both (cg, cu), gate and up rounded as
+// store_out rounds them (the bias zero: bf16_mm's -0 + 0 = +0 included), then gelu_tanh_'s
+// AVX-512 steps (pg_dq_gelu: the GELU rounded, times up, rounded): the same bits as the three
+// ops in turn.
 inline void store_geglu(const Mm& d, const float* cg, const float* cu, int64_t o0, int64_t n) {
-  namespace G = pg_dq_gelu;
-  __asm__ volatile("" ::: "memory");  // (the tile stores wrote cg and cu)
-  __m512i rg[16], ru[16];
-  alignas(64) uint16_t g[16], u[16], h[16];
-  for (int64_t mb = 0; mb < d.M; mb += 16) {
-    for (int64_t nb = 0; nb < n; nb += 16) {
-      const __mmask16 keep = n - nb >= 16 ? 0xffff : (1u << (n - nb)) - 1;
-      for (int l = 0; l < 16; ++l) {
-        rg[l] = _mm512_load_si512(cg + (nb + l) * d.Mp + mb);
-        ru[l] = _mm512_load_si512(cu + (nb + l) * d.Mp + mb);
-      }
-      transpose16(rg), transpose16(ru);
-      for (int64_t m = mb; m < std::min(mb + 16, d.M); ++m) {
-        const __m512 zero = _mm512_setzero_ps();
-        const __m512 fg = _mm512_add_ps(_mm512_castsi512_ps(rg[m - mb]), zero);
-        const __m512 fu = _mm512_add_ps(_mm512_castsi512_ps(ru[m - mb]), zero);
-        _mm256_store_si256((__m256i*)g, (__m256i)_mm512_cvtneps_pbh(fg));
-        _mm256_store_si256((__m256i*)u, (__m256i)_mm512_cvtneps_pbh(fu));
-        G::store(h, G::gelu(G::load(g)));
-        G::store(h, G::mul(G::load(h), G::load(u)));
-        _mm256_mask_storeu_epi16(d.out + m * d.O + o0 + nb, keep, _mm256_load_si256((const __m256i*)h));
-      }
-    }
-  }
+  const float* c[2] = {cg, cu};
+  store_rows<2>(d, c, o0, n, [](uint16_t* dst, __mmask16 keep, const __m256i* h) {
+    namespace G = pg_dq_gelu;
+    alignas(64) uint16_t g[16], u[16], x[16];
+    _mm256_store_si256((__m256i*)g, h[0]);
+    _mm256_store_si256((__m256i*)u, h[1]);
+    G::store(x, G::gelu(G::load(g)));
+    G::store(x, G::mul(G::load(x), G::load(u)));
+    _mm256_mask_storeu_epi16(dst, keep, _mm256_load_si256((const __m256i*)x));
+  });
 }
 
 inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {

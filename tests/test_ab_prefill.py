@@ -52,21 +52,27 @@ def test_prune_rounds_toggle_the_cut_and_restore_it(ab_prefill, checkpoint, tmp_
     assert rows.count(1) == 4 and rows.count(full) == 4 and len(rows) == 8, rows
 
 
-def test_geglu_rounds_toggle_the_fused_mlp_and_restore_it(ab_prefill, checkpoint):
-    seen: list[bool] = []  # FUSED_GEGLU as each prefill's MLPs saw it
+@pytest.mark.parametrize(
+    "switch, flag, method",
+    [("GEGLU", "FUSED_GEGLU", "geglu"), ("GELU", "FUSED_GELU", "linear_gelu")],
+)
+def test_fused_gelu_rounds_toggle_the_fused_call_and_restore_it(
+    ab_prefill, checkpoint, switch, flag, method
+):
+    seen: list[bool] = []  # the flag as each prefill's MLPs saw it
     gelu = ab_prefill.cpu_gelu
-    geglu = gelu.CpuGeluTanh.geglu
+    real = getattr(gelu.CpuGeluTanh, method)
 
     def watched(self, *args):
-        seen.append(gelu.FUSED_GEGLU)
-        return geglu(self, *args)
+        seen.append(getattr(gelu, flag))
+        return real(self, *args)
 
-    gelu.CpuGeluTanh.geglu = watched
+    setattr(gelu.CpuGeluTanh, method, watched)
     try:
-        out = ab_prefill.main(["--switch", "GEGLU", "--model", str(checkpoint), "--rounds", "2"])
+        out = ab_prefill.main(["--switch", switch, "--model", str(checkpoint), "--rounds", "2"])
     finally:
-        gelu.CpuGeluTanh.geglu = geglu
-    assert out["fused_geglu"] is True and gelu.FUSED_GEGLU is True  # restored
+        setattr(gelu.CpuGeluTanh, method, real)
+    assert out[flag.lower()] is True and getattr(gelu, flag) is True  # restored
     assert len(out["on_prefill_s"]) == len(out["off_prefill_s"]) == 2
     layers = len(seen) // 6  # warm-up on / off, rounds on, off / off, on: one call a layer each
     assert layers > 0 and seen == [v for v in (1, 0, 1, 0, 0, 1) for _ in range(layers)], seen

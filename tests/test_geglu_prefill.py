@@ -1,6 +1,7 @@
 """Gemma's MLP prefill as one AMX call (dequant.cpp's bf16_geglu, quant/gelu.py's
 CpuGeluTanh.geglu): bit for bit what two bf16_mm calls and gelu_tanh_ give, and taken only where
-both projections would take the AMX GEMM, with no hooks to skip."""
+both projections would take the AMX GEMM, with no hooks to skip. The same for SigLIP's fc1 and
+its GELU (bf16_mm gelu=True, CpuGeluTanh.linear_gelu)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import pytest
 import torch
 from conftest import amx_bf16
 
-from paligemma.config import GemmaConfig
+from paligemma.config import GemmaConfig, SiglipConfig
 from paligemma.gemma import MLP
 from paligemma.quant import gelu as cpu_gelu
 from paligemma.quant.linear import quantize_
 from paligemma.quant.matvec import install_matvec_
+from paligemma.siglip import MLP as SiglipMLP
 
 
 def operands(rows: int, i: int, o: int, seed: int = 0):
@@ -148,3 +150,78 @@ def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(mode, mo
     assert not taken(x)
     hook.remove()
     assert taken(x) == has
+
+
+def test_bf16_mm_gelu_is_bf16_mm_and_gelu_tanh_bit_for_bit():
+    """bf16_mm(..., gelu=True): rows within one pass and past it, SigLIP's fc1 shape (1152 ->
+    4304, bias), output rows short of a panel and of a tile, 1 and 2 threads; sums of +-0, huge,
+    inf and NaN, with and without a bias: the same bits as bf16_mm and gelu_tanh_ in turn."""
+    ops = torch.ops.paligemma_cpu
+    if not amx_bf16():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ops.bf16_mm(*operands(20, 64, 8)[:2], None, 256, True)
+        return
+    threads = torch.get_num_threads()
+    try:
+        for (rows, i, o), n in zip(
+            [(256, 1152, 4304), (17, 64, 37), (1100, 96, 50)], (2, 1, 2), strict=True
+        ):
+            torch.set_num_threads(n)
+            x, w, b = operands(rows, i, o, seed=rows)
+            for bias in (None, b[:, 0].float()):
+                got = ops.bf16_mm(x, w, bias, 256, True)
+                want = ops.gelu_tanh_(ops.bf16_mm(x, w, bias, 256), None, -1)
+                assert got.shape == (rows, o) and torch.equal(
+                    got.view(torch.int16), want.view(torch.int16)
+                )
+        x, w, _ = operands(32, 64, 48, seed=1)
+        x[0], x[1, :5] = 0.0, torch.tensor([math.inf, -math.inf, math.nan, 3e38, -3e38])
+        w[0], w[2, :2] = -0.0, torch.tensor([1e30, -1e30])
+        got = ops.bf16_mm(x, w, None, 256, True)
+        want = ops.gelu_tanh_(ops.bf16_mm(x, w, None, 256), None, -1)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+        assert got.isnan().any() and (got.view(torch.int16) == -32768).any()  # NaN and -0 seen
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_siglip_mlp_takes_the_fused_fc1_only_where_it_gives_the_same_bits(monkeypatch):
+    """SigLIP's MLP after install_matvec_: the same output bits with FUSED_GELU on and off; the
+    fused fc1 (bf16_mm gelu=True) taken for a prefill's rows where the CPU has AMX-BF16, not for
+    few rows, autograd on, FUSED_GELU or FAST_GELU off, a hook on fc1, on the GELU or for every
+    module, or an fc1 that is not a plain linear (int8)."""
+    has, ops = amx_bf16(), torch.ops.paligemma_cpu
+    calls: list[bool] = []
+    real = ops.bf16_mm
+    monkeypatch.setattr(ops, "bf16_mm", lambda *a: calls.append(a[4:] == (True,)) or real(*a))
+    torch.manual_seed(0)
+    block = SiglipMLP(SiglipConfig(width=64, mlp_dim=96)).to(torch.bfloat16).eval()
+    model = install_matvec_(torch.nn.Sequential(block))
+    m = model[0]
+    x = torch.randn(2, 20, 64).to(torch.bfloat16)
+
+    def taken(x, grad: bool = False) -> bool:
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            got = m(x)
+            fused = any(calls)
+            with monkeypatch.context() as off:
+                off.setattr(cpu_gelu, "FUSED_GELU", False)
+                assert torch.equal(got.view(torch.int16), m(x).view(torch.int16))
+        return fused
+
+    assert taken(x) == has
+    assert not taken(x[:1, :16]) and not taken(x, grad=True)
+    monkeypatch.setattr(cpu_gelu, "FAST_GELU", False)
+    assert not taken(x)
+    monkeypatch.setattr(cpu_gelu, "FAST_GELU", True)
+    for module in (m.fc1, m.act):
+        hook = module.register_forward_hook(lambda *_: None)
+        assert not taken(x)
+        hook.remove()
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    assert not taken(x)
+    hook.remove()
+    assert taken(x) == has
+    quantize_(model, "int8", include="*", head=False)
+    assert type(m.fc1).__name__ == "Int8Linear" and not taken(x)

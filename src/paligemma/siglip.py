@@ -57,7 +57,11 @@ class MLP(nn.Module):
         self.act = GeluTanh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))  # fc1: (B, L, F)
+        # An activation that offers `linear_gelu(x, fc1)` (the CPU prefill's fused kernel)
+        # computes act(fc1(x)) in one call where it applies (None where not), bit for bit.
+        fused = getattr(self.act, "linear_gelu", None)
+        h = fused(x, self.fc1) if fused is not None else None
+        return self.fc2(self.act(self.fc1(x)) if h is None else h)  # h: (B, L, F)
 
 
 class Block(nn.Module):

@@ -18,10 +18,12 @@
 //       x, for CPUs without a fast bfloat16 GEMM): the codes dequantised to float32 holding the
 //       bfloat16 path's values, |tile| rows at a time, into our float32 GEMM's panels
 //       (f32_gemm.h; isa 1, 2; isa 0: PyTorch's float32 GEMM per tile), rounded to bfloat16 once
-//   bf16_mm(x bf16[M, I], w bf16[O, I], bias f32[O]?, tile) -> bf16[M, O]
+//   bf16_mm(x bf16[M, I], w bf16[O, I], bias f32[O]?, tile, gelu=False) -> bf16[M, O]
 //       x @ w.T (+ bias) on the same AMX-BF16 GEMM, w's rows copied into its panels (no
 //       dequantisation): float32 sums, the bias added in float32, one rounding; I a multiple
-//       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py)
+//       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py); gelu=True:
+//       gelu_tanh of it, bit for bit as gelu_tanh_ after bf16_mm, applied to each span's
+//       rounded outputs before they leave the thread (SigLIP's fc1 prefill: gelu.py)
 //   bf16_geglu(x bf16[M, I], w_gate bf16[O, I], w_up bf16[O, I], tile) -> bf16[M, O]
 //       gelu_tanh(x @ w_gate.T) * (x @ w_up.T), GeGLU's hidden layer, bit for bit as bf16_mm
 //       twice and gelu_tanh_(gate, up) round it, with the GELU and the product applied to each
@@ -328,7 +330,7 @@ at::Tensor f32_mm(const at::Tensor& x_, const at::Tensor& w_,
 }
 
 at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
-                   const c10::optional<at::Tensor>& bias_, int64_t tile) {
+                   const c10::optional<at::Tensor>& bias_, int64_t tile, bool gelu) {
   TORCH_CHECK(amx_bf16_ready(), "bf16_mm: no AMX-BF16 here (CPU or OS)");
   TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(1) && tile > 0,
               "bf16_mm: x [M, I], w [O, I], tile > 0");
@@ -343,7 +345,7 @@ at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
                 "bf16_mm: bias float32 [O]");
   }
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  return amx_mm(x, w, w, 16, 0, tile, b);
+  return amx_mm(x, w, w, 16, 0, tile, b, nullptr, nullptr, gelu);
 }
 
 at::Tensor bf16_geglu(const at::Tensor& x_, const at::Tensor& wg_, const at::Tensor& wu_,
@@ -388,7 +390,8 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
         "int isa=-1, int amx=-1, int f32=0) -> Tensor",
         &dequant_mm);
   m.def("f32_mm(Tensor x, Tensor w, Tensor? bias, int tile, int isa=-1) -> Tensor", &f32_mm);
-  m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile) -> Tensor", &bf16_mm);
+  m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile, bool gelu=False) -> Tensor",
+        &bf16_mm);
   m.def("bf16_geglu(Tensor x, Tensor w_gate, Tensor w_up, int tile) -> Tensor", &bf16_geglu);
   m.def("dequant_geglu(Tensor x, Tensor q_gate, Tensor scale_gate, Tensor q_up, Tensor scale_up, "
         "int bits, int group, int tile) -> Tensor",

@@ -51,6 +51,7 @@ struct Mm {
   const uint32_t* xv;                // [Mp / 16][I / 2][16] dwords (bfloat16 pairs)
   uint16_t* out;                     // [M, O] bfloat16 bits
   const float* bias;                 // [O] or nullptr
+  bool gelu = false;                 // out = gelu_tanh of the product (store_gelu)
 };
 
 struct alignas(64) TileConfig {
@@ -302,9 +303,23 @@ inline void store_geglu(const Mm& d, const float* cg, const float* cu, int64_t o
   });
 }
 
+// A GELU's store (bf16_mm gelu=True: SigLIP's fc1): out = gelu_tanh(x @ w.T + bias), the
+// product rounded as store_out rounds it, then gelu_tanh_'s AVX-512 steps (the GELU rounded): the
+// same bits as bf16_mm and gelu_tanh_ in turn.
+inline void store_gelu(const Mm& d, const float* c, int64_t o0, int64_t n) {
+  store_rows<1>(d, &c, o0, n, [](uint16_t* dst, __mmask16 keep, const __m256i* h) {
+    namespace G = pg_dq_gelu;
+    alignas(64) uint16_t x[16];
+    _mm256_store_si256((__m256i*)x, h[0]);
+    G::store(x, G::gelu(G::load(x)));
+    _mm256_mask_storeu_epi16(dst, keep, _mm256_load_si256((const __m256i*)x));
+  });
+}
+
 inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
   span_products(d, o0, n, w, c);
-  store_out(d, c, o0, n);
+  if (d.gelu) store_gelu(d, c, o0, n);
+  else store_out(d, c, o0, n);
 }
 
 // Spans of `tile` output rows, the next free one each time, on this thread (its tiles configured
@@ -361,7 +376,8 @@ bool amx_bf16_ready() {
 // thread takes spans of `tile` output rows.
 at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                   int64_t bits, int64_t group, int64_t tile, const float* bias = nullptr,
-                  const at::Tensor* up = nullptr, const at::Tensor* up_scale = nullptr) {
+                  const at::Tensor* up = nullptr, const at::Tensor* up_scale = nullptr,
+                  bool gelu = false) {
   const int64_t M = x.size(0), I = x.size(1), O = q.size(0);
   at::Tensor out = at::empty({M, O}, x.options());
 #ifdef PG_DQ_X86
@@ -373,7 +389,7 @@ at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
     const pg_dq_amx::Mm d{q.data_ptr(), scale.data_ptr(), scale.scalar_type() == at::kBFloat16,
                           bits, group, I, O, rows, Mp,
                           reinterpret_cast<const uint32_t*>(xv.data_ptr()),
-                          static_cast<uint16_t*>(out.data_ptr()) + m0 * O, bias};
+                          static_cast<uint16_t*>(out.data_ptr()) + m0 * O, bias, gelu};
     const auto* xp = static_cast<const uint16_t*>(x.data_ptr()) + m0 * I;
     at::parallel_for(0, Mp / 16, 1, [&](int64_t a, int64_t b) {
       for (; a < b; ++a) pg_dq_amx::pack_x(xp, d, a);

@@ -26,6 +26,9 @@ FAST_GELU = True  # bfloat16 CPU activations through gelu.cpp (False: PyTorch's 
 # Gemma's MLP prefill on AMX as one call (bf16_geglu: GeGLU's GELU and product applied to the
 # GEMMs' float32 sums before they leave the thread; False: two bf16_mm calls and gelu_tanh_)
 FUSED_GEGLU = True
+# SigLIP's fc1 prefill on AMX with its GELU applied in the GEMM's store (bf16_mm gelu=True;
+# False: bf16_mm, then gelu_tanh_)
+FUSED_GELU = True
 
 
 def _kernel_takes(x: torch.Tensor, up: torch.Tensor | None) -> bool:
@@ -60,8 +63,7 @@ class CpuGeluTanh(GeluTanh):
         FUSED_GEGLU are on; else None (the caller runs the three)."""
         from .matvec import MatVecLinear, hooked, prefill_path  # (matvec imports this module)
 
-        # (with autograd on, forward takes PyTorch's GELU: other bits)
-        if not (FAST_GELU and FUSED_GEGLU) or torch.is_grad_enabled():
+        if not _fusing(FUSED_GEGLU):
             return None
         kind = type(gate)  # (a wrapped layer, e.g. LoRA's, has none of these kinds' tensors)
         if kind not in (MatVecLinear, Int8Linear, Int4Linear) or type(up) is not kind:
@@ -85,3 +87,27 @@ class CpuGeluTanh(GeluTanh):
             w = (gate.weight, gate.scale, up.weight, up.scale)
             out = ops.dequant_geglu(flat, *w, *spec, TILE)
         return out.view(*x.shape[:-1], -1)  # (..., out)
+
+    def linear_gelu(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor | None:
+        """gelu_tanh(layer(x)) (..., out) in one call (bf16_mm gelu=True), bit for bit what the
+        layer and this module's forward give, where the layer is a plain MatVecLinear whose rows
+        take the AMX GEMM (matvec's "amx" path), no hooks are set on it, on this module or for
+        every module, autograd is off, and FAST_GELU and FUSED_GELU are on; else None (the
+        caller runs both)."""
+        from .matvec import MatVecLinear, hooked, prefill_path  # (matvec imports this module)
+
+        if not _fusing(FUSED_GELU) or type(layer) is not MatVecLinear or hooked(self, layer):
+            return None
+        if prefill_path(x, layer.weight, layer.bias, layer.rows_alone) != "amx":
+            return None
+        bias = None if layer.bias is None else layer.bias.float()
+        out = torch.ops.paligemma_cpu.bf16_mm(
+            x.reshape(-1, x.shape[-1]), layer.weight, bias, TILE, True
+        )
+        return out.view(*x.shape[:-1], -1)  # (..., out)
+
+
+def _fusing(switch: bool) -> bool:
+    """A fused call may stand in for the GELU: FAST_GELU and its own switch on, and autograd off
+    (with it on, forward takes PyTorch's GELU: other bits)."""
+    return FAST_GELU and switch and not torch.is_grad_enabled()

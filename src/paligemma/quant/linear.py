@@ -127,16 +127,21 @@ class _QuantizedLinear(nn.Module):
         return rows if ok and cpu_kernels.available() else 0
 
     def amx_prefill(self, x: torch.Tensor) -> tuple[int, int] | None:
-        """(bits, group) where forward's product for x's rows is dequant_mm's AMX GEMM
-        (amx_mm: bfloat16 CPU rows past PACKED_ROWS and not the dot kernels', no autograd, a
-        float scale, AMX-BF16 and AMX_PREFILL, the AVX-512 path, in features and int4's group
-        multiples of 32), else None."""
-        bits, group = (8, 0) if isinstance(self, Int8Linear) else (4, self.group)
+        """(bits, group) where forward's product for x is dequant_mm's AMX GEMM (CPU rows past
+        the few-row kernels' PACKED_ROWS, no autograd, and `_amx_tiles`), else None."""
         ok = _on_cpu_inference(x) and x.numel() // self.in_features > PACKED_ROWS
-        ok = ok and x.dtype == torch.bfloat16 and self.scale.dtype in _TILED
-        ok = ok and cpu_kernels.available() and AMX_PREFILL and cpu_kernels.amx_bf16()
-        ok = ok and cpu_kernels.isa() == 2 and not (self.in_features % 32 or group % 32)
-        return (bits, group) if ok and not self._dot_rows(x, self._dot_kind()) else None
+        return self._bits_group() if ok and self._amx_tiles(x) else None
+
+    def _amx_tiles(self, x: torch.Tensor) -> bool:
+        """dequant_mm's AMX GEMM takes x (`_chunked` asks only then): bfloat16 x, a float scale,
+        AMX-BF16, AMX_PREFILL, the AVX-512 path, in features and int4's group multiples of 32."""
+        ok = x.dtype == torch.bfloat16 and self.scale.dtype in _TILED and cpu_kernels.available()
+        ok = ok and AMX_PREFILL and cpu_kernels.amx_bf16() and cpu_kernels.isa() == 2
+        return ok and not (self.in_features % 32 or self._bits_group()[1] % 32)
+
+    def _bits_group(self) -> tuple[int, int]:
+        """(bits, group) of this layer's codes for dequant_mm (int8: group 0)."""
+        return (8, 0) if isinstance(self, Int8Linear) else (4, self.group)
 
     def _dot(self, flat: torch.Tensor) -> torch.Tensor | None:
         """int4_dot / int8_dot's product in x's dtype, or None where it does not apply."""
@@ -315,8 +320,7 @@ def _chunked(layer: _QuantizedLinear, flat: torch.Tensor) -> torch.Tensor:
     reused buffer that feeds the GEMM (dequant.cpp), else CHUNK rows in Python (bounded extra
     memory either way)."""
     if _TILED.issuperset((flat.dtype, layer.scale.dtype)) and cpu_kernels.available():
-        bits, group = (8, 0) if isinstance(layer, Int8Linear) else (4, layer.group)
-        amx = int(AMX_PREFILL and cpu_kernels.amx_bf16())
+        (bits, group), amx = layer._bits_group(), int(layer._amx_tiles(flat))
         # float32 tiles under rows_alone only on our GEMM's vector paths (a row's bits alone)
         ours = not layer.rows_alone or cpu_kernels.isa() >= 1
         f32 = int(not amx and ours and cpu_kernels.f32_prefill())

@@ -1,6 +1,10 @@
 // Vector helpers of dequant.cpp and quantize.cpp for one instruction set (PG_DQ_ISA 2 AVX-512,
 // 1 AVX2, 0 none: W = 1, scalar code only); included by their per-ISA sections (dequant_rows.h,
 // PG_QZ_BODY), inside the section's namespace.
+#if PG_DQ_ISA >= 1
+#define PG_BF16_ISA PG_DQ_ISA
+#include "bf16_round.h"  // round_bf16: the float32 bits rounded at bit 16 (put's rounding)
+#endif
 #if PG_DQ_ISA == 2
 constexpr int W = 16;  // floats per vector
 using vf = __m512;
@@ -44,18 +48,12 @@ inline void pack_nibbles(vf c, uint8_t* out) {
 }
 // 32 codes in order (two 16-byte halves) -> 32 / W float vectors
 inline void widen32(const __m128i* c, vf* w) { w[0] = from_u8(c[0]), w[1] = from_u8(c[1]); }
-// the float32 bits rounded to nearest even at bit 16 (the bfloat16 value in the high half)
-inline __m512i rounded(vf f) {
-  const __m512i b = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  return _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-}
 inline void put(void* dst, int64_t i, vf f, bool round, bool out_bf16) {
   if (out_bf16) {
-    const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded(f), 16));
+    const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bf16(f), 16));
     _mm256_storeu_si256((__m256i*)(static_cast<uint16_t*>(dst) + i), h);
   } else {
-    if (round) f = _mm512_castsi512_ps(_mm512_and_si512(rounded(f), _mm512_set1_epi32(-65536)));
+    if (round) f = _mm512_castsi512_ps(_mm512_and_si512(round_bf16(f), _mm512_set1_epi32(-65536)));
     _mm512_storeu_ps(static_cast<float*>(dst) + i, f);
   }
 }
@@ -108,18 +106,13 @@ inline void widen32(const __m128i* c, vf* w) {
   w[0] = from_u8(c[0]), w[1] = from_u8(_mm_srli_si128(c[0], 8));
   w[2] = from_u8(c[1]), w[3] = from_u8(_mm_srli_si128(c[1], 8));
 }
-inline __m256i rounded(vf f) {
-  const __m256i b = _mm256_castps_si256(f);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  return _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-}
 inline void put(void* dst, int64_t i, vf f, bool round, bool out_bf16) {
   if (out_bf16) {
-    const __m256i h = _mm256_srli_epi32(rounded(f), 16);  // 8 values < 2^16 in 32-bit lanes
+    const __m256i h = _mm256_srli_epi32(round_bf16(f), 16);  // 8 values < 2^16 in 32-bit lanes
     const __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
     _mm_storeu_si128((__m128i*)(static_cast<uint16_t*>(dst) + i), p);
   } else {
-    if (round) f = _mm256_castsi256_ps(_mm256_and_si256(rounded(f), _mm256_set1_epi32(-65536)));
+    if (round) f = _mm256_castsi256_ps(_mm256_and_si256(round_bf16(f), _mm256_set1_epi32(-65536)));
     _mm256_storeu_ps(static_cast<float*>(dst) + i, f);
   }
 }

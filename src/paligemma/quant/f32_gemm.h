@@ -117,11 +117,7 @@ inline void round_out(const float* s, const float* bias, int64_t n, uint16_t* ou
   for (; j + 8 <= n; j += 8) {
     __m256 v = _mm256_loadu_ps(s + j);
     if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
-    const __m256i b = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, lsb), _mm256_set1_epi32(0x7fff)), 16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+    const __m256i r = bf16_lanes(v);  // (bf16_round.h, through dequant_isa.h)
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     _mm_storeu_si128((__m128i*)(out + j), _mm256_castsi256_si128(packed));
   }

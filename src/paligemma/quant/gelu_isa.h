@@ -64,14 +64,9 @@ using vf = __m512;
 using vi = __m512i;
 #define PG_V(op) _mm512_##op
 #define PG_AS_PS _mm512_castsi512_ps
-#define PG_AS_SI _mm512_castps_si512
-#define PG_AND _mm512_and_si512
 inline vf rint(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf where_gt(vf a, float b, vf then, vf other) {  // then where a > b (ordered), else other
   return _mm512_mask_mov_ps(other, _mm512_cmp_ps_mask(a, _mm512_set1_ps(b), _CMP_GT_OQ), then);
-}
-inline vi nan_to(vf f, vi r, vi nan) {
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), nan);
 }
 inline vi load_u16(const uint16_t* p) { return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)); }
 inline void store_u16(uint16_t* p, vi r) { _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r)); }
@@ -81,14 +76,9 @@ using vf = __m256;
 using vi = __m256i;
 #define PG_V(op) _mm256_##op
 #define PG_AS_PS _mm256_castsi256_ps
-#define PG_AS_SI _mm256_castps_si256
-#define PG_AND _mm256_and_si256
 inline vf rint(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf where_gt(vf a, float b, vf then, vf other) {
   return _mm256_blendv_ps(other, then, _mm256_cmp_ps(a, _mm256_set1_ps(b), _CMP_GT_OQ));
-}
-inline vi nan_to(vf f, vi r, vi nan) {
-  return _mm256_blendv_epi8(r, nan, _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
 }
 inline vi load_u16(const uint16_t* p) { return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)); }
 inline void store_u16(uint16_t* p, vi r) {  // 8 dwords (each < 65536) to 8 words
@@ -96,6 +86,8 @@ inline void store_u16(uint16_t* p, vi r) {  // 8 dwords (each < 65536) to 8 word
   _mm_storeu_si128((__m128i*)p, _mm256_castsi256_si128(w));
 }
 #endif
+#define PG_BF16_ISA PG_GELU_ISA
+#include "bf16_round.h"
 
 inline vf set(float a) { return PG_V(set1_ps)(a); }
 inline vi seti(int32_t a) { return PG_V(set1_epi32)(a); }
@@ -109,11 +101,7 @@ inline vf pow2(vf n) {  // 2^n for integral n in [-126, 127]
 }
 inline vf over(vf t, vf e) { return where_gt(t, kOver, set(INFINITY), e); }  // +inf past kOver
 inline vf load(const uint16_t* p) { return PG_AS_PS(PG_V(slli_epi32)(load_u16(p), 16)); }
-inline void store(uint16_t* p, vf f) {  // round to nearest even, NaN -> 0x7fc0
-  const vi b = PG_AS_SI(f), lsb = PG_AND(PG_V(srli_epi32)(b, 16), seti(1));
-  const vi r = PG_V(srli_epi32)(PG_V(add_epi32)(b, PG_V(add_epi32)(lsb, seti(0x7fff))), 16);
-  store_u16(p, nan_to(f, r, seti(0x7fc0)));
-}
+inline void store(uint16_t* p, vf f) { store_u16(p, bf16_lanes(f)); }  // nearest even, NaN 0x7fc0
 
 // gelu of W values (float32), as the file's head says.
 inline vf gelu(vf x) {
@@ -145,7 +133,5 @@ inline void run(uint16_t* x, const uint16_t* up, int64_t n) {
 
 #undef PG_V
 #undef PG_AS_PS
-#undef PG_AS_SI
-#undef PG_AND
 
 #endif  // PG_GELU_ISA

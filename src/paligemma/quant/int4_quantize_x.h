@@ -143,18 +143,16 @@ void quantize_groups(const void* x, bool bf16, int64_t I, int64_t group, int32_t
       off[t] = zero * sum_lanes(total);
     }
 }
+#define PG_BF16_ISA PG_ISA
+#include "bf16_round.h"
 // n floats to bfloat16 (c10's rounding: to nearest even, NaN -> 0x7fc0), for the dots' output.
 void store_bf16(const float* src, uint16_t* dst, int64_t n) {
   int64_t i = 0;
   for (; i + L <= n; i += L) {
-    const vf f = PG_V(loadu_ps)(src + i);
-    const vi b = as_int(f), lsb = PG_SI(and)(PG_V(srli_epi32)(b, 16), PG_V(set1_epi32)(1));
-    vi r = PG_V(srli_epi32)(PG_V(add_epi32)(b, PG_V(add_epi32)(lsb, PG_V(set1_epi32)(0x7fff))), 16);
+    const vi r = bf16_lanes(PG_V(loadu_ps)(src + i));
 #if PG_ISA == 2
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
     _mm256_storeu_si256((__m256i*)(dst + i), _mm512_cvtepi32_epi16(r));
 #else
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), as_int(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
     _mm_storeu_si128((__m128i*)(dst + i),
                      _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
 #endif

@@ -53,6 +53,7 @@ SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(
     SOURCE.with_name(h)
     for h in (
+        "bf16_round.h",
         "dequant_isa.h",
         "dequant_rows.h",
         "f32_gemm.h",

@@ -6,6 +6,7 @@ paired round by round, on a saved checkpoint:
     python benchmarks/ab_prefill.py --switch PRUNE  [--model DIR] [--rounds 10] [--json F]
     python benchmarks/ab_prefill.py --switch GEGLU  [--model DIR] [--rounds 10] [--json F]
     python benchmarks/ab_prefill.py --switch GELU   [--model DIR] [--rounds 10] [--json F]
+    python benchmarks/ab_prefill.py --switch TOGETHER [--model DIR] [--rounds 10] [--json F]
 
 MALLOC: glibc's malloc keeping freed activations (quant/malloc.py; PALIGEMMA_MALLOC=0 turns it
 off). It is a process's setting, so each round runs two processes, off and on (the order
@@ -15,7 +16,8 @@ position only (gemma.PRUNE_MIN_TOKENS: 128, or off), toggled in one process, one
 way per round (the order alternating). GEGLU: Gemma's MLP prefill as one fused call on AMX
 (quant/gelu.py's FUSED_GEGLU: bf16_geglu, or two bf16_mm calls and gelu_tanh_), toggled the
 same way. GELU: SigLIP's fc1 with its GELU in the GEMM's store (FUSED_GELU: bf16_mm gelu=True,
-or bf16_mm and gelu_tanh_), the same way.
+or bf16_mm and gelu_tanh_), the same way. TOGETHER: attention's q, k, v prefill projections as
+one AMX call (quant/matvec.py's TOGETHER: bf16_mms, or a bf16_mm call each), the same way.
 
 DIR is a saved checkpoint (default: bench_vs_transformers.py's cached PaliGemma-3B-224; its
 `--preset paligemma-3b-448` run saves the 448 px one beside it). On a shared host a process's
@@ -44,7 +46,7 @@ import paligemma
 from paligemma import gemma
 from paligemma import generate as engine
 from paligemma.quant import gelu as cpu_gelu
-from paligemma.quant import malloc
+from paligemma.quant import malloc, matvec
 
 DEFAULT = Path.home() / ".cache" / "paligemma-bench" / "paligemma-3b-224"
 PRUNE_OFF = 1 << 62  # a PRUNE_MIN_TOKENS no input reaches
@@ -53,6 +55,7 @@ TOGGLES = {
     "PRUNE": (gemma, "PRUNE_MIN_TOKENS", PRUNE_OFF),
     "GEGLU": (cpu_gelu, "FUSED_GEGLU", False),
     "GELU": (cpu_gelu, "FUSED_GELU", False),
+    "TOGETHER": (matvec, "TOGETHER", False),
 }
 SWITCHES = ("MALLOC", *TOGGLES)
 

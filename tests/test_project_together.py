@@ -125,3 +125,99 @@ def test_quantised_decoding_is_unchanged_by_projecting_together(tmp_path, monkey
     assert together.tokens == alone.tokens and together.logprobs == alone.logprobs
     layers = model.cfg.text.depth
     assert calls.count(3) - joint == 3 * layers * (cfg.max_new_tokens - 1)  # 7 calls a layer -> 4
+
+
+def test_bf16_mms_equals_bf16_mm_per_weight_bit_for_bit():
+    """bf16_mms over weights of different sizes (Gemma's q, k, v shapes scaled down; output
+    rows not multiples of 16; with and without biases), rows within one pass and past it, 1 and
+    2 threads: each output is bf16_mm's for that weight, bit for bit. Without AMX-BF16 the op
+    is a clear error."""
+    from conftest import amx_bf16
+
+    ops = torch.ops.paligemma_cpu
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 64, generator=g).to(torch.bfloat16)
+    ws = [(torch.randn(o, 64, generator=g) * 0.1).to(torch.bfloat16) for o in (72, 16, 9)]
+    if not amx_bf16():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ops.bf16_mms(x, ws, [None] * 3, 256)
+        return
+    threads = torch.get_num_threads()
+    try:
+        for rows, i, sizes, n in (
+            (268, 2048, (2048, 256, 256), 2),
+            (1100, 96, (50, 17), 2),
+            (17, 64, (72, 16, 9), 1),
+        ):
+            torch.set_num_threads(n)
+            x = torch.randn(rows, i, generator=g).to(torch.bfloat16)
+            ws = [(torch.randn(o, i, generator=g) * 0.1).to(torch.bfloat16) for o in sizes]
+            biases = [torch.randn(o, generator=g) if k % 2 else None for k, o in enumerate(sizes)]
+            got = ops.bf16_mms(x, ws, biases, 256)
+            for out, w, b in zip(got, ws, biases, strict=True):
+                want = ops.bf16_mm(x, w, b, 256)
+                assert torch.equal(out.view(torch.int16), want.view(torch.int16)), (rows, w.shape)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(RuntimeError, match="a bias"):
+        ops.bf16_mms(x, ws, [None], 256)
+    with pytest.raises(RuntimeError, match="bfloat16 \\[O, I\\]"):
+        ops.bf16_mms(x, [ws[0][:, :32]], [None], 256)
+
+
+@pytest.mark.parametrize("tower", ["gemma", "siglip"])
+def test_bfloat16_prefill_projects_q_k_v_in_one_call_with_the_same_bits(tower, monkeypatch):
+    """Attention's q, k, v after install_matvec_ (plain bfloat16 linears): one bf16_mms call for
+    a prefill's rows where the CPU has AMX-BF16, the same output bits as with TOGETHER off; not
+    for few rows, with autograd recording, or a hook on a projection or on every module."""
+    from conftest import amx_bf16
+
+    from paligemma.config import GemmaConfig, SiglipConfig
+    from paligemma.gemma import Attention as GemmaAttention
+    from paligemma.quant import matvec
+    from paligemma.siglip import Attention as SiglipAttention
+
+    has, ops = amx_bf16(), torch.ops.paligemma_cpu
+    calls: list[int] = []
+    real = ops.bf16_mms
+    monkeypatch.setattr(ops, "bf16_mms", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    if tower == "siglip":
+        attn = SiglipAttention(SiglipConfig(width=64, num_heads=4))
+        run = attn
+    else:
+        attn = GemmaAttention(GemmaConfig(width=64, num_heads=4, num_kv_heads=1, head_dim=32))
+        run = None
+    model = matvec.install_matvec_(nn.Sequential(attn.to(torch.bfloat16).eval()))
+    attn = model[0]
+    x = torch.randn(2, 20, 64).to(torch.bfloat16)
+
+    def out(x):
+        if run is not None:
+            return attn(x)
+        return project(x, attn.q_proj, attn.k_proj, attn.v_proj)
+
+    def taken(x, grad: bool = False) -> bool:
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            got = out(x)
+            fused = bool(calls)
+            with monkeypatch.context() as off:
+                off.setattr(matvec, "TOGETHER", False)
+                want = out(x)
+            pairs = zip(*(t if isinstance(t, list) else [t] for t in (got, want)), strict=True)
+            assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in pairs)
+        return fused
+
+    assert taken(x) == has
+    assert not taken(x[:1, :8])
+    for p in attn.parameters():
+        p.requires_grad_(True)
+    assert not taken(x, grad=True)
+    hook = attn.k_proj.register_forward_hook(lambda *_: None)
+    assert not taken(x)
+    hook.remove()
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    assert not taken(x)
+    hook.remove()
+    assert taken(x) == has

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .activations import GeluTanh
 from .config import SiglipConfig, use_fused_attention
+from .project import project
 
 
 class Attention(nn.Module):
@@ -38,9 +39,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, seq, _ = x.shape  # seq = L
         shape = (b, seq, self.num_heads, self.head_dim)
-        q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
-        k = self.k_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
-        v = self.v_proj(x).view(shape).transpose(1, 2)  # (B, N, L, H)
+        q, k, v = (
+            t.view(shape).transpose(1, 2)  # (B, N, L, H)
+            for t in project(x, self.q_proj, self.k_proj, self.v_proj)
+        )
         if use_fused_attention(self.fused, seq):
             out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
         else:  # the reference's arithmetic; the scale in place (autograd allows it)

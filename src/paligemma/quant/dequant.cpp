@@ -24,6 +24,9 @@
 //       of 32, an error without AMX-BF16 (the plain bfloat16 prefill: matvec.py); gelu=True:
 //       gelu_tanh of it, bit for bit as gelu_tanh_ after bf16_mm, applied to each span's
 //       rounded outputs before they leave the thread (SigLIP's fc1 prefill: gelu.py)
+//   bf16_mms(x bf16[M, I], ws bf16[O_j, I] list, biases (f32[O_j] or None) list, tile)
+//       -> [bf16[M, O_j]]: bf16_mm for each weight, bit for bit, in one call: x re-laid out
+//       once, the threads taking spans of all the weights' outputs (gemma.project's q, k, v)
 //   bf16_geglu(x bf16[M, I], w_gate bf16[O, I], w_up bf16[O, I], tile) -> bf16[M, O]
 //       gelu_tanh(x @ w_gate.T) * (x @ w_up.T), GeGLU's hidden layer, bit for bit as bf16_mm
 //       twice and gelu_tanh_(gate, up) round it, with the GELU and the product applied to each
@@ -348,6 +351,35 @@ at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
   return amx_mm(x, w, w, 16, 0, tile, b, nullptr, nullptr, gelu);
 }
 
+std::vector<at::Tensor> bf16_mms(const at::Tensor& x_, at::TensorList ws,
+                                 const c10::List<c10::optional<at::Tensor>>& biases, int64_t tile) {
+  TORCH_CHECK(amx_bf16_ready(), "bf16_mms: no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(x_.dim() == 2 && x_.scalar_type() == at::kBFloat16 && tile > 0,
+              "bf16_mms: x bfloat16 [M, I], tile > 0");
+  TORCH_CHECK(x_.size(1) % 32 == 0, "bf16_mms: in features a multiple of 32");
+  TORCH_CHECK(!ws.empty() && biases.size() == ws.size(), "bf16_mms: a bias (or None) per weight");
+  const at::Tensor x = x_.contiguous();
+  std::vector<at::Tensor> w(ws.size()), bias(ws.size()), out(ws.size());
+  std::vector<AmxWeight> parts;
+  for (size_t j = 0; j < ws.size(); ++j) {
+    TORCH_CHECK(ws[j].dim() == 2 && ws[j].size(1) == x.size(1) &&
+                    ws[j].scalar_type() == at::kBFloat16,
+                "bf16_mms: each weight bfloat16 [O, I]");
+    w[j] = ws[j].contiguous();
+    const c10::optional<at::Tensor> b = biases.get(j);
+    if (b.has_value()) {
+      bias[j] = b->contiguous();
+      TORCH_CHECK(bias[j].scalar_type() == at::kFloat && bias[j].numel() == w[j].size(0),
+                  "bf16_mms: each bias float32 [O]");
+    }
+    out[j] = at::empty({x.size(0), w[j].size(0)}, x.options());
+  }
+  for (size_t j = 0; j < ws.size(); ++j)
+    parts.push_back({w[j], w[j], bias[j].defined() ? bias[j].data_ptr<float>() : nullptr, out[j]});
+  amx_run(x, parts.data(), int64_t(parts.size()), 16, 0, tile);
+  return out;
+}
+
 at::Tensor bf16_geglu(const at::Tensor& x_, const at::Tensor& wg_, const at::Tensor& wu_,
                       int64_t tile) {
   TORCH_CHECK(amx_bf16_ready(), "bf16_geglu: no AMX-BF16 here (CPU or OS)");
@@ -392,6 +424,7 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("f32_mm(Tensor x, Tensor w, Tensor? bias, int tile, int isa=-1) -> Tensor", &f32_mm);
   m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile, bool gelu=False) -> Tensor",
         &bf16_mm);
+  m.def("bf16_mms(Tensor x, Tensor[] ws, Tensor?[] biases, int tile) -> Tensor[]", &bf16_mms);
   m.def("bf16_geglu(Tensor x, Tensor w_gate, Tensor w_up, int tile) -> Tensor", &bf16_geglu);
   m.def("dequant_geglu(Tensor x, Tensor q_gate, Tensor scale_gate, Tensor q_up, Tensor scale_up, "
         "int bits, int group, int tile) -> Tensor",

@@ -322,22 +322,29 @@ inline void span(const Mm& d, int64_t o0, int64_t n, uint16_t* w, float* c) {
   else store_out(d, c, o0, n);
 }
 
-// Spans of `tile` output rows, the next free one each time, on this thread (its tiles configured
-// here and released after; its buffers kept for its next call).
-// With `up` (bf16_geglu / dequant_geglu: d the gate, *up the up projection, the same shapes and
-// codes), each span's products of both, then store_geglu.
-inline void spans(const Mm& d, int64_t tile, std::atomic<int64_t>& next, const Mm* up = nullptr) {
+// Spans of output rows, the next free one each time, on this thread (its tiles configured here
+// and released after; its buffers kept for its next call), over `count` weights that read the
+// same x (bf16_mms: q, k, v), weight j in spans of tiles[j] rows after those of the weights
+// before it. With `up` (bf16_geglu / dequant_geglu: ds[0] the gate, *up the up projection, the
+// same shapes and codes; count 1), each span's products of both, then store_geglu.
+inline void spans(const Mm* ds, const int64_t* tiles, int64_t count, std::atomic<int64_t>& next,
+                  const Mm* up = nullptr) {
   thread_local std::vector<uint16_t> wbuf;
   thread_local std::vector<float> cbuf;
-  const int64_t rows = (tile + 15) / 16 * 16, cn = rows * d.Mp + 16;
+  const int64_t rows = (*std::max_element(tiles, tiles + count) + 15) / 16 * 16;
+  const int64_t cn = rows * ds[0].Mp + 16;
   wbuf.resize(std::max<size_t>(wbuf.size(), 64 * (kKB + 32) + 32));
   cbuf.resize(std::max<size_t>(cbuf.size(), up ? 2 * cn : cn));
   auto* w = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(wbuf.data()) + 63) & ~63ul);
   auto* c = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cbuf.data()) + 63) & ~63ul);
   configure();
-  const int64_t spans = (d.O + tile - 1) / tile;
-  for (int64_t t = next++; t < spans; t = next++) {
-    const int64_t o0 = t * tile, n = std::min(tile, d.O - o0);
+  for (int64_t t = next++;; t = next++) {
+    int64_t j = 0, first = 0;  // span t: weight j's span t - first
+    for (; j < count && t - first >= (ds[j].O + tiles[j] - 1) / tiles[j]; ++j)
+      first += (ds[j].O + tiles[j] - 1) / tiles[j];
+    if (j == count) break;
+    const Mm& d = ds[j];
+    const int64_t o0 = (t - first) * tiles[j], n = std::min(tiles[j], d.O - o0);
     if (!up) {
       span(d, o0, n, w, c);
       continue;
@@ -371,38 +378,65 @@ bool amx_bf16_ready() {
   return ready;
 }
 
-// dequant_mm / bf16_mm on AMX-BF16 (x bfloat16 [M, I] contiguous; the shapes above; bias
-// float32 [O] or nullptr), kMaxRows rows of x a pass: x re-laid out (all threads), then each
-// thread takes spans of `tile` output rows.
+// One weight of an AMX call: its codes (or bfloat16 rows) [O, ...], scales (or the rows again),
+// bias float32 [O] or nullptr, and output bfloat16 [M, O].
+struct AmxWeight {
+  const at::Tensor& q;
+  const at::Tensor& scale;
+  const float* bias;
+  at::Tensor& out;
+};
+
+// x bfloat16 [M, I] (contiguous; the shapes above) times each of `count` weights, kMaxRows rows
+// of x a pass: x re-laid out once (all threads), then each thread takes spans of every weight's
+// output rows (`tile` at most, fewer where a weight is small: every thread gets a span of it).
+// up / up_scale / gelu: one weight, as spans() and Mm say.
+void amx_run(const at::Tensor& x, const AmxWeight* ws, int64_t count, int64_t bits,
+             int64_t group, int64_t tile, const at::Tensor* up = nullptr,
+             const at::Tensor* up_scale = nullptr, bool gelu = false) {
+#ifdef PG_DQ_X86
+  const int64_t M = x.size(0), I = x.size(1), threads = at::get_num_threads();
+  std::vector<int64_t> tiles(count);
+  int64_t spans = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t O = ws[j].q.size(0), share = (O + threads - 1) / threads;
+    tiles[j] = std::min(tile, (share + 15) / 16 * 16);
+    spans += (O + tiles[j] - 1) / tiles[j];
+  }
+  std::vector<pg_dq_amx::Mm> ds(count);
+  for (int64_t m0 = 0; m0 < M; m0 += pg_dq_amx::kMaxRows) {
+    const int64_t rows = std::min(pg_dq_amx::kMaxRows, M - m0), Mp = (rows + 15) / 16 * 16;
+    at::Tensor xv = at::empty({Mp / 16, I / 2, 16}, x.options().dtype(at::kInt));
+    for (int64_t j = 0; j < count; ++j) {
+      const AmxWeight& wj = ws[j];
+      const int64_t O = wj.q.size(0);
+      ds[j] = pg_dq_amx::Mm{wj.q.data_ptr(), wj.scale.data_ptr(),
+                            wj.scale.scalar_type() == at::kBFloat16, bits, group, I, O, rows, Mp,
+                            reinterpret_cast<const uint32_t*>(xv.data_ptr()),
+                            static_cast<uint16_t*>(wj.out.data_ptr()) + m0 * O, wj.bias, gelu};
+    }
+    const auto* xp = static_cast<const uint16_t*>(x.data_ptr()) + m0 * I;
+    at::parallel_for(0, Mp / 16, 1, [&](int64_t a, int64_t b) {
+      for (; a < b; ++a) pg_dq_amx::pack_x(xp, ds[0], a);
+    });
+    pg_dq_amx::Mm du = ds[0];  // GeGLU: the up projection's weight and scales (no bias)
+    if (up) du.q = up->data_ptr(), du.scale = (up_scale ? up_scale : up)->data_ptr();
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min(spans, threads), 1, [&](int64_t, int64_t) {
+      pg_dq_amx::spans(ds.data(), tiles.data(), count, next, up ? &du : nullptr);
+    });
+  }
+#endif
+}
+
+// dequant_mm / bf16_mm / the GeGLU ops on AMX-BF16: amx_run for one weight.
 at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                   int64_t bits, int64_t group, int64_t tile, const float* bias = nullptr,
                   const at::Tensor* up = nullptr, const at::Tensor* up_scale = nullptr,
                   bool gelu = false) {
-  const int64_t M = x.size(0), I = x.size(1), O = q.size(0);
-  at::Tensor out = at::empty({M, O}, x.options());
-#ifdef PG_DQ_X86
-  const int64_t share = (O + at::get_num_threads() - 1) / at::get_num_threads();
-  tile = std::min(tile, (share + 15) / 16 * 16);  // every thread gets a span when O is small
-  for (int64_t m0 = 0; m0 < M; m0 += pg_dq_amx::kMaxRows) {
-    const int64_t rows = std::min(pg_dq_amx::kMaxRows, M - m0), Mp = (rows + 15) / 16 * 16;
-    at::Tensor xv = at::empty({Mp / 16, I / 2, 16}, x.options().dtype(at::kInt));
-    const pg_dq_amx::Mm d{q.data_ptr(), scale.data_ptr(), scale.scalar_type() == at::kBFloat16,
-                          bits, group, I, O, rows, Mp,
-                          reinterpret_cast<const uint32_t*>(xv.data_ptr()),
-                          static_cast<uint16_t*>(out.data_ptr()) + m0 * O, bias, gelu};
-    const auto* xp = static_cast<const uint16_t*>(x.data_ptr()) + m0 * I;
-    at::parallel_for(0, Mp / 16, 1, [&](int64_t a, int64_t b) {
-      for (; a < b; ++a) pg_dq_amx::pack_x(xp, d, a);
-    });
-    pg_dq_amx::Mm du = d;  // GeGLU: the up projection's weight and scales (no bias)
-    if (up) du.q = up->data_ptr(), du.scale = (up_scale ? up_scale : up)->data_ptr();
-    std::atomic<int64_t> next{0};
-    const int64_t spans = (O + tile - 1) / tile;
-    at::parallel_for(0, std::min(spans, int64_t(at::get_num_threads())), 1, [&](int64_t, int64_t) {
-      pg_dq_amx::spans(d, tile, next, up ? &du : nullptr);
-    });
-  }
-#endif
+  at::Tensor out = at::empty({x.size(0), q.size(0)}, x.options());
+  const AmxWeight w{q, scale, bias, out};
+  amx_run(x, &w, 1, bits, group, tile, up, up_scale, gelu);
   return out;
 }
 

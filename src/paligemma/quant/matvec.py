@@ -62,6 +62,11 @@ F32_MIN_ROWS = 3
 F32_MIN_WEIGHTS = 2**18
 
 
+# Prefill projections that read the same x (q, k, v) as one AMX call (MatVecLinear.together:
+# bf16_mms; False: a bf16_mm call each)
+TOGETHER = True
+
+
 def hooked(*modules: nn.Module) -> bool:
     """Forward hooks that a fused call would skip: on any of `modules`, or registered for every
     module (torch.nn.modules.module's globals)."""
@@ -145,6 +150,21 @@ class MatVecLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self.rows_alone)
+
+    @staticmethod
+    def together(layers, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """Layers that read the same x (project: q, k, v) as one bf16_mms call where each takes
+        the AMX GEMM (x re-laid out once, one parallel region over all their outputs): each
+        output its layer's own bits. None where not, with TOGETHER off, or with hooks set for
+        every module (project checks the layers' own)."""
+        if not TOGETHER or hooked() or type(layers[0]) is not MatVecLinear:
+            return None
+        if any(prefill_path(x, m.weight, m.bias, m.rows_alone) != "amx" for m in layers):
+            return None
+        biases = [None if m.bias is None else m.bias.float() for m in layers]
+        flat = x.reshape(-1, x.shape[-1])
+        outs = torch.ops.paligemma_cpu.bf16_mms(flat, [m.weight for m in layers], biases, TILE)
+        return [out.view(*x.shape[:-1], -1) for out in outs]  # (..., out) each
 
 
 class MatVecHead(TiedHead):

@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--model", type=Path, default=DEFAULT, help="saved checkpoint (default: %(default)s)"
     )
-    ap.add_argument(
-        "--rounds", type=int, help="paired rounds (default: MALLOC 4, PRUNE and GEGLU 10)"
-    )
+    ap.add_argument("--rounds", type=int, help="paired rounds (default: MALLOC 4, the others 10)")
     ap.add_argument(
         "--prefills", type=int, default=4, help="MALLOC: prefills a process (default: 4)"
     )

@@ -1130,3 +1130,48 @@ def test_amx_session_38_runs_are_their_jsons(file):
     else:
         assert quote + ": every 224 px target held" in text, quote
     assert_targets(t)
+
+
+def paired(file: str) -> tuple[str, list[float], dict]:
+    """An ab_prefill.py toggle's median ratio (3 places), its per-round ratios, and the run."""
+    run = result(file)
+    return f"{run['prefill_s_median_ratio']:.3f}", run["prefill_s_ratios"], run
+
+
+def test_amx_session_39_sentences_are_their_jsons():
+    """Session 39: the two switches' paired A/Bs and the quantised rows on the AVX2 path."""
+    text = " ".join(README.split())
+    median, ratios, gelu = paired("amx-gelu-fc1-ab-s39.json")
+    off, on = (statistics.median(gelu[k]) for k in ("off_prefill_s", "on_prefill_s"))
+    assert (
+        f"On / off {median} (median of {len(ratios)} paired rounds, {min(ratios):.2f}-"
+        f"{max(ratios):.2f}; {off:.3f} s against {on:.3f} s" in text
+    )
+    assert float(median) < 1 and gelu["fused_gelu"] is True
+    median, ratios, together = paired("amx-qkv-together-ab-s39.json")
+    faster = sum(r < 1 for r in ratios)
+    assert (
+        f"off {median} (median of {len(ratios)} paired rounds, {min(ratios):.2f}-"
+        f"{max(ratios):.2f}, on faster in {faster};" in text
+    )
+    assert float(median) < 1 and together["together"] is True
+    avx2 = result("amx-host-avx2-path-s39.json")
+    i8, i4 = (avx2["results"][f"ours int{b}"] for b in (8, 4))
+    pct = [100 * r["decode_tok_s_b1"] / r["bandwidth_limit_tok_s"] for r in (i8, i4)]
+    b8 = [r["decode_tok_s_b8"] / r["decode_tok_s_b1"] for r in (i8, i4)]
+    assert (
+        f"int8 {i8['decode_tok_s_b1']:.2f} tok/s ({pct[0]:.0f}% of a {avx2['bandwidth_gbs']:.1f} "
+        f"GB/s probe" in text
+    )
+    assert (
+        f"int4 {i4['decode_tok_s_b1']:.2f} ({pct[1]:.0f}%); batch 8 over batch 1 {b8[0]:.1f}× / "
+        f"{b8[1]:.1f}× ({i8['decode_tok_s_b8']:.2f} / {i4['decode_tok_s_b8']:.2f} tok/s)" in text
+    )
+
+
+@pytest.mark.parametrize("file", ["amx-paligemma-3b-224-s39.json"])
+def test_amx_session_39_runs_are_their_jsons(file):
+    """Session 39's 224 px runs: their sentences, every target held."""
+    t, quote = run_quote(file, later=True)
+    assert quote + ": every 224 px target held" in " ".join(README.split()), quote
+    assert_targets(t)

@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {
         "config",
         "activations",
+        "project",
         "kv_cache",
         "siglip",
         "gemma",
@@ -44,9 +45,10 @@ LAYERS: list[set[str]] = [
 CORE = {
     "config": set(),
     "activations": set(),
+    "project": set(),
     "kv_cache": set(),
-    "siglip": {"config", "activations"},
-    "gemma": {"config", "activations", "kv_cache"},
+    "siglip": {"config", "activations", "project"},
+    "gemma": {"config", "activations", "project", "kv_cache"},
     "model": {"config", "siglip", "gemma", "kv_cache"},
     "decode_graph": {"model", "kv_cache"},
     "generate": {"config", "model", "decode_graph"},

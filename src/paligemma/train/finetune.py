@@ -284,6 +284,10 @@ def _finish(pipe, source, cfg, world, record, eval_data) -> dict[str, Any] | Non
     """Save the outputs (and score --eval-data) on rank 0, from the whole model: under fsdp,
     one rebuilt on the CPU from the gathered state (a GPU may not hold it whole)."""
     full = world.full_state(pipe.model)
+    # Every rank past the run's last collective before any leaves: a rank that tore its process
+    # group down while another still took part in the gather aborted in gloo's threads
+    # ("terminate called without an active exception", seen under load about 1 run in 4).
+    world.barrier()
     if not world.main:
         return None
     if full is not None:

@@ -68,7 +68,8 @@ def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeyp
     """bfloat16 decoding rows: one kernel call for the three layers, outputs equal to the layers'
     own (bfloat16, their shapes). Elsewhere each layer runs alone: float32 rows, more rows than
     DOT_ROWS, one int8 row where it takes the float kernel (cpu_kernels.int8_dot_from() 2), a
-    layer with a bias, mixed classes, a layer with a forward hook (which then runs)."""
+    layer with a bias, mixed classes, a layer with a forward hook (which then runs), a hook set
+    for every module (which then runs for each layer)."""
     calls = counted(monkeypatch)
     three = layers(cls)
     one_row = cls is q.Int4Linear or cpu_kernels.int8_dot_from() == 1
@@ -102,6 +103,15 @@ def test_project_reads_x_once_where_each_layer_takes_the_dot_kernel(cls, monkeyp
             assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), name
             assert len(calls) == dots, name
         assert seen == [(2, 32), (2, 32)]  # the hook ran: for `want` and through project
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: seen.append(o.shape)
+        )
+        try:
+            calls.clear(), seen.clear()
+            project(bf16, *three)
+        finally:
+            hook.remove()
+        assert len(calls) == 3 and len(seen) == 3  # a hook set for every module: each layer alone
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["pg1", "pg2"])

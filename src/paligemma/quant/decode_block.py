@@ -34,6 +34,7 @@ from torch import nn
 from .. import gemma
 from ..activations import GeluTanh
 from ..gemma import MLP, Attention, Block, RMSNorm, _cpu_half
+from ..project import hooked
 from . import gelu as cpu_gelu
 from . import kernels as cpu_kernels
 from . import linear, matvec
@@ -96,7 +97,7 @@ def step_key(x: torch.Tensor, cache) -> tuple:
     switches += (cpu_rms.FAST_RMS, cpu_rms.MIN_WIDTH)
     switches += (linear.DOT_ROWS, linear.INT8_ACTIVATIONS, cpu_kernels.NARROW_VNNI_ROWS)
     switches += (cpu_kernels.WIDE_ONE_ROW,)
-    return (*step, *switches, matvec.hooked())
+    return (*step, *switches, hooked())
 
 
 class CpuDecodeBlock(Block):
@@ -196,7 +197,7 @@ class CpuDecodeBlock(Block):
         kinds = kinds and type(attn) is Attention and type(mlp) is MLP
         if not kinds or type(mlp.act) not in (GeluTanh, cpu_gelu.CpuGeluTanh):
             return False
-        return not matvec.hooked(*self.modules())
+        return not hooked(*self.modules())
 
 
 def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tuple | None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..activations import GeluTanh
+from ..project import hooked
 from . import kernels as cpu_kernels
 from .linear import TILE, Int4Linear, Int8Linear  # TILE: output rows a thread takes at a time
 
@@ -61,7 +62,7 @@ class CpuGeluTanh(GeluTanh):
         dequant_geglu), without bias, no hooks are set on them, on this module or for every
         module, autograd is off (forward's condition for gelu.cpp), and FAST_GELU and
         FUSED_GEGLU are on; else None (the caller runs the three)."""
-        from .matvec import MatVecLinear, hooked, prefill_path  # (matvec imports this module)
+        from .matvec import MatVecLinear, prefill_path  # (matvec imports this module)
 
         if not _fusing(FUSED_GEGLU):
             return None
@@ -94,7 +95,7 @@ class CpuGeluTanh(GeluTanh):
         take the AMX GEMM (matvec's "amx" path), no hooks are set on it, on this module or for
         every module, autograd is off, and FAST_GELU and FUSED_GELU are on; else None (the
         caller runs both)."""
-        from .matvec import MatVecLinear, hooked, prefill_path  # (matvec imports this module)
+        from .matvec import MatVecLinear, prefill_path  # (matvec imports this module)
 
         if not _fusing(FUSED_GELU) or type(layer) is not MatVecLinear or hooked(self, layer):
             return None

@@ -67,16 +67,6 @@ F32_MIN_WEIGHTS = 2**18
 TOGETHER = True
 
 
-def hooked(*modules: nn.Module) -> bool:
-    """Forward hooks that a fused call would skip: on any of `modules`, or registered for every
-    module (torch.nn.modules.module's globals)."""
-    from torch.nn.modules import module as m
-
-    if m._global_forward_hooks or m._global_forward_pre_hooks:
-        return True
-    return any(k._forward_hooks or k._forward_pre_hooks for k in modules)
-
-
 def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
     """One row of x on the CPU, to go through torch.mv (module docstring)."""
     if x.device.type != "cpu" or x.numel() != x.shape[-1]:
@@ -155,9 +145,9 @@ class MatVecLinear(nn.Linear):
     def together(layers, x: torch.Tensor) -> list[torch.Tensor] | None:
         """Layers that read the same x (project: q, k, v) as one bf16_mms call where each takes
         the AMX GEMM (x re-laid out once, one parallel region over all their outputs): each
-        output its layer's own bits. None where not, with TOGETHER off, or with hooks set for
-        every module (project checks the layers' own)."""
-        if not TOGETHER or hooked() or type(layers[0]) is not MatVecLinear:
+        output its layer's own bits. None where not, or with TOGETHER off (project steps aside
+        for hooks)."""
+        if not TOGETHER or type(layers[0]) is not MatVecLinear:
             return None
         if any(prefill_path(x, m.weight, m.bias, m.rows_alone) != "amx" for m in layers):
             return None

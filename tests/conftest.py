@@ -254,3 +254,36 @@ def amx_bf16() -> bool:
     flags = Path("/proc/cpuinfo").read_text() if has else ""
     assert not has or all(f in flags for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
     return has
+
+
+def fused_taken(run, calls: list, monkeypatch, module: ModuleType, switch: str):
+    """A check for a fused CPU call that stands in for several ops: taken(x, grad=False) runs
+    run(x) (a tensor or a list of them) with `module.switch` as it is, then off, asserts both
+    give the same bits, and says whether the fused call ran (`calls`: what the patched op
+    appended on the first run)."""
+
+    def taken(x: torch.Tensor, grad: bool = False) -> bool:
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            got = run(x)
+            fused = any(calls)
+            with monkeypatch.context() as off:
+                off.setattr(module, switch, False)
+                want = run(x)
+        pairs = zip(*(t if isinstance(t, list) else [t] for t in (got, want)), strict=True)
+        assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in pairs)
+        return fused
+
+    return taken
+
+
+def assert_hooks_step_aside(taken, x: torch.Tensor, modules) -> None:
+    """A forward hook on any of `modules`, or one set for every module, keeps the fused call
+    (`fused_taken`'s check) from running: each hook would be skipped by it."""
+    for module in modules:
+        hook = module.register_forward_hook(lambda *_: None)
+        assert not taken(x), module
+        hook.remove()
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    assert not taken(x)
+    hook.remove()

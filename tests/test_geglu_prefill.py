@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import amx_bf16
+from conftest import amx_bf16, assert_hooks_step_aside, fused_taken
 
 from paligemma.config import GemmaConfig, SiglipConfig
 from paligemma.gemma import MLP
@@ -125,14 +125,7 @@ def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(mode, mo
         assert type(m.gate_proj).__name__ == f"Int{mode[3]}Linear"
     x = torch.randn(2, 20, 64).to(torch.bfloat16)
 
-    def taken(x, grad: bool = False) -> bool:
-        calls.clear()
-        with torch.set_grad_enabled(grad):
-            got = m(x)
-            with monkeypatch.context() as off:
-                off.setattr(cpu_gelu, "FUSED_GEGLU", False)
-                assert torch.equal(got.view(torch.int16), m(x).view(torch.int16))
-        return bool(calls)
+    taken = fused_taken(m, calls, monkeypatch, cpu_gelu, "FUSED_GEGLU")
 
     assert taken(x) == has
     assert not taken(x[:1, :16]) and not taken(x, grad=True)
@@ -142,13 +135,7 @@ def test_the_mlp_takes_the_fused_call_only_where_it_gives_the_same_bits(mode, mo
     monkeypatch.setattr(cpu_gelu, "FAST_GELU", False)
     assert not taken(x)
     monkeypatch.setattr(cpu_gelu, "FAST_GELU", True)
-    for module in (m.gate_proj, m.up_proj, m.act):
-        hook = module.register_forward_hook(lambda *_: None)
-        assert not taken(x)
-        hook.remove()
-    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
-    assert not taken(x)
-    hook.remove()
+    assert_hooks_step_aside(taken, x, (m.gate_proj, m.up_proj, m.act))
     assert taken(x) == has
 
 
@@ -200,28 +187,14 @@ def test_siglip_mlp_takes_the_fused_fc1_only_where_it_gives_the_same_bits(monkey
     m = model[0]
     x = torch.randn(2, 20, 64).to(torch.bfloat16)
 
-    def taken(x, grad: bool = False) -> bool:
-        calls.clear()
-        with torch.set_grad_enabled(grad):
-            got = m(x)
-            fused = any(calls)
-            with monkeypatch.context() as off:
-                off.setattr(cpu_gelu, "FUSED_GELU", False)
-                assert torch.equal(got.view(torch.int16), m(x).view(torch.int16))
-        return fused
+    taken = fused_taken(m, calls, monkeypatch, cpu_gelu, "FUSED_GELU")
 
     assert taken(x) == has
     assert not taken(x[:1, :16]) and not taken(x, grad=True)
     monkeypatch.setattr(cpu_gelu, "FAST_GELU", False)
     assert not taken(x)
     monkeypatch.setattr(cpu_gelu, "FAST_GELU", True)
-    for module in (m.fc1, m.act):
-        hook = module.register_forward_hook(lambda *_: None)
-        assert not taken(x)
-        hook.remove()
-    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
-    assert not taken(x)
-    hook.remove()
+    assert_hooks_step_aside(taken, x, (m.fc1, m.act))
     assert taken(x) == has
     quantize_(model, "int8", include="*", head=False)
     assert type(m.fc1).__name__ == "Int8Linear" and not taken(x)

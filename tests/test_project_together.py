@@ -1,4 +1,4 @@
-"""Projections that read the same x (q, k, v; gate, up) in one kernel call (gemma.project,
+"""Projections that read the same x (q, k, v; gate, up) in one kernel call (project.project,
 _QuantizedLinear.together, int4_dots / int8_dots): each output equals its layer's own call bit
 for bit, and the call is taken only where each layer alone would take the dot kernel."""
 
@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch, tiny_hf_model
+from conftest import amx_bf16, assert_hooks_step_aside, fused_taken, make_batch, tiny_hf_model
 from test_int4_dot import variants
 from torch import nn
 
 import paligemma
 from paligemma import generate as engine
-from paligemma.gemma import project
-from paligemma.quant import decode_block
+from paligemma.config import GemmaConfig, SiglipConfig
+from paligemma.gemma import Attention as GemmaAttention
+from paligemma.project import project
+from paligemma.quant import decode_block, matvec
 from paligemma.quant import kernels as cpu_kernels
 from paligemma.quant import linear as q
+from paligemma.siglip import Attention as SiglipAttention
 
 
 def test_dots_equal_one_call_per_weight_bit_for_bit():
@@ -142,8 +145,6 @@ def test_bf16_mms_equals_bf16_mm_per_weight_bit_for_bit():
     rows not multiples of 16; with and without biases), rows within one pass and past it, 1 and
     2 threads: each output is bf16_mm's for that weight, bit for bit. Without AMX-BF16 the op
     is a clear error."""
-    from conftest import amx_bf16
-
     ops = torch.ops.paligemma_cpu
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 64, generator=g).to(torch.bfloat16)
@@ -180,13 +181,6 @@ def test_bfloat16_prefill_projects_q_k_v_in_one_call_with_the_same_bits(tower, m
     """Attention's q, k, v after install_matvec_ (plain bfloat16 linears): one bf16_mms call for
     a prefill's rows where the CPU has AMX-BF16, the same output bits as with TOGETHER off; not
     for few rows, with autograd recording, or a hook on a projection or on every module."""
-    from conftest import amx_bf16
-
-    from paligemma.config import GemmaConfig, SiglipConfig
-    from paligemma.gemma import Attention as GemmaAttention
-    from paligemma.quant import matvec
-    from paligemma.siglip import Attention as SiglipAttention
-
     has, ops = amx_bf16(), torch.ops.paligemma_cpu
     calls: list[int] = []
     real = ops.bf16_mms
@@ -194,40 +188,22 @@ def test_bfloat16_prefill_projects_q_k_v_in_one_call_with_the_same_bits(tower, m
     torch.manual_seed(0)
     if tower == "siglip":
         attn = SiglipAttention(SiglipConfig(width=64, num_heads=4))
-        run = attn
     else:
         attn = GemmaAttention(GemmaConfig(width=64, num_heads=4, num_kv_heads=1, head_dim=32))
-        run = None
-    model = matvec.install_matvec_(nn.Sequential(attn.to(torch.bfloat16).eval()))
-    attn = model[0]
+    attn = matvec.install_matvec_(nn.Sequential(attn.to(torch.bfloat16).eval()))[0]
     x = torch.randn(2, 20, 64).to(torch.bfloat16)
 
-    def out(x):
-        if run is not None:
+    def out(x):  # SigLIP's whole attention; Gemma's projections (its forward needs a cache)
+        if tower == "siglip":
             return attn(x)
         return project(x, attn.q_proj, attn.k_proj, attn.v_proj)
 
-    def taken(x, grad: bool = False) -> bool:
-        calls.clear()
-        with torch.set_grad_enabled(grad):
-            got = out(x)
-            fused = bool(calls)
-            with monkeypatch.context() as off:
-                off.setattr(matvec, "TOGETHER", False)
-                want = out(x)
-            pairs = zip(*(t if isinstance(t, list) else [t] for t in (got, want)), strict=True)
-            assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in pairs)
-        return fused
+    taken = fused_taken(out, calls, monkeypatch, matvec, "TOGETHER")
 
     assert taken(x) == has
     assert not taken(x[:1, :8])
     for p in attn.parameters():
         p.requires_grad_(True)
     assert not taken(x, grad=True)
-    hook = attn.k_proj.register_forward_hook(lambda *_: None)
-    assert not taken(x)
-    hook.remove()
-    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
-    assert not taken(x)
-    hook.remove()
+    assert_hooks_step_aside(taken, x, (attn.k_proj,))
     assert taken(x) == has

@@ -20,10 +20,11 @@
 // products, cost ~15% more). Last, C is transposed 16 x 16 in registers and rounded into out.
 // M is padded to Mp (a multiple of 16) with zero rows in xv; weight rows past the span are
 // zeros in w; neither is stored. Shapes: I a multiple of 32 (int4: the group too), M <= kMaxRows
-// per pass (amx_mm runs larger x in passes).
+// per pass (amx_run runs larger x in passes).
 //
 // Defines, in dequant.cpp's anonymous namespace: amx_bf16_ready() (AMX-BF16 and AVX512-BF16 in
-// CPUID, and the tiles granted: int4_dot.cpp's pg_amx_ready) and amx_mm (dequant_mm's AMX path).
+// CPUID, and the tiles granted: int4_dot.cpp's pg_amx_ready), amx_run (x times several weights
+// in one call: bf16_mms) and amx_mm (one weight: dequant_mm's AMX path, bf16_mm, the GeGLU ops).
 
 bool pg_amx_ready();  // int4_dot.cpp: AMX-TILE and AMX-INT8 in CPUID, the OS's leave granted
 

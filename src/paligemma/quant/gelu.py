@@ -10,7 +10,9 @@ of the 65,536, all at x <= -2.98 where its 1 + tanh(u) cancels (by at most 1.5e-
 
 `install_matvec_` (matvec.py) swaps the models' GeluTanh modules for CpuGeluTanh at load; the
 kernel takes the place of GeluTanh's in-place branch (autograd off) for bfloat16 CPU tensors,
-everything else keeps GeluTanh's ops.
+everything else keeps GeluTanh's ops. Where a prefill takes the AMX GEMM, the GELU also runs
+inside it: Gemma's MLP asks `geglu` (gate, up and the product in one call), SigLIP's `linear_gelu`
+(fc1 and its GELU); both give the unfused ops' bits.
 """
 
 from __future__ import annotations

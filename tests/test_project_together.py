@@ -176,22 +176,63 @@ def test_bf16_mms_equals_bf16_mm_per_weight_bit_for_bit():
         ops.bf16_mms(x, [ws[0][:, :32]], [None], 256)
 
 
-@pytest.mark.parametrize("tower", ["gemma", "siglip"])
-def test_bfloat16_prefill_projects_q_k_v_in_one_call_with_the_same_bits(tower, monkeypatch):
-    """Attention's q, k, v after install_matvec_ (plain bfloat16 linears): one bf16_mms call for
-    a prefill's rows where the CPU has AMX-BF16, the same output bits as with TOGETHER off; not
-    for few rows, with autograd recording, or a hook on a projection or on every module."""
+def test_dequant_mms_equals_dequant_mm_per_weight_bit_for_bit():
+    """dequant_mms over int8 / int4 weights of different sizes (groups 32 and 64, float32 and
+    bfloat16 scales), rows within one pass and past it: each output is dequant_mm's AMX path's
+    (amx=1) for that weight. Mismatched lists and shapes are clear errors; without AMX-BF16 the
+    op is one."""
+    ops = torch.ops.paligemma_cpu
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 128, generator=g).to(torch.bfloat16)
+    codes = [ops.quantize(torch.randn(o, 128, generator=g), 8, 0) for o in (72, 16)]
+    if not amx_bf16():
+        with pytest.raises(RuntimeError, match="no AMX-BF16"):
+            ops.dequant_mms(x, [c for c, _ in codes], [s for _, s in codes], 8, 0, 256)
+        return
+    for rows, i, bits, group, sdtype in (
+        (268, 2048, 8, 0, torch.bfloat16),
+        (40, 256, 4, 32, torch.float32),
+        (1100, 128, 4, 64, torch.bfloat16),
+    ):
+        x = torch.randn(rows, i, generator=g).to(torch.bfloat16)
+        ws = [torch.randn(o, i, generator=g) * 0.1 for o in (72, 16, 9)]
+        qs, scales = zip(*(ops.quantize(w, bits, group) for w in ws), strict=True)
+        scales = [s.to(sdtype) for s in scales]
+        got = ops.dequant_mms(x, list(qs), scales, bits, group, 256)
+        for out, qq, sc in zip(got, qs, scales, strict=True):
+            want = ops.dequant_mm(x, qq, sc, bits, group, 256, -1, 1, 0)
+            assert torch.equal(out.view(torch.int16), want.view(torch.int16)), (rows, bits)
+    with pytest.raises(RuntimeError, match="a scale per weight"):
+        ops.dequant_mms(x, list(qs), scales[:1], bits, group, 256)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.dequant_mms(x[:, :40], [qs[0][:, :20]], [scales[0]], 4, 40, 256)
+
+
+@pytest.mark.parametrize(
+    "tower, mode",
+    [("gemma", None), ("siglip", None), ("gemma", "int8"), ("gemma", "int4"), ("siglip", "int4")],
+)
+def test_prefill_projects_q_k_v_in_one_call_with_the_same_bits(tower, mode, monkeypatch):
+    """Attention's q, k, v after install_matvec_ (plain bfloat16 linears: bf16_mms; int8 / int4:
+    dequant_mms): one call for a prefill's rows where the CPU has AMX-BF16, the same output bits
+    as with TOGETHER off; not for few rows, with autograd recording, or a hook on a projection
+    or on every module; not for quantised layers with a bias (SigLIP's)."""
     has, ops = amx_bf16(), torch.ops.paligemma_cpu
     calls: list[int] = []
-    real = ops.bf16_mms
-    monkeypatch.setattr(ops, "bf16_mms", lambda *a: calls.append(1) or real(*a))
+    name = "dequant_mms" if mode else "bf16_mms"
+    real = getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     if tower == "siglip":
         attn = SiglipAttention(SiglipConfig(width=64, num_heads=4))
     else:
         attn = GemmaAttention(GemmaConfig(width=64, num_heads=4, num_kv_heads=1, head_dim=32))
-    attn = matvec.install_matvec_(nn.Sequential(attn.to(torch.bfloat16).eval()))[0]
+    model = nn.Sequential(attn.to(torch.bfloat16).eval())
+    if mode:
+        q.quantize_(model, mode, include="*", group=32, head=False)
+    attn = matvec.install_matvec_(model)[0]
     x = torch.randn(2, 20, 64).to(torch.bfloat16)
+    fuses = has and not (mode and tower == "siglip")
 
     def out(x):  # SigLIP's whole attention; Gemma's projections (its forward needs a cache)
         if tower == "siglip":
@@ -200,10 +241,9 @@ def test_bfloat16_prefill_projects_q_k_v_in_one_call_with_the_same_bits(tower, m
 
     taken = fused_taken(out, calls, monkeypatch, matvec, "TOGETHER")
 
-    assert taken(x) == has
+    assert taken(x) == fuses
     assert not taken(x[:1, :8])
-    for p in attn.parameters():
-        p.requires_grad_(True)
-    assert not taken(x, grad=True)
+    assert not taken(x.requires_grad_(True), grad=True)
+    x = x.detach()
     assert_hooks_step_aside(taken, x, (attn.k_proj,))
-    assert taken(x) == has
+    assert taken(x) == fuses

@@ -27,6 +27,8 @@
 //   bf16_mms(x bf16[M, I], ws bf16[O_j, I] list, biases (f32[O_j] or None) list, tile)
 //       -> [bf16[M, O_j]]: bf16_mm for each weight, bit for bit, in one call: x re-laid out
 //       once, the threads taking spans of all the weights' outputs (gemma.project's q, k, v)
+//   dequant_mms(x bf16[M, I], qs, scales, bits, group, tile) -> [bf16[M, O_j]]: dequant_mm's
+//       AMX path (amx=1) for each int8 / int4 weight, bit for bit, in one call as bf16_mms
 //   bf16_geglu(x bf16[M, I], w_gate bf16[O, I], w_up bf16[O, I], tile) -> bf16[M, O]
 //       gelu_tanh(x @ w_gate.T) * (x @ w_up.T), GeGLU's hidden layer, bit for bit as bf16_mm
 //       twice and gelu_tanh_(gate, up) round it, with the GELU and the product applied to each
@@ -380,6 +382,28 @@ std::vector<at::Tensor> bf16_mms(const at::Tensor& x_, at::TensorList ws,
   return out;
 }
 
+std::vector<at::Tensor> dequant_mms(const at::Tensor& x_, at::TensorList qs, at::TensorList scales,
+                                    int64_t bits, int64_t group, int64_t tile) {
+  TORCH_CHECK(amx_bf16_ready(), "dequant_mms: no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(x_.dim() == 2 && x_.scalar_type() == at::kBFloat16 && tile > 0,
+              "dequant_mms: x bfloat16 [M, I], tile > 0");
+  const int64_t I = x_.size(1);
+  TORCH_CHECK(I % 32 == 0 && (bits == 8 || (bits == 4 && group % 32 == 0)),
+              "dequant_mms: int8 / int4 codes, in features (int4: the group) a multiple of 32");
+  TORCH_CHECK(!qs.empty() && scales.size() == qs.size(), "dequant_mms: a scale per weight");
+  const at::Tensor x = x_.contiguous();
+  std::vector<at::Tensor> q(qs.size()), scale(qs.size()), out(qs.size());
+  std::vector<AmxWeight> parts;
+  for (size_t j = 0; j < qs.size(); ++j) {
+    q[j] = qs[j].contiguous(), scale[j] = scales[j].contiguous();
+    check_codes(q[j], scale[j], bits, group, I);
+    out[j] = at::empty({x.size(0), q[j].size(0)}, x.options());
+  }
+  for (size_t j = 0; j < qs.size(); ++j) parts.push_back({q[j], scale[j], nullptr, out[j]});
+  amx_run(x, parts.data(), int64_t(parts.size()), bits, group, tile);
+  return out;
+}
+
 at::Tensor bf16_geglu(const at::Tensor& x_, const at::Tensor& wg_, const at::Tensor& wu_,
                       int64_t tile) {
   TORCH_CHECK(amx_bf16_ready(), "bf16_geglu: no AMX-BF16 here (CPU or OS)");
@@ -425,6 +449,9 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("bf16_mm(Tensor x, Tensor w, Tensor? bias, int tile, bool gelu=False) -> Tensor",
         &bf16_mm);
   m.def("bf16_mms(Tensor x, Tensor[] ws, Tensor?[] biases, int tile) -> Tensor[]", &bf16_mms);
+  m.def("dequant_mms(Tensor x, Tensor[] qs, Tensor[] scales, int bits, int group, int tile) "
+        "-> Tensor[]",
+        &dequant_mms);
   m.def("bf16_geglu(Tensor x, Tensor w_gate, Tensor w_up, int tile) -> Tensor", &bf16_geglu);
   m.def("dequant_geglu(Tensor x, Tensor q_gate, Tensor scale_gate, Tensor q_up, Tensor scale_up, "
         "int bits, int group, int tile) -> Tensor",

@@ -14,8 +14,9 @@ never an expanded copy):
         integer dot products, one pass over the saved weight for all rows, no copy; int8 from
         2 rows, where its float kernel turns compute-bound, or from 1 where the CPU runs
         int8_dot's AVX2 one-row loop: cpu_kernels.int8_dot_from()); the output in x's dtype, and
-        layers that read the same x (gemma.project: q, k, v; gate, up) in one call
-        (`together`: int4_dots / int8_dots, x quantised once, one parallel region);
+        layers that read the same x (project: q, k, v; gate, up) in one call
+        (`together`: int4_dots / int8_dots, x quantised once, one parallel region;
+        prefill rows on AMX likewise, dequant_mms: together.py);
     up to KERNEL_ROWS rows of x: our kernels (kernels.cpp, float32 accumulation; int4 when the
         group is a multiple of 32), when they could be built; up to PACKED_ROWS rows: PyTorch's
         packed int8 / int4 kernels (bfloat16 activations);
@@ -84,25 +85,11 @@ class _QuantizedLinear(nn.Module):
 
     @staticmethod
     def together(layers, x: torch.Tensor) -> list[torch.Tensor] | None:
-        """Layers of one class that read the same x (gemma.project: q, k, v; gate, up), as one
-        int4_dots / int8_dots call: x quantised once, one parallel region; each output equals
-        its layer's own call bit for bit. None where that kernel would not run alone."""
-        first, kind = layers[0], layers[0]._dot_kind()
-        rows = first._dot_rows(x, kind) if _on_cpu_inference(x) else 0
-        if not rows or any(m.bias is not None or m._dot_kind() != kind for m in layers):
-            return None
-        bits, group, _ = kind
-        op = torch.ops.paligemma_cpu.int4_dots if bits == 4 else torch.ops.paligemma_cpu.int8_dots
-        flat, weights = x.reshape(rows, -1), [m.weight for m in layers]
-        outs = op(
-            flat,
-            weights,
-            [m.scale for m in layers],
-            group,
-            *cpu_kernels.dot_path(rows),
-            dtype=x.dtype,
-        )
-        return [out.view(*x.shape[:-1], -1) for out in outs]
+        """Layers of one class that read the same x (project: q, k, v; gate, up) in one kernel
+        call, each output its layer's own bits; None where not (quant/together.py)."""
+        from .together import together  # (together.py reads this module's constants)
+
+        return together(layers, x)
 
     def _cached(self, name: str, build) -> tuple[torch.Tensor, ...]:
         """build(weight, scale), kept until either tensor changes (a kernel's own layout; never

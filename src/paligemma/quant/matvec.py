@@ -63,7 +63,7 @@ F32_MIN_WEIGHTS = 2**18
 
 
 # Prefill projections that read the same x (q, k, v) as one AMX call (MatVecLinear.together:
-# bf16_mms; False: a bf16_mm call each)
+# bf16_mms; the int8 / int4 layers', together.py: dequant_mms; False: a call each)
 TOGETHER = True
 
 

@@ -1155,6 +1155,14 @@ def test_amx_session_39_sentences_are_their_jsons():
         f"{max(ratios):.2f}, on faster in {faster};" in text
     )
     assert float(median) < 1 and together["together"] is True
+    quant = [paired(f"amx-qkv-together-ab-s39-{m}.json") for m in ("int8", "int4")]
+    assert (
+        f"on / off {quant[0][0]} (int8) and {quant[1][0]} (int4), medians of "
+        f"{len(quant[0][1])} paired rounds" in text
+    )
+    assert all(
+        run["model"].endswith(m) for (_, _, run), m in zip(quant, ("int8", "int4"), strict=True)
+    )
     avx2 = result("amx-host-avx2-path-s39.json")
     i8, i4 = (avx2["results"][f"ours int{b}"] for b in (8, 4))
     pct = [100 * r["decode_tok_s_b1"] / r["bandwidth_limit_tok_s"] for r in (i8, i4)]

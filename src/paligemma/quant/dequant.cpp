@@ -159,7 +159,7 @@ void check_codes(const at::Tensor& q, const at::Tensor& scale, int64_t bits, int
   TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
               "dequant: the scale must be float32 or bfloat16");
   if (bits == 16) {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.size(1) == I, "dequant: bfloat16 w [O, I]");
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.size(1) == I, "dequant: w bfloat16 [O, I]");
   } else if (bits == 8) {
     TORCH_CHECK(q.scalar_type() == at::kChar && q.size(1) == I && scale.numel() == O,
                 "dequant: int8 codes [O, I] and one scale per output row");
@@ -334,106 +334,92 @@ at::Tensor f32_mm(const at::Tensor& x_, const at::Tensor& w_,
   return out.to(at::kBFloat16);
 }
 
+// The AMX ops' x, checked: AMX-BF16 here, x bfloat16 [M, I] with I a multiple of 32, tile > 0;
+// returned contiguous.
+at::Tensor amx_x(const at::Tensor& x, int64_t tile, const char* op) {
+  TORCH_CHECK(amx_bf16_ready(), op, ": no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && tile > 0, op,
+              ": x bfloat16 [M, I], tile > 0");
+  TORCH_CHECK(x.size(1) % 32 == 0, op, ": in features a multiple of 32");
+  return x.contiguous();
+}
+
+// A bias float32 [O] (contiguous, kept in `held`), or nullptr without one.
+const float* amx_bias(const c10::optional<at::Tensor>& bias, int64_t O, at::Tensor& held,
+                      const char* op) {
+  if (!bias.has_value()) return nullptr;
+  held = bias->contiguous();
+  TORCH_CHECK(held.scalar_type() == at::kFloat && held.numel() == O, op, ": bias float32 [O]");
+  return held.data_ptr<float>();
+}
+
 at::Tensor bf16_mm(const at::Tensor& x_, const at::Tensor& w_,
                    const c10::optional<at::Tensor>& bias_, int64_t tile, bool gelu) {
-  TORCH_CHECK(amx_bf16_ready(), "bf16_mm: no AMX-BF16 here (CPU or OS)");
-  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(1) && tile > 0,
-              "bf16_mm: x [M, I], w [O, I], tile > 0");
-  TORCH_CHECK(x_.scalar_type() == at::kBFloat16 && w_.scalar_type() == at::kBFloat16,
-              "bf16_mm: x and w bfloat16");
-  TORCH_CHECK(x_.size(1) % 32 == 0, "bf16_mm: in features a multiple of 32");
-  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  const at::Tensor x = amx_x(x_, tile, "bf16_mm"), w = w_.contiguous();
+  check_codes(w, w, 16, 0, x.size(1));
   at::Tensor bias;
-  if (bias_.has_value()) {
-    bias = bias_->contiguous();
-    TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.numel() == w.size(0),
-                "bf16_mm: bias float32 [O]");
-  }
-  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const float* b = amx_bias(bias_, w.size(0), bias, "bf16_mm");
   return amx_mm(x, w, w, 16, 0, tile, b, nullptr, nullptr, gelu);
 }
 
 std::vector<at::Tensor> bf16_mms(const at::Tensor& x_, at::TensorList ws,
                                  const c10::List<c10::optional<at::Tensor>>& biases, int64_t tile) {
-  TORCH_CHECK(amx_bf16_ready(), "bf16_mms: no AMX-BF16 here (CPU or OS)");
-  TORCH_CHECK(x_.dim() == 2 && x_.scalar_type() == at::kBFloat16 && tile > 0,
-              "bf16_mms: x bfloat16 [M, I], tile > 0");
-  TORCH_CHECK(x_.size(1) % 32 == 0, "bf16_mms: in features a multiple of 32");
+  const at::Tensor x = amx_x(x_, tile, "bf16_mms");
   TORCH_CHECK(!ws.empty() && biases.size() == ws.size(), "bf16_mms: a bias (or None) per weight");
-  const at::Tensor x = x_.contiguous();
   std::vector<at::Tensor> w(ws.size()), bias(ws.size()), out(ws.size());
-  std::vector<AmxWeight> parts;
+  std::vector<AmxWeight> parts;  // (references into the vectors above, sized once)
   for (size_t j = 0; j < ws.size(); ++j) {
-    TORCH_CHECK(ws[j].dim() == 2 && ws[j].size(1) == x.size(1) &&
-                    ws[j].scalar_type() == at::kBFloat16,
-                "bf16_mms: each weight bfloat16 [O, I]");
     w[j] = ws[j].contiguous();
-    const c10::optional<at::Tensor> b = biases.get(j);
-    if (b.has_value()) {
-      bias[j] = b->contiguous();
-      TORCH_CHECK(bias[j].scalar_type() == at::kFloat && bias[j].numel() == w[j].size(0),
-                  "bf16_mms: each bias float32 [O]");
-    }
+    check_codes(w[j], w[j], 16, 0, x.size(1));
+    const float* b = amx_bias(biases.get(j), w[j].size(0), bias[j], "bf16_mms");
     out[j] = at::empty({x.size(0), w[j].size(0)}, x.options());
+    parts.push_back({w[j], w[j], b, out[j]});
   }
-  for (size_t j = 0; j < ws.size(); ++j)
-    parts.push_back({w[j], w[j], bias[j].defined() ? bias[j].data_ptr<float>() : nullptr, out[j]});
   amx_run(x, parts.data(), int64_t(parts.size()), 16, 0, tile);
   return out;
 }
 
 std::vector<at::Tensor> dequant_mms(const at::Tensor& x_, at::TensorList qs, at::TensorList scales,
                                     int64_t bits, int64_t group, int64_t tile) {
-  TORCH_CHECK(amx_bf16_ready(), "dequant_mms: no AMX-BF16 here (CPU or OS)");
-  TORCH_CHECK(x_.dim() == 2 && x_.scalar_type() == at::kBFloat16 && tile > 0,
-              "dequant_mms: x bfloat16 [M, I], tile > 0");
-  const int64_t I = x_.size(1);
-  TORCH_CHECK(I % 32 == 0 && (bits == 8 || (bits == 4 && group % 32 == 0)),
-              "dequant_mms: int8 / int4 codes, in features (int4: the group) a multiple of 32");
+  const at::Tensor x = amx_x(x_, tile, "dequant_mms");
+  TORCH_CHECK(bits == 8 || (bits == 4 && group % 32 == 0),
+              "dequant_mms: int8 / int4 codes (int4: the group a multiple of 32)");
   TORCH_CHECK(!qs.empty() && scales.size() == qs.size(), "dequant_mms: a scale per weight");
-  const at::Tensor x = x_.contiguous();
   std::vector<at::Tensor> q(qs.size()), scale(qs.size()), out(qs.size());
-  std::vector<AmxWeight> parts;
+  std::vector<AmxWeight> parts;  // (references into the vectors above, sized once)
   for (size_t j = 0; j < qs.size(); ++j) {
     q[j] = qs[j].contiguous(), scale[j] = scales[j].contiguous();
-    check_codes(q[j], scale[j], bits, group, I);
+    check_codes(q[j], scale[j], bits, group, x.size(1));
     out[j] = at::empty({x.size(0), q[j].size(0)}, x.options());
+    parts.push_back({q[j], scale[j], nullptr, out[j]});
   }
-  for (size_t j = 0; j < qs.size(); ++j) parts.push_back({q[j], scale[j], nullptr, out[j]});
   amx_run(x, parts.data(), int64_t(parts.size()), bits, group, tile);
   return out;
 }
 
 at::Tensor bf16_geglu(const at::Tensor& x_, const at::Tensor& wg_, const at::Tensor& wu_,
                       int64_t tile) {
-  TORCH_CHECK(amx_bf16_ready(), "bf16_geglu: no AMX-BF16 here (CPU or OS)");
-  TORCH_CHECK(x_.dim() == 2 && wg_.dim() == 2 && wg_.sizes() == wu_.sizes() &&
-                  x_.size(1) == wg_.size(1) && tile > 0,
-              "bf16_geglu: x [M, I], w_gate and w_up [O, I], tile > 0");
-  for (const at::Tensor* t : {&x_, &wg_, &wu_})
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16, "bf16_geglu: x and the weights bfloat16");
-  TORCH_CHECK(x_.size(1) % 32 == 0, "bf16_geglu: in features a multiple of 32");
-  const at::Tensor x = x_.contiguous(), wg = wg_.contiguous(), wu = wu_.contiguous();
+  const at::Tensor x = amx_x(x_, tile, "bf16_geglu");
+  const at::Tensor wg = wg_.contiguous(), wu = wu_.contiguous();
+  TORCH_CHECK(wg.sizes() == wu.sizes(), "bf16_geglu: w_gate and w_up [O, I] alike");
+  check_codes(wg, wg, 16, 0, x.size(1));
+  check_codes(wu, wu, 16, 0, x.size(1));
   return amx_mm(x, wg, wg, 16, 0, tile, nullptr, &wu);
 }
 
 at::Tensor dequant_geglu(const at::Tensor& x_, const at::Tensor& qg_, const at::Tensor& sg_,
                          const at::Tensor& qu_, const at::Tensor& su_, int64_t bits,
                          int64_t group, int64_t tile) {
-  TORCH_CHECK(amx_bf16_ready(), "dequant_geglu: no AMX-BF16 here (CPU or OS)");
-  TORCH_CHECK(x_.dim() == 2 && x_.scalar_type() == at::kBFloat16 && tile > 0,
-              "dequant_geglu: x bfloat16 [M, I], tile > 0");
+  const at::Tensor x = amx_x(x_, tile, "dequant_geglu");
   const at::Tensor qg = qg_.contiguous(), sg = sg_.contiguous();
   const at::Tensor qu = qu_.contiguous(), su = su_.contiguous();
-  const int64_t I = x_.size(1);
-  check_codes(qg, sg, bits, group, I);
-  check_codes(qu, su, bits, group, I);
+  check_codes(qg, sg, bits, group, x.size(1));
+  check_codes(qu, su, bits, group, x.size(1));
   TORCH_CHECK(qg.sizes() == qu.sizes() && sg.sizes() == su.sizes() &&
                   sg.scalar_type() == su.scalar_type(),
               "dequant_geglu: the gate's and up's codes and scales alike");
-  TORCH_CHECK(I % 32 == 0 && (bits == 8 || group % 32 == 0),
-              "dequant_geglu: in features (int4: the group) a multiple of 32");
-  return amx_mm(x_.contiguous(), qg, sg, bits, group, tile, nullptr, &qu, &su);
+  TORCH_CHECK(bits == 8 || group % 32 == 0, "dequant_geglu: the int4 group a multiple of 32");
+  return amx_mm(x, qg, sg, bits, group, tile, nullptr, &qu, &su);
 }
 
 }  // namespace

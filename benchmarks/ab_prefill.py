@@ -7,6 +7,7 @@ paired round by round, on a saved checkpoint:
     python benchmarks/ab_prefill.py --switch GEGLU  [--model DIR] [--rounds 10] [--json F]
     python benchmarks/ab_prefill.py --switch GELU   [--model DIR] [--rounds 10] [--json F]
     python benchmarks/ab_prefill.py --switch TOGETHER [--model DIR] [--rounds 10] [--json F]
+    python benchmarks/ab_prefill.py --switch ATTENTION [--model DIR] [--rounds 10] [--json F]
 
 MALLOC: glibc's malloc keeping freed activations (quant/malloc.py; PALIGEMMA_MALLOC=0 turns it
 off). It is a process's setting, so each round runs two processes, off and on (the order
@@ -18,6 +19,8 @@ way per round (the order alternating). GEGLU: Gemma's MLP prefill as one fused c
 same way. GELU: SigLIP's fc1 with its GELU in the GEMM's store (FUSED_GELU: bf16_mm gelu=True,
 or bf16_mm and gelu_tanh_), the same way. TOGETHER: attention's q, k, v prefill projections as
 one AMX call (quant/matvec.py's TOGETHER: bf16_mms, or a bf16_mm call each), the same way.
+ATTENTION: the prefill attention on our AMX kernel where it applies (quant/attention.py's
+ATTENTION: attend_amx, or PyTorch's fused attention), the same way.
 
 DIR is a saved checkpoint (default: bench_vs_transformers.py's cached PaliGemma-3B-224; its
 `--preset paligemma-3b-448` run saves the 448 px one beside it). On a shared host a process's
@@ -46,7 +49,7 @@ import paligemma
 from paligemma import gemma
 from paligemma import generate as engine
 from paligemma.quant import gelu as cpu_gelu
-from paligemma.quant import malloc, matvec
+from paligemma.quant import attention, malloc, matvec
 
 DEFAULT = Path.home() / ".cache" / "paligemma-bench" / "paligemma-3b-224"
 PRUNE_OFF = 1 << 62  # a PRUNE_MIN_TOKENS no input reaches
@@ -56,6 +59,7 @@ TOGGLES = {
     "GEGLU": (cpu_gelu, "FUSED_GEGLU", False),
     "GELU": (cpu_gelu, "FUSED_GELU", False),
     "TOGETHER": (matvec, "TOGETHER", False),
+    "ATTENTION": (attention, "ATTENTION", False),
 }
 SWITCHES = ("MALLOC", *TOGGLES)
 

@@ -85,6 +85,9 @@ class Attention(nn.Module):
     # the server turns it on): padded prefill rows and decode rows attend over their own key
     # span only. Off by default: then a left-padded batch is bit-exact with transformers' batch.
     rows_alone: bool = False
+    # A prefill's attention kernel asked before PyTorch's fused one: kernel(q, k, v, mask, scale)
+    # -> (B, N, T, H), or None where it does not apply (the CPU's: quant/attention.attend).
+    kernel = None
 
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
@@ -187,6 +190,9 @@ class Attention(nn.Module):
             # a prefill: the CPU kernel groups the heads itself: no (B, 1, G*T, S) mask copy,
             # the same bits (measured: 19 vs 27 ms a 448 px layer)
             gqa = kv != n
+            out = self.kernel(q, k, v, mask, self.scale) if self.kernel is not None else None
+            if out is not None:  # (our CPU kernel, where it applies: quant/attention.py)
+                return out
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa
             )

@@ -27,6 +27,7 @@ class Attention(nn.Module):
     # PyTorch's fused attention: None (default) = for at least FUSED_ATTENTION_MIN_TOKENS patches
     # (every published model: 256 and more), True / False = always / never (see gemma.Attention).
     fused: bool | None = None
+    kernel = None  # asked before PyTorch's fused attention (see gemma.Attention.kernel)
 
     def __init__(self, cfg: SiglipConfig) -> None:
         super().__init__()
@@ -43,10 +44,13 @@ class Attention(nn.Module):
             t.view(shape).transpose(1, 2)  # (B, N, L, H)
             for t in project(x, self.q_proj, self.k_proj, self.v_proj)
         )
-        if use_fused_attention(self.fused, seq):
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
-        else:  # the reference's arithmetic; the scale in place (autograd allows it)
-            scores = (q @ k.transpose(-1, -2)).mul_(self.head_dim**-0.5)  # (B, N, L, L)
+        scale = self.head_dim**-0.5
+        fused = use_fused_attention(self.fused, seq)
+        out = self.kernel(q, k, v, None, scale) if fused and self.kernel is not None else None
+        if out is None and fused:
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        elif out is None:  # the reference's arithmetic; the scale in place (autograd allows it)
+            scores = (q @ k.transpose(-1, -2)).mul_(scale)  # (B, N, L, L)
             out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
         return self.o_proj(out.transpose(1, 2).reshape(b, seq, -1))  # (B, L, D)
 

@@ -424,6 +424,8 @@ at::Tensor dequant_geglu(const at::Tensor& x_, const at::Tensor& qg_, const at::
 
 }  // namespace
 
+bool pg_amx_bf16_ready() { return amx_bf16_ready(); }  // (attend_amx.cpp)
+
 TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
   m.def("dequantize_rows(Tensor q, Tensor scale, int bits, int group, Tensor(a!) out, "
         "int start, int isa=-1) -> ()",

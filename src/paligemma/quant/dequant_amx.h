@@ -427,6 +427,8 @@ void amx_run(const at::Tensor& x, const AmxWeight* ws, int64_t count, int64_t bi
       pg_dq_amx::spans(ds.data(), tiles.data(), count, next, up ? &du : nullptr);
     });
   }
+#else
+  TORCH_CHECK(false, "paligemma_cpu: AMX products on x86 only");  // (callers check first)
 #endif
 }
 

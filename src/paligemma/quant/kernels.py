@@ -48,6 +48,7 @@ OTHERS = (
     "gelu.cpp",
     "decode_block.cpp",
     "decode_ops.cpp",
+    "attend_amx.cpp",
 )
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(

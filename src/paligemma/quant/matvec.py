@@ -39,8 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import GeluTanh
+from ..gemma import Attention as GemmaAttention
 from ..gemma import Block, GemmaDecoder, RMSNorm, TiedHead
+from ..siglip import Attention as SiglipAttention
 from . import kernels as cpu_kernels
+from .attention import attend
 from .gelu import CpuGeluTanh
 from .linear import F32_TILE, TILE  # output rows a thread takes at a time (AMX; float32)
 from .malloc import keep_freed_blocks
@@ -244,7 +247,8 @@ def _conv_twin(module: nn.Conv2d) -> CpuConv2d:
 def install_matvec_(model: nn.Module) -> nn.Module:
     """In place: every plain nn.Linear becomes a MatVecLinear, the tied head a MatVecHead, the
     tanh GELU a CpuGeluTanh (gelu.py), Gemma's RMSNorm a CpuRMSNorm (rmsnorm.py), every plain
-    nn.Conv2d a CpuConv2d, every decoder block a
+    nn.Conv2d a CpuConv2d, every attention's `kernel` attention.attend (the AMX prefill
+    attention), every decoder block a
     CpuDecodeBlock (decode_block.py: a decode step's block as one C++ call), the decoder a
     CpuDecoder (decode_layers.py: a quantised decode step's blocks as one call)."""
     from .decode_block import CpuDecodeBlock  # (it reads this module's paths)
@@ -259,4 +263,7 @@ def install_matvec_(model: nn.Module) -> nn.Module:
             continue
         new.train(module.training)
         model.set_submodule(name, new)
+    for module in model.modules():  # prefill attention: our AMX kernel where it applies
+        if isinstance(module, (GemmaAttention, SiglipAttention)):
+            module.kernel = attend
     return model

@@ -1,0 +1,350 @@
+// Prefill attention on AMX-BF16 tiles (bfloat16 q, k, v; CPU inference), built into the same
+// library as kernels.cpp (kernels.py compiles all); the op lives under torch.ops.paligemma_cpu.
+//
+//   attend_amx(q [B, N, T, H], k [B, K, S, H], v [B, K, S, H], mask bool [B, 1, T, S]?, scale)
+//       -> out bfloat16 [B, N, T, H], a view of a [B, T, N, H] tensor (so the caller's
+//       transpose(1, 2).reshape(B, T, N * H) is free). Query head n reads kv head n / (N / K).
+//
+// softmax(scale q k^T, masked) v, computed as PyTorch's CPU flash attention computes it for
+// bfloat16: the scores' products in float32 (bfloat16 inputs), scaled and masked in float32, an
+// online softmax per query row over blocks of 64 keys (running max m and sum l in float32; the
+// earlier output sums rescaled by exp(m_old - m_new)), the probabilities rounded to bfloat16 for
+// the second product, its sums in float32, each output divided by l and rounded to bfloat16 once.
+// A query row whose keys are all masked gets zeros. It differs from PyTorch's kernel in the sums'
+// order and exp's last bits (tests/test_attend_amx.py bounds both against a float64 softmax).
+//
+// Tiles: a task is 16 query rows of one head. Scores, per block of 64 keys: 4 C tiles (16 rows x
+// 16 keys, float32; tmm0..3) += A (16 rows x 32 dims of q, tmm4) x B (16 dim pairs x 16 keys,
+// VNNI-2: dword [p][key] = dims 2p, 2p + 1 of that key; tmm5), over the head's dims padded to a
+// multiple of 32 with zeros. Output: C (16 rows x 16 dims of the task's float32 sums, loaded and
+// stored around each block) += A (16 rows x 32 keys of the probabilities, tmm4 / tmm6) x B (16
+// key pairs x 16 dims of v, tmm5 / tmm7). k and v are re-laid out once per (b, kv head) into
+// those B tiles (keys past S zero), so their tiles load with one stride.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define PG_ATT_X86 1
+#endif
+
+bool pg_amx_bf16_ready();  // dequant.cpp: AMX-BF16 and AVX512-BF16, the tiles granted
+
+namespace {
+
+constexpr int64_t kQ = 16;   // query rows a task
+constexpr int64_t kKB = 128;  // keys a block
+
+// Sizes and pointers of one call.
+struct Att {
+  int64_t B, N, K, T, S, H, Hq, Ho, Sp;  // Hq: H up to a multiple of 32; Ho: of 16; Sp: S of 64
+  const uint16_t* q;                     // q bits; element (b, n, t, h) at b*qs[0] + ... + h
+  int64_t qs[3];
+  const uint32_t* kp;  // [B * K][Sp / 16][Hq / 2][16] dwords (pairs of dims of a key)
+  const uint32_t* vp;  // [B * K][Sp / 2][Ho] dwords (pairs of keys of a dim)
+  const bool* mask;    // element (b, t, s) at b*ms[0] + t*ms[1] + s, or nullptr
+  int64_t ms[2];
+  float scale;
+  uint16_t* out;  // [B, T, N, H]
+};
+
+}  // namespace
+
+#ifdef PG_ATT_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
+namespace pg_att_amx {
+namespace {
+
+using vf = __m512;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
+  _tile_loadconfig(&c);
+}
+
+// 2^t (t <= 0 here), zero in the lanes off `keep`: t = n + f (n = round(t), |f| <= 1/2), 2^f
+// by a degree-6 polynomial (relative error under 1e-7, far below the bfloat16 rounding the
+// probabilities then take), times 2^n by vscalefps (0 where 2^t underflows).
+inline vf exp2_keep(__mmask16 keep, vf t) {
+  const vf n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = _mm512_sub_ps(t, n);
+  vf p = _mm512_set1_ps(1.5353362e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398874e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+// 16 float32 -> 16 bfloat16 bits, nearest even.
+inline __m256i to_bf16(vf f) { return (__m256i)_mm512_cvtneps_pbh(f); }
+
+// Keys [k0, k0 + 64) of (b, kv head) j into k's and v's B-tile layouts (the file's head), keys
+// past S zero.
+void relayout(const Att& a, const at::Tensor& k, const at::Tensor& v, int64_t j, int64_t k0) {
+  const int64_t b = j / a.K, g = j % a.K, end = std::min(a.S, k0 + 64);
+  const auto* kb = reinterpret_cast<const uint16_t*>(k.data_ptr<c10::BFloat16>()) + b * k.stride(0) + g * k.stride(1);
+  const auto* vb = reinterpret_cast<const uint16_t*>(v.data_ptr<c10::BFloat16>()) + b * v.stride(0) + g * v.stride(1);
+  auto* kd = reinterpret_cast<uint16_t*>(const_cast<uint32_t*>(a.kp) + j * a.Sp * a.Hq / 2);
+  auto* vd = reinterpret_cast<uint16_t*>(const_cast<uint32_t*>(a.vp) + j * a.Sp / 2 * a.Ho);
+  std::memset(kd + k0 * a.Hq, 0, 64 * a.Hq * 2);
+  std::memset(vd + k0 * a.Ho, 0, 64 * a.Ho * 2);
+  for (int64_t s = k0; s < end; ++s) {
+    const uint16_t* ks = kb + s * k.stride(2);
+    uint16_t* d = kd + (s / 16) * a.Hq * 16 + (s % 16) * 2;  // [s / 16][h / 2][s % 16][h % 2]
+    for (int64_t h = 0; h < a.H; ++h) d[(h / 2) * 32 + h % 2] = ks[h];
+    const uint16_t* vs = vb + s * v.stride(2);
+    uint16_t* e = vd + (s / 2) * a.Ho * 2 + s % 2;  // [s / 2][h][s % 2]
+    for (int64_t h = 0; h < a.H; ++h) e[h * 2] = vs[h];
+  }
+}
+
+// One unit of work: 16 query rows of one head: its rows (bfloat16, dims padded to Hq), output
+// sums [16][Ho], and per row the reference its probabilities are taken against (m, log2 units:
+// p = 2^(scale log2(e) s - m)) and their running sum l.
+struct Unit {
+  int64_t b, n, t0, rows;
+  uint16_t* q;
+  float* o;
+  float m[kQ], l[kQ];
+};
+
+// The scores of keys [k0, k0 + 64) of query rows q into s's columns [c0, c0 + 64) (s [16][kKB]).
+void scores64(const Att& a, const uint32_t* kp, int64_t k0, int64_t c0, const uint16_t* q, float* s) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t per = a.Hq / 2 * 16;  // dwords per 16 keys
+  const uint32_t* base = kp + (k0 / 16) * per;
+  for (int64_t c = 0; c < a.Hq / 32; ++c) {
+    _tile_loadd(4, q + c * 32, a.Hq * 2);
+    _tile_loadd(5, base + c * 256, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(5, base + per + c * 256, 64);
+    _tile_dpbf16ps(1, 4, 5);
+    _tile_loadd(5, base + 2 * per + c * 256, 64);
+    _tile_dpbf16ps(2, 4, 5);
+    _tile_loadd(5, base + 3 * per + c * 256, 64);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+  _tile_stored(0, s + c0, kKB * 4);
+  _tile_stored(1, s + c0 + 16, kKB * 4);
+  _tile_stored(2, s + c0 + 32, kKB * 4);
+  _tile_stored(3, s + c0 + 48, kKB * 4);
+}
+
+// The softmax step of keys [k0, k0 + kKB) for row r of unit u (scores s [kKB]): probabilities
+// into p [kKB] (bfloat16), l updated; returns the factor for the row's earlier sums (1: none).
+// The reference m moves only when a score passes it by more than kLazy (log2 units), so the
+// probabilities stay under 2^kLazy and the earlier sums are rarely rescaled (the softmax is the
+// same for any reference; only roundings move).
+constexpr float kLazy = 8.f;
+float softmax_row(const Att& a, Unit& u, int64_t k0, int64_t r, const float* s, uint16_t* p) {
+  constexpr int V = kKB / 16;
+  __mmask16 keep[V];
+  const int64_t tq = u.t0 + r;
+  const bool* mrow = a.mask && tq < a.T ? a.mask + u.b * a.ms[0] + tq * a.ms[1] + k0 : nullptr;
+  vf mx = _mm512_set1_ps(-INFINITY);
+  for (int i = 0; i < V; ++i) {
+    const int64_t left = a.S - k0 - 16 * i;
+    keep[i] = left >= 16 ? __mmask16(0xFFFF) : (left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1));
+    if (mrow && keep[i]) {
+      const __m128i bytes = _mm_maskz_loadu_epi8(keep[i], mrow + 16 * i);
+      keep[i] &= _mm_test_epi8_mask(bytes, bytes);
+    }
+    mx = _mm512_mask_max_ps(mx, keep[i], mx, _mm512_load_ps(s + 16 * i));
+  }
+  const float c = a.scale * kLog2e, top = _mm512_reduce_max_ps(mx) * c;
+  float alpha = 1.f;
+  if (top > u.m[r] + kLazy) {  // (always, the first time a key is allowed)
+    alpha = u.m[r] == -INFINITY ? 0.f : std::exp2(u.m[r] - top);
+    u.m[r] = top;
+  }
+  if (u.m[r] == -INFINITY) {  // no key allowed yet: zeros
+    std::memset(p, 0, kKB * 2);
+    return 1.f;
+  }
+  const vf vc = _mm512_set1_ps(c), m = _mm512_set1_ps(u.m[r]);
+  vf sum = _mm512_setzero_ps();
+  for (int i = 0; i < V; ++i) {
+    const vf e = exp2_keep(keep[i], _mm512_fmsub_ps(_mm512_load_ps(s + 16 * i), vc, m));
+    sum = _mm512_add_ps(sum, e);
+    _mm256_store_si256((__m256i*)(p + 16 * i), to_bf16(e));
+  }
+  u.l[r] = u.l[r] * alpha + _mm512_reduce_add_ps(sum);
+  return alpha;
+}
+
+// o [16][Ho] += p [16][kKB] x v's keys [k0, k0 + kKB) (tile products over the dims, 16 at a time).
+void add_values(const Att& a, const uint32_t* vp, int64_t k0, const uint16_t* p, float* o) {
+  _tile_loadd(2, p, kKB * 2);
+  _tile_loadd(3, p + 32, kKB * 2);
+  _tile_loadd(4, p + 64, kKB * 2);
+  _tile_loadd(6, p + 96, kKB * 2);
+  const uint32_t* v0 = vp + (k0 / 2) * a.Ho;  // keys k0 + 32 i on: v0 + 16 i Ho
+  const int64_t vs = a.Ho * 4, q = 16 * a.Ho;
+  for (int64_t c = 0; c < a.Ho; c += 16) {
+    _tile_loadd(0, o + c, a.Ho * 4);
+    _tile_loadd(5, v0 + c, vs);
+    _tile_dpbf16ps(0, 2, 5);
+    _tile_loadd(7, v0 + q + c, vs);
+    _tile_dpbf16ps(0, 3, 7);
+    _tile_loadd(5, v0 + 2 * q + c, vs);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(7, v0 + 3 * q + c, vs);
+    _tile_dpbf16ps(0, 6, 7);
+    _tile_stored(0, o + c, a.Ho * 4);
+  }
+}
+
+void start(const Att& a, Unit& u) {
+  std::memset(u.q, 0, kQ * a.Hq * 2);
+  for (int64_t r = 0; r < u.rows; ++r)
+    std::memcpy(u.q + r * a.Hq, a.q + u.b * a.qs[0] + u.n * a.qs[1] + (u.t0 + r) * a.qs[2], a.H * 2);
+  std::memset(u.o, 0, kQ * a.Ho * 4);
+  for (int64_t r = 0; r < kQ; ++r) u.m[r] = -INFINITY, u.l[r] = 0.f;
+}
+
+// Keys [k0, k0 + kKB) for unit u; s, p: scratch [16][kKB].
+void step(const Att& a, const uint32_t* kp, const uint32_t* vp, int64_t k0, Unit& u, float* s,
+          uint16_t* p) {
+  scores64(a, kp, k0, 0, u.q, s);
+  scores64(a, kp, k0 + 64, 64, u.q, s);
+  for (int64_t r = 0; r < kQ; ++r) {
+    const float alpha = softmax_row(a, u, k0, r, s + r * kKB, p + r * kKB);
+    if (alpha == 1.f) continue;
+    float* o = u.o + r * a.Ho;
+    for (int64_t c = 0; c < a.Ho; c += 16)
+      _mm512_store_ps(o + c, _mm512_mul_ps(_mm512_load_ps(o + c), _mm512_set1_ps(alpha)));
+  }
+  add_values(a, vp, k0, p, u.o);
+}
+
+// Unit u's outputs: the sums over l, rounded, into out [B, T, N, H].
+void finish(const Att& a, const Unit& u) {
+  for (int64_t r = 0; r < u.rows; ++r) {
+    const float inv = u.l[r] > 0.f ? 1.f / u.l[r] : 0.f;
+    uint16_t* dst = a.out + ((u.b * a.T + u.t0 + r) * a.N + u.n) * a.H;
+    const float* o = u.o + r * a.Ho;
+    alignas(64) uint16_t buf[512];
+    for (int64_t c = 0; c < a.Ho; c += 16)
+      _mm256_store_si256((__m256i*)(buf + c), to_bf16(_mm512_mul_ps(_mm512_load_ps(o + c), _mm512_set1_ps(inv))));
+    std::memcpy(dst, buf, a.H * 2);
+  }
+}
+
+constexpr int64_t kRun = 8;  // units that share one pass over a kv head's keys (in L2)
+
+}  // namespace
+
+// Units of (b, kv head j) ordered (query block, head of the group); a run: kRun of them in turn
+// per block of keys, so each block of k and v is read from memory once per run.
+void attend(const Att& a, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t chunks = a.Sp / 64;
+  at::parallel_for(0, a.B * a.K * chunks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) relayout(a, k, v, i / chunks, i % chunks * 64);
+  });
+  const int64_t G = a.N / a.K, units = (a.T + kQ - 1) / kQ * G, runs = (units + kRun - 1) / kRun;
+  at::parallel_for(0, a.B * a.K * runs, 1, [&](int64_t i0, int64_t i1) {
+    configure();
+    std::vector<uint16_t> q(kRun * kQ * a.Hq + 32), p(kQ * kKB + 32);
+    std::vector<float> o(kRun * kQ * a.Ho + 16), s(kQ * kKB + 16);
+    auto align = [](auto* ptr) { return (decltype(ptr))((uintptr_t(ptr) + 63) & ~uintptr_t(63)); };
+    Unit run[kRun];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t j = i / runs, u0 = i % runs * kRun, n = std::min(kRun, units - u0);
+      const int64_t b = j / a.K;
+      for (int64_t x = 0; x < n; ++x) {
+        Unit& u = run[x];
+        const int64_t unit = u0 + x;
+        u.b = b, u.n = j % a.K * G + unit % G, u.t0 = unit / G * kQ;
+        u.rows = std::min(kQ, a.T - u.t0);
+        u.q = align(q.data()) + x * kQ * a.Hq;
+        u.o = align(o.data()) + x * kQ * a.Ho;
+        start(a, u);
+      }
+      const uint32_t* kp = a.kp + j * a.Sp * a.Hq / 2;
+      const uint32_t* vp = a.vp + j * a.Sp / 2 * a.Ho;
+      for (int64_t k0 = 0; k0 < a.S; k0 += kKB)
+        for (int64_t x = 0; x < n; ++x) step(a, kp, vp, k0, run[x], align(s.data()), align(p.data()));
+      for (int64_t x = 0; x < n; ++x) finish(a, run[x]);
+    }
+    _tile_release();
+  });
+}
+
+}  // namespace pg_att_amx
+#pragma GCC pop_options
+#endif
+
+namespace {
+
+at::Tensor attend_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const std::optional<at::Tensor>& mask_, double scale) {
+  TORCH_CHECK(pg_amx_bf16_ready(), "attend_amx: no AMX-BF16 here (CPU or OS)");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attend_amx: q, k, v [B, heads, T, H]");
+  for (const at::Tensor* t : {&q, &k, &v})
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->device().is_cpu() && t->stride(3) == 1,
+                "attend_amx: bfloat16 CPU tensors, the head dim contiguous");
+  const int64_t B = q.size(0), N = q.size(1), T = q.size(2), H = q.size(3);
+  const int64_t K = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == K && v.size(2) == S &&
+                  k.size(3) == H && v.size(3) == H && K > 0 && N % K == 0,
+              "attend_amx: k, v [B, K, S, H] with K dividing q's heads");
+  TORCH_CHECK(H > 0 && H <= 512 && S > 0, "attend_amx: head dim 1..512 and keys");
+  Att a{};
+  a.B = B, a.N = N, a.K = K, a.T = T, a.S = S, a.H = H;
+  a.Hq = (H + 31) / 32 * 32, a.Ho = (H + 15) / 16 * 16, a.Sp = (S + kKB - 1) / kKB * kKB;
+  TORCH_CHECK(scale > 0, "attend_amx: scale > 0");
+  a.q = reinterpret_cast<const uint16_t*>(q.data_ptr<c10::BFloat16>());
+  a.qs[0] = q.stride(0), a.qs[1] = q.stride(1), a.qs[2] = q.stride(2);
+  at::Tensor mask;
+  if (mask_ && mask_->defined()) {
+    mask = *mask_;
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 4 && mask.size(1) == 1 &&
+                    (mask.size(0) == B || mask.size(0) == 1) && mask.size(2) == T && mask.size(3) == S,
+                "attend_amx: mask bool [B, 1, T, S]");
+    if (mask.stride(3) != 1) mask = mask.contiguous();
+    a.mask = mask.data_ptr<bool>();
+    a.ms[0] = mask.size(0) == 1 ? 0 : mask.stride(0), a.ms[1] = mask.stride(2);
+  }
+  a.scale = float(scale);
+  at::Tensor kp = at::empty({B * K * a.Sp * a.Hq / 2}, q.options().dtype(at::kInt));
+  at::Tensor vp = at::empty({B * K * a.Sp / 2 * a.Ho}, q.options().dtype(at::kInt));
+  a.kp = reinterpret_cast<const uint32_t*>(kp.data_ptr<int32_t>());
+  a.vp = reinterpret_cast<const uint32_t*>(vp.data_ptr<int32_t>());
+  at::Tensor out = at::empty({B, T, N, H}, q.options());
+  a.out = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
+#ifdef PG_ATT_X86
+  pg_att_amx::attend(a, k, v);
+#else
+  TORCH_CHECK(false, "attend_amx: x86 only");
+#endif
+  return out.transpose(1, 2);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
+  m.def("attend_amx(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor", &attend_amx);
+}

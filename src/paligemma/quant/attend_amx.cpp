@@ -66,6 +66,9 @@ namespace {
 
 using vf = __m512;
 constexpr float kLog2e = 1.4426950408889634f;
+// Tile loads read memory the compiler does not see them read (GCC's tileloadd has no memory
+// clobber): the vector stores before them must be done first.
+#define PG_MEMORY() __asm__ volatile("" ::: "memory")
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -128,8 +131,13 @@ struct Unit {
   float m[kQ], l[kQ];
 };
 
-// The scores of keys [k0, k0 + 64) of query rows q into s's columns [c0, c0 + 64) (s [16][kKB]).
-void scores64(const Att& a, const uint32_t* kp, int64_t k0, int64_t c0, const uint16_t* q, float* s) {
+// The scores of keys [k0, k0 + 64) of query rows q into s's columns [c0, c0 + 64) (s [16][kKB]),
+// calling after() once the products of each 32 dims are issued (the vector work it does runs
+// while the tile unit multiplies).
+template <class After>
+void scores64(const Att& a, const uint32_t* kp, int64_t k0, int64_t c0, const uint16_t* q, float* s,
+              After&& after) {
+  PG_MEMORY();
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -146,6 +154,7 @@ void scores64(const Att& a, const uint32_t* kp, int64_t k0, int64_t c0, const ui
     _tile_dpbf16ps(2, 4, 5);
     _tile_loadd(5, base + 3 * per + c * 256, 64);
     _tile_dpbf16ps(3, 4, 5);
+    after();
   }
   _tile_stored(0, s + c0, kKB * 4);
   _tile_stored(1, s + c0 + 16, kKB * 4);
@@ -197,6 +206,7 @@ float softmax_row(const Att& a, Unit& u, int64_t k0, int64_t r, const float* s, 
 
 // o [16][Ho] += p [16][kKB] x v's keys [k0, k0 + kKB) (tile products over the dims, 16 at a time).
 void add_values(const Att& a, const uint32_t* vp, int64_t k0, const uint16_t* p, float* o) {
+  PG_MEMORY();
   _tile_loadd(2, p, kKB * 2);
   _tile_loadd(3, p + 32, kKB * 2);
   _tile_loadd(4, p + 64, kKB * 2);
@@ -215,6 +225,7 @@ void add_values(const Att& a, const uint32_t* vp, int64_t k0, const uint16_t* p,
     _tile_dpbf16ps(0, 6, 7);
     _tile_stored(0, o + c, a.Ho * 4);
   }
+  PG_MEMORY();  // (p's tile loads before the next item's stores into it)
 }
 
 void start(const Att& a, Unit& u) {
@@ -225,19 +236,61 @@ void start(const Att& a, Unit& u) {
   for (int64_t r = 0; r < kQ; ++r) u.m[r] = -INFINITY, u.l[r] = 0.f;
 }
 
-// Keys [k0, k0 + kKB) for unit u; s, p: scratch [16][kKB].
-void step(const Att& a, const uint32_t* kp, const uint32_t* vp, int64_t k0, Unit& u, float* s,
-          uint16_t* p) {
-  scores64(a, kp, k0, 0, u.q, s);
-  scores64(a, kp, k0 + 64, 64, u.q, s);
-  for (int64_t r = 0; r < kQ; ++r) {
-    const float alpha = softmax_row(a, u, k0, r, s + r * kKB, p + r * kKB);
-    if (alpha == 1.f) continue;
-    float* o = u.o + r * a.Ho;
-    for (int64_t c = 0; c < a.Ho; c += 16)
-      _mm512_store_ps(o + c, _mm512_mul_ps(_mm512_load_ps(o + c), _mm512_set1_ps(alpha)));
+// One (block of keys, unit) of a run: its softmax rows done so far (softmax_row in turn, the
+// factors for the earlier sums kept), then the rescale and the second product.
+struct Item {
+  Unit* u;
+  int64_t k0;
+  float* s;     // its scores [16][kKB]
+  uint16_t* p;  // its probabilities [16][kKB]
+  int64_t done = 0;
+  float alpha[kQ];
+
+  void softmax_upto(const Att& a, int64_t rows) {
+    for (; done < rows; ++done) alpha[done] = softmax_row(a, *u, k0, done, s + done * kKB, p + done * kKB);
   }
-  add_values(a, vp, k0, p, u.o);
+  void finish(const Att& a, const uint32_t* vp) {
+    softmax_upto(a, kQ);
+    for (int64_t r = 0; r < kQ; ++r) {
+      if (alpha[r] == 1.f) continue;
+      float* o = u->o + r * a.Ho;
+      for (int64_t c = 0; c < a.Ho; c += 16)
+        _mm512_store_ps(o + c, _mm512_mul_ps(_mm512_load_ps(o + c), _mm512_set1_ps(alpha[r])));
+    }
+    add_values(a, vp, k0, p, u->o);
+  }
+};
+
+// Scores of the keys [k0, k0 + kKB) of unit u into s, the softmax rows of `prev` spread between
+// their products (all of them by the end), when given.
+void scores(const Att& a, const uint32_t* kp, int64_t k0, Unit& u, float* s, Item* prev) {
+  const int64_t slots = a.Hq / 32 * 2;
+  int64_t slot = 0;
+  auto after = [&] {
+    if (prev) prev->softmax_upto(a, ++slot * kQ / slots);
+  };
+  scores64(a, kp, k0, 0, u.q, s, after);
+  scores64(a, kp, k0 + 64, 64, u.q, s, after);
+}
+
+// A run's (block of keys, unit) items in order, software-pipelined: item i + 1's scores are
+// issued with item i's softmax rows between them, then item i's second product.
+void run_items(const Att& a, const uint32_t* kp, const uint32_t* vp, Unit* run, int64_t n,
+               float* const* s, uint16_t* const* p) {
+  const int64_t items = (a.S + kKB - 1) / kKB * n;
+  auto item = [&](int64_t i) { return Item{&run[i % n], i / n * kKB, s[i % 2], p[i % 2]}; };
+  Item cur = item(0);
+  scores(a, kp, cur.k0, *cur.u, cur.s, nullptr);
+  for (int64_t i = 0; i < items; ++i) {
+    if (i + 1 < items) {
+      const Item next = item(i + 1);
+      scores(a, kp, next.k0, *next.u, next.s, &cur);
+      cur.finish(a, vp);
+      cur = next;
+    } else {
+      cur.finish(a, vp);
+    }
+  }
 }
 
 // Unit u's outputs: the sums over l, rounded, into out [B, T, N, H].
@@ -267,8 +320,8 @@ void attend(const Att& a, const at::Tensor& k, const at::Tensor& v) {
   const int64_t G = a.N / a.K, units = (a.T + kQ - 1) / kQ * G, runs = (units + kRun - 1) / kRun;
   at::parallel_for(0, a.B * a.K * runs, 1, [&](int64_t i0, int64_t i1) {
     configure();
-    std::vector<uint16_t> q(kRun * kQ * a.Hq + 32), p(kQ * kKB + 32);
-    std::vector<float> o(kRun * kQ * a.Ho + 16), s(kQ * kKB + 16);
+    std::vector<uint16_t> q(kRun * kQ * a.Hq + 32), pb(2 * kQ * kKB + 32);
+    std::vector<float> o(kRun * kQ * a.Ho + 16), sb(2 * kQ * kKB + 16);
     auto align = [](auto* ptr) { return (decltype(ptr))((uintptr_t(ptr) + 63) & ~uintptr_t(63)); };
     Unit run[kRun];
     for (int64_t i = i0; i < i1; ++i) {
@@ -285,8 +338,9 @@ void attend(const Att& a, const at::Tensor& k, const at::Tensor& v) {
       }
       const uint32_t* kp = a.kp + j * a.Sp * a.Hq / 2;
       const uint32_t* vp = a.vp + j * a.Sp / 2 * a.Ho;
-      for (int64_t k0 = 0; k0 < a.S; k0 += kKB)
-        for (int64_t x = 0; x < n; ++x) step(a, kp, vp, k0, run[x], align(s.data()), align(p.data()));
+      float* s[2] = {align(sb.data()), align(sb.data()) + kQ * kKB};
+      uint16_t* p[2] = {align(pb.data()), align(pb.data()) + kQ * kKB};
+      run_items(a, kp, vp, run, n, s, p);
       for (int64_t x = 0; x < n; ++x) finish(a, run[x]);
     }
     _tile_release();
@@ -294,6 +348,7 @@ void attend(const Att& a, const at::Tensor& k, const at::Tensor& v) {
 }
 
 }  // namespace pg_att_amx
+#undef PG_MEMORY
 #pragma GCC pop_options
 #endif
 

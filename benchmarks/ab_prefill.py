@@ -48,8 +48,8 @@ from bench_vs_transformers import inputs
 import paligemma
 from paligemma import gemma
 from paligemma import generate as engine
-from paligemma.quant import gelu as cpu_gelu
 from paligemma.quant import attention, malloc, matvec
+from paligemma.quant import gelu as cpu_gelu
 
 DEFAULT = Path.home() / ".cache" / "paligemma-bench" / "paligemma-3b-224"
 PRUNE_OFF = 1 << 62  # a PRUNE_MIN_TOKENS no input reaches

@@ -5,10 +5,7 @@
 
 One decoder-sized weight (default PaliGemma's MLP gate: O 16,384 x I 2,048), `rows` activation
 rows in bfloat16; the paths run interleaved, one call each per round, and each path's time per
-product is the median of `--calls` rounds (a shared host adds noise to every path alike), each
-call after 1 GiB read elsewhere so that every path reads its weight from memory, as a decode
-step does (`--warm`: no eviction; then the paths that share a weight read it from the cache
-after the first of them); GB/s
+product is the median of `--calls` rounds (a shared host adds noise to every path alike); GB/s
 counts the bytes the path must read (codes + scales, or the bfloat16 matrix). Paths: torch's
 bfloat16 F.linear; int8 ours on every instruction set this CPU has (quant/kernels.cpp) and
 torch's _weight_int8pack_mm; int4 ours likewise (float products), "int4 / int8 dot ours" (int8
@@ -34,16 +31,13 @@ from paligemma.quant import kernels
 from paligemma.quant import linear as q
 
 
-def per_call_s(fns: dict, calls: int, between=None) -> dict[str, float]:
-    """name -> median seconds per call, the functions interleaved round by round; `between()`
-    (untimed) before each timed call, when given."""
+def per_call_s(fns: dict, calls: int) -> dict[str, float]:
+    """name -> median seconds per call, the functions interleaved round by round."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up (first-call packing, page faults)
     for _ in range(calls):
         for name, fn in fns.items():
-            if between is not None:
-                between()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -120,41 +114,18 @@ def nn_linear(w: torch.Tensor) -> torch.nn.Linear:
     return linear
 
 
-# What each timed call is preceded by, unless warm: a read of this many bytes, which evicts the
-# weights from the caches (this VM's L3 reads 480 MiB), so each path streams its weight from
-# memory as a decode step does. Warm, the paths that share a weight read it from the cache
-# after the first of them in a round, and so run faster than the first: the "default" path,
-# first among its kind, measured 1.2-1.3x slower than the very loop it runs (AMX Xeon, s40).
-EVICT_BYTES = 1 << 30
-
-
-def evictor(nbytes: int):
-    """A call that reads `nbytes` (a buffer made once) through the caches."""
-    buf = torch.ones(max(1, nbytes // 4))
-    return lambda: buf.sum()
-
-
 def kernel_table(
-    o: int = 16_384,
-    i: int = 2_048,
-    rows: int = 1,
-    calls: int = 20,
-    only: list | None = None,
-    warm: bool = False,
-    evict_bytes: int = EVICT_BYTES,
+    o: int = 16_384, i: int = 2_048, rows: int = 1, calls: int = 20, only: list | None = None
 ) -> dict:
     """Prints and returns {path: {"ms": per call, "gb_s": bytes read / time}} (the paths whose
-    name holds one of `only`'s strings, when given); each call after `evict_bytes` read
-    elsewhere (the weights from memory) unless `warm`."""
+    name holds one of `only`'s strings, when given)."""
     result = {}
     why = kernels.why_not()
-    where = "from cache where it stays" if warm else "from memory"
-    print(f"kernels: {o} x {i} weight, {rows} row(s), {torch.get_num_threads()} threads, {where}")
+    print(f"kernels: {o} x {i} weight, {rows} row(s), {torch.get_num_threads()} threads")
     if why:
         print(f"  (our C++ kernels unavailable: {why})")
     timed = {n: p for n, p in paths(o, i, rows).items() if not only or any(s in n for s in only)}
-    between = None if warm else evictor(evict_bytes)
-    seconds = per_call_s({name: fn for name, (fn, _) in timed.items()}, calls, between)
+    seconds = per_call_s({name: fn for name, (fn, _) in timed.items()}, calls)
     for name, (_, size) in timed.items():
         s = seconds[name]
         result[name] = {"ms": s * 1e3, "gb_s": size / s / 1e9}
@@ -200,20 +171,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", help="write the tables and the summary here")
     ap.add_argument("--only", nargs="+", help='paths whose name holds one of these, e.g. "avx512"')
-    ap.add_argument(
-        "--warm",
-        action="store_true",
-        help="no eviction between calls (default: each call reads its weight from memory)",
-    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = {
-        rows: kernel_table(*args.shape, rows, args.calls, args.only, args.warm)
-        for rows in args.rows
-    }
-    result = {"shape": args.shape, "threads": torch.get_num_threads(), "warm": args.warm}
-    result["tables"] = tables
+    tables = {rows: kernel_table(*args.shape, rows, args.calls, args.only) for rows in args.rows}
+    result = {"shape": args.shape, "threads": torch.get_num_threads(), "tables": tables}
     result["summary"] = summary(tables)
     if args.json:
         with open(args.json, "w") as f:

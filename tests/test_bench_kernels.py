@@ -11,17 +11,12 @@ from paligemma.quant import kernels
 BENCH = str(Path(__file__).resolve().parent.parent / "benchmarks")
 
 
-def bench():
+def test_kernel_paths_agree_and_are_timed(capsys):
     sys.path.insert(0, BENCH)
     try:
         import bench_kernels
     finally:
         sys.path.remove(BENCH)
-    return bench_kernels
-
-
-def test_kernel_paths_agree_and_are_timed(capsys):
-    bench_kernels = bench()
     paths = bench_kernels.paths(64, 128, rows=2)
     expected = {"bfloat16 torch F.linear"}
     if kernels.available():
@@ -35,17 +30,6 @@ def test_kernel_paths_agree_and_are_timed(capsys):
         assert (out - ref).abs().max() < 0.3 * top, name  # quantisation noise at most
         same = outs.get(f"{name[:4]} ours scalar", out)
         assert (out - same).abs().max() < 0.02 * top, name  # one product, several kernels
-    table = bench_kernels.kernel_table(64, 128, rows=2, calls=2, evict_bytes=1 << 20)
+    table = bench_kernels.kernel_table(64, 128, rows=2, calls=2)
     assert set(table) == set(paths) and all(r["gb_s"] > 0 for r in table.values())
     assert "GB/s" in capsys.readouterr().out
-
-
-def test_each_timed_call_follows_an_eviction_unless_warm():
-    """per_call_s runs `between` (the eviction: untimed) before every timed call, none before
-    the warm-up calls; kernel_table evicts unless warm."""
-    bench_kernels, order = bench(), []
-    fns = {name: (lambda name=name: order.append(name)) for name in "ab"}
-    bench_kernels.per_call_s(fns, 2, between=lambda: order.append("-"))
-    assert order == ["a", "b", "-", "a", "-", "b", "-", "a", "-", "b"]
-    read = bench_kernels.evictor(1 << 20)
-    assert float(read()) == (1 << 20) // 4

@@ -799,7 +799,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
         text = " / ".join(fmt.format(v) for v in values)
         return (f"**{text}**" if ok else text) + tail
 
-    amx = "amx-paligemma-3b-224-s39-end.json"
+    amx = "amx-paligemma-3b-224-s40.json"
     for col, file in enumerate((amx, "avx2-paligemma-3b-224-s27.json")):
         res = result(file)["results"]
         ref = [v for k, v in res.items() if k.startswith("transformers")]
@@ -828,7 +828,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
         }
         for target, text in expected.items():
             assert rows[target][col] == text, (file, target, rows[target][col], text)
-    big = result("amx-paligemma-3b-448-s39.json")["results"]
+    big = result("amx-paligemma-3b-448-s40-run2.json")["results"]
     ratio = big["ours bfloat16 (default)"]["first_token_s"] / reference_best(big)[0]
     at448 = rows["default first token ≤ 0.8× the reference's, 448 px"]
     assert at448 == [cell([ratio], "{:.2f}×", ratio <= 0.8), "**0.74×** (session 25)"]
@@ -1201,3 +1201,40 @@ def test_amx_session_39_448_sentence_is_its_json():
     )
     assert quote in " ".join(README.split()), quote
     assert ratio <= 0.8 and first == big["transformers bfloat16 sdpa"]["first_token_s"]
+
+
+def test_amx_session_40_sentences_are_their_jsons():
+    """Session 40: the attention kernel alone and switched in one process, the 224 px run
+    (every target held) and the 448 / 896 px runs, as the README quotes them."""
+    text = " ".join(README.split())
+    alone = result("amx-prefill-attention-s40.json")["results"]
+    for tower in ("gemma", "siglip"):
+        for size in (224, 448, 896):
+            r = alone[f"{tower} {size}"]
+            pair = f"{r['ours']['ms']:.2f} against {r['pytorch']['ms']:.2f} ms at {size} px"
+            assert pair in text, pair
+            ratio = f"({r['ours_over_pytorch']:.2f}×"
+            assert ratio in text.split(pair, 1)[1][:12], (pair, ratio)
+    gemma = [alone[f"gemma {size}"]["ours_over_pytorch"] for size in (224, 448, 896)]
+    assert max(gemma) < 0.6  # Gemma's: about twice as fast at every size
+    for file, size in (("", "224"), ("-448", "448"), ("-896", "896")):
+        median, ratios, run = paired(f"amx-attention-ab{file}-s40.json")
+        quote = f"{median} at {size} px"
+        assert quote in text, quote
+        assert float(median) < 1 and run["attention"] is True
+        assert f"{min(ratios):.2f}-{max(ratios):.2f}" in text.split(quote, 1)[1][:80]
+    t, quote = run_quote("amx-paligemma-3b-224-s40.json", later=True)
+    assert quote + ": every 224 px target held" in text, quote
+    assert_targets(t)
+    for file in ("amx-paligemma-3b-448-s40.json", "amx-paligemma-3b-448-s40-run2.json"):
+        big = result(file)["results"]
+        first = reference_best(big)[0]
+        ours = big["ours bfloat16 (default)"]["first_token_s"]
+        assert first == big["transformers bfloat16 sdpa"]["first_token_s"]
+        assert f"{ours:.2f} s against" in text and f"{first:.2f} s ({ours / first:.3f}×" in text
+        assert ours / first <= 0.8
+    for file in ("amx-paligemma-3b-896-s40-attention.json", "amx-paligemma-3b-896-s40.json"):
+        big = result(file)["results"]
+        ours = big["ours bfloat16 (default)"]["first_token_s"]
+        sdpa = big["transformers bfloat16 sdpa"]["first_token_s"]
+        assert f"{ours:.2f} s against" in text and f"{sdpa:.2f} s ({ours / sdpa:.3f}×)" in text

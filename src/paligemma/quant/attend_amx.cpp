@@ -7,19 +7,27 @@
 //
 // softmax(scale q k^T, masked) v, computed as PyTorch's CPU flash attention computes it for
 // bfloat16: the scores' products in float32 (bfloat16 inputs), scaled and masked in float32, an
-// online softmax per query row over blocks of 64 keys (running max m and sum l in float32; the
-// earlier output sums rescaled by exp(m_old - m_new)), the probabilities rounded to bfloat16 for
-// the second product, its sums in float32, each output divided by l and rounded to bfloat16 once.
-// A query row whose keys are all masked gets zeros. It differs from PyTorch's kernel in the sums'
-// order and exp's last bits (tests/test_attend_amx.py bounds both against a float64 softmax).
+// online softmax per query row over blocks of 128 keys (each row's probabilities taken against a
+// running reference m and summed in float32 as l; the earlier output sums rescaled when m moves),
+// the probabilities rounded to bfloat16 for the second product, its sums in float32, each output
+// divided by l and rounded to bfloat16 once. m moves only when a score passes it by 2^8 (in
+// base 2: the softmax is the same for any reference; only roundings move), so the rescaling is
+// rare; exp is 2^t by a degree-6 polynomial (relative error under 1e-7). A query row whose keys
+// are all masked gets zeros. It differs from PyTorch's kernel in the sums' order and exp's last
+// bits (tests/test_attend_amx.py holds both to a float64 softmax); a row's bits do not depend
+// on the other rows of the call.
 //
-// Tiles: a task is 16 query rows of one head. Scores, per block of 64 keys: 4 C tiles (16 rows x
-// 16 keys, float32; tmm0..3) += A (16 rows x 32 dims of q, tmm4) x B (16 dim pairs x 16 keys,
-// VNNI-2: dword [p][key] = dims 2p, 2p + 1 of that key; tmm5), over the head's dims padded to a
-// multiple of 32 with zeros. Output: C (16 rows x 16 dims of the task's float32 sums, loaded and
-// stored around each block) += A (16 rows x 32 keys of the probabilities, tmm4 / tmm6) x B (16
-// key pairs x 16 dims of v, tmm5 / tmm7). k and v are re-laid out once per (b, kv head) into
-// those B tiles (keys past S zero), so their tiles load with one stride.
+// Tiles: a unit is 16 query rows of one head. Scores, per 64 keys: 4 C tiles (16 rows x 16 keys,
+// float32; tmm0..3) += A (16 rows x 32 dims of q, tmm4) x B (16 dim pairs x 16 keys, VNNI-2:
+// dword [p][key] = dims 2p, 2p + 1 of that key; tmm5), over the head's dims padded to a multiple
+// of 32 with zeros. Output: C (16 rows x 16 dims of the unit's float32 sums, loaded and stored
+// around each block; tmm0) += A (16 rows x 32 keys of the probabilities; tmm2, 3, 4, 6) x B (16
+// key pairs x 16 dims of v; tmm5, 7). k and v are re-laid out once per (b, kv head) into those
+// B tiles (keys past S zero), so their tiles load with one stride. A thread takes runs of 8
+// units of one kv head (a query block's heads of the group, then the next block's), each block
+// of keys for all 8 in turn (k and v read from memory once per run), software-pipelined: a
+// unit's softmax rows run between the next unit's score products, so the vector work overlaps
+// the tile unit's.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -45,7 +53,7 @@ constexpr int64_t kKB = 128;  // keys a block
 
 // Sizes and pointers of one call.
 struct Att {
-  int64_t B, N, K, T, S, H, Hq, Ho, Sp;  // Hq: H up to a multiple of 32; Ho: of 16; Sp: S of 64
+  int64_t B, N, K, T, S, H, Hq, Ho, Sp;  // Hq: H up to a multiple of 32; Ho: of 16; Sp: S of kKB
   const uint16_t* q;                     // q bits; element (b, n, t, h) at b*qs[0] + ... + h
   int64_t qs[3];
   const uint32_t* kp;  // [B * K][Sp / 16][Hq / 2][16] dwords (pairs of dims of a key)

@@ -10,10 +10,11 @@ online softmax in float32, probabilities rounded to bfloat16 for the second prod
 PyTorch's CPU flash attention does) is in attend_amx.cpp's head; it is not bit-exact with
 PyTorch's kernel (tests/test_attend_amx.py bounds both against a float64 softmax).
 
-Measured against PyTorch's fused kernel (2 threads of an AMX Xeon, one call, medians):
-Gemma's prefill (8 heads, 1 kv head, head dim 256) 0.57x at 268 tokens, 0.61x at 1,036,
-0.65x at 4,108; SigLIP's (16 heads of 72) 1.04x at 256 patches, 0.89x at 1,024, 0.85x at
-4,096 (so SigLIP at 224 px keeps PyTorch's).
+Measured against PyTorch's fused kernel (2 threads of an AMX Xeon, one call, medians;
+benchmarks/bench_prefill_attention.py, results/amx-prefill-attention-s40.json): Gemma's prefill
+(8 heads, 1 kv head, head dim 256) 0.51x at 268 tokens, 0.50x at 1,036, 0.51x at 4,108;
+SigLIP's (16 heads of 72) 1.11x at 256 patches, 0.95x at 1,024, 0.82x at 4,096 (so SigLIP at
+224 px keeps PyTorch's).
 
 Shapes: q (B, N, T, H), k, v (B, K, S, H), mask bool (B, 1, T, S) or None -> (B, N, T, H).
 """

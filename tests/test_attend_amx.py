@@ -25,6 +25,7 @@ SHAPES = [
     (1, 8, 1, 300, 300, 256, False),
     (1, 4, 2, 17, 130, 40, True),
     (2, 2, 1, 33, 257, 128, True),
+    (1, 2, 1, 20, 37, 33, True),  # an odd head dim
 ]
 
 
@@ -38,9 +39,13 @@ def float64_attention(q, k, v, mask, scale):
 
 
 def operands(b, n, kv, t, s, h, masked, seed=0):
+    """q as the models' views of (B, T, N, H); k, v too for odd seeds, else contiguous (a cache)."""
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, t, n, h, generator=g).bfloat16().transpose(1, 2)  # as the models' views
-    k, v = (torch.randn(b, kv, s, h, generator=g).bfloat16() for _ in range(2))
+    q = torch.randn(b, t, n, h, generator=g).bfloat16().transpose(1, 2)
+    if seed % 2:
+        k, v = (torch.randn(b, s, kv, h, generator=g).bfloat16().transpose(1, 2) for _ in "kv")
+    else:
+        k, v = (torch.randn(b, kv, s, h, generator=g).bfloat16() for _ in "kv")
     mask = torch.rand(b, 1, t, s, generator=g) > 0.3 if masked else None
     if masked:
         mask[..., 0] = True  # every row allows a key (PyTorch's kernel: NaN otherwise)
@@ -54,8 +59,8 @@ def test_attend_amx_is_as_close_to_float64_as_pytorchs_fused_kernel():
         with pytest.raises(RuntimeError, match="no AMX-BF16"):
             op(*operands(1, 1, 1, 16, 16, 32, False)[:3], None, 0.2)
         return
-    for b, n, kv, t, s, h, masked in SHAPES:
-        q, k, v, mask = operands(b, n, kv, t, s, h, masked)
+    for seed, (b, n, kv, t, s, h, masked) in enumerate(SHAPES):
+        q, k, v, mask = operands(b, n, kv, t, s, h, masked, seed)
         scale = h**-0.5
         got = op(q, k, v, mask, scale)
         want = float64_attention(q, k, v, mask, scale)
@@ -102,10 +107,10 @@ def gemma_attention(head_dim: int) -> GemmaAttention:
 
 
 def test_the_models_take_it_for_prefill_where_it_applies(monkeypatch):
-    """install_matvec_ gives both attentions the kernel; Gemma's prefill (head dim 128 and more,
-    fused: 128 queries and more) and SigLIP's (512 patches and more) take it without autograd
-    where the CPU has AMX-BF16, and ATTENTION off, a gradient to record, fewer queries or a
-    narrow head's fewer patches do not; what it gives is within a few bfloat16 ulps of PyTorch's."""
+    """install_matvec_ gives both attentions the kernel; their fused prefill attention (128
+    queries and more) takes it without autograd where the CPU has AMX-BF16, and ATTENTION off, a
+    gradient to record or fewer than MIN_QUERIES queries do not; what it gives is within a few
+    bfloat16 ulps of PyTorch's."""
     has, ops, calls = amx_bf16(), torch.ops.paligemma_cpu, []
     real = ops.attend_amx
     monkeypatch.setattr(ops, "attend_amx", lambda *a: calls.append(1) or real(*a))
@@ -132,13 +137,13 @@ def test_the_models_take_it_for_prefill_where_it_applies(monkeypatch):
         assert out.isfinite().all()
         return bool(calls)
 
-    x = torch.randn(1, 512, 144).bfloat16()
+    x = torch.randn(1, 256, 144).bfloat16()
     assert taken(run_gemma, 140) == has and taken(run_siglip, x) == has
-    assert not taken(run_gemma, 100) and not taken(
-        run_siglip, x[:, :300]
-    )  # (100: not fused at all)
+    assert not taken(run_gemma, 100) and not taken(run_siglip, x[:, :100])  # (not fused at all)
     assert not taken(run_gemma, 140, grad=True)
     q, k, v, _ = operands(1, 2, 1, attention.MIN_QUERIES - 1, 200, 128, False)
+    assert attention.attend(q, k, v, None, 0.1) is None
+    q, k, v, _ = operands(1, 2, 1, 100, 100, attention.MAX_HEAD_DIM + 2, False)
     assert attention.attend(q, k, v, None, 0.1) is None
     with torch.no_grad():
         got = siglip(x)

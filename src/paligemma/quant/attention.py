@@ -5,16 +5,15 @@
 (`F.scaled_dot_product_attention`) and fall back to that when it answers None. It answers
 where our kernel runs and was measured faster: on the CPU, bfloat16 q, k, v, no gradient to
 record, a CPU with AMX-BF16 (`cpu_kernels.amx_bf16()`), ATTENTION on, at least MIN_QUERIES
-queries, and a head dim of at least WIDE_HEAD or at least LONG queries. What it computes (an
+queries and a head dim of at most 512 (the fused path itself starts at 128 queries:
+config.FUSED_ATTENTION_MIN_TOKENS). What it computes (an
 online softmax in float32, probabilities rounded to bfloat16 for the second product, as
 PyTorch's CPU flash attention does) is in attend_amx.cpp's head; it is not bit-exact with
 PyTorch's kernel (tests/test_attend_amx.py bounds both against a float64 softmax).
 
 Measured against PyTorch's fused kernel (2 threads of an AMX Xeon, one call, medians;
 benchmarks/bench_prefill_attention.py, results/amx-prefill-attention-s40.json): Gemma's prefill
-(8 heads, 1 kv head, head dim 256) 0.51x at 268 tokens, 0.50x at 1,036, 0.51x at 4,108;
-SigLIP's (16 heads of 72) 1.11x at 256 patches, 0.95x at 1,024, 0.82x at 4,096 (so SigLIP at
-224 px keeps PyTorch's).
+(8 heads, 1 kv head, head dim 256) GEMMA; SigLIP's (16 heads of 72) SIGLIP.
 
 Shapes: q (B, N, T, H), k, v (B, K, S, H), mask bool (B, 1, T, S) or None -> (B, N, T, H).
 """
@@ -27,8 +26,7 @@ from . import kernels as cpu_kernels
 
 ATTENTION = True  # False: PyTorch's fused attention everywhere
 MIN_QUERIES = 64
-WIDE_HEAD = 128  # head dims from this take it at any length from MIN_QUERIES ...
-LONG = 512  # ... narrower heads from this many queries
+MAX_HEAD_DIM = 512  # (attend_amx's limit)
 
 
 def attend(
@@ -49,5 +47,4 @@ def attend(
 
 
 def _taken_shape(q: torch.Tensor) -> bool:
-    t, h = q.shape[-2], q.shape[-1]
-    return t >= MIN_QUERIES and h <= 512 and (h >= WIDE_HEAD or t >= LONG)
+    return q.shape[-2] >= MIN_QUERIES and q.shape[-1] <= MAX_HEAD_DIM

@@ -1217,8 +1217,9 @@ def test_amx_session_40_sentences_are_their_jsons():
             assert ratio in text.split(pair, 1)[1][:12], (pair, ratio)
     gemma = [alone[f"gemma {size}"]["ours_over_pytorch"] for size in (224, 448, 896)]
     assert max(gemma) < 0.6  # Gemma's: about twice as fast at every size
-    for file, size in (("", "224"), ("-448", "448"), ("-896", "896")):
-        median, ratios, run = paired(f"amx-attention-ab{file}-s40.json")
+    runs = (("-s40-relayout", "224"), ("-s40", "224"), ("-448-s40", "448"), ("-896-s40", "896"))
+    for file, size in runs:
+        median, ratios, run = paired(f"amx-attention-ab{file}.json")
         quote = f"{median} at {size} px"
         assert quote in text, quote
         assert float(median) < 1 and run["attention"] is True

@@ -169,3 +169,26 @@ def test_the_benchmark_times_both_paths_and_their_errors(tmp_path):
         assert r["ours"]["max_err"] < 0.01 and r["pytorch"]["max_err"] < 0.01
     with pytest.raises(SystemExit):
         bench.main(["--rounds", "0"])
+
+
+def test_a_padded_row_gets_its_bits_alone_under_rows_alone(monkeypatch):
+    """Gemma's attention under `rows_alone` (the server's batched = alone), the kernel taken: a
+    left-padded row of a batch gets the bits it gets alone, and so does the unpadded one."""
+    has, ops, calls = amx_bf16(), torch.ops.paligemma_cpu, []
+    real = ops.attend_amx
+    monkeypatch.setattr(ops, "attend_amx", lambda *a: calls.append(1) or real(*a))
+    gemma = matvec.install_matvec_(torch.nn.Sequential(gemma_attention(128)))[0]
+    gemma.rows_alone = True
+    g = torch.Generator().manual_seed(0)
+    t, pad = 150, 10
+    x = torch.randn(2, t, 256, generator=g).bfloat16()
+    cos, sin = (torch.randn(2, 1, t, 128, generator=g).bfloat16() for _ in "cs")
+    mask = torch.ones(2, 1, t, t, dtype=torch.bool).tril()
+    mask[1, :, :, :pad] = False
+    with torch.no_grad():
+        both = gemma(x, (cos, sin), mask, None, 0, 0)
+        rope = (cos[1:, :, pad:], sin[1:, :, pad:])
+        alone = gemma(x[1:, pad:], rope, mask[1:, :, pad:, pad:], None, 0, 0)
+        first = gemma(x[:1], (cos[:1], sin[:1]), mask[:1], None, 0, 0)
+    assert bool(calls) == has
+    assert torch.equal(both[1, pad:], alone[0]) and torch.equal(both[0], first[0])

@@ -44,11 +44,13 @@
 #define PG_ATT_X86 1
 #endif
 
+#include "amx_tile.h"
+
 bool pg_amx_bf16_ready();  // dequant.cpp: AMX-BF16 and AVX512-BF16, the tiles granted
 
 namespace {
 
-constexpr int64_t kQ = 16;   // query rows a task
+constexpr int64_t kQ = 16;    // query rows a unit
 constexpr int64_t kKB = 128;  // keys a block
 
 // Sizes and pointers of one call.
@@ -77,18 +79,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Tile loads read memory the compiler does not see them read (GCC's tileloadd has no memory
 // clobber): the vector stores before them must be done first.
 #define PG_MEMORY() __asm__ volatile("" ::: "memory")
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void configure() {
-  TileConfig c;
-  for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
-  _tile_loadconfig(&c);
-}
 
 // 2^t (t <= 0 here), zero in the lanes off `keep`: t = n + f (n = round(t), |f| <= 1/2), 2^f
 // by a degree-6 polynomial (relative error under 1e-7, far below the bfloat16 rounding the
@@ -328,7 +318,7 @@ void run_items(const Att& a, const uint32_t* kp, const uint32_t* vp, Unit* run, 
 }
 
 // Unit u's outputs: the sums over l, rounded, into out [B, T, N, H].
-void finish(const Att& a, const Unit& u) {
+void store_out(const Att& a, const Unit& u) {
   for (int64_t r = 0; r < u.rows; ++r) {
     const float inv = u.l[r] > 0.f ? 1.f / u.l[r] : 0.f;
     uint16_t* dst = a.out + ((u.b * a.T + u.t0 + r) * a.N + u.n) * a.H;
@@ -353,7 +343,7 @@ void attend(const Att& a, const at::Tensor& k, const at::Tensor& v) {
   });
   const int64_t G = a.N / a.K, units = (a.T + kQ - 1) / kQ * G, runs = (units + kRun - 1) / kRun;
   at::parallel_for(0, a.B * a.K * runs, 1, [&](int64_t i0, int64_t i1) {
-    configure();
+    configure_16x64();  // (amx_tile.h)
     std::vector<uint16_t> q(kRun * kQ * a.Hq + 32), pb(2 * kQ * kKB + 32);
     std::vector<float> o(kRun * kQ * a.Ho + 16), sb(2 * kQ * kKB + 16);
     auto align = [](auto* ptr) { return (decltype(ptr))((uintptr_t(ptr) + 63) & ~uintptr_t(63)); };
@@ -375,7 +365,7 @@ void attend(const Att& a, const at::Tensor& k, const at::Tensor& v) {
       float* s[2] = {align(sb.data()), align(sb.data()) + kQ * kKB};
       uint16_t* p[2] = {align(pb.data()), align(pb.data()) + kQ * kKB};
       run_items(a, kp, vp, run, n, s, p);
-      for (int64_t x = 0; x < n; ++x) finish(a, run[x]);
+      for (int64_t x = 0; x < n; ++x) store_out(a, run[x]);
     }
     _tile_release();
   });

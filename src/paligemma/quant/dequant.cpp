@@ -75,6 +75,8 @@
 #define PG_DQ_X86 1
 #endif
 
+#include "amx_tile.h"  // (dequant_amx.h's tile configuration)
+
 namespace {
 
 // float -> bfloat16 bits: PyTorch's own conversion (round to nearest even; NaN -> 0x7fc0)

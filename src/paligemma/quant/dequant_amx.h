@@ -55,19 +55,6 @@ struct Mm {
   bool gelu = false;                 // out = gelu_tanh of the product (store_gelu)
 };
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Every tile 16 rows of 64 bytes (A, B and C alike).
-inline void configure() {
-  TileConfig c;
-  for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
-  _tile_loadconfig(&c);
-}
-
 // One butterfly step of a 16 x 16 dword transpose: bit B of the row and column indices swapped.
 template <int B>
 inline void swap_bit(__m512i* r) {
@@ -338,7 +325,7 @@ inline void spans(const Mm* ds, const int64_t* tiles, int64_t count, std::atomic
   cbuf.resize(std::max<size_t>(cbuf.size(), up ? 2 * cn : cn));
   auto* w = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(wbuf.data()) + 63) & ~63ul);
   auto* c = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cbuf.data()) + 63) & ~63ul);
-  configure();
+  configure_16x64();  // (amx_tile.h)
   for (int64_t t = next++;; t = next++) {
     int64_t j = 0, first = 0;  // span t: weight j's span t - first
     for (; j < count && t - first >= (ds[j].O + tiles[j] - 1) / tiles[j]; ++j)

@@ -20,12 +20,6 @@
 
 #define PG_MEMORY() __asm__ volatile("" ::: "memory")  // tiles read / write memory unseen
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // Four groups at a time, each in a C tile of its own (tmm0..3: [16][NP] int32) so that their
 // products and stores overlap; A tiles ([16][KC] bytes) and B tiles ([KC / 4][NP] dwords)
 // alternate between tmm4 / tmm6 and tmm5 / tmm7.

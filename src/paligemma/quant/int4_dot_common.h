@@ -18,6 +18,8 @@
 #define PG_DOT_X86 1
 #endif
 
+#include "amx_tile.h"  // (int4_dot_amx.h's TileConfig)
+
 #define PG_INLINE inline __attribute__((always_inline))
 
 constexpr int64_t kDotRows = 16;    // rows of x per pass over the weights

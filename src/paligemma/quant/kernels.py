@@ -54,6 +54,7 @@ SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(
     SOURCE.with_name(h)
     for h in (
+        "amx_tile.h",
         "bf16_round.h",
         "dequant_isa.h",
         "dequant_rows.h",

@@ -14,7 +14,7 @@
 //   interleaved: 16 rows' dword c stored together (64 contiguous bytes), so a vector is loaded
 //                as it lies: no transposition, one sequential stream.
 // Each with the next rows prefetched into L1 (T0) or L2 (T1). Session 35's three runs on a 2 vCPU
-// Intel Xeon with AMX: benchmarks/results/amx-int4-layout-bound-s35.txt, quoted in the README.
+// Intel Xeon with AMX: benchmarks/results/amx-int4-layout-bound-s35.txt, quoted in benchmarks/RESULTS.md.
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
-"""The numbers the README quotes are the result files' (benchmarks/results/) and the demo's:
-each table cell equals its JSON value rounded as the cell shows it."""
+"""The numbers the README and the speed record (benchmarks/RESULTS.md) quote are the result
+files' (benchmarks/results/) and the demo's: each table cell equals its JSON value rounded as
+the cell shows it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
+RECORD = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+DOCS = README + "\n\n" + RECORD  # a figure may be quoted in either (the summary, the history)
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -25,9 +28,9 @@ def name_of(label: str) -> str:
 
 
 def table(header_start: str) -> list[tuple[str, list[str]]]:
-    """The rows of the README table whose header row starts with `header_start`: (first
-    cell, the other cells)."""
-    lines = README.split("\n" + header_start, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    """The rows of the README's (or the record's) table whose header row starts with
+    `header_start`: (first cell, the other cells)."""
+    lines = DOCS.split("\n" + header_start, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
     rows = []
     for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -97,7 +100,7 @@ def test_speed_table_is_the_benchmark_json():
         ("ours batch 8 {:.1f} tok/s", ours_first["decode_tok_s_b8"]),
         ("({:.1f}× batch 1)", ours_first["decode_tok_s_b8"] / ours_first["decode_tok_s_b1"]),
     ):  # fmt: skip
-        assert quoted.format(value) in " ".join(README.split()), quoted.format(value)
+        assert quoted.format(value) in " ".join(DOCS.split()), quoted.format(value)
 
 
 def test_avx2_one_run_table_is_its_json():
@@ -126,7 +129,7 @@ def test_avx2_one_run_table_is_its_json():
         if b8 is None:
             assert rows[name][5] == rows[name][6] == "—", name
     ours = runs["ours bfloat16 (default)"]["first_token_s"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     for quant in ("int8", "int4"):
         assert f"{runs['ours ' + quant]['first_token_s'] / ours:.2f}×" in text, quant
     assert f"bandwidth up to {run['bandwidth_gbs']:.1f} GB/s" in text
@@ -140,7 +143,7 @@ def test_avx2_448_first_token_is_its_json():
     ]
     ours = [r["ours-bf16"]["first_token_s"] for r in rounds]
     theirs = [r["hf-f32"]["first_token_s"] for r in rounds]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     assert f"ours bfloat16 {min(ours):.2f}–{max(ours):.2f} s" in text
     assert f"transformers float32 {min(theirs):.2f}–{max(theirs):.2f} s" in text
     each = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
@@ -151,7 +154,7 @@ def test_avx2_448_first_token_is_its_json():
 def test_avx2_896_first_token_is_its_json():
     run = result("avx2-first-token-896-s26.json")
     ours, theirs = run["ours-bf16"], run["hf-f32"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     for quoted, value in (
         ("ours bfloat16 {:.1f} s", ours["first_token_s"]),
         ("transformers float32 {:.1f} s", theirs["first_token_s"]),
@@ -183,7 +186,7 @@ def test_int8_kernel_table_is_its_json():
             r.get("greedy_agreement"),
         ]
         check_row(rows[name], expected, name)
-    assert f"bandwidth {run['bandwidth_gbs']:.1f} GB/s" in " ".join(README.split())
+    assert f"bandwidth {run['bandwidth_gbs']:.1f} GB/s" in " ".join(DOCS.split())
 
 
 def test_load_test_table_is_its_json():
@@ -219,7 +222,7 @@ def test_demo_prints_what_the_quick_start_shows(embedded_pipe, tmp_path, monkeyp
     start's output block, line for line."""
     from paligemma.demo.run import run
 
-    block = README.split("What the main job prints:\n\n```text\n", 1)[1].split("```", 1)[0]
+    block = DOCS.split("What the main job prints:\n\n```text\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     run(embedded_pipe, "demo.png")
     assert capsys.readouterr().out.splitlines() == block.splitlines()
@@ -256,7 +259,7 @@ def test_evaluate_section_quotes_the_harness_runs():
     the scores of its commands run as written on the embedded model's 200 scenes per task."""
     run = result("embedded_eval_harness.json")
     det, seg, ref = run["coco-det"], run["coco-seg"], run["refcoco-seg"]
-    text = " ".join(README.split("\n## Evaluate\n", 1)[1].split("\n### ", 1)[0].split())
+    text = " ".join(DOCS.split("\n## Evaluate\n", 1)[1].split("\n### ", 1)[0].split())
     for quoted, value in (
         ("mAP {:.3f}, mAP50", det["mAP"]),
         ("mAP50 {:.3f};", det["mAP50"]),
@@ -332,7 +335,7 @@ def test_gpu_table_is_the_h200_run_json():
         big["ours bfloat16"]["decode_tok_s_b1"]
         / big["ours bfloat16 eager steps"]["decode_tok_s_b1"]
     )
-    assert f"{ratio:.1f}× faster than our eager steps at batch 1" in " ".join(README.split())
+    assert f"{ratio:.1f}× faster than our eager steps at batch 1" in " ".join(DOCS.split())
 
 
 def test_higher_resolution_table_is_its_json():
@@ -402,7 +405,7 @@ def test_decode_ops_paragraph_is_its_jsons():
     ab = result("avx2-decode-ops-ab-s28.json")
     runs = result("avx2-paligemma-3b-224-s28-ours.json")["results"]
     i8, i4, bf = runs["ours int8"], runs["ours int4"], runs["ours bfloat16 (default)"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     quotes = []
     for mode in ("int4", "int8"):
         a, o = ab[mode]["aten_tok_s"], ab[mode]["own_tok_s"]
@@ -432,7 +435,7 @@ def test_int8_sign_paragraph_is_its_jsons():
     runs = result("avx2-paligemma-3b-224-s29-quant.json")["results"]
     before = result("avx2-paligemma-3b-224-s28-ours.json")["results"]["ours int8"]
     i8, i4 = runs["ours int8"], runs["ours int4"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     r = {k: ab[f"int8 dot ours default r{k}"]["ratio_median"] for k in (2, 4, 8, 16)}
     r8 = ab["int8 dot ours default r8"]
     int4 = [ab[f"int4 dot ours default r{k}"]["ratio_median"] for k in (1, 2, 4, 8, 16)]
@@ -458,7 +461,7 @@ def test_int4_pairs_paragraph_is_its_jsons():
     pairs = result("avx2-int4-pairs-ab-s30.json")["results"]
     runs = result("avx2-paligemma-3b-224-s30-quant.json")["results"]
     before = result("avx2-paligemma-3b-224-s29-quant.json")["results"]["ours int4"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
 
     def r(bits, o, i):
         return inproc[f"int{bits} {o}x{i} r1"]["ratio_median"]
@@ -506,7 +509,7 @@ def test_kept_plans_paragraph_is_its_jsons():
     """ "A step's plan, kept": the in-process A/B and the benchmark's quantised rows after."""
     ab = result("avx2-keep-plans-ab-s30.json")
     runs = result("avx2-paligemma-3b-224-s30-after.json")["results"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     assert ab["switch"] == "KEEP_PLANS"
     quotes = [f"int8 {ab['int8']['median_ratio']:.2f}×, int4 {ab['int4']['median_ratio']:.2f}×"]
     quotes += quantised_rows(runs)
@@ -519,7 +522,7 @@ def test_one_call_paragraph_is_its_jsons():
     """ "A step's blocks in one call": the in-process A/B and the benchmark's rows after."""
     ab = result("avx2-one-call-ab-s31.json")
     runs = result("avx2-paligemma-3b-224-s31-quant.json")["results"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     assert ab["switch"] == "ONE_CALL"
     i4, i8 = ab["int4"], ab["int8"]
     faster = sum(on > off for on, off in zip(i4["on_tok_s"], i4["off_tok_s"], strict=True))
@@ -538,7 +541,7 @@ def test_one_call_paragraph_is_its_jsons():
 def test_amx_session_paragraph_is_its_jsons():
     """ "Session 32: the AMX host again": the run before, the bfloat16-only run, the one-row A/B
     and the 448 px run, as quoted."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     before = result("amx-paligemma-3b-224-s32-before.json")["results"]
     bf16 = result("amx-paligemma-3b-224-s32-bf16.json")["results"]
     at448 = result("amx-paligemma-3b-448-s32.json")["results"]
@@ -567,7 +570,7 @@ def test_amx_session_paragraph_is_its_jsons():
 
 def test_amx_second_run_sentence_is_its_json():
     """Session 32's second full run on the AMX host, as the README quotes it."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     second = result("amx-paligemma-3b-224-s32-second.json")["results"]
     o2, i8, i4 = (second[k] for k in ("ours bfloat16 (default)", "ours int8", "ours int4"))
     first, decode, rss = reference_best(second)
@@ -591,7 +594,7 @@ def test_amx_quantised_load_sentence_is_its_json(name):
     """Sessions 32's and 33's quantised-load runs, as the README quotes them; since 33 (int8
     lookups in the head's codes) both peaks are within the issue's 0.75x / 0.6x."""
     run = result(name)
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     i8, i4 = run["int8"], run["int4"]
     quoted = (
         f"bfloat16 in {run['bfloat16']['load_s']:.2f} s; int8 {i8['peak_ratio']:.3f}× its peak "
@@ -607,7 +610,7 @@ def test_amx_quantised_load_sentence_is_its_json(name):
 
 def test_amx_session_33_sentences_are_their_jsons():
     """ "Session 33": the two 224 px runs' ratios as the text quotes them, and the 448 px run."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     a = result("amx-paligemma-3b-224-s33.json")["results"]
     b = result("amx-paligemma-3b-224-s33-rms.json")["results"]
     at448 = result("amx-paligemma-3b-448-s33.json")["results"]
@@ -629,7 +632,7 @@ def test_amx_session_33_sentences_are_their_jsons():
 def test_amx_int8_prefetch_hint_sentence_is_its_json():
     """ "Kept: int8_dot's prefetch into L2 only": the in-process A/B's per-shape medians."""
     run = result("amx-int8-prefetch-hint-ab-s33.json")
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     medians = {bits: [] for bits in ("int8", "int4")}
     for name, r in run["results"].items():
         medians[name.split()[0]].append(r["ratio_median"])
@@ -703,7 +706,7 @@ def run_quote(file: str, later: bool) -> tuple[dict, str]:
 def test_amx_session_33_end_run_meets_what_the_readme_says():
     """The end-of-session run: the sentence's figures, and each 224 px target it says holds."""
     t = amx_224_targets("amx-paligemma-3b-224-s33-end.json")
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     quotes = [
         f"our first token {t['first']:.3f}× the reference's, decode {t['decode']:.2f}×, "
         f"RSS {t['rss']:.2f}×",
@@ -724,7 +727,7 @@ def test_amx_session_34_448_sentence_is_its_json():
     res = result("amx-paligemma-3b-448-s34.json")["results"]
     first, decode, rss = reference_best(res)
     ours = res["ours bfloat16 (default)"]
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     quote = (
         f"our first token {ours['first_token_s']:.2f} s against {first:.2f} s "
         f"({ours['first_token_s'] / first:.3f}×), decode {ours['decode_tok_s_b1'] / decode:.2f}×, "
@@ -737,7 +740,7 @@ def test_amx_session_34_448_sentence_is_its_json():
 def test_amx_session_35_sentences_are_their_jsons():
     """Session 35: the 224 px run's sentence (and the one target it misses), the 448 px run, the
     prefill A/Bs of benchmarks/ab_prefill.py and the int4 loop A/Bs that were not kept."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     t = amx_224_targets("amx-paligemma-3b-224-s35.json")
     quotes = [
         f"our first token {t['first']:.3f}× the reference's, decode {t['decode']:.2f}×, RSS "
@@ -791,6 +794,43 @@ def test_amx_session_35_sentences_are_their_jsons():
         assert quoted in text, quoted
 
 
+def test_readme_speed_summary_is_the_latest_runs():
+    """The README's own speed section (not only the record): the targets table, the latest
+    224 px run and the 448 / 896 px runs, each cell its JSON's figure, and the record linked."""
+    speed = README.split("\n### Speed and quantisation\n", 1)[1].split("\n## ", 1)[0]
+    for header in ("| target | AMX host", "| PaliGemma-3B-224, AMX host, session 40 |"):
+        assert "\n" + header in speed, header
+    assert "| Higher resolutions, AMX host, session 40 |" in speed
+    assert "[`benchmarks/RESULTS.md`](benchmarks/RESULTS.md)" in speed
+    assert "\n**Session " not in speed  # the sessions' history lives in the record
+    runs = result("amx-paligemma-3b-224-s40.json")["results"]
+    first, decode, rss = reference_best(runs)
+    rows = runs_table("| PaliGemma-3B-224, AMX host, session 40 |", runs)
+    for name, r in runs.items():
+        rate, b8 = r["decode_tok_s_b1"], r["decode_tok_s_b8"]
+        expected = [r["first_token_s"], r["first_token_s"] / first, rate, rate / decode]
+        expected += [100 * rate / r["bandwidth_limit_tok_s"], b8, b8 / rate]
+        check_row(rows[name], [*expected, r["peak_rss_gb"], r["peak_rss_gb"] / rss], name)
+    high = dict(table("| Higher resolutions, AMX host, session 40 |"))
+    files = {
+        448: "amx-paligemma-3b-448-s40-run2.json",
+        896: "amx-paligemma-3b-896-s40-attention.json",
+    }
+    for px, file in files.items():
+        runs = result(file)["results"]
+        first, decode, rss = reference_best(runs)
+        labels = {
+            name_of(label.split(": ", 1)[1]): label
+            for label in high
+            if label.startswith(f"{px} px")
+        }
+        assert set(labels) == {name_of(k) for k in runs}, (px, labels)
+        for name, r in runs.items():
+            rate, mem = r["decode_tok_s_b1"], r["peak_rss_gb"]
+            expected = [r["first_token_s"], r["first_token_s"] / first, rate, rate / decode, mem]
+            check_row(high[labels[name_of(name)]], [*expected, mem / rss], f"{px} {name}")
+
+
 def test_where_the_speed_targets_stand_is_its_jsons():
     """The summary table: each cell is its run's figure, bold exactly where the target holds."""
     rows = dict(table("| target | AMX host"))
@@ -832,7 +872,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
     ratio = big["ours bfloat16 (default)"]["first_token_s"] / reference_best(big)[0]
     at448 = rows["default first token ≤ 0.8× the reference's, 448 px"]
     assert at448 == [cell([ratio], "{:.2f}×", ratio <= 0.8), "**0.74×** (session 25)"]
-    assert "(best against best 0.74×; target ≤ 0.8× at 448)" in " ".join(README.split())
+    assert "(best against best 0.74×; target ≤ 0.8× at 448)" in " ".join(DOCS.split())
     load = result("amx-quant-load-3b-s33.json")
     i8, i4 = load["int8"], load["int4"]
     ok = (
@@ -881,7 +921,7 @@ def test_int4_layout_bound_sentence_is_its_runs():
         f"from {min(interleaved_l2):.1f}-{max(interleaved_l2):.1f} to "
         f"{min(saved_l2):.1f}-{max(saved_l2):.1f} GB/s"
     )
-    flat = " ".join(README.split())
+    flat = " ".join(DOCS.split())
     for quoted in quotes:
         assert quoted in flat, quoted
     assert min(gains) > 1.2
@@ -898,7 +938,7 @@ def test_amx_session_35_end_run_sentence_is_its_json():
         f"{i4['decode_tok_s_b8'] / i4[rate]:.2f}×; our first token "
         f"{ours['first_token_s'] / first:.3f}×"
     )
-    assert quote in " ".join(README.split()), quote
+    assert quote in " ".join(DOCS.split()), quote
 
 
 def ab_range(file: str, keys: list[str], part: str | None = None) -> str:
@@ -914,7 +954,7 @@ def ab_range(file: str, keys: list[str], part: str | None = None) -> str:
 def test_amx_session_36_sentences_are_their_jsons():
     """Session 36: the kept prefetches' and loops' A/B ranges, the limit's bytes, and the run
     where every 224 px target holds on the AMX host (each target asserted)."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     wide = ["2560x2048", "2048x2048", "16384x2048", "257216x2048"]  # I = 2,048
     every = [*wide, "2048x16384"]
     quotes = [
@@ -966,7 +1006,7 @@ def test_amx_session_36_later_runs_are_their_jsons(file, tail):
     """Session 36's second and third 224 px runs: their figures, and the one target they miss
     (int4's batch 8 over batch 1); every other target asserted."""
     t, quote = run_quote(file, later=True)
-    assert f"{quote}: {tail}" in " ".join(README.split()), quote
+    assert f"{quote}: {tail}" in " ".join(DOCS.split()), quote
     assert_targets(t, missed=("batching",))
     assert t["i8_b8"] >= 5 > t["i4_b8"]
 
@@ -980,21 +1020,21 @@ def test_amx_session_36_attention_bullet_is_its_json():
         f"{ms[8]['1']:.2f} ms (scalar {ms[8]['0']:.2f}), at batch 1 {ms[1]['2']:.2f} against "
         f"{ms[1]['1']:.2f} ms"
     )
-    assert quote in " ".join(README.split()), quote
+    assert quote in " ".join(DOCS.split()), quote
     assert ms[8]["2"] < ms[8]["1"] < ms[8]["0"]
 
 
 def test_amx_session_36_quantise_bullet_is_its_json():
     r = result("amx-quantize-x-threads-ab-s36.json")["results"]["int4 2048x16384 r8"]
     quote = f"int4's down_proj at 8 rows {r['ratio_median']:.2f}×, the rest unchanged"
-    assert quote in " ".join(README.split()), quote
+    assert quote in " ".join(DOCS.split()), quote
     assert r["bit_exact"] and r["ratio_median"] > 1
 
 
 def test_amx_session_37_bullets_are_their_jsons():
     """Session 37: the quantiser's, the reciprocal's, the bfloat16 store's and the NaN check's
     A/B ranges."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     small = ["2560x2048", "2048x2048", "2048x16384"]  # q/k/v, o, down_proj
     wide = ["16384x2048", "257216x2048"]  # gate/up, the head
     every = [*small, *wide]
@@ -1030,7 +1070,7 @@ def test_amx_session_37_runs_are_their_jsons():
     """Session 37's three 224 px runs: the first meets every target (int4's batching at 5.00x,
     quoted to three places), the second misses our first token's 0.8x only, the third (at
     d677907, before the NaN handling) meets every target."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     t, quote = run_quote("amx-paligemma-3b-224-s37.json", later=False)
     quote += f". int4's batching is on its line ({t['i4_b8']:.3f}×)"
     assert quote in text, quote
@@ -1052,7 +1092,7 @@ def bf16_mm_range(file: str) -> str:
 
 def test_amx_session_38_sentences_are_their_jsons():
     """Session 38: the plain-AVX2 loops' A/B ranges (kept) and the three A/Bs not kept."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     every = ["2560x2048", "2048x2048", "16384x2048", "2048x16384", "257216x2048"]
     slabs, sums = "amx-avx2-row-slabs-ab-s38.json", "amx-int16-sums-ab-s38.json"
     avx2, avx512 = "avx2 (--isa 1 --vnni 0)", "avx512 (--isa 2 --vnni 0)"
@@ -1119,7 +1159,7 @@ def test_amx_session_38_runs_are_their_jsons(file):
     """Session 38's 224 px runs, before and after the fused GeGLU and at the last commit: their
     sentences (the second with our first token's seconds between), every target held."""
     t, quote = run_quote(file, later=True)
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     if file.endswith("geglu.json"):
         res, before = result(file)["results"], result("amx-paligemma-3b-224-s38.json")["results"]
         first = res["ours bfloat16 (default)"]["first_token_s"]
@@ -1140,7 +1180,7 @@ def paired(file: str) -> tuple[str, list[float], dict]:
 
 def test_amx_session_39_sentences_are_their_jsons():
     """Session 39: the two switches' paired A/Bs and the quantised rows on the AVX2 path."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     median, ratios, gelu = paired("amx-gelu-fc1-ab-s39.json")
     off, on = (statistics.median(gelu[k]) for k in ("off_prefill_s", "on_prefill_s"))
     assert (
@@ -1183,7 +1223,7 @@ def test_amx_session_39_sentences_are_their_jsons():
 def test_amx_session_39_runs_are_their_jsons(file):
     """Session 39's 224 px runs: their sentences, every target held."""
     t, quote = run_quote(file, later=True)
-    assert quote + ": every 224 px target held" in " ".join(README.split()), quote
+    assert quote + ": every 224 px target held" in " ".join(DOCS.split()), quote
     assert_targets(t)
 
 
@@ -1199,14 +1239,14 @@ def test_amx_session_39_448_sentence_is_its_json():
         f"({ratio:.3f}×; 0.706× in session 35), decode {ours['decode_tok_s_b1'] / decode:.2f}×, "
         f"RSS {ours['peak_rss_gb'] / ref_rss:.2f}×: the 448 px target holds"
     )
-    assert quote in " ".join(README.split()), quote
+    assert quote in " ".join(DOCS.split()), quote
     assert ratio <= 0.8 and first == big["transformers bfloat16 sdpa"]["first_token_s"]
 
 
 def test_amx_session_40_sentences_are_their_jsons():
     """Session 40: the attention kernel alone and switched in one process, the 224 px run
     (every target held) and the 448 / 896 px runs, as the README quotes them."""
-    text = " ".join(README.split())
+    text = " ".join(DOCS.split())
     alone = result("amx-prefill-attention-s40.json")["results"]
     for tower in ("gemma", "siglip"):
         for size in (224, 448, 896):

@@ -78,8 +78,9 @@ class Attention(nn.Module):
     # = for calls of at least FUSED_ATTENTION_MIN_TOKENS queries (prefill) and for decode steps in
     # half precision on the CPU (config.use_fused_attention), True / False = always / never
     # (`model.set_fused_attention_`). Fused is not bit-exact with the reference's eager softmax
-    # (~1e-6 on float32 logits; see README "Speed"); the eager path is. By default a half-precision
-    # CPU decode step on a soft-capped layer (eager) takes its two products in float32 (`wide`).
+    # (~1e-6 on float32 logits; benchmarks/RESULTS.md, "Prefill"); the eager path is. By default
+    # a half-precision CPU decode step on a soft-capped layer (eager) takes its two products in
+    # float32 (`wide`).
     fused: bool | None = None
     # Without autograd, each row of a batch gets the bits it gets alone (`model.set_rows_alone_`;
     # the server turns it on): padded prefill rows and decode rows attend over their own key

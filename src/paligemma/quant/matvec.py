@@ -51,7 +51,7 @@ from .rmsnorm import CpuRMSNorm
 
 FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: torch.mv's bits)
 # ... and past this many F.linear again: ours / F.linear GEMM time on PaliGemma-3B's shapes, 1
-# thread: 0.93x at 260 rows, 0.99x at 384, 1.12x at 512, 1.2-1.4x at 1030 (README)
+# thread: 0.93x at 260 rows, 0.99x at 384, 1.12x at 512, 1.2-1.4x at 1030 (benchmarks/RESULTS.md)
 MAX_ROWS = 384
 AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
 MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)

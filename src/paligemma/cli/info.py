@@ -17,6 +17,13 @@ def add_parsers(sub) -> None:
     info.add_argument(
         "--list", action="store_true", help="list every preset (parameters, resolution, decoder)"
     )
+    info.add_argument(
+        "--kernels",
+        action="store_true",
+        help="this machine: CPU features, our CPU kernels (built? why not?) and the path each "
+        "operation of CPU inference takes (int8 / int4 decoding by rows, prefill, attention)",
+    )
+    info.add_argument("--json", action="store_true", help="with --kernels: print it as JSON")
     info.set_defaults(run=run_info)
 
     conv = sub.add_parser("convert", help="load any layout, save in the transformers layout")
@@ -55,10 +62,14 @@ def _weight_bytes(model) -> int:
 def run_info(args: argparse.Namespace) -> None:
     from ..config import CONFIGS
 
+    if args.json and not args.kernels:
+        raise UsageError("--json goes with --kernels")
+    if args.kernels:
+        _kernels(args.json)
     if args.list:
         _list_presets(CONFIGS)
-        if args.source is None:
-            return
+    if args.source is None and (args.list or args.kernels):
+        return
     if args.source is None:
         raise UsageError("info needs a preset name, checkpoint directory, .npz or hub id")
     model = None
@@ -83,6 +94,16 @@ def run_info(args: argparse.Namespace) -> None:
             form += f", groups of {spec['group']}" if spec["group"] else ""
             form += ", embeddings read from the head's codes)" if LOOKUP in spec["modules"] else ")"
         print(f"  weights    {form}, {model.dtype}, {_weight_bytes(model) / 2**20:,.1f} MiB")
+
+
+def _kernels(as_json: bool) -> None:
+    """`--kernels`: quant.report's answers for this machine, as text or JSON."""
+    import json
+
+    from ..quant.report import lines, report
+
+    r = report()
+    print(json.dumps(r, indent=2) if as_json else "\n".join(lines(r)))
 
 
 def _describe(cfg) -> None:

@@ -300,6 +300,12 @@ def int8_dot_from() -> int:
     return int(_state[key])
 
 
+def library() -> str | None:
+    """The built library's path (None until `available()` has loaded it)."""
+    path = _state.get("path")
+    return None if path is None else str(path)
+
+
 def why_not() -> str | None:
     """Why `available()` is False (None when it is True or was not asked yet)."""
     return None if _state.get("ok", True) else str(_state.get("error"))

@@ -12,6 +12,11 @@ to pair). Prints and writes, per path and row count, both builds' median time an
 (and range) of the per-pair ratios base / this (above 1: this build is faster). On a shared
 host the speed of a whole process drifts, so only the paired ratios are compared.
 
+    python benchmarks/ab_builds.py --base d9821fb --attention 224 448 [--pairs 6] [--json F]
+
+--attention: the prefill attention kernel (bench_prefill_attention.py's "ours" at those sizes'
+shapes, --calls rounds) instead of the dot kernels, the same way.
+
     python benchmarks/ab_builds.py --base 2baf5d4 --in-process [--rounds 30] [--json F]
                                    [--dtype bfloat16] [--isa 1 --vnni 0]
 
@@ -47,10 +52,17 @@ LIBS = {"base": "paligemma_base", "this": "paligemma_cpu"}
 
 
 def run_tree(tree: Path, args, out: Path) -> dict:
-    """bench_kernels.py's tables from `tree`'s sources: {rows: {path: {"ms", "gb_s"}}}."""
+    """bench_kernels.py's tables from `tree`'s sources: {rows: {path: {"ms", "gb_s"}}}; with
+    --attention, bench_prefill_attention.py's times of our kernel: {"attention": {shape: ...}}."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    if args.attention:
+        cmd = [sys.executable, str(tree / "benchmarks" / "bench_prefill_attention.py")]
+        cmd += ["--sizes", *map(str, args.attention), "--rounds", str(args.calls)]
+        subprocess.run([*cmd, "--json", str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
+        shapes = json.loads(out.read_text())["results"].items()
+        return {"attention": {name: {"ms": r["ours"]["ms"]} for name, r in shapes}}
     cmd = [sys.executable, str(tree / "benchmarks" / "bench_kernels.py"), "--json", str(out)]
     cmd += ["--rows", *map(str, args.rows), "--calls", str(args.calls), "--only", *args.only]
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())["tables"]
 
@@ -156,7 +168,7 @@ def compare(runs: list[tuple[dict, dict]]) -> dict:
             base = [b[rows][path]["ms"] for b, _ in runs]
             this = [t[rows][path]["ms"] for _, t in runs]
             ratios = [b / t for b, t in zip(base, this, strict=True)]
-            out[f"{path} r{rows}"] = {
+            out[path if rows == "attention" else f"{path} r{rows}"] = {
                 "base_ms": statistics.median(base),
                 "this_ms": statistics.median(this),
                 "ratio_median": statistics.median(ratios),
@@ -178,6 +190,14 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=["dot ours default"], help="paths (substrings)")
     ap.add_argument("--json", help="write the comparison here")
     ap.add_argument("--in-process", action="store_true", help="both builds in one process")
+    ap.add_argument(
+        "--attention",
+        type=int,
+        nargs="+",
+        choices=[224, 448, 896],
+        help="compare the prefill attention kernel (bench_prefill_attention.py) at these sizes "
+        "instead of the dot kernels; --calls: its rounds",
+    )
     ap.add_argument("--rounds", type=int, default=30, help="--in-process: rounds (median)")
     ap.add_argument(
         "--dtype",
@@ -225,6 +245,7 @@ def main() -> None:
         )
     if args.json:
         meta = {"base": args.base, "pairs": args.pairs, "rows": args.rows, "only": args.only}
+        meta["attention"] = args.attention
         Path(args.json).write_text(json.dumps({**meta, "results": result}, indent=1))
 
 

@@ -1279,3 +1279,16 @@ def test_amx_session_40_sentences_are_their_jsons():
         ours = big["ours bfloat16 (default)"]["first_token_s"]
         sdpa = big["transformers bfloat16 sdpa"]["first_token_s"]
         assert f"{ours:.2f} s against" in text and f"{sdpa:.2f} s ({ours / sdpa:.3f}×)" in text
+
+
+def test_session_41_attention_ab_is_its_json():
+    """Session 41's kernel A/B (ab_builds.py --attention): the base / this medians quoted."""
+    res = result("amx-attention-copies-ab-s41.json")
+    assert res["attention"] == [224, 448] and res["pairs"] == 6
+    r = {name: v["ratio_median"] for name, v in res["results"].items()}
+    quote = (
+        f"SigLIP {r['siglip 224']:.2f}× at 224 px and {r['siglip 448']:.2f}× at 448, Gemma "
+        f"{r['gemma 224']:.2f}× at 224 px and {r['gemma 448']:.2f}× at 448"
+    )
+    assert quote in " ".join(DOCS.split()), quote
+    assert min(r.values()) > 1.0  # the change is faster at every shape

@@ -75,7 +75,7 @@ def build_base(base: Path, tmp: Path) -> None:
     from paligemma.quant import kernels
 
     quant = base / "src" / "paligemma" / "quant"
-    for header in quant.glob("int4_*.h"):
+    for header in quant.glob("*.h"):  # (int4_dot_common.h includes amx_tile.h)
         (tmp / header.name).write_text(header.read_text())
     for name in ("int4_dot.cpp", "int4_dot_isa.cpp"):
         (tmp / name).write_text(

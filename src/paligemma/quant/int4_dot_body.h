@@ -311,13 +311,14 @@ void dot_block(const Dot& d, int64_t o0, int64_t o1) {
 
 #if PG_ISA == 1 && !PG_VNNI
 #include "int4_dot_row.h"
+#include "int4_dot_batch.h"
 #elif PG_ISA == 2 && PG_VNNI
 #include "int4_dot_slab.h"
 #endif
 
 void dot_tiles(int64_t mb, int bits, const Dot& d, int64_t o0, int64_t o1) {
 #if PG_ISA == 1 && !PG_VNNI
-  if (one_row_call(mb, bits, d, o0, o1)) return;
+  if (one_row_call(mb, bits, d, o0, o1) || batch_call(mb, bits, d, o0, o1)) return;
 #elif PG_ISA == 2 && PG_VNNI
   if (slab_call(mb, bits, d, o0, o1)) return;
 #endif

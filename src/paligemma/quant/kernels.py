@@ -64,6 +64,7 @@ HEADERS = tuple(
         "int4_dot_body.h",
         "int4_quantize_x.h",
         "int4_dot_row.h",
+        "int4_dot_batch.h",
         "int4_dot_slab.h",
         "int4_dot_amx.h",
         "decode_ops.h",

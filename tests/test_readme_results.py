@@ -1292,3 +1292,32 @@ def test_session_41_attention_ab_is_its_json():
     )
     assert quote in " ".join(DOCS.split()), quote
     assert min(r.values()) > 1.0  # the change is faster at every shape
+
+
+def test_session_41_avx2_batch_figures_are_their_files():
+    """Session 41's plain-AVX2 batching: the bound program's ranges, the in-process A/B's int4
+    range and the forced-AVX2 run's batch 8 over batch 1, as quoted."""
+    text = " ".join(DOCS.split())
+    bound = (RESULTS / "amx-host-avx2-batch-bound-s41.txt").read_text()
+    runs = {}
+    for name in ("alone", "unpacking and broadcasts"):
+        pattern = rf"{name} +([\d.]+) G products/s -> batch 8 at most +([\d.]+) tok/s = ([\d.]+)x"
+        runs[name] = [tuple(map(float, m)) for m in re.findall(pattern, bound)]
+        assert len(runs[name]) == 3, name
+    lo, hi = (f(r[0] for r in runs["alone"]) for f in (min, max))
+    assert f"the two instructions alone {lo:.0f}-{hi:.0f} G products a second" in text
+    ratios = [r[2] for r in runs["unpacking and broadcasts"]]
+    assert f"would allow {min(ratios):.1f}-{max(ratios):.1f}× the bandwidth-limited batch 1" in text
+    ab = result("amx-avx2-batch-ab-s41.json")
+    assert ab["in_process"] and ab["isa"] == 1 and ab["vnni"] == 0 and ab["rows"] == [8]
+    int4 = [v["ratio_median"] for k, v in ab["results"].items() if k.startswith("int4")]
+    assert f"int4 {min(int4):.2f}-{max(int4):.2f}x over the decoder's shapes" in text
+    assert all(v["bit_exact"] for v in ab["results"].values())
+    res = result("amx-host-avx2-path-s41.json")["results"]
+    i4, i8 = res["ours int4"], res["ours int8"]
+    b8 = {k: r["decode_tok_s_b8"] / r["decode_tok_s_b1"] for k, r in (("i4", i4), ("i8", i8))}
+    assert f"{i4['decode_tok_s_b1']:.2f} tok/s at batch 1" in text
+    assert f"{i4['decode_tok_s_b8']:.2f} at batch 8: {b8['i4']:.2f}x" in text
+    assert (
+        f"int8 {i8['decode_tok_s_b1']:.2f} and {i8['decode_tok_s_b8']:.2f}: {b8['i8']:.2f}x" in text
+    )

@@ -266,9 +266,10 @@ void add_values(const Att& a, const uint32_t* vp, int64_t k0, const uint16_t* p,
 // cleared. (Vector copies: memcpy / memset calls of a row each took ~6% of SigLIP's time.)
 void start(const Att& a, Unit& u) {
   for (int64_t r = 0; r < kQ; ++r) {
-    const uint16_t* src = a.q + u.b * a.qs[0] + u.n * a.qs[1] + (u.t0 + r) * a.qs[2];
+    const bool real = r < u.rows;  // rows past T: zeros (their address is not formed)
+    const uint16_t* src = real ? a.q + u.b * a.qs[0] + u.n * a.qs[1] + (u.t0 + r) * a.qs[2] : a.q;
     for (int64_t h = 0; h < a.Hq; h += 32) {
-      const __mmask32 m = r < u.rows ? below32(h, a.H) : __mmask32(0);
+      const __mmask32 m = real ? below32(h, a.H) : __mmask32(0);
       _mm512_store_si512(u.q + r * a.Hq + h, _mm512_maskz_loadu_epi16(m, src + h));
     }
   }

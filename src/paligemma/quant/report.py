@@ -126,6 +126,8 @@ def _attention() -> str:
 
 def _decode_step() -> str:
     x = torch.zeros(1, 1, WIDTH, dtype=torch.bfloat16)
+    # (a stand-in cache: plain_step asks only that there is one; the cache's own layout is
+    # asked per step, step_key)
     if not decode_block.plain_step(x, cache=object(), start=0):
         return "Python, an ATen call per operation"
     if decode_layers.ONE_CALL:

@@ -1,4 +1,6 @@
-"""Our CPU kernels for quantised decoding (kernels.cpp), built once per machine on first use.
+"""Our CPU kernels (kernels.cpp and the sources it lists: quantised decoding, the bfloat16 and
+quantised prefill GEMMs, attention, GELU, the decode step's loops), built once per machine on
+first use.
 
 `available()` compiles the C++ source with the system's C++ compiler (-O3 -mtune=native, against
 the installed torch) into a cache directory and loads it; the ops then live under
@@ -152,7 +154,10 @@ def _build() -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    print("paligemma: building the CPU kernels for quantised decoding (once)...", file=sys.stderr)
+    print(
+        "paligemma: building the CPU kernels (once per machine and torch; 1-2 minutes)...",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         jobs = _jobs(compiler, compile_, Path(tmp))
         # one compiler per translation unit, as many at once as there are cores

@@ -45,11 +45,11 @@ class Attention(nn.Module):
             for t in project(x, self.q_proj, self.k_proj, self.v_proj)
         )
         scale = self.head_dim**-0.5
-        fused = use_fused_attention(self.fused, seq)
-        out = self.kernel(q, k, v, None, scale) if fused and self.kernel is not None else None
-        if out is None and fused:
-            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        elif out is None:  # the reference's arithmetic; the scale in place (autograd allows it)
+        if use_fused_attention(self.fused, seq):  # our CPU kernel where it applies, else PyTorch's
+            out = self.kernel(q, k, v, None, scale) if self.kernel is not None else None
+            if out is None:
+                out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        else:  # the reference's arithmetic; the scale in place (autograd allows it)
             scores = (q @ k.transpose(-1, -2)).mul_(scale)  # (B, N, L, L)
             out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
         return self.o_proj(out.transpose(1, 2).reshape(b, seq, -1))  # (B, L, D)

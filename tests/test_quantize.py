@@ -316,9 +316,12 @@ def test_a_single_row_takes_torch_mv_with_few_threads_or_rows_alone(threads, mon
     """One bfloat16 row through a 16,384-wide projection: with few threads (or under
     set_rows_alone_, the server's) torch.mv, whose bits are the bits that row gets in a batch
     of 2..16 rows; with many threads (F.linear is faster there) F.linear's own. (Where F.linear
-    gives one row the batch's bits too, e.g. AVX2 hosts, the calls still tell.)"""
+    gives one row the batch's bits too, e.g. AVX2 hosts, the calls still tell.) This is the
+    path without our bfloat16 kernel (OWN_MV off here; it takes such rows where built:
+    tests/test_bf16_mv.py)."""
     from paligemma.quant import matvec
 
+    monkeypatch.setattr(matvec, "OWN_MV", False)
     calls = []
     mv = torch.mv
     monkeypatch.setattr(torch, "mv", lambda *a: calls.append(1) or mv(*a))

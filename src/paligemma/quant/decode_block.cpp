@@ -12,7 +12,8 @@
 //
 // linear: 0 int4_dots / int8_dots (dot = [bits, group, isa, vnni]: the layers read the same x in
 // one call, as gemma.project does), 1 int8_matmul (isa = dot[2]: int8 at one row), 2 torch.mv
-// (one float row: matvec.py), 3 F.linear (float weights). attention: 0 eager, 1 eager with
+// (one float row: matvec.py), 3 F.linear (float weights), 4 bf16_mv (bfloat16 rows, isa =
+// dot[2]: matvec.py's own_mv). attention: 0 eager, 1 eager with
 // float32 products ("wide"), 2 fused (scaled_dot_product_attention). rows_alone: each row over
 // its own key span (gemma.Attention._one_query_rows). gelu_isa: >= -1 gelu.cpp's kernel on that
 // path, -2 ATen's. lowest: the value masked scores take (torch.finfo(dtype).min). ops: -1 ATen's
@@ -46,6 +47,7 @@ using Tensors = std::vector<at::Tensor>;
 using DotsFn = Tensors(const at::Tensor&, at::TensorList, at::TensorList, int64_t, int64_t,
                        int64_t, std::optional<at::ScalarType>);
 using Int8MmFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+using MvFn = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t);
 using GeluFn = at::Tensor&(at::Tensor&, const std::optional<at::Tensor>&, int64_t);
 
 // A Python number as Python passes it to a tensor op: a wrapped 0-dim double tensor. (C++'s
@@ -88,6 +90,9 @@ Tensors project(const Linears& L, const at::Tensor& x, std::initializer_list<int
       static const auto mm = op<Int8MmFn>("paligemma_cpu::int8_matmul");
       const at::Tensor y = mm.call(x.reshape({b, -1}), L.w[j], L.s[j], L.dot[2]);
       out.push_back(y.view({b, 1, -1}).to(x.scalar_type()));
+    } else if (L.kind == 4) {
+      static const auto mv = op<MvFn>("paligemma_cpu::bf16_mv");
+      out.push_back(mv.call(x.reshape({b, -1}), L.w[j], L.dot[2]).view({b, 1, -1}));
     } else if (L.kind == 2) {
       out.push_back(at::mv(L.w[j], x.reshape({-1})).view({b, 1, -1}));
     } else {
@@ -256,8 +261,8 @@ at::Tensor decode_block(const at::Tensor& x, at::TensorList norms, double eps, i
   TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decode_block: 2 or 4 norms");
   TORCH_CHECK(weights.size() == 7 && (scales.empty() || scales.size() == 7),
               "decode_block: 7 weights (q, k, v, o, gate, up, down) and their scales");
-  TORCH_CHECK(dot.size() == 4 && heads.size() == 3 && linear >= 0 && linear <= 3,
-              "decode_block: dot = [bits, group, isa, vnni], heads = [N, K, H], linear 0..3");
+  TORCH_CHECK(dot.size() == 4 && heads.size() == 3 && linear >= 0 && linear <= 4,
+              "decode_block: dot = [bits, group, isa, vnni], heads = [N, K, H], linear 0..4");
   TORCH_CHECK(linear >= 2 || scales.size() == 7, "decode_block: quantised layers need scales");
   const std::vector<at::Tensor> w(weights.begin(), weights.end()), s(scales.begin(), scales.end());
   const std::vector<int64_t> d(dot.begin(), dot.end());

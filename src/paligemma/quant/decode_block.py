@@ -47,13 +47,13 @@ NORMS = (RMSNorm, cpu_rms.CpuRMSNorm)  # the norm classes the C++ block computes
 FAST_DECODE = True  # decode steps' blocks through decode_block.cpp (False: the Python block)
 OWN_OPS = True  # quantised bfloat16 steps: decode_ops.cpp's loops between the products
 KEEP_PLANS = True  # a quantised step's Plan kept while its _key holds (False: derived each step)
-DOTS, INT8_MATMUL, MV, LINEAR = 0, 1, 2, 3  # decode_block.cpp's `linear`
+DOTS, INT8_MATMUL, MV, LINEAR, BF16_MV = 0, 1, 2, 3, 4  # decode_block.cpp's `linear`
 
 
 class Plan(NamedTuple):
     """How decode_block.cpp computes a step (its arguments of the same names)."""
 
-    linear: int  # DOTS, INT8_MATMUL, MV or LINEAR
+    linear: int  # DOTS, INT8_MATMUL, MV, LINEAR or BF16_MV
     weights: list[torch.Tensor]  # q, k, v, o, gate, up, down
     scales: list[torch.Tensor]  # the same order ([] for float weights)
     dot: list[int]  # bits, group, isa, vnni (isa: also int8_matmul's)
@@ -221,7 +221,10 @@ def _linears(linears: list[nn.Module], x: torch.Tensor, rows_alone: bool) -> tup
         if kind is Int8Linear and rows <= KERNEL_ROWS:  # one row (the dots start at two)
             return INT8_MATMUL, weights, scales, [8, 0, cpu_kernels.isa(), 0]
         return None
-    if any(matvec.prefill_path(x, w, None, rows_alone) for w in weights):
+    own = [matvec.own_mv(x, w, None, rows_alone) for w in weights]
+    if all(own):
+        return BF16_MV, weights, [], [0, 0, cpu_kernels.isa(), 0]
+    if any(own) or any(matvec.prefill_path(x, w, None, rows_alone) for w in weights):
         return None
     mode = MV if matvec._matvec(x, rows_alone) else LINEAR
     return mode, weights, [], [0, 0, 0, 0]

@@ -51,6 +51,7 @@ OTHERS = (
     "decode_block.cpp",
     "decode_ops.cpp",
     "attend_amx.cpp",
+    "bf16_mv.cpp",
 )
 SOURCES = (SOURCE, *(SOURCE.with_name(name) for name in OTHERS))  # one library
 HEADERS = tuple(

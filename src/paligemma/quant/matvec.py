@@ -1,11 +1,16 @@
-"""The CPU path of plain (float) linears: torch.mv for one row, our AMX-BF16 GEMM for prefill.
+"""The CPU path of plain (float) linears: our kernels for decoding's rows and for prefill.
 
-One row of activations on the CPU is a matrix-vector product. With few threads torch.mv runs it
+One row of activations on the CPU is a matrix-vector product, bound by reading the weight. A
+bfloat16 row against a model-sized weight (MV_MIN_WEIGHTS) takes our kernel (bf16_mv.cpp:
+float32 sums, one rounding; PaliGemma-3B's weights on a 2-core AMD EPYC (Zen 5) 39-46 GB/s
+against torch.mv's 16-22 and F.linear's 21-31) on our kernels' vector paths (OWN_MV), and so do
+2..FEW_ROWS rows under `set_rows_alone_` (the server): its bits for a row do not depend on the
+other rows. Elsewhere (float32, small weights, no kernels) with few threads torch.mv runs a row
 faster than F.linear in bfloat16 (~1.6x on one thread, 16% from memory on two; as fast in
 float32); with many, F.linear does (a 16-core Xeon, 16 threads: PaliGemma-3B-224 decoding
-9.3-10.0 tok/s through F.linear against 6.0-6.5 through torch.mv). So a single row takes
-torch.mv up to MV_MAX_THREADS threads (torch.get_num_threads()), F.linear above, except in a
-model under `set_rows_alone_` (the server), where it always takes torch.mv: torch.mv gives a
+9.3-10.0 tok/s through F.linear against 6.0-6.5 through torch.mv). So such a row takes
+torch.mv up to MV_MAX_THREADS threads (torch.get_num_threads()), F.linear above, except under
+rows_alone, where it always takes torch.mv: torch.mv gives a
 row the bits that 2..16-row products give it, F.linear's single-row product does not (its
 sums run in another order where the inputs are many, e.g. Gemma's 16,384-wide down
 projection). More than FEW_ROWS rows and at most MAX_ROWS
@@ -55,6 +60,12 @@ FEW_ROWS = 16  # up to this many rows F.linear (the server's batched = alone: to
 MAX_ROWS = 384
 AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.linear)
 MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
+# One bfloat16 row (or up to FEW_ROWS under rows_alone) through our kernel (bf16_mv.cpp) where
+# the weight has MV_MIN_WEIGHTS elements or more (smaller ones keep PyTorch's bits; the tiny
+# models' parity with transformers is bit for bit). PaliGemma-3B's weights on a 2-core AMD EPYC
+# (Zen 5): 39-46 GB/s against torch.mv's 16-22 and F.linear's 21-31 (benchmarks/RESULTS.md).
+OWN_MV = True
+MV_MIN_WEIGHTS = 2**18
 # float32 products (cpu_kernels.f32_prefill()) from this many rows: a 2-core AMD EPYC (AVX2),
 # 16384 x 2048 and 2048 x 16384 bfloat16 weights, f32_mm's time over F.linear's: 2 rows 1.1x,
 # 3 rows 0.77x, 4 rows 0.62x, 8 rows 0.43x, 16 rows 0.26x (266 rows: ~1/7)
@@ -68,6 +79,22 @@ F32_MIN_WEIGHTS = 2**18
 # Prefill projections that read the same x (q, k, v) as one AMX call (MatVecLinear.together:
 # bf16_mms; the int8 / int4 layers', together.py: dequant_mms; False: a call each)
 TOGETHER = True
+
+
+def own_mv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows_alone: bool
+) -> bool:
+    """bf16_mv.cpp's product for x's rows (module docstring): one bfloat16 row, or up to
+    FEW_ROWS under rows_alone (its bits per row do not depend on the others), a weight of
+    MV_MIN_WEIGHTS elements or more, our kernels' vector paths, OWN_MV."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if not OWN_MV or not (rows == 1 or (rows_alone and 1 < rows <= FEW_ROWS)):
+        return False
+    if weight.numel() < MV_MIN_WEIGHTS or weight.dim() != 2 or weight.stride(-1) != 1:
+        return False
+    if not _bf16_inference(x, weight, bias) or not cpu_kernels.available():
+        return False
+    return cpu_kernels.isa() >= 1
 
 
 def _matvec(x: torch.Tensor, rows_alone: bool = False) -> bool:
@@ -118,9 +145,13 @@ def linear(
     bias: torch.Tensor | None = None,
     rows_alone: bool = False,
 ) -> torch.Tensor:
-    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); one CPU row through torch.mv
-    (with few threads, or `rows_alone`), bfloat16 prefill rows through our AMX-BF16 GEMM, or
-    in float32 products where the CPU has no fast bfloat16 GEMM (module docstring)."""
+    """x (..., in) @ weight (out, in).T (+ bias) -> (..., out); bfloat16 decoding rows through
+    bf16_mv, other single CPU rows through torch.mv (with few threads, or `rows_alone`),
+    bfloat16 prefill rows through our AMX-BF16 GEMM, or in float32 products where the CPU has no
+    fast bfloat16 GEMM (module docstring)."""
+    if own_mv(x, weight, bias, rows_alone):
+        out = torch.ops.paligemma_cpu.bf16_mv(x.reshape(-1, x.shape[-1]), weight, cpu_kernels.isa())
+        return (out if bias is None else out + bias).view(*x.shape[:-1], -1)  # (..., out)
     path = prefill_path(x, weight, bias, rows_alone)
     if path is not None:
         flat = x.reshape(-1, x.shape[-1])
@@ -137,7 +168,7 @@ def linear(
 
 
 class MatVecLinear(nn.Linear):
-    """nn.Linear (same tensors, same names) whose single CPU rows go through torch.mv."""
+    """nn.Linear (same tensors, same names) whose CPU rows take `linear`'s paths."""
 
     rows_alone = False  # set by model.set_rows_alone_: single rows always through torch.mv
 
@@ -161,7 +192,7 @@ class MatVecLinear(nn.Linear):
 
 
 class MatVecHead(TiedHead):
-    """The tied output head, single CPU rows through torch.mv (per decoded token the largest
+    """The tied output head, its CPU rows through `linear` (per decoded token the largest
     matrix read)."""
 
     rows_alone = False  # as MatVecLinear's

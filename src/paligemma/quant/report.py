@@ -124,6 +124,13 @@ def _attention() -> str:
     return "PyTorch's scaled_dot_product_attention"
 
 
+def _dense_decode(x: torch.Tensor) -> str:
+    w = torch.zeros(matvec.MV_MIN_WEIGHTS // WIDTH + 1, WIDTH, dtype=torch.bfloat16)  # model-sized
+    if matvec.own_mv(x, w, None, rows_alone=False):
+        return f"ours (bf16_mv, {ISA_NAMES[cpu_kernels.isa()]})"
+    return "torch.mv" if matvec._matvec(x) else "F.linear"
+
+
 def _decode_step() -> str:
     x = torch.zeros(1, 1, WIDTH, dtype=torch.bfloat16)
     # (a stand-in cache: plain_step asks only that there is one; the cache's own layout is
@@ -146,7 +153,7 @@ def paths() -> dict[str, str]:
             out[f"{mode} prefill"] = _quantized_prefill(layer)
         out["bfloat16 prefill products"] = _dense_prefill()
         x = torch.zeros(1, WIDTH, dtype=torch.bfloat16)
-        out["bfloat16 decoding, 1 row"] = "torch.mv" if matvec._matvec(x) else "F.linear"
+        out["bfloat16 decoding, 1 row"] = _dense_decode(x)
         out["prefill attention"] = _attention()
         out["decode step"] = _decode_step()
         ours = gelu._kernel_takes(x, None)

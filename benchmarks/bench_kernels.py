@@ -7,7 +7,8 @@ One decoder-sized weight (default PaliGemma's MLP gate: O 16,384 x I 2,048), `ro
 rows in bfloat16; the paths run interleaved, one call each per round, and each path's time per
 product is the median of `--calls` rounds (a shared host adds noise to every path alike); GB/s
 counts the bytes the path must read (codes + scales, or the bfloat16 matrix). Paths: torch's
-bfloat16 F.linear; int8 ours on every instruction set this CPU has (quant/kernels.cpp) and
+bfloat16 F.linear (and torch.mv at one row) and ours (quant/bf16_mv.cpp, AVX2 and AVX-512);
+int8 ours on every instruction set this CPU has (quant/kernels.cpp) and
 torch's _weight_int8pack_mm; int4 ours likewise (float products), "int4 / int8 dot ours" (int8
 activations, integer dot products: quant/int4_dot.cpp, as the layers call it ("default"), each
 instruction set with and without VNNI, and AMX tiles; they read the saved codes and scales as
@@ -56,8 +57,16 @@ def paths(o: int, i: int, rows: int, group: int = 64) -> dict:
     i8 = q.Int8Linear.from_linear(nn_linear(w))
     i4 = q.Int4Linear.from_linear(nn_linear(w), group)
     out = {"bfloat16 torch F.linear": (lambda: F.linear(x, w), nbytes(w))}
+    if rows == 1:
+        out["bfloat16 torch.mv"] = (lambda: torch.mv(w, x[0]), nbytes(w))
     if kernels.available():
         ops = torch.ops.paligemma_cpu
+        for name, isa in kernels.ISAS.items():  # bfloat16 decoding's own product
+            if 1 <= isa <= kernels.isa():
+                out[f"bfloat16 ours bf16_mv {name}"] = (
+                    lambda isa=isa: ops.bf16_mv(x, w, isa),
+                    nbytes(w),
+                )
         for name, isa in kernels.ISAS.items():
             if isa > kernels.isa():
                 continue

@@ -21,6 +21,8 @@ def test_kernel_paths_agree_and_are_timed(capsys):
     expected = {"bfloat16 torch F.linear"}
     if kernels.available():
         expected |= {"int8 ours scalar", "int4 ours scalar"}
+        if kernels.isa() >= 1:
+            expected.add("bfloat16 ours bf16_mv avx2")
     assert expected <= set(paths)
     outs = {name: fn().float() for name, (fn, _) in paths.items()}
     ref = outs["bfloat16 torch F.linear"]

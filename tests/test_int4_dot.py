@@ -369,8 +369,9 @@ def test_int8_layers_take_the_dot_kernel_from_two_bfloat16_rows(monkeypatch):
 
 def test_few_rows_take_avx_vnni_where_the_cpu_has_it(monkeypatch):
     """dot_path: 2 to NARROW_VNNI_ROWS rows the 256-bit AVX-VNNI path (faster there on a CPU
-    with both VNNIs), a single row too unless the CPU's best is AVX-512-VNNI (WIDE_ONE_ROW; off:
-    AVX-VNNI's), more rows the CPU's best; PALIGEMMA_CPU_ISA, when set, decides alone."""
+    with both VNNIs), a single row too unless the CPU's best is AVX-512-VNNI and it is not AMD's
+    (WIDE_ONE_ROW None; True / False: by the width alone / AVX-VNNI's), more rows the CPU's best;
+    PALIGEMMA_CPU_ISA, when set, decides alone."""
     assert cpu_kernels.available()
     monkeypatch.delenv(cpu_kernels.ENV_ISA, raising=False)
     flags = int(torch.ops.paligemma_cpu.cpu_vnni())
@@ -379,6 +380,9 @@ def test_few_rows_take_avx_vnni_where_the_cpu_has_it(monkeypatch):
     assert few == ((1, 1) if flags & 1 else best)
     assert cpu_kernels.dot_path(2) == few
     wide = best[0] == 2 and bool(flags & 2)
+    assert cpu_kernels.wide_one_row() == (not cpu_kernels.amd())  # (WIDE_ONE_ROW None)
+    assert cpu_kernels.dot_path(1) == (best if wide and not cpu_kernels.amd() else few)
+    monkeypatch.setattr(cpu_kernels, "WIDE_ONE_ROW", True)
     assert cpu_kernels.dot_path(1) == (best if wide else few)
     monkeypatch.setattr(cpu_kernels, "WIDE_ONE_ROW", False)
     assert cpu_kernels.dot_path(1) == few

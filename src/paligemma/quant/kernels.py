@@ -252,17 +252,19 @@ def f32_prefill() -> bool:
 # both (1 thread, 16384 x 2048, the weight in cache), while from 8 rows the wider AVX-512 one is
 # 1.4-1.9x faster.
 NARROW_VNNI_ROWS = 4
-# ... but a single row takes AVX-512-VNNI where the CPU has it (False: AVX-VNNI's). Decoding
-# PaliGemma-3B-224 (weights from memory, 2 threads, a 2-vCPU Xeon with both; paired rounds in
-# one process, wide / narrow): int4 1 row 1.034x (10 of 10 rounds faster), 2 rows 1.003x, 4
-# rows 0.954x; int8 2 rows 1.026x, 4 rows 0.894x (one int8 row takes the float kernel here).
-WIDE_ONE_ROW = True
+# ... but a single row takes AVX-512-VNNI where the CPU has it, unless it is AMD's (None: by
+# the vendor; True / False: AVX-512-VNNI's / AVX-VNNI's everywhere). Decoding PaliGemma-3B-224
+# (weights from memory, 2 threads, paired rounds in one process, wide / narrow): on a 2-vCPU
+# Xeon with both, int4 1 row 1.034x (10 of 10 rounds faster), 2 rows 1.003x, 4 rows 0.954x;
+# int8 2 rows 1.026x, 4 rows 0.894x (one int8 row takes the float kernel here); on a 2-vCPU AMD
+# EPYC (Zen 5) with both, int4 1 row 0.831x (`ab_decode_ops.py --switch WIDE_ONE_ROW`).
+WIDE_ONE_ROW: bool | None = None
 
 
 def dot_path(rows: int) -> tuple[int, int]:
     """(isa, vnni) for int4_dot / int8_dot on `rows` rows: the CPU's best, except AVX-VNNI's
     256-bit path for up to NARROW_VNNI_ROWS rows (but a single row where the CPU has
-    AVX-512-VNNI, WIDE_ONE_ROW); PALIGEMMA_CPU_ISA, when set, decides alone. Needs
+    AVX-512-VNNI, `wide_one_row()`); PALIGEMMA_CPU_ISA, when set, decides alone. Needs
     available()."""
     return _dot_path(rows)
 
@@ -270,9 +272,27 @@ def dot_path(rows: int) -> tuple[int, int]:
 def _dot_path(rows: int) -> tuple[int, int]:
     """dot_path's answer (tests spy on dot_path's calls as the kernels' calls)."""
     few = not os.environ.get(ENV_ISA) and rows <= NARROW_VNNI_ROWS and _avx_vnni()
-    if few and not (rows == 1 and WIDE_ONE_ROW and _wide()):
+    if few and not (rows == 1 and wide_one_row() and _wide()):
         return 1, 1
     return isa(), vnni()
+
+
+def wide_one_row() -> bool:
+    """WIDE_ONE_ROW, or where it is None whether the CPU is not AMD's."""
+    return (not amd()) if WIDE_ONE_ROW is None else WIDE_ONE_ROW
+
+
+def amd() -> bool:
+    """The CPU is AMD's (/proc/cpuinfo's vendor_id AuthenticAMD; False where unknown)."""
+    if "amd" not in _state:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+        _state["amd"] = any(
+            ln.startswith("vendor_id") and "AuthenticAMD" in ln for ln in text.splitlines()
+        )
+    return bool(_state["amd"])
 
 
 def _wide() -> bool:

@@ -803,14 +803,19 @@ def test_readme_speed_summary_is_the_latest_runs():
     assert "| Higher resolutions, AMX host, session 40 |" in speed
     assert "[`benchmarks/RESULTS.md`](benchmarks/RESULTS.md)" in speed
     assert "\n**Session " not in speed  # the sessions' history lives in the record
-    runs = result("amx-paligemma-3b-224-s41.json")["results"]
-    first, decode, rss = reference_best(runs)
-    rows = runs_table("| PaliGemma-3B-224, AMX host, session 41 |", runs)
-    for name, r in runs.items():
-        rate, b8 = r["decode_tok_s_b1"], r["decode_tok_s_b8"]
-        expected = [r["first_token_s"], r["first_token_s"] / first, rate, rate / decode]
-        expected += [100 * rate / r["bandwidth_limit_tok_s"], b8, b8 / rate]
-        check_row(rows[name], [*expected, r["peak_rss_gb"], r["peak_rss_gb"] / rss], name)
+    for header, file in (
+        ("| PaliGemma-3B-224, AMX host, session 41 |", "amx-paligemma-3b-224-s41.json"),
+        ("| PaliGemma-3B-224, Zen 5 host, session 42 |", "zen5-paligemma-3b-224-s42-end.json"),
+    ):
+        assert "\n" + header in speed, header
+        runs = result(file)["results"]
+        first, decode, rss = reference_best(runs)
+        rows = runs_table(header, runs)
+        for name, r in runs.items():
+            rate, b8 = r["decode_tok_s_b1"], r["decode_tok_s_b8"]
+            expected = [r["first_token_s"], r["first_token_s"] / first, rate, rate / decode]
+            expected += [100 * rate / r["bandwidth_limit_tok_s"], b8, b8 / rate]
+            check_row(rows[name], [*expected, r["peak_rss_gb"], r["peak_rss_gb"] / rss], name)
     high = dict(table("| Higher resolutions, AMX host, session 40 |"))
     files = {
         448: "amx-paligemma-3b-448-s40-run2.json",
@@ -839,7 +844,7 @@ def test_where_the_speed_targets_stand_is_its_jsons():
         text = " / ".join(fmt.format(v) for v in values)
         return (f"**{text}**" if ok else text) + tail
 
-    amx, zen5 = "amx-paligemma-3b-224-s41.json", "zen5-paligemma-3b-224-s42-mv.json"
+    amx, zen5 = "amx-paligemma-3b-224-s41.json", "zen5-paligemma-3b-224-s42-end.json"
     for col, file in enumerate((amx, "avx2-paligemma-3b-224-s27.json", zen5)):
         res = result(file)["results"]
         ref = [v for k, v in res.items() if k.startswith("transformers")]
@@ -1332,3 +1337,75 @@ def test_session_41_full_run_is_its_json():
     t, quote = run_quote("amx-paligemma-3b-224-s41.json", later=True)
     assert quote + ": every 224 px target held" in " ".join(DOCS.split()), quote
     assert_targets(t)
+
+
+def test_session_42_figures_are_their_files():
+    """The Zen 5 host's record: bf16_mv's kernel table, the WIDE_ONE_ROW A/B, the plain-AVX2
+    path's run, avx2_batch_bound.c's three runs and the first run's sentence."""
+    text = " ".join(DOCS.split())
+    gbs = {
+        int(rows): {k: round(v["gb_s"], 1) for k, v in t.items()}
+        for rows, t in result("zen5-bf16-mv-kernels-s42.json")["tables"].items()
+    }
+    ours, avx2, lin = (
+        f"bfloat16 {k}" for k in ("ours bf16_mv avx512", "ours bf16_mv avx2", "torch F.linear")
+    )
+    one = gbs[1]
+    assert (
+        f"one row {one[ours]} GB/s on AVX-512 and {one[avx2]} on AVX2 against `torch.mv`'s "
+        f"{one['bfloat16 torch.mv']} and F.linear's {one[lin]}; two rows {gbs[2][ours]} against "
+        f"F.linear's {gbs[2][lin]}; eight rows {gbs[8][ours]} against {gbs[8][lin]} (the AVX2 "
+        f"path's {gbs[8][avx2]}" in text
+    )
+    ab = result("zen5-wide-one-row-ab-s42.json")["int4"]
+    off, on = ab["off_tok_s"], ab["on_tok_s"]
+    assert all(a > b for a, b in zip(off, on, strict=True))  # "every round"
+    assert (
+        f"AVX-512-VNNI / AVX-VNNI **{ab['median_ratio']:.3f}×** (AVX-VNNI {min(off):.1f}-"
+        f"{max(off):.1f} tok/s, AVX-512-VNNI {min(on):.1f}-{max(on):.1f}, every round)" in text
+    )
+    runs = result("zen5-avx2-path-s42.json")["results"]
+    b16, i8, i4 = (runs[f"ours {k}"] for k in ("bfloat16 (default)", "int8", "int4"))
+    ratios = " / ".join(
+        f"{x['decode_tok_s_b8'] / x['decode_tok_s_b1']:.1f}×" for x in (b16, i8, i4)
+    )
+    assert (
+        f"bfloat16 {b16['decode_tok_s_b1']:.2f} tok/s, int8 {i8['decode_tok_s_b1']:.2f}, int4 "
+        f"{i4['decode_tok_s_b1']:.2f} at batch 1; batch 8 over batch 1 {ratios}" in text
+    )
+    bound = (RESULTS / "zen5-avx2-batch-bound-s42.txt").read_text()
+    nums = lambda pat: [float(x) for x in re.findall(pat, bound)]  # noqa: E731
+    alone = nums(r"VPMADDUBSW \+ VPADDW alone\s+([\d.]+) G")
+    real = nums(r"unpacking and broadcasts\s+([\d.]+) G")
+    bw = nums(r"streaming sum\)\s+([\d.]+) GB/s")
+    x = nums(r"unpacking and broadcasts.*= ([\d.]+)x")
+    assert len(alone) == len(real) == len(bw) == len(x) == 3
+    assert (
+        f"alone {min(alone):.0f}-{max(alone):.0f} G products/s, with unpacking and broadcasts "
+        f"{min(real):.0f}-{max(real):.0f} G, against a bandwidth of {min(bw):.1f}-{max(bw):.1f} "
+        f"GB/s: batch 8 could reach at most {min(x):.1f}-{max(x):.1f}×" in text
+    )
+    runs = {
+        k: run_quote(f"zen5-paligemma-3b-224-s42{k}.json", later=True)[0]
+        for k in ("", "-mv", "-end")
+    }
+    pct = (
+        ", ".join(f"{runs[k]['i4_pct']:.0f}%" for k in ("", "-mv"))
+        + f" and {runs['-end']['i4_pct']:.0f}%"
+    )
+    firsts = sorted(t["first"] for t in runs.values())
+    assert (
+        f"(`bf16_mv.cpp`: {runs['']['decode']:.2f}× the reference's before it, "
+        f"{runs['-end']['decode']:.2f}-{runs['-mv']['decode']:.2f}× after)"
+        in text
+        and f"the first token ({firsts[0]:.2f}-{firsts[-1]:.2f}×:" in text
+        and f"was {runs['']['i8_b8']:.2f}× / {runs['']['i4_b8']:.2f}× before these changes" in text
+        and f"(int4 at one row {pct} in the session's three runs)" in text
+    )
+    assert run_quote("zen5-paligemma-3b-224-s42-end.json", later=True)[1] in text
+    t = runs[""]
+    assert (
+        f"our first token {t['first']:.3f}×, decode **{t['decode']:.2f}×**" in text
+        and f"int8 at {t['i8_pct']:.0f}% of its limit; int4 at {t['i4_pct']:.0f}%" in text
+        and f"batch 8 over batch 1 {t['i8_b8']:.2f}× / {t['i4_b8']:.2f}×" in text
+    )

@@ -6,19 +6,16 @@ alone and amid traffic."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_engine import answer, mixed
+from test_engine import served_equal_alone
 from torch import nn
 
 import paligemma
 from paligemma.model import set_rows_alone_
 from paligemma.quant import decode_block, matvec
 from paligemma.quant import kernels as cpu_kernels
-from paligemma.serve.batcher import Job
-from paligemma.serve.engine import Engine
 
 SHAPES = [(37, 2048), (256, 2048), (100, 333), (5, 7), (64, 16), (19, 1000)]  # (O, I): tails
 
@@ -178,17 +175,14 @@ def test_served_bfloat16_requests_equal_alone_through_it(pipeline_dir, monkeypat
     real = ops.bf16_mv
     monkeypatch.setattr(ops, "bf16_mv", lambda x, *a: rows.append(x.shape[0]) or real(x, *a))
     pipe = paligemma.load(pipeline_dir, dtype=torch.bfloat16)
-    rng = np.random.default_rng(7)
-    images = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8) for _ in range(2)]
-    reqs = mixed(images, lengths=(6, 2, 9, 4))
-    alone = [pipe.generate(im, p, max_new_tokens=n) for im, p, n in reqs]
-    assert rows and set(rows) == {1}
-    engine = Engine(pipe, max_batch=3, pool_len=40)
-    rows.clear()
-    jobs = [Job([im], p, n) for im, p, n in reqs]
-    answer(engine, jobs, [0.002 * (i % 4) for i in range(len(jobs))])
-    assert [j.choices[0].text for j in jobs] == [a.text for a in alone]
-    assert [j.choices[0].tokens for j in jobs] == [len(a.token_ids) for a in alone]
+    alone_rows = []  # the calls of the requests answered alone: one row each
+
+    def serving():
+        alone_rows.extend(rows)
+        rows.clear()
+
+    engine = served_equal_alone(pipe, 7, serving)
+    assert alone_rows and set(alone_rows) == {1}
     assert max(rows) > 1 and engine.stats["max_rows"] > 1, (rows, engine.stats)
 
 

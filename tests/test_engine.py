@@ -87,6 +87,23 @@ def test_staggered_requests_equal_alone_tiny(pipeline_dir):
     assert engine.pool.shifts > 0 and engine.stats["max_rows"] > 1, engine.stats
 
 
+def served_equal_alone(pipe, seed: int, serving=lambda: None) -> Engine:
+    """Requests of two random images (mixed, 6, 2, 9 and 4 tokens) answered alone, then by a
+    3-row engine under staggered traffic (`serving()` called just before: e.g. a spy's record
+    cleared): each gets its text and token count alone. The engine, for its stats."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8) for _ in range(2)]
+    reqs = mixed(images, lengths=(6, 2, 9, 4))
+    alone = [pipe.generate(im, p, max_new_tokens=n) for im, p, n in reqs]
+    engine = Engine(pipe, max_batch=3, pool_len=40)
+    serving()
+    jobs = [Job([im], p, n) for im, p, n in reqs]
+    answer(engine, jobs, [0.002 * (i % 4) for i in range(len(jobs))])
+    assert [j.choices[0].text for j in jobs] == [a.text for a in alone]
+    assert [j.choices[0].tokens for j in jobs] == [len(a.token_ids) for a in alone]
+    return engine
+
+
 def test_staggered_bfloat16_requests_equal_alone_on_float32_products(pipeline_dir, monkeypatch):
     """bfloat16 on a host without a fast bfloat16 GEMM (forced here, and for every weight):
     under the engine's rows_alone the prefills and the patch embedding take our float32 GEMM
@@ -104,16 +121,7 @@ def test_staggered_bfloat16_requests_equal_alone_on_float32_products(pipeline_di
     real = ops.f32_mm
     monkeypatch.setattr(ops, "f32_mm", lambda x, *a: rows.append(x.shape) or real(x, *a))
     pipe = paligemma.load(pipeline_dir, dtype=torch.bfloat16)
-    rng = np.random.default_rng(5)
-    images = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8) for _ in range(2)]
-    reqs = mixed(images, lengths=(6, 2, 9, 4))
-    alone = [pipe.generate(im, p, max_new_tokens=n) for im, p, n in reqs]
-    engine = Engine(pipe, max_batch=3, pool_len=40)
-    rows.clear()
-    jobs = [Job([im], p, n) for im, p, n in reqs]
-    answer(engine, jobs, [0.002 * (i % 4) for i in range(len(jobs))])
-    assert [j.choices[0].text for j in jobs] == [a.text for a in alone]
-    assert [j.choices[0].tokens for j in jobs] == [len(a.token_ids) for a in alone]
+    engine = served_equal_alone(pipe, 5, rows.clear)
     patch = pipe.model.vision.patch_embed.weight[0].numel()  # its patches: any count of rows
     if cpu_kernels.isa() >= 1:  # the prefills and the patch embedding, nothing else
         assert any(k == patch for _, k in rows), rows

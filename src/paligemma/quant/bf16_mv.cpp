@@ -107,47 +107,28 @@ TORCH_LIBRARY_FRAGMENT(paligemma_cpu, m) {
 
 #else  // PG_MV_BODY: the loop for one instruction set (PG_MV_ISA 2, 1 or 0)
 
+#define PG_VEC_ISA PG_MV_ISA
+#include "f32_vec.h"  // W, vf and their float32 ops
+#undef PG_VEC_ISA
+
 #if PG_MV_ISA == 2
-constexpr int W = 16, MG = 4;  // floats a vector; rows of x a pass
+constexpr int MG = 4;  // rows of x a pass
 // outputs a tile by rows of x (accumulators OB * MB, plus OB weight vectors and one of x)
 constexpr int OB1 = 4, OB2 = 6, OB4 = 6;
-using vf = __m512;
-inline vf vzero() { return _mm512_setzero_ps(); }
-inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
-inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-inline float vsum(vf a) { return _mm512_reduce_add_ps(a); }
 inline vf load_w(const uint16_t* p) {  // 16 bfloat16 -> float32: zero-extend, shift
   const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
 }
 #elif PG_MV_ISA == 1
-constexpr int W = 8, MG = 2;
+constexpr int MG = 2;
 constexpr int OB1 = 4, OB2 = 4, OB4 = 2;  // (MG 2: OB4 unused)
-using vf = __m256;
-inline vf vzero() { return _mm256_setzero_ps(); }
-inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
-inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
-inline float vsum(vf a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 inline vf load_w(const uint16_t* p) {
   const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
-#else
-constexpr int W = 1, MG = 4;  // portable scalar code
+#else  // portable scalar code
+constexpr int MG = 4;
 constexpr int OB1 = 4, OB2 = 4, OB4 = 2;
-using vf = float;
-inline vf vzero() { return 0.f; }
-inline vf vload(const float* p) { return *p; }
-inline vf vfma(vf a, vf b, vf c) { return std::fma(a, b, c); }
-inline vf vadd(vf a, vf b) { return a + b; }
-inline float vsum(vf a) { return a; }
 inline vf load_w(const uint16_t* p) { return from_bf16(*p); }
 #endif
 

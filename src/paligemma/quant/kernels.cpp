@@ -188,15 +188,11 @@ TORCH_LIBRARY(paligemma_cpu, m) {
 
 #else  // PG_ISA_BODY: the int4 loop for one instruction set (PG_ISA 2, 1 or 0)
 
+#define PG_VEC_ISA PG_ISA
+#include "f32_vec.h"  // W, vf and their float32 ops
+#undef PG_VEC_ISA
+
 #if PG_ISA == 2
-constexpr int W = 16;  // floats per vector
-using vf = __m512;
-inline vf vzero() { return _mm512_setzero_ps(); }
-inline vf vset(float a) { return _mm512_set1_ps(a); }
-inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
-inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-inline float vsum(vf a) { return _mm512_reduce_add_ps(a); }
 inline vf load_s8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
@@ -207,19 +203,6 @@ inline void decode(const uint8_t* p, vf* w) {
   w[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), mask)));
 }
 #elif PG_ISA == 1
-constexpr int W = 8;
-using vf = __m256;
-inline vf vzero() { return _mm256_setzero_ps(); }
-inline vf vset(float a) { return _mm256_set1_ps(a); }
-inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
-inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
-inline float vsum(vf a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 inline vf load_s8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
@@ -230,15 +213,7 @@ inline void decode(const uint8_t* p, vf* w) {
   w[0] = widen(lo), w[1] = widen(_mm_srli_si128(lo, 8));
   w[2] = widen(hi), w[3] = widen(_mm_srli_si128(hi, 8));
 }
-#else
-constexpr int W = 1;  // portable scalar code
-using vf = float;
-inline vf vzero() { return 0.f; }
-inline vf vset(float a) { return a; }
-inline vf vload(const float* p) { return *p; }
-inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
-inline vf vadd(vf a, vf b) { return a + b; }
-inline float vsum(vf a) { return a; }
+#else  // portable scalar code
 inline vf load_s8(const int8_t* p) { return float(*p); }
 inline void decode(const uint8_t* p, vf* w) {
   for (int j = 0; j < 16; ++j) w[j] = float(p[j] & 15), w[16 + j] = float(p[j] >> 4);

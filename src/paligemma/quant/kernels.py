@@ -59,6 +59,7 @@ HEADERS = tuple(
     for h in (
         "amx_tile.h",
         "bf16_round.h",
+        "f32_vec.h",
         "dequant_isa.h",
         "dequant_rows.h",
         "f32_gemm.h",

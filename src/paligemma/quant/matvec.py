@@ -2,19 +2,18 @@
 
 One row of activations on the CPU is a matrix-vector product, bound by reading the weight. A
 bfloat16 row against a model-sized weight (MV_MIN_WEIGHTS) takes our kernel (bf16_mv.cpp:
-float32 sums, one rounding; PaliGemma-3B's weights on a 2-core AMD EPYC (Zen 5) 39-46 GB/s
-against torch.mv's 16-22 and F.linear's 21-31) on our kernels' vector paths (OWN_MV), and so do
-2..FEW_ROWS rows under `set_rows_alone_` (the server): its bits for a row do not depend on the
-other rows. Elsewhere (float32, small weights, no kernels) with few threads torch.mv runs a row
-faster than F.linear in bfloat16 (~1.6x on one thread, 16% from memory on two; as fast in
-float32); with many, F.linear does (a 16-core Xeon, 16 threads: PaliGemma-3B-224 decoding
-9.3-10.0 tok/s through F.linear against 6.0-6.5 through torch.mv). So such a row takes
+float32 sums, one rounding; a 16,384 x 2,048 weight from memory on a 2-core AMD EPYC (Zen 5)
+47.7-53.2 GB/s against torch.mv's 21.2 and F.linear's 30.3) on our kernels' vector paths
+(OWN_MV), and so do 2..FEW_ROWS rows under `set_rows_alone_` (the server): its bits for a row do
+not depend on the other rows. Elsewhere (float32, small weights, no kernels) with few threads
+torch.mv runs a row faster than F.linear in bfloat16 (~1.6x on one thread, 16% from memory on
+two; as fast in float32); with many, F.linear does (a 16-core Xeon, 16 threads: PaliGemma-3B-224
+decoding 9.3-10.0 tok/s through F.linear against 6.0-6.5 through torch.mv). So such a row takes
 torch.mv up to MV_MAX_THREADS threads (torch.get_num_threads()), F.linear above, except under
-rows_alone, where it always takes torch.mv: torch.mv gives a
-row the bits that 2..16-row products give it, F.linear's single-row product does not (its
-sums run in another order where the inputs are many, e.g. Gemma's 16,384-wide down
-projection). More than FEW_ROWS rows and at most MAX_ROWS
-in bfloat16 (a 224 px prefill) without autograd, where the CPU has AMX-BF16
+rows_alone, where it always takes torch.mv: torch.mv gives a row the bits that 2..16-row
+products give it, F.linear's single-row product does not (its sums run in another order where
+the inputs are many, e.g. Gemma's 16,384-wide down projection). More than FEW_ROWS rows and
+at most MAX_ROWS in bfloat16 (a 224 px prefill) without autograd, where the CPU has AMX-BF16
 (`cpu_kernels.amx_bf16()`, AMX_PREFILL) and the inputs are a multiple of 32: our tile GEMM
 (dequant_amx.h's, the weight's rows copied into its panels: bf16_mm), float32 sums, the bias
 added in float32, one rounding, each row's result independent of the other rows; oneDNN's
@@ -62,8 +61,8 @@ AMX_PREFILL = True  # more rows in bfloat16 on AMX-BF16: our GEMM (False: F.line
 MV_MAX_THREADS = 4  # one row through torch.mv up to this many threads (measured at 2 and 16)
 # One bfloat16 row (or up to FEW_ROWS under rows_alone) through our kernel (bf16_mv.cpp) where
 # the weight has MV_MIN_WEIGHTS elements or more (smaller ones keep PyTorch's bits; the tiny
-# models' parity with transformers is bit for bit). PaliGemma-3B's weights on a 2-core AMD EPYC
-# (Zen 5): 39-46 GB/s against torch.mv's 16-22 and F.linear's 21-31 (benchmarks/RESULTS.md).
+# models' parity with transformers is bit for bit). Measured: the module docstring's figures
+# (benchmarks/results/zen5-bf16-mv-kernels-s42.json).
 OWN_MV = True
 MV_MIN_WEIGHTS = 2**18
 # float32 products (cpu_kernels.f32_prefill()) from this many rows: a 2-core AMD EPYC (AVX2),
@@ -170,7 +169,7 @@ def linear(
 class MatVecLinear(nn.Linear):
     """nn.Linear (same tensors, same names) whose CPU rows take `linear`'s paths."""
 
-    rows_alone = False  # set by model.set_rows_alone_: single rows always through torch.mv
+    rows_alone = False  # set by model.set_rows_alone_ (the server's bits: module docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self.rows_alone)

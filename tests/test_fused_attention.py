@@ -211,12 +211,14 @@ def test_batched_prefill_and_decode_rows_equal_alone_bit_for_bit(tmp_path, v2, d
         exact = batch_and_rows()
         if dtype == torch.float32 and float32_rounds_by_row_count():
             # the products move a row's bits by the batch size here: rows alone and batched
-            # agree within float32 rounding, with the setting and without
+            # agree within float32 rounding, with the setting and without (through the model's
+            # layers: up to ~1e-5 of the logits' scale; 2.9e-6 seen on an AMD EPYC, Zen 5)
             rows = [(ids[r : r + 1, mask[r].bool()], mask[r].bool()) for r in range(3)]
             batched = model(ids, pixels, mask, types)
             for r, (row_ids, real) in enumerate(rows):
                 alone = model(row_ids, pixels[r : r + 1], None, types[r : r + 1, real])
-                assert (alone[0] - batched[r, real]).abs().max() < 1e-6
+                scale = batched[r, real].abs().max()
+                assert (alone[0] - batched[r, real]).abs().max() <= 1e-5 * scale
             return
     assert all(prefill for prefill, _ in exact)
     if dtype == torch.bfloat16:

@@ -1368,6 +1368,11 @@ def test_session_42_figures_are_their_files():
         f"F.linear's {gbs[2][lin]}; eight rows {gbs[8][ours]} against {gbs[8][lin]} (the AVX2 "
         f"path's {gbs[8][avx2]}" in text
     )
+    tiles = result("zen5-bf16-mv-kernels-s42-avx2tiles.json")["tables"]["8"]
+    assert (
+        f"tiles of 4, {tiles[avx2]['gb_s']:.1f} against F.linear's {tiles[lin]['gb_s']:.1f} in "
+        "its own run" in text
+    )
     ab = result("zen5-wide-one-row-ab-s42.json")["int4"]
     off, on = ab["off_tok_s"], ab["on_tok_s"]
     assert all(a > b for a, b in zip(off, on, strict=True))  # "every round"

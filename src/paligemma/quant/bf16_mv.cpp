@@ -120,8 +120,10 @@ inline vf load_w(const uint16_t* p) {  // 16 bfloat16 -> float32: zero-extend, s
   return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
 }
 #elif PG_MV_ISA == 1
-constexpr int MG = 2;
-constexpr int OB1 = 4, OB2 = 4, OB4 = 2;  // (MG 2: OB4 unused)
+// 4 rows of x a pass in tiles of 3 outputs (12 accumulators of the 16 registers): 8 rows read
+// at 0.83x F.linear's GB/s, against 0.59x with 2 rows a pass (a Zen 5's AVX2 path, session 42)
+constexpr int MG = 4;
+constexpr int OB1 = 4, OB2 = 4, OB4 = 3;
 inline vf load_w(const uint16_t* p) {
   const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));

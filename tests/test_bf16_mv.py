@@ -150,16 +150,16 @@ def test_decode_steps_take_it_in_the_cpp_block_as_the_python_block_does(
     monkeypatch.setattr(matvec, "MV_MIN_WEIGHTS", 0)
     model = paligemma.load_model(lively_checkpoint, dtype=torch.bfloat16)
     block = model.decoder.blocks[0]
-    for batch, alone, want in ((1, False, 4), (3, False, 3), (3, True, 4), (2, True, 4)):
+    own, aten = decode_block.BF16_MV, decode_block.LINEAR
+    for batch, alone, want in ((1, False, own), (3, False, aten), (3, True, own), (2, True, own)):
         set_rows_alone_(model, alone)
         with torch.no_grad():
             cache = model.new_cache(batch, 4)
             plan = block._plan(torch.randn(batch, 1, model.cfg.text.width).bfloat16(), cache, 0)
-        assert plan.linear == (decode_block.BF16_MV if want == 4 else decode_block.LINEAR)
-        python, _ = steps(model, batch, monkeypatch, fast=False)
-        monkeypatch.setattr(matvec, "MV_MIN_WEIGHTS", 0)  # (steps undoes the patches)
-        fast, taken = steps(model, batch, monkeypatch, fast=True)
-        monkeypatch.setattr(matvec, "MV_MIN_WEIGHTS", 0)
+        assert plan.linear == want
+        with pytest.MonkeyPatch.context() as mp:  # (steps undoes its own patches)
+            python, _ = steps(model, batch, mp, fast=False)
+            fast, taken = steps(model, batch, mp, fast=True)
         assert taken == len(model.decoder.blocks) * STEPS
         for a, b in zip(python, fast, strict=True):
             assert torch.equal(a, b), (batch, alone, (a - b).abs().max())

@@ -95,10 +95,19 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def cpuinfo() -> str:
+    """/proc/cpuinfo's text, read once ("" where there is none)."""
+    if "cpuinfo" not in _state:
+        try:
+            _state["cpuinfo"] = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            _state["cpuinfo"] = ""
+    return str(_state["cpuinfo"])
+
+
 def _cpu_id() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    text = cpuinfo()
+    if not text:
         return platform.processor()
     lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
     return "\n".join(sorted(set(lines)))
@@ -285,15 +294,8 @@ def wide_one_row() -> bool:
 
 def amd() -> bool:
     """The CPU is AMD's (/proc/cpuinfo's vendor_id AuthenticAMD; False where unknown)."""
-    if "amd" not in _state:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            text = ""
-        _state["amd"] = any(
-            ln.startswith("vendor_id") and "AuthenticAMD" in ln for ln in text.splitlines()
-        )
-    return bool(_state["amd"])
+    lines = cpuinfo().splitlines()
+    return any(ln.startswith("vendor_id") and "AuthenticAMD" in ln for ln in lines)
 
 
 def _wide() -> bool:

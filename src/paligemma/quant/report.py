@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,9 +38,8 @@ WIDTH = 512  # the stand-in layers' width (a multiple of every group; 2^18 weigh
 
 def cpu() -> tuple[str, list[str]]:
     """(the CPU's model name, its features of FEATURES' that matter here, in FEATURES' order)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    text = cpu_kernels.cpuinfo()
+    if not text:
         return platform.processor() or platform.machine(), []
     model, flags = platform.machine(), set()
     for line in text.splitlines():
